@@ -1,0 +1,61 @@
+"""`python -m benchmarks [--quick] [--only NAME]`: run, print one table, exit 1 on a miss."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+from benchmarks import Options, agent_cost, cli_startup, connect, controller_cost
+from benchmarks.table import Row, failed_row, render
+
+BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
+    "connect": connect.run,
+    "cli": cli_startup.run,
+    "agent": agent_cost.run,
+    "controller": controller_cost.run,
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="cvtui against plain ssh and python, measured side by side in one run.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer runs and shorter windows (a smoke run)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a cProfile of the in-process measurements (connect, controller) to stderr",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    options = Options(quick=args.quick, profile=args.profile)
+    rows: list[Row] = []
+    for name in args.only or list(BENCHMARKS):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        start = time.monotonic()
+        try:
+            rows.extend(BENCHMARKS[name](options))
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            rows.append(failed_row(name, exc))
+        print(f"  {name}: {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    print(render(rows))
+    return 1 if any(row.passed is False for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

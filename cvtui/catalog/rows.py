@@ -1,0 +1,151 @@
+"""Pure conversions: telemetry samples to table rows, and table rows to the hosts report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from remote_agent.protocol import Telemetry
+
+HOST_GPU_IDX = -1  # gpu_idx of the host-level telemetry rows
+
+
+@dataclass(frozen=True)
+class TelemetryRows:
+    """One host's share of a telemetry batch, as parameter tuples for each table."""
+
+    host: tuple[Any, ...]
+    gpus: list[tuple[Any, ...]]
+    processes: list[tuple[Any, ...]]
+    history: list[tuple[Any, ...]]
+
+
+def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> TelemetryRows:
+    """Rows for a host's samples: current state from the newest, history from all of them."""
+    samples = sorted(samples, key=lambda t: t.time)  # stable: the last of equal times wins
+    latest = samples[-1]
+    h = latest.host
+    host = (
+        received,
+        h.cpu_percent,
+        h.load1,
+        h.mem_used,
+        h.mem_total,
+        h.disk_free,
+        h.disk_total,
+        latest.backend,
+        received,
+        name,
+    )
+    gpus = [
+        (
+            name,
+            g.index,
+            g.uuid,
+            g.name,
+            g.util,
+            g.mem_used,
+            g.mem_total,
+            g.temperature,
+            g.power,
+            g.power_limit,
+            g.fan,
+            latest.backend,
+            received,
+        )
+        for g in latest.gpus
+    ]
+    processes = [
+        (name, g.index, p.pid, p.user, p.command, p.container, p.mem, p.run_id, received)
+        for g in latest.gpus
+        for p in g.processes
+    ]
+    history: list[tuple[Any, ...]] = []
+    for sample in samples:
+        at = received - (latest.time - sample.time)  # controller clock, agent spacing
+        hs = sample.host
+        history.append((name, HOST_GPU_IDX, at, None, hs.mem_used, None, None, hs.cpu_percent))
+        history.extend(
+            (name, g.index, at, g.util, g.mem_used, g.temperature, g.power, None)
+            for g in sample.gpus
+        )
+    return TelemetryRows(host, gpus, processes, history)
+
+
+def build_hosts_report(
+    host_rows: Sequence[Sequence[Any]],
+    gpu_rows: Sequence[Sequence[Any]],
+    process_rows: Sequence[Sequence[Any]],
+    *,
+    now: float,
+    stale_after_s: float,
+    disconnected_after_s: float,
+) -> list[dict[str, Any]]:
+    """Nest processes in GPUs in hosts, in the order the rows come (hosts by name)."""
+    processes: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for host, gpu_idx, pid, user, command, container, mem, run_id in process_rows:
+        processes.setdefault((host, gpu_idx), []).append(
+            {
+                "pid": pid,
+                "user": user,
+                "command": command,
+                "container": container,
+                "mem": mem,
+                "run_id": run_id,
+            }
+        )
+    gpus: dict[str, list[dict[str, Any]]] = {}
+    for host, idx, uuid, name, util, mem_used, mem_total, temperature, power in gpu_rows:
+        gpus.setdefault(host, []).append(
+            {
+                "index": idx,
+                "uuid": uuid,
+                "name": name,
+                "util": util,
+                "mem_used": mem_used,
+                "mem_total": mem_total,
+                "temperature": temperature,
+                "power": power,
+                "processes": processes.get((host, idx), []),
+            }
+        )
+    report = []
+    for name, state, reason, backend, last_seen, cpu, mem_used, mem_total, disk in host_rows:
+        state, reason = derive_state(
+            state, reason, last_seen, now, stale_after_s, disconnected_after_s
+        )
+        report.append(
+            {
+                "name": name,
+                "state": state,
+                "reason": reason,
+                "backend": backend,
+                "last_seen": last_seen,
+                "cpu_percent": cpu,
+                "mem_used": mem_used,
+                "mem_total": mem_total,
+                "disk_free": disk,
+                "gpus": gpus.get(name, []),
+            }
+        )
+    return report
+
+
+def derive_state(
+    state: str,
+    reason: str | None,
+    last_seen: float | None,
+    now: float,
+    stale_after_s: float,
+    disconnected_after_s: float,
+) -> tuple[str, str | None]:
+    """The state a reader should show: a healthy host whose telemetry stopped ages out."""
+    if state != "healthy" or last_seen is None:
+        return state, reason
+    age_s = now - last_seen
+    if age_s > disconnected_after_s:
+        return "disconnected", f"no telemetry for {int(age_s)} s"
+    if age_s > stale_after_s:
+        return "stale", f"no telemetry for {int(age_s)} s"
+    return state, reason

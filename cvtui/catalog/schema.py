@@ -1,0 +1,185 @@
+"""Catalog schema: numbered migrations, each a function, applied once and recorded."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from cvtui.errors import CvtuiError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+Migration = Callable[["Database"], None]
+
+MIGRATIONS_TABLE = "migrations"
+
+
+class CatalogError(CvtuiError):
+    """The catalog file cannot be used: not SQLite, locked too long, or from a newer cvtui."""
+
+
+def migration_1_monitoring(db: Database) -> None:
+    """Hosts, their GPUs and GPU processes, telemetry history, and the command queue."""
+    db.table("hosts").create(
+        {
+            "name": str,
+            "address": str,
+            "port": int,
+            "user": str,
+            "tags": str,  # JSON list of strings
+            "state": str,  # one of HOST_STATES
+            "reason": str,  # why the state is what it is (error text, "no telemetry for 31 s")
+            "backend": str,  # nvml, nvidia-smi, simulated, none
+            "hostname": str,  # the host's own name, from its hello
+            "python": str,  # version of the host's interpreter
+            "agent_hash": str,
+            "gpu_count": int,
+            "last_seen": float,  # unix seconds, controller clock, of the last telemetry
+            "connected_at": float,  # unix seconds, controller clock, of the last hello
+            "cpu_percent": float,
+            "load1": float,
+            "mem_used": int,  # bytes
+            "mem_total": int,  # bytes
+            "disk_free": int,  # bytes
+            "disk_total": int,  # bytes
+            "updated": float,  # unix seconds of the last write to this row
+        },
+        pk="name",
+    )
+    db.table("gpus").create(
+        {
+            "host": str,
+            "idx": int,
+            "uuid": str,
+            "name": str,
+            "util": float,  # percent
+            "mem_used": int,  # bytes
+            "mem_total": int,  # bytes
+            "temperature": float,  # Celsius
+            "power": float,  # watts
+            "power_limit": float,  # watts
+            "fan": float,  # percent
+            "backend": str,
+            "updated": float,  # unix seconds, controller clock
+        },
+        pk=("host", "idx"),
+    )
+    db.table("gpu_processes").create(
+        {
+            "host": str,
+            "gpu_idx": int,
+            "pid": int,
+            "user": str,
+            "command": str,
+            "container": str,
+            "mem": int,  # bytes of GPU memory
+            "run_id": str,
+            "seen": float,  # unix seconds, controller clock
+        }
+    )
+    db.table("gpu_processes").create_index(["host"], index_name="gpu_processes_host")
+    db.table("telemetry").create(
+        {
+            "host": str,
+            "gpu_idx": int,  # -1 for the host-level row
+            "time": float,  # unix seconds, controller clock
+            "util": float,  # percent
+            "mem_used": int,  # bytes
+            "temperature": float,  # Celsius
+            "power": float,  # watts
+            "cpu_percent": float,  # host rows only
+        }
+    )
+    db.table("telemetry").create_index(
+        ["host", "gpu_idx", "time"], index_name="telemetry_host_gpu_time"
+    )
+    # Compaction and retention select by time alone; appends at the end of it are cheap.
+    db.table("telemetry").create_index(["time"], index_name="telemetry_time")
+    db.table("telemetry_compaction").create(
+        {
+            "bucket_s": float,
+            "done_before": float,  # history older than this is thinned to one row per bucket
+        },
+        pk="bucket_s",
+    )
+    db.table("commands").create(
+        {
+            "id": int,
+            "created": float,  # unix seconds
+            "kind": str,
+            "args": str,  # JSON object
+            "state": str,
+            "result": str,
+        },
+        pk="id",
+        defaults={"state": "pending"},
+        not_null=["state"],
+    )
+
+
+# Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
+MIGRATIONS: tuple[Migration, ...] = (migration_1_monitoring,)
+
+
+def schema_version(db: Database) -> int:
+    """The highest migration applied to this database, 0 for a fresh file."""
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [MIGRATIONS_TABLE]
+    ).fetchone()
+    if exists is None:
+        return 0
+    row = db.execute("SELECT max(version) FROM migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(
+    db: Database, migrations: Sequence[Migration] = MIGRATIONS, *, now: float | None = None
+) -> list[int]:
+    """Apply the migrations this database lacks, in one transaction; return their versions.
+
+    The connection must be in autocommit mode (``isolation_level=None``). Opening an
+    up-to-date catalog takes no write lock, so readers never wait on the engine here.
+    """
+    current = schema_version(db)
+    _refuse_newer(db, current, len(migrations))
+    if current == len(migrations):
+        return []
+    conn = db.conn
+    try:
+        # IMMEDIATE: two processes opening a fresh catalog at once must not both migrate.
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise CatalogError(f"cannot migrate the catalog: {exc}") from exc
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
+        )
+        current = schema_version(db)  # again, under the lock
+        _refuse_newer(db, current, len(migrations))
+        applied: list[int] = []
+        for version in range(current + 1, len(migrations) + 1):
+            step = migrations[version - 1]
+            step(db)
+            conn.execute(
+                "INSERT INTO migrations (version, name, applied) VALUES (?, ?, ?)",
+                (version, step.__name__, time.time() if now is None else now),
+            )
+            applied.append(version)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return applied
+
+
+def _refuse_newer(db: Database, current: int, known: int) -> None:
+    if current > known:
+        raise CatalogError(
+            f"{db.conn.execute('PRAGMA database_list').fetchone()[2]} has schema version "
+            f"{current}, newer than the {known} this cvtui knows; upgrade cvtui"
+        )

@@ -1,0 +1,422 @@
+"""The catalog: one SQLite file that the engine writes and the CLI and TUI read."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cvtui.catalog import schema
+from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
+from cvtui.catalog.schema import CatalogError
+from remote_agent.protocol import Hello, Telemetry
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+HOST_STATES = ("connecting", "healthy", "stale", "disconnected", "error")
+
+BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write to finish
+CATALOG_FILE = "catalog.db"
+
+
+class HostRow(Protocol):
+    """What sync_hosts needs of a host; the inventory's Host dataclass has it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str | None: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def tags(self) -> Iterable[str]: ...
+
+
+class Catalog:
+    """One connection to the catalog; safe to share between threads (calls are serialised).
+
+    Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
+    never block the engine and always see its last commit. ``db`` is the sqlite-utils
+    Database for ad-hoc queries; it bypasses the thread lock.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        _create_private_file(self.path)
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # the engine writes from worker threads
+            )
+        except sqlite3.Error as exc:
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # With WAL, NORMAL cannot corrupt; a power cut may only lose the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # Imported here: sqlite-utils takes ~0.3 s to import, which `cvtui --help` skips.
+            from sqlite_utils import Database
+
+            self.db: Database = Database(conn, execute_plugins=False)
+            schema.migrate(self.db)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CatalogError(f"cannot use catalog {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._lock = threading.RLock()
+        _restrict_sidecar_files(self.path)
+
+    @classmethod
+    def open_home(cls, home: str | os.PathLike[str]) -> Catalog:
+        """Open ``home/catalog.db``, creating home (mode 0700) when it does not exist."""
+        home_path = Path(home)
+        try:
+            home_path.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            if not home_path.is_dir():
+                problem = f"cvtui home {home_path} exists and is not a directory"
+                raise CatalogError(problem) from None
+        except OSError as exc:
+            raise CatalogError(f"cannot create cvtui home {home_path}: {exc}") from exc
+        else:
+            home_path.chmod(0o700)  # mkdir's mode is filtered by the umask
+        return cls(home_path / CATALOG_FILE)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.path)!r})"
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the write lock up front so it never deadlocks."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise CatalogError(
+                    f"catalog {self.path} stayed locked by another process for over "
+                    f"{BUSY_TIMEOUT_S:g} s: {exc}"
+                ) from exc
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read snapshot, so several queries agree with each other."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.execute("COMMIT")
+
+    # -- schema and health ------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return schema.schema_version(self.db)
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits; cheap to poll."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return [tuple(r) for r in rows] == [("ok",)]
+
+    # -- hosts ------------------------------------------------------------------------
+
+    def sync_hosts(self, hosts: Iterable[HostRow], *, now: float | None = None) -> None:
+        """Make the hosts table list exactly these hosts, dropping the rows of removed ones.
+
+        New hosts start as ``connecting``; existing hosts keep their state and telemetry.
+        """
+        now = time.time() if now is None else now
+        rows = {
+            h.name: (h.name, h.address, h.port, h.user, json.dumps(list(h.tags)), now)
+            for h in hosts
+        }
+        with self._write() as conn:
+            stored = [r[0] for r in conn.execute("SELECT name FROM hosts")]
+            removed = [(name,) for name in stored if name not in rows]
+            conn.executemany("DELETE FROM hosts WHERE name = ?", removed)
+            conn.executemany("DELETE FROM gpus WHERE host = ?", removed)
+            conn.executemany("DELETE FROM gpu_processes WHERE host = ?", removed)
+            conn.executemany("DELETE FROM telemetry WHERE host = ?", removed)
+            conn.executemany(
+                "INSERT INTO hosts (name, address, port, user, tags, state, updated) "
+                "VALUES (?, ?, ?, ?, ?, 'connecting', ?) "
+                "ON CONFLICT (name) DO UPDATE SET address = excluded.address, "
+                "port = excluded.port, user = excluded.user, tags = excluded.tags, "
+                "updated = excluded.updated",
+                rows.values(),
+            )
+
+    def set_host_state(
+        self, name: str, state: str, reason: str | None = None, *, now: float | None = None
+    ) -> None:
+        """Store a host's connection state; a host not in the catalog is ignored."""
+        if state not in HOST_STATES:
+            raise ValueError(f"unknown host state {state!r}; expected one of {HOST_STATES}")
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE hosts SET state = ?, reason = ?, updated = ? WHERE name = ?",
+                (state, reason, now, name),
+            )
+
+    def record_hello(
+        self, name: str, hello: Hello, agent_hash: str, *, now: float | None = None
+    ) -> None:
+        """Store what the agent said about itself when it (re)connected."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE hosts SET backend = ?, hostname = ?, python = ?, gpu_count = ?, "
+                "agent_hash = ?, connected_at = ?, updated = ? WHERE name = ?",
+                (
+                    hello.backend,
+                    hello.hostname,
+                    hello.python,
+                    hello.gpu_count,
+                    agent_hash,
+                    now,
+                    now,
+                    name,
+                ),
+            )
+
+    # -- telemetry --------------------------------------------------------------------
+
+    def record_telemetry(
+        self, batch: Sequence[tuple[str, Telemetry]], *, received: float | None = None
+    ) -> None:
+        """Store a batch of telemetry in one transaction.
+
+        Per host, the newest sample replaces the hosts/gpus/gpu_processes rows and marks the
+        host healthy; every sample appends history rows. Times are the controller's clock:
+        the newest sample of a host is stamped ``received`` and older ones in the same batch
+        keep their spacing on the agent's clock. Hosts not in the catalog (removed from the
+        inventory while their sample was in flight) are skipped.
+        """
+        if not batch:
+            return
+        received = time.time() if received is None else received
+        by_host: dict[str, list[Telemetry]] = {}
+        for name, sample in batch:
+            by_host.setdefault(name, []).append(sample)
+        # Rows are built before taking the write lock, which other writers wait on.
+        rows = {name: telemetry_rows(name, samples, received) for name, samples in by_host.items()}
+
+        with self._write() as conn:
+            known = {r[0] for r in conn.execute("SELECT name FROM hosts")}
+            kept = [rows[name] for name in rows if name in known]
+            conn.executemany(
+                "UPDATE hosts SET last_seen = ?, cpu_percent = ?, load1 = ?, mem_used = ?, "
+                "mem_total = ?, disk_free = ?, disk_total = ?, backend = ?, "
+                "state = 'healthy', reason = NULL, updated = ? WHERE name = ?",
+                [r.host for r in kept],
+            )
+            names = [(r.host[-1],) for r in kept]
+            conn.executemany("DELETE FROM gpus WHERE host = ?", names)
+            conn.executemany("DELETE FROM gpu_processes WHERE host = ?", names)
+            # OR REPLACE: a sample naming one GPU index twice must not lose the whole batch.
+            conn.executemany(
+                "INSERT OR REPLACE INTO gpus (host, idx, uuid, name, util, mem_used, mem_total, "
+                "temperature, power, power_limit, fan, backend, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [row for r in kept for row in r.gpus],
+            )
+            conn.executemany(
+                "INSERT INTO gpu_processes (host, gpu_idx, pid, user, command, container, "
+                "mem, run_id, seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [row for r in kept for row in r.processes],
+            )
+            conn.executemany(
+                "INSERT INTO telemetry (host, gpu_idx, time, util, mem_used, temperature, "
+                "power, cpu_percent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [row for r in kept for row in r.history],
+            )
+
+    def compact_telemetry(
+        self,
+        now: float | None = None,
+        *,
+        keep_full_s: float = 3600,
+        bucket_s: float = 10,
+        max_age_s: float | None = None,
+    ) -> int:
+        """Thin history older than ``keep_full_s`` to the first row of each ``bucket_s``
+        bucket per (host, GPU), drop rows older than ``max_age_s`` (when given), and return
+        how many rows were deleted. Idempotent.
+
+        A watermark per bucket size records how far history is already thinned, so each call
+        reads only the rows that aged past the window since the last one. Rows inserted
+        below the watermark later (a controller clock set back by over ``keep_full_s``) stay.
+        """
+        if bucket_s <= 0:
+            raise ValueError(f"bucket_s must be positive, got {bucket_s}")
+        now = time.time() if now is None else now
+        cutoff = now - keep_full_s
+        deleted = 0
+        with self._write() as conn:
+            if max_age_s is not None:
+                dropped = conn.execute("DELETE FROM telemetry WHERE time < ?", (now - max_age_s,))
+                deleted += dropped.rowcount
+            row = conn.execute(
+                "SELECT done_before FROM telemetry_compaction WHERE bucket_s = ?", (bucket_s,)
+            ).fetchone()
+            if row is None:
+                lower = -math.inf
+            elif cutoff <= row[0]:
+                return deleted
+            else:
+                # Re-read the bucket holding the watermark, whose kept row is the one to
+                # keep, and one more so float rounding at its edge cannot split it.
+                lower = (math.floor(row[0] / bucket_s) - 1) * bucket_s
+            # CAST truncates toward zero, which is floor() for the positive unix times here;
+            # floor() itself needs SQLite built with math functions.
+            thinned = conn.execute(
+                "DELETE FROM telemetry WHERE rowid IN ("
+                " SELECT rowid FROM ("
+                "  SELECT rowid, row_number() OVER ("
+                "   PARTITION BY host, gpu_idx, CAST(time / :bucket AS INTEGER)"
+                "   ORDER BY time, rowid) AS nth"
+                "  FROM telemetry WHERE time >= :lower AND time < :cutoff)"
+                " WHERE nth > 1)",
+                {"bucket": bucket_s, "lower": lower, "cutoff": cutoff},
+            )
+            deleted += thinned.rowcount
+            conn.execute(
+                "INSERT INTO telemetry_compaction (bucket_s, done_before) VALUES (?, ?) "
+                "ON CONFLICT (bucket_s) DO UPDATE SET done_before = excluded.done_before",
+                (bucket_s, cutoff),
+            )
+        return deleted
+
+    def telemetry_history(
+        self, host: str, gpu_idx: int, since: float
+    ) -> list[tuple[float, float | None, int | None]]:
+        """(time, util percent, mem_used bytes) from ``since`` on, oldest first.
+
+        For ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT time, CASE WHEN gpu_idx = ? THEN cpu_percent ELSE util END, mem_used "
+                "FROM telemetry WHERE host = ? AND gpu_idx = ? AND time >= ? ORDER BY time",
+                (HOST_GPU_IDX, host, gpu_idx, since),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- reports ----------------------------------------------------------------------
+
+    def hosts_report(
+        self,
+        *,
+        now: float | None = None,
+        stale_after_s: float = 5.0,
+        disconnected_after_s: float = 30.0,
+        names: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Hosts with their GPUs and processes, ordered by name: the `cvtui hosts --json` shape.
+
+        A stored ``healthy`` reads ``stale`` or ``disconnected`` once its last telemetry is
+        older than the thresholds (seconds), so readers see a dead engine's hosts go stale.
+        """
+        now = time.time() if now is None else now
+        # One JSON parameter instead of one placeholder per name; NULL means every host.
+        wanted = None if names is None else json.dumps(list(names))
+        with self._read() as conn:
+            host_rows = conn.execute(
+                "SELECT name, state, reason, backend, last_seen, cpu_percent, mem_used, "
+                "mem_total, disk_free FROM hosts "
+                "WHERE ?1 IS NULL OR name IN (SELECT value FROM json_each(?1)) ORDER BY name",
+                (wanted,),
+            ).fetchall()
+            gpu_rows = conn.execute(
+                "SELECT host, idx, uuid, name, util, mem_used, mem_total, temperature, power "
+                "FROM gpus WHERE ?1 IS NULL OR host IN (SELECT value FROM json_each(?1)) "
+                "ORDER BY host, idx",
+                (wanted,),
+            ).fetchall()
+            process_rows = conn.execute(
+                "SELECT host, gpu_idx, pid, user, command, container, mem, run_id "
+                "FROM gpu_processes "
+                "WHERE ?1 IS NULL OR host IN (SELECT value FROM json_each(?1)) "
+                "ORDER BY host, gpu_idx, rowid",
+                (wanted,),
+            ).fetchall()
+
+        return build_hosts_report(
+            host_rows,
+            gpu_rows,
+            process_rows,
+            now=now,
+            stale_after_s=stale_after_s,
+            disconnected_after_s=disconnected_after_s,
+        )
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the catalog with mode 0600 before SQLite does, so it is never world-readable."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise CatalogError(f"cannot create catalog {path}: {exc}") from exc
+    os.close(fd)
+
+
+def _restrict_sidecar_files(path: Path) -> None:
+    """Tighten the catalog and its -wal/-shm files to 0600 where we own them."""
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(candidate.stat().st_mode)
+            if mode & 0o077:
+                candidate.chmod(mode & 0o700)
+        except (FileNotFoundError, PermissionError):
+            continue  # not there, or another user's file we may still read

@@ -1,0 +1,198 @@
+"""The `cvtui` command line: every command, `--json` on every listing.
+
+Heavy modules (asyncssh, textual, sqlite-utils) are imported inside the commands so that
+`cvtui --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from cvtui.errors import CvtuiError
+
+if TYPE_CHECKING:
+    from cvtui.inventory import Inventory
+
+EXIT_HOSTS_DOWN = 3
+
+
+@dataclass
+class Settings:
+    """What the global options resolved to; paths are resolved only when a command needs them."""
+
+    inventory_option: str | None
+    home_option: str | None
+
+    def inventory_path(self) -> Path:
+        from cvtui.inventory import default_inventory_path
+
+        return default_inventory_path(self.inventory_option)
+
+    def inventory(self) -> Inventory:
+        from cvtui.inventory import load_inventory
+
+        return load_inventory(self.inventory_path())
+
+    def home(self) -> Path:
+        from cvtui.paths import home_dir
+
+        return home_dir(self.home_option)
+
+
+def fail(error: CvtuiError) -> NoReturn:
+    click.echo(f"cvtui: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+class CvtuiGroup(click.Group):
+    """Prints CvtuiError on one line and exits with its code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CvtuiError as error:
+            fail(error)
+
+
+@click.group(cls=CvtuiGroup)
+@click.option(
+    "--inventory",
+    "inventory_option",
+    metavar="PATH",
+    envvar=None,
+    help="inventory.yaml to use (default ./inventory.yaml, then $CVTUI_INVENTORY, "
+    "then the user config dir).",
+)
+@click.option(
+    "--home",
+    "home_option",
+    metavar="DIR",
+    help="Directory for the catalog and the file mirror (default $CVTUI_HOME, then the "
+    "user data dir).",
+)
+@click.option("-v", "--verbose", count=True, help="Log engine activity to stderr (-vv: debug).")
+@click.version_option(package_name="cvtui")
+@click.pass_context
+def main(
+    ctx: click.Context, inventory_option: str | None, home_option: str | None, verbose: int
+) -> None:
+    """cvtui: your lab's GPU servers as one pool, over nothing but SSH."""
+    if verbose:
+        import logging
+
+        logging.basicConfig(
+            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
+    ctx.obj = Settings(inventory_option, home_option)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for each host's first telemetry when no engine is running.",
+)
+@click.pass_context
+def hosts(ctx: click.Context, as_json: bool, timeout: float) -> None:
+    """Every host of the inventory: its state and its GPUs.
+
+    Exits 0 when every host answered, 3 when any is in error or disconnected.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from cvtui.hosts_command import collect_hosts_report
+    from cvtui.report import format_hosts
+
+    settings: Settings = ctx.obj
+    report = collect_hosts_report(settings.inventory(), settings.home(), timeout)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_hosts(report))
+    if any(h["state"] in ("error", "disconnected", "connecting") for h in report):
+        sys.exit(EXIT_HOSTS_DOWN)
+
+
+@hosts.command("trust")
+@click.argument("host")
+@click.option("--yes", is_flag=True, help="Record the key without asking.")
+@click.pass_obj
+def hosts_trust(settings: Settings, host: str, yes: bool) -> None:
+    """Show HOST's SSH key fingerprint and record it in known_hosts."""
+    import asyncio
+
+    from cvtui.engine.connections import (
+        fetch_host_key,
+        fingerprint,
+        known_hosts_path,
+        record_host_key,
+        recorded_host_keys,
+    )
+
+    entry = settings.inventory().host(host)
+    key = asyncio.run(fetch_host_key(entry))
+    click.echo(f"{host} ({entry.address}:{entry.port}) presents {fingerprint(key)}")
+    if any(k.public_data == key.public_data for k in recorded_host_keys(entry)):
+        click.echo(f"already trusted in {known_hosts_path(entry)}")
+        return
+    if not yes and not click.confirm("Trust this key?", default=False):
+        raise CvtuiError("not trusted; nothing written")
+    path = record_host_key(entry, key)
+    click.echo(f"recorded in {path}")
+
+
+@main.command()
+@click.argument("host")
+@click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS", help="Per step.")
+@click.pass_obj
+def doctor(settings: Settings, host: str, timeout: float) -> None:
+    """Diagnose HOST step by step: network, host key, auth, python, agent, GPUs, disk."""
+    import asyncio
+
+    from cvtui.engine.doctor import diagnose
+
+    inventory = settings.inventory()
+    entry = inventory.host(host)
+
+    async def walk() -> bool:
+        all_ok = True
+        async for check in diagnose(entry, inventory.policy, timeout):
+            all_ok &= check.ok
+            mark = click.style(" ok ", fg="green") if check.ok else click.style("FAIL", fg="red")
+            click.echo(f"{mark} {check.name:16} {check.detail}")
+        return all_ok
+
+    if not asyncio.run(walk()):
+        sys.exit(EXIT_HOSTS_DOWN)
+
+
+@main.command()
+@click.option("--hosts", "host_count", default=3, show_default=True, help="Simulated hosts.")
+@click.option("--headless", is_flag=True, help="No UI: print the hosts table, for CI smoke tests.")
+@click.option(
+    "--duration", type=float, default=None, metavar="SECONDS", help="Stop after this long."
+)
+def demo(host_count: int, headless: bool, duration: float | None) -> None:
+    """A live dashboard over real SSH to simulated GPU hosts on 127.0.0.1.
+
+    Starts one OpenSSH server per simulated host in a temporary directory; everything is
+    stopped and removed on exit.
+    """
+    from cvtui.demo import run_demo
+
+    sys.exit(run_demo(host_count, headless=headless, duration_s=duration))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The engine: the only part of cvtui that talks to hosts."""

@@ -1,0 +1,108 @@
+"""JSON-lines RPC with one host agent over one SSH channel: requests, replies and events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from remote_agent import protocol
+from remote_agent.protocol import Hello, ProtocolError, RemoteError
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class AgentClosedError(ConnectionError):
+    """The agent's channel closed while a request was waiting."""
+
+
+class AgentClient:
+    """Talks to one running agent: `call()` for requests, `on_event` for what it pushes."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[bytes], on_event: EventHandler) -> None:
+        self.process = process
+        self.on_event = on_event
+        self.hello: Hello | None = None
+        self.closed = asyncio.Event()
+        self.bad_lines = 0  # lines from the agent that were not messages (kept for diagnosis)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def handshake(self, timeout_s: float = 15.0) -> Hello:
+        """Read the agent's hello line, then start routing what follows."""
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout_s)
+        if not line:
+            raise AgentClosedError("agent exited before saying hello")
+        message = protocol.decode(line)
+        if message.get("event") != protocol.EVENT_HELLO:
+            raise ProtocolError(f"expected hello, got {line[:200]!r}")
+        if "error" in message:
+            protocol.parse_reply(message)
+        self.hello = Hello.from_wire(message)
+        self._reader = asyncio.create_task(self._read_loop(), name="agent-reader")
+        return self.hello
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    break
+                self._route(line)
+        except (asyncssh.Error, OSError):
+            pass
+        finally:
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(AgentClosedError("agent connection closed"))
+            self._pending.clear()
+
+    def _route(self, line: bytes) -> None:
+        try:
+            message = protocol.decode(line)
+        except ProtocolError:
+            self.bad_lines += 1
+            return
+        request_id = message.get("id")
+        if isinstance(request_id, int) and request_id in self._pending:
+            future = self._pending.pop(request_id)
+            if not future.done():
+                future.set_result(message)
+        elif "event" in message:
+            self.on_event(message)
+        else:
+            self.bad_lines += 1
+
+    async def call(self, op: str, *, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply; error replies raise RemoteError."""
+        if self.closed.is_set():
+            raise AgentClosedError("agent connection closed")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self.process.stdin.write(protocol.encode(protocol.request(request_id, op, **args)))
+            reply = await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending.pop(request_id, None)
+        return protocol.parse_reply(reply)
+
+    async def close(self) -> None:
+        """Close stdin (the agent exits on EOF) and stop reading."""
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.process.stdin.write_eof()
+        self.process.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.closed.set()
+
+
+__all__ = ["AgentClient", "AgentClosedError", "RemoteError"]

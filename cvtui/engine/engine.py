@@ -1,0 +1,322 @@
+"""The engine loop: one session per host, telemetry into the catalog, live inventory reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from cvtui.catalog import Catalog
+from cvtui.engine.agent_build import AgentBundle, build_agent
+from cvtui.engine.agent_client import AgentClient, AgentClosedError
+from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
+from cvtui.engine.deploy import agent_command, ensure_agent
+from cvtui.errors import EngineLockedError, InventoryError
+from cvtui.inventory import Host, Inventory, Policy, watch_inventory
+from remote_agent import protocol
+from remote_agent.protocol import Hello, ProtocolError, RemoteError, Telemetry
+
+log = logging.getLogger("cvtui.engine")
+
+FLUSH_INTERVAL_S = 0.2
+COMPACT_INTERVAL_S = 300.0
+EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
+
+
+class EngineLock:
+    """Exclusive flock on `<home>/engine.lock`: one engine per catalog; holds the owner's pid."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "engine.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EngineLockedError(str(self.path), lock_holder(self.path.parent)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lock_holder(home: Path) -> int | None:
+    """Pid of the engine holding home's lock, or None when no engine runs."""
+    path = home / "engine.lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class HostSession:
+    """Keeps one host connected: connect, deploy, start the agent, stream, reconnect."""
+
+    host: Host
+    policy: Policy
+    engine: Engine
+    connect_timeout_s: float = 10.0
+    client: AgentClient | None = None
+    hello: Hello | None = None
+    uploaded: bool = False  # whether the last connect had to upload the agent
+    backoff: Backoff = field(default_factory=Backoff)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.connect_and_serve()
+                reason, state = "connection lost", "disconnected"
+            except HostConnectError as exc:
+                reason, state = exc.reason, exc.state
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one host must never take the engine down
+                failure = classify_error(self.host, exc)
+                reason, state = failure.reason, failure.state
+                log.debug("host %s: %r", self.host.name, exc)
+            self.client = None
+            self.engine.host_failed(self.host.name, state, reason)
+            await asyncio.sleep(self.backoff.next_delay())
+
+    async def connect_and_serve(self) -> None:
+        self.engine.set_state(self.host.name, "connecting", None)
+        conn = await open_connection(self.host, self.policy, self.connect_timeout_s)
+        try:
+            client = await self.start_agent(conn)
+            self.client = client
+            self.backoff.reset()
+            await client.closed.wait()
+        finally:
+            conn.close()
+
+    async def start_agent(self, conn: asyncssh.SSHClientConnection) -> AgentClient:
+        bundle = self.engine.bundle
+        for attempt in range(2):
+            path, self.uploaded = await ensure_agent(conn, self.host, bundle, force=attempt > 0)
+            command = agent_command(self.host, path, self.policy.interval_s)
+            process = await conn.create_process(command, encoding=None)
+            client = AgentClient(process, self.on_event)
+            try:
+                hello = await client.handshake()
+            except RemoteError as exc:
+                raise HostConnectError(
+                    self.host.name, f"no python3 >= 3.8 ({exc.message})"
+                ) from exc
+            except (TimeoutError, AgentClosedError, ProtocolError) as exc:
+                await self.explain_agent_exit(process, exc)
+                raise
+            if hello.protocol == protocol.PROTOCOL_VERSION:
+                self.hello = hello
+                self.engine.agent_started(self.host.name, hello, bundle.hash)
+                return client
+            await client.close()
+        raise HostConnectError(
+            self.host.name,
+            f"agent speaks protocol {hello.protocol}, controller {protocol.PROTOCOL_VERSION}",
+        )
+
+    async def explain_agent_exit(
+        self, process: asyncssh.SSHClientProcess[bytes], exc: Exception
+    ) -> None:
+        """Name the reason when the agent died at start (no python, too old, crashed)."""
+        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(process.wait_closed(), 2.0)
+        stderr = b""
+        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
+            stderr = await asyncio.wait_for(process.stderr.read(), 1.0)
+        detail = stderr.decode(errors="replace").strip().splitlines()
+        last = detail[-1] if detail else str(exc)
+        if process.exit_status == EXIT_NOT_FOUND:
+            raise HostConnectError(
+                self.host.name, f"no python3 >= 3.8 ({self.host.python}: not found)"
+            ) from exc
+        raise HostConnectError(self.host.name, f"agent failed to start: {last}") from exc
+
+    def on_event(self, message: dict[str, Any]) -> None:
+        if message.get("event") == protocol.EVENT_TELEMETRY:
+            try:
+                sample = Telemetry.from_wire(message)
+            except ProtocolError as exc:
+                log.warning("host %s: %s", self.host.name, exc)
+                return
+            self.engine.telemetry_received(self.host.name, sample)
+
+
+class Engine:
+    """Owns the host sessions for one inventory and writes what they see into the catalog."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        catalog: Catalog,
+        *,
+        inventory_path: Path | None = None,
+        bundle: AgentBundle | None = None,
+        on_inventory_error: Callable[[InventoryError], None] | None = None,
+    ) -> None:
+        self.inventory = inventory
+        self.catalog = catalog
+        self.inventory_path = inventory_path
+        self.bundle = bundle or build_agent()
+        self.on_inventory_error = on_inventory_error
+        self.sessions: dict[str, HostSession] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        # Set when a host sent its first telemetry or failed: `cvtui hosts` waits on these.
+        self.answered = {host.name: asyncio.Event() for host in inventory.hosts}
+        self.inventory_error: InventoryError | None = None
+        self._pending: list[tuple[str, Telemetry]] = []
+        self._pending_times: list[float] = []
+        self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
+
+    # -- what sessions report -------------------------------------------------------------
+    def set_state(self, name: str, state: str, reason: str | None) -> None:
+        if name in self.sessions:
+            self.catalog.set_host_state(name, state, reason)
+
+    def host_failed(self, name: str, state: str, reason: str) -> None:
+        log.info("host %s: %s (%s)", name, state, reason)
+        self.set_state(name, state, reason)
+        if name in self.answered:
+            self.answered[name].set()
+
+    def agent_started(self, name: str, hello: Hello, agent_hash: str) -> None:
+        log.info("host %s: agent up (python %s, %s)", name, hello.python, hello.backend)
+        if name in self.sessions:
+            self.catalog.record_hello(name, hello, agent_hash)
+
+    def telemetry_received(self, name: str, sample: Telemetry) -> None:
+        if name not in self.sessions:
+            return
+        self._pending.append((name, sample))
+        self._pending_times.append(time.time())
+        if not self.answered[name].is_set():
+            # The first sample of a host is written at once so `cvtui hosts` can print it.
+            self.flush()
+            self.answered[name].set()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        received, self._pending_times = self._pending_times[-1], []
+        self.catalog.record_telemetry(batch, received=received)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start_session(self, host: Host) -> None:
+        session = HostSession(host, self.inventory.policy, self)
+        self.sessions[host.name] = session
+        self.answered.setdefault(host.name, asyncio.Event())
+        self.tasks[host.name] = asyncio.create_task(session.run(), name=f"host-{host.name}")
+
+    async def stop_session(self, name: str) -> None:
+        self.sessions.pop(name, None)
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def apply_inventory(self, new: Inventory) -> None:
+        """Start, stop and restart sessions so they match new, without touching the rest."""
+        async with self._apply_lock:
+            await self._apply_inventory(new)
+
+    async def _apply_inventory(self, new: Inventory) -> None:
+        old_hosts = {h.name: h for h in self.inventory.hosts}
+        new_hosts = {h.name: h for h in new.hosts}
+        policy_changed = new.policy != self.inventory.policy
+        self.inventory = new
+        self.inventory_error = None
+        self.catalog.sync_hosts(new.hosts)
+        for name in old_hosts.keys() - new_hosts.keys():
+            await self.stop_session(name)
+            self.answered.pop(name, None)
+        for name, host in new_hosts.items():
+            old = old_hosts.get(name)
+            if old is None:
+                self.start_session(host)
+            elif policy_changed or old.settings_key() != host.settings_key():
+                await self.stop_session(name)
+                self.start_session(host)
+            else:
+                self.sessions[name].host = host  # tags/max_runs: no reconnect needed
+
+    async def wait_answered(self, timeout_s: float) -> None:
+        """Wait until every host has sent telemetry or failed, at most timeout_s."""
+        waits = [event.wait() for event in self.answered.values()]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        self.flush()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until stop is set; then close every session (agents exit on EOF)."""
+        self.catalog.sync_hosts(self.inventory.hosts)
+        for host in self.inventory.hosts:
+            self.start_session(host)
+        background = [asyncio.create_task(self._flush_loop(stop), name="flush")]
+        if self.inventory_path is not None:
+            background.append(
+                asyncio.create_task(
+                    watch_inventory(
+                        self.inventory_path, self._inventory_changed, self._inventory_invalid, stop
+                    ),
+                    name="inventory-watch",
+                )
+            )
+        try:
+            await stop.wait()
+        finally:
+            for task in background:
+                task.cancel()
+            for name in list(self.sessions):
+                await self.stop_session(name)
+            await asyncio.gather(*background, return_exceptions=True)
+            self.flush()
+
+    async def _flush_loop(self, stop: asyncio.Event) -> None:
+        last_compact = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                self.flush()
+                if time.monotonic() - last_compact > COMPACT_INTERVAL_S:
+                    self.catalog.compact_telemetry()
+                    last_compact = time.monotonic()
+            except Exception:  # a busy or full disk must not end the engine
+                log.exception("catalog write failed")
+
+    def _inventory_changed(self, inventory: Inventory) -> None:
+        log.info("inventory reloaded: %d hosts", len(inventory.hosts))
+        asyncio.get_running_loop().create_task(self.apply_inventory(inventory))
+
+    def _inventory_invalid(self, error: InventoryError) -> None:
+        log.error("inventory edit rejected, keeping the last good one: %s", error)
+        self.inventory_error = error
+        if self.on_inventory_error is not None:
+            self.on_inventory_error(error)

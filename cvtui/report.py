@@ -1,0 +1,82 @@
+"""Plain-text renderings of catalog reports for the CLI (the TUI draws its own)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+BAR_CELLS = " ▏▎▍▌▋▊▉█"
+
+
+def human_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f}{unit}" if unit in ("B", "KiB") else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}TiB"
+
+
+def bar(fraction: float | None, width: int = 8) -> str:
+    """A bar of width cells filled to fraction (0..1), eighths resolution."""
+    if fraction is None:
+        return "?" * width
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    text = "█" * full + (BAR_CELLS[part] if part else "")
+    return text.ljust(width)
+
+
+def ago(timestamp: float | None, now: float | None = None) -> str:
+    if timestamp is None:
+        return "never"
+    seconds = max(0.0, (now or time.time()) - timestamp)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def gpu_line(gpu: dict[str, Any]) -> str:
+    util = gpu.get("util")
+    used, total = gpu.get("mem_used"), gpu.get("mem_total")
+    mem_fraction = used / total if used is not None and total else None
+    util_text = "  ?%" if util is None else f"{util:3.0f}%"
+    users = sorted({p["user"] or "?" for p in gpu.get("processes", [])})
+    temp = gpu.get("temperature")
+    temp_text = "" if temp is None else f" {temp:.0f}C"
+    return (
+        f"  [{gpu['index']}] {gpu['name'][:22]:22} util {bar((util or 0) / 100, 6)}{util_text}"
+        f"  mem {bar(mem_fraction, 6)} {human_bytes(used)}/{human_bytes(total)}{temp_text}"
+        + (f"  {','.join(users)}" if users else "")
+    )
+
+
+def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) -> str:
+    """The `cvtui hosts` table: one line per host, then one per GPU."""
+    lines = []
+    for host in report:
+        state = host["state"]
+        gpus = host.get("gpus", [])
+        free = sum(1 for g in gpus if not g.get("processes"))
+        backend = host.get("backend") or "-"
+        head = f"{host['name']:14} {state:12}"
+        if state in ("healthy", "stale"):
+            cpu = host.get("cpu_percent")
+            cpu_text = "-" if cpu is None else f"{cpu:.0f}%"
+            head += (
+                f" {len(gpus)} GPUs ({free} free, {backend})  cpu {cpu_text}"
+                f"  mem {human_bytes(host.get('mem_used'))}/{human_bytes(host.get('mem_total'))}"
+                f"  disk free {human_bytes(host.get('disk_free'))}"
+                f"  seen {ago(host.get('last_seen'), now)}"
+            )
+        if host.get("reason"):
+            head += f"  {host['reason']}"
+        lines.append(head.rstrip())
+        if state in ("healthy", "stale"):
+            lines.extend(gpu_line(g) for g in gpus)
+    return "\n".join(lines)

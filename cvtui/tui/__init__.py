@@ -1,0 +1,1 @@
+"""The Textual dashboard: reads the catalog, never opens SSH itself."""

@@ -1,0 +1,26 @@
+"""`python3 agent.pyz serve ...`: refuse Pythons older than 3.8 with a hello error, else serve."""
+
+# Keep this file parseable by any python3 (and python2): it is what an old interpreter reads first.
+import json
+import sys
+
+MIN_PYTHON = (3, 8)  # protocol.MIN_PYTHON, which old interpreters cannot import
+EXIT_PYTHON_TOO_OLD = 3
+
+if sys.version_info[:2] < MIN_PYTHON:
+    # No f-strings here: this must parse on Pythons before 3.6.
+    message = "cvtui's agent needs Python %d.%d or newer; %s is %s" % (  # noqa: UP031
+        MIN_PYTHON[0],
+        MIN_PYTHON[1],
+        sys.executable,
+        sys.version.split()[0],
+    )
+    error = {"code": "python_too_old", "message": message}
+    sys.stdout.write(json.dumps({"event": "hello", "error": error}) + "\n")
+    sys.stdout.flush()
+    sys.exit(EXIT_PYTHON_TOO_OLD)
+
+from remote_agent.agent import main  # noqa: E402  (only once the version is known to be enough)
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

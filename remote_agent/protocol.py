@@ -1,0 +1,226 @@
+"""Wire format shared by the agent and the controller: one JSON object per line.
+
+This module is imported on the GPU hosts (Python 3.8+, standard library only) and by the
+controller, so it is the single definition of every message. Requests are
+``{"id": N, "op": NAME, ...}``; replies are ``{"id": N, "ok": true, ...}`` or
+``{"id": N, "error": {"code": CODE, "message": TEXT}}``; events are ``{"event": NAME, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MIN_PYTHON = (3, 8)
+
+# Requests the agent understands.
+OP_PING = "ping"  # -> {"time": agent clock}
+OP_SNAPSHOT = "snapshot"  # -> {"telemetry": Telemetry} sampled now
+OP_SET_INTERVAL = "set_interval"  # {"interval": seconds} -> {}
+OP_CHECK = "check"  # -> {"checks": [Check, ...]} for `cvtui doctor`
+OP_SHUTDOWN = "shutdown"  # -> {} then the agent exits 0
+
+# Unsolicited events.
+EVENT_HELLO = "hello"  # first line the agent writes; fields of Hello
+EVENT_TELEMETRY = "telemetry"  # every interval; fields of Telemetry
+
+# Error codes in error replies.
+E_MALFORMED = "malformed"  # the line is not a JSON object
+E_BAD_REQUEST = "bad_request"  # no id/op, or arguments of the wrong type
+E_UNKNOWN_OP = "unknown_op"
+E_INTERNAL = "internal"  # the op raised; the agent keeps serving
+
+# Codes of a hello line that carries {"error": {"code", "message"}} instead of Hello fields; the
+# agent then exits without serving. (remote_agent/__main__.py spells the first one out itself,
+# since it must run on Pythons too old to import this module.)
+E_PYTHON_TOO_OLD = "python_too_old"  # exit status 3: python3 on the host is older than MIN_PYTHON
+E_BAD_ARGUMENTS = "bad_arguments"  # exit status 2: e.g. a --simulate value that is not valid
+
+# GPU backends, always named in the data so a simulated host never passes for a real one.
+BACKEND_NVML = "nvml"
+BACKEND_NVIDIA_SMI = "nvidia-smi"
+BACKEND_SIMULATED = "simulated"
+BACKEND_NONE = "none"  # no GPU could be read (a CPU-only host)
+
+MAX_LINE_BYTES = 1 << 20  # requests longer than this are answered with E_MALFORMED
+
+
+class ProtocolError(ValueError):
+    """A line that is not a well-formed message."""
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding memory on one GPU."""
+
+    pid: int
+    user: str | None  # login name, None when the uid has no passwd entry
+    command: str  # full command line ('' when unreadable)
+    container: str | None  # docker/podman/containerd id or name from /proc/PID/cgroup
+    mem: int | None  # bytes of GPU memory, None when the driver does not say
+    run_id: str | None  # CVTUI_RUN_ID of the process when it is one of ours
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU at one instant; None means the backend could not read the value."""
+
+    index: int
+    uuid: str
+    name: str
+    util: float | None  # percent, nvidia-smi utilization.gpu
+    mem_used: int | None  # bytes, memory.used
+    mem_total: int | None  # bytes, memory.total
+    temperature: float | None  # Celsius, temperature.gpu
+    power: float | None  # watts, power.draw
+    power_limit: float | None  # watts, power.limit
+    fan: float | None  # percent, fan.speed
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """Host-wide figures at one instant."""
+
+    cpu_percent: float | None  # all cores, since the previous sample
+    load1: float | None
+    load5: float | None
+    load15: float | None
+    mem_used: int | None  # bytes, MemTotal - MemAvailable
+    mem_total: int | None  # bytes
+    disk_free: int | None  # bytes available to the user under the agent's root
+    disk_total: int | None  # bytes
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """One sample of a host and its GPUs, as pushed in EVENT_TELEMETRY."""
+
+    time: float  # unix seconds on the agent's clock
+    backend: str  # BACKEND_*
+    host: HostSample
+    gpus: tuple[GpuSample, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Telemetry:
+        try:
+            gpus = tuple(
+                GpuSample(
+                    **{k: v for k, v in g.items() if k != "processes"},
+                    processes=tuple(GpuProcess(**p) for p in g.get("processes", ())),
+                )
+                for g in data.get("gpus", ())
+            )
+            return cls(
+                time=float(data["time"]),
+                backend=str(data["backend"]),
+                host=HostSample(**data["host"]),
+                gpus=gpus,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"bad telemetry: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The agent's first line: who it is and what it can do."""
+
+    protocol: int
+    python: str  # platform.python_version() of the host interpreter
+    hostname: str
+    user: str
+    pid: int
+    backend: str  # BACKEND_*
+    backend_errors: tuple[str, ...] = ()  # why better backends were not used (NVML error...)
+    gpu_count: int = 0
+    hash_algorithms: tuple[str, ...] = ()  # e.g. ("xxh3_128", "blake2b-128")
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Hello:
+        known = set(cls.__dataclass_fields__)
+        try:
+            fields = {k: v for k, v in data.items() if k in known}
+            fields["backend_errors"] = tuple(fields.get("backend_errors", ()))
+            fields["hash_algorithms"] = tuple(fields.get("hash_algorithms", ()))
+            return cls(**fields)
+        except TypeError as exc:
+            raise ProtocolError(f"bad hello: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `cvtui doctor`: a named check, whether it passed, and what was seen."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class RemoteError(Exception):
+    """An error reply from the agent."""
+
+    code: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as one line of compact UTF-8 JSON."""
+    return (json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one line into a message object, or raise ProtocolError saying why not."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError(f"line of {len(line)} bytes is over the {MAX_LINE_BYTES} byte limit")
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ProtocolError(f"not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a message must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def request(request_id: int, op: str, **args: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"id": request_id, "op": op}
+    message.update(args)
+    return message
+
+
+def reply_ok(request_id: Any, **fields: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"id": request_id, "ok": True}
+    message.update(fields)
+    return message
+
+
+def reply_error(request_id: Any, code: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "error": {"code": code, "message": message}}
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"event": name}
+    message.update(fields)
+    return message
+
+
+def parse_reply(message: dict[str, Any]) -> dict[str, Any]:
+    """Return the fields of an ok reply, or raise RemoteError for an error reply."""
+    err = message.get("error")
+    if err is not None:
+        if isinstance(err, dict):
+            raise RemoteError(str(err.get("code", E_INTERNAL)), str(err.get("message", "")))
+        raise RemoteError(E_INTERNAL, str(err))
+    return message
