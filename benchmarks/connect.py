@@ -72,9 +72,11 @@ async def time_cvtui(
     bundle = build_agent()
     if profiler is not None:
         profiler.enable()
-    session = await open_agent_session(host, policy, bundle)
-    if profiler is not None:
-        profiler.disable()
+    try:
+        session = await open_agent_session(host, policy, bundle)
+    finally:
+        if profiler is not None:
+            profiler.disable()
     try:
         if session.uploaded and not warm_up:
             raise RuntimeError("the agent was uploaded again although it was cached")
@@ -87,7 +89,9 @@ async def time_cvtui(
         await session.close()
 
 
-async def measure(lab: Lab, runs: int, profile: bool) -> tuple[list[float], list[float], dict]:
+async def measure(
+    lab: Lab, runs: int, profile: bool
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
     inventory = load_inventory(lab.inventory_path)
     host, policy = inventory.host(HOST), inventory.policy
     command = ssh_command(lab, HOST)
@@ -111,7 +115,7 @@ def run(options: Options) -> list[Row]:
     runs = QUICK_RUNS if options.quick else RUNS
     with temporary_lab(LabHostSpec(HOST, gpus=8)) as lab:
         cvtui_s, ssh_s, steps = asyncio.run(measure(lab, runs, options.profile))
-    breakdown = " + ".join(f"{name} {statistics.median(ms):.0f}" for name, ms in steps.items())
+    breakdown = ", ".join(f"{name} {statistics.median(ms):.0f}" for name, ms in steps.items())
     return [
         Row(
             NAME,
@@ -121,7 +125,7 @@ def run(options: Options) -> list[Row]:
             baseline_name="ssh true",
             target=Target(TARGET_RATIO, on_ratio=True),
             note=(
-                f"median of {runs}; {breakdown} ms; login shell start "
+                f"median of {runs}; steps {breakdown} ms; login shell start "
                 f"{login_shell_ms():.0f} ms is in both"
             ),
         )

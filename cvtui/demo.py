@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -46,10 +47,17 @@ async def run_headless(inventory: Inventory, catalog: Catalog, duration_s: float
     return 0 if report and all(h["state"] == "healthy" for h in report) else 1
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # SIGHUP (terminal closed) and SIGTERM must still run the cleanup in run_demo's finally.
+    raise SystemExit(128 + signum)
+
+
 def run_demo(
     host_count: int = 3, *, headless: bool = False, duration_s: float | None = None
 ) -> int:
     base = Path(tempfile.mkdtemp(prefix="cvtui-demo-"))
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, _exit_on_signal)
     lab = None
     try:
         print(f"starting {host_count} simulated GPU hosts behind sshd on 127.0.0.1 ...", flush=True)

@@ -42,6 +42,18 @@ DEMO_HOSTS = (
 )
 
 
+def _die_with_parent() -> None:
+    """In the forked sshd: ask Linux to SIGTERM it when the process that started it dies.
+
+    This way a demo or test killed with SIGKILL leaves no servers behind.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def find_sshd() -> str:
     """Path of the OpenSSH server binary, or a CvtuiError saying how to install it."""
     found = shutil.which("sshd")
@@ -73,17 +85,16 @@ def generate_key(path: Path, comment: str) -> str:
 def descendants(pid: int) -> list[int]:
     """Pids of every live descendant of pid, read from /proc."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
+            stat = (entry / "stat").read_bytes()
         except OSError:
             continue
         # Fields after the parenthesised command name: state, ppid, ...
         ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        children.setdefault(ppid, []).append(int(entry.name))
     found: list[int] = []
     todo = [pid]
     while todo:
@@ -160,7 +171,8 @@ class SshServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                start_new_session=True,  # its own group, so kill() also ends live sessions
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

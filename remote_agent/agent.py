@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import IO, Any, Callable, Dict
+from typing import IO, Any, Callable, Dict, NoReturn
 
-from remote_agent.gpus import GIB, GpuBackend, open_backend
-from remote_agent.hoststats import HostStats, existing_ancestor, expand_root
+from remote_agent.doctor import hash_algorithms, python_version, run_checks
+from remote_agent.gpus import GpuBackend, open_backend
+from remote_agent.hoststats import HostStats, expand_root
 from remote_agent.protocol import (
-    BACKEND_NONE,
-    BACKEND_SIMULATED,
     E_BAD_ARGUMENTS,
     E_BAD_REQUEST,
     E_INTERNAL,
@@ -25,7 +24,6 @@ from remote_agent.protocol import (
     EVENT_HELLO,
     EVENT_TELEMETRY,
     MAX_LINE_BYTES,
-    MIN_PYTHON,
     OP_CHECK,
     OP_PING,
     OP_SET_INTERVAL,
@@ -48,7 +46,6 @@ DEFAULT_LEASES_DIR = "/tmp/cvtui-leases"
 DEFAULT_INTERVAL_S = 1.0
 MIN_INTERVAL_S = 0.01
 MAX_INTERVAL_S = 3600.0
-DISK_LOW_BYTES = GIB  # `check` fails below this much free space under the root
 EXIT_BAD_ARGUMENTS = 2
 _DISCARD_CHUNK_BYTES = 1 << 16
 
@@ -62,14 +59,16 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class Options:
+    """What `serve` was asked to do."""
+
     root: str  # absolute, ~ expanded
     leases_dir: str
-    interval_s: float
-    simulate: dict[str, Any] | None
+    interval_s: float  # seconds between telemetry pushes
+    simulate: dict[str, Any] | None  # the inventory's simulate: mapping, or None for real GPUs
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print usage and exit; we reply instead
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit
         raise ValueError(message)
 
 
@@ -95,26 +94,11 @@ def parse_args(argv: list[str]) -> Options:
     return Options(expand_root(args.root), args.leases_dir, args.interval, simulate)
 
 
-def hash_algorithms() -> list[str]:
-    """Whole-file hashes this host can compute, fastest first."""
-    try:
-        import xxhash  # optional on hosts; much faster than blake2b
-
-        available = ["xxh3_128"] if hasattr(xxhash, "xxh3_128") else []
-    except Exception:
-        available = []
-    return [*available, "blake2b-128"]
-
-
 def user_name() -> str:
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return os.environ.get("USER") or str(os.getuid())
-
-
-def python_version() -> str:
-    return ".".join(str(part) for part in sys.version_info[:3])
 
 
 def parse_request_line(line: bytes) -> dict[str, Any]:
@@ -224,6 +208,13 @@ class Agent:
             self._gpu_count = max(self._gpu_count, len(gpus))
             return Telemetry(time.time(), self.backend.name, self.host.sample(), tuple(gpus))
 
+    def _telemetry_event(self) -> dict[str, Any] | None:
+        try:
+            return event(EVENT_TELEMETRY, **telemetry_wire(self.telemetry()))
+        except Exception as exc:  # never let one bad sample end the stream
+            sys.stderr.write(f"cvtui agent: telemetry failed: {type(exc).__name__}: {exc}\n")
+            return None
+
     def hello(self) -> Hello:
         return Hello(
             protocol=PROTOCOL_VERSION,
@@ -317,9 +308,10 @@ class Agent:
 
     def serve(self, infile: IO[bytes]) -> int:
         """Hello, then telemetry every interval while a thread answers requests; the exit code."""
-        first = self.telemetry()
+        first = self._telemetry_event()  # before the hello, which carries the GPU count
         self.send(event(EVENT_HELLO, **self.hello().to_wire()))
-        self.send(event(EVENT_TELEMETRY, **telemetry_wire(first)))
+        if first is not None:
+            self.send(first)
         with self._cond:
             self._next_due = time.monotonic() + self._interval_s
         reader = self._reader = threading.Thread(
@@ -338,8 +330,10 @@ class Agent:
                 now = time.monotonic()
                 # Skip ticks missed while a slow sample ran, instead of bursting to catch up.
                 self._next_due = max(self._next_due + self._interval_s, now)
-            self.send(event(EVENT_TELEMETRY, **telemetry_wire(self.telemetry())))
-        reader.join(timeout=1.0)
+            message = self._telemetry_event()
+            if message is not None:
+                self.send(message)
+        reader.join(timeout=0.2)
         self.backend.close()
         self.host.close()
         return self._exit_code
@@ -349,104 +343,15 @@ class Agent:
         """Whether the request thread is still stuck reading stdin after serve() returned."""
         return self._reader is not None and self._reader.is_alive()
 
-    # --- doctor ---
-
     def checks(self) -> list[Check]:
         """What `cvtui doctor` shows for this host."""
-        return [
-            check_python(),
-            check_root(self.options.root),
-            check_leases(self.options.leases_dir),
-            check_disk(self.options.root),
-            self._check_backend(),
-            check_hashing(),
-        ]
-
-    def _check_backend(self) -> Check:
-        name = self.backend.name
-        why = "; ".join(self.backend_errors)
-        if name == BACKEND_NONE:
-            return Check("gpu_backend", False, f"no GPU backend works: {why}")
-        detail = f"{name}, {self._gpu_count} GPU(s)"
-        if name == BACKEND_SIMULATED:
-            detail += " (simulated by the inventory's simulate: field)"
-        return Check("gpu_backend", True, detail + (f"; not used: {why}" if why else ""))
-
-
-def check_python() -> Check:
-    ok = sys.version_info >= MIN_PYTHON
-    need = ".".join(map(str, MIN_PYTHON))
-    return Check("python", ok, f"{python_version()} at {sys.executable} (needs {need}+)")
-
-
-def check_root(root: str) -> Check:
-    probe = os.path.join(root, f".cvtui-check-{os.getpid()}")
-    try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"ok\n")
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        return Check("root", False, f"{root} is not writable: {exc.strerror or exc}")
-    return Check("root", True, f"{root} is writable")
-
-
-def check_leases(leases_dir: str) -> Check:
-    """The shared GPU lease directory exists with mode 1777 and flock works in it."""
-    import fcntl  # Unix only, like the leases themselves
-
-    try:
-        if not os.path.isdir(leases_dir):
-            os.makedirs(leases_dir, exist_ok=True)
-            # Shared by every user's runs on purpose (sticky, like /tmp); makedirs applied umask.
-            os.chmod(leases_dir, 0o1777)  # noqa: S103
-        st = os.stat(leases_dir)
-        if st.st_uid == os.getuid() and st.st_mode & 0o7777 != 0o1777:
-            os.chmod(leases_dir, 0o1777)  # noqa: S103  (as above)
-            st = os.stat(leases_dir)
-        # O_EXCL|O_NOFOLLOW: in a world-writable directory, never follow another user's link.
-        probe = os.path.join(leases_dir, f".check-{os.getuid()}-{os.getpid()}")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(probe, flags, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        return Check("leases", False, f"{leases_dir}: {exc.strerror or exc}")
-    mode = st.st_mode & 0o7777
-    if mode != 0o1777:
-        return Check(
-            "leases",
-            False,
-            f"{leases_dir} has mode {mode:04o}, not 1777: other users cannot lease GPUs "
-            f"(its owner can run: chmod 1777 {leases_dir})",
+        return run_checks(
+            self.options.root,
+            self.options.leases_dir,
+            self.backend.name,
+            self.backend_errors,
+            self._gpu_count,
         )
-    return Check("leases", True, f"{leases_dir} has mode 1777 and flock works")
-
-
-def check_disk(root: str) -> Check:
-    where = existing_ancestor(root)
-    try:
-        st = os.statvfs(where)
-    except OSError as exc:
-        return Check("disk", False, f"cannot stat {where}: {exc.strerror or exc}")
-    free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-    detail = f"{free} bytes ({free / GIB:.1f} GiB) free of {total} bytes under {where}"
-    return Check("disk", free >= DISK_LOW_BYTES, detail)
-
-
-def check_hashing() -> Check:
-    algorithms = hash_algorithms()
-    detail = ", ".join(algorithms)
-    if "xxh3_128" not in algorithms:
-        detail += " (pip install --user xxhash makes file sync hashing faster)"
-    return Check("hashing", True, detail)
 
 
 def _refuse(message: str) -> int:
@@ -466,7 +371,12 @@ def main(argv: list[str]) -> int:
     # The protocol owns fd 1; anything else printing (a library, a warning) goes to stderr.
     sys.stdout.flush()
     out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    try:
+        os.dup2(2, 1)
+    except OSError:  # no stderr at all: stray output is dropped instead
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
     infile = os.fdopen(os.dup(0), "rb")
     agent = Agent(options, backend, errors, out)
     try:

@@ -16,7 +16,9 @@ from remote_agent.protocol import HostSample
 _CONTAINER_SEGMENT = re.compile(r"(?:^|[-/])([0-9a-f]{64})(?:\.scope)?$")
 CONTAINER_ID_CHARS = 12  # the short id `docker ps` shows
 
-_ENVIRON_LIMIT_BYTES = 1 << 20  # a process environment larger than this is not worth reading
+MIB = 1 << 20
+GIB = 1 << 30
+_ENVIRON_LIMIT_BYTES = MIB  # a process environment larger than this is not worth reading
 
 
 def expand_root(root: str) -> str:
@@ -196,7 +198,8 @@ class HostStats:
         for line in text.split(b"\n"):
             fields = line.split()
             if len(fields) >= 2 and fields[0] in (b"MemTotal:", b"MemAvailable:"):
-                values[fields[0]] = int(fields[1]) * 1024  # kB -> bytes
+                with contextlib.suppress(ValueError):
+                    values[fields[0]] = int(fields[1]) * 1024  # kB -> bytes
         total = values.get(b"MemTotal:")
         available = values.get(b"MemAvailable:")
         if total is None or available is None:

@@ -49,7 +49,12 @@ async def diagnose(host: Host, policy: Policy, timeout_s: float = 10.0) -> Async
         writer.close()
         yield Check("ssh reachable", True, f"port {host.port} open ({_ms(start)})")
     except (TimeoutError, OSError) as exc:
-        detail = "timeout" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or str(exc)
+        if isinstance(exc, asyncio.TimeoutError):
+            detail = f"timeout after {timeout_s:g} s"
+        elif isinstance(exc, ConnectionRefusedError):
+            detail = "connection refused (is sshd running?)"
+        else:
+            detail = exc.strerror or str(exc)
         yield Check("ssh reachable", False, f"{address}:{host.port}: {detail}")
         return
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import asyncssh
 import pytest
 import yaml
-from cvtui.engine.agent_build import build_agent
-from cvtui.inventory import Inventory, load_inventory
 from support import running, wait_for
 
 from cvtui.catalog import Catalog
+from cvtui.engine.agent_build import build_agent
 from cvtui.engine.connections import open_connection
 from cvtui.engine.deploy import agent_file, ensure_agent
 from cvtui.engine.engine import Engine
+from cvtui.inventory import Inventory, load_inventory
 from cvtui.lab import Lab, LabHostSpec, generate_key
 
 pytestmark = pytest.mark.sshd

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,9 +33,10 @@ class AgentProcess:
         interval_s: float = 0.05,
         leases_dir: Path | None = None,
         argv: list[str] | None = None,
+        python: str = sys.executable,
     ) -> None:
         if argv is None:
-            argv = [sys.executable, "-m", "remote_agent", "serve", "--root", str(root)]
+            argv = [python, "-m", "remote_agent", "serve", "--root", str(root)]
             argv += ["--interval", str(interval_s)]
             argv += ["--leases-dir", str(leases_dir or root.parent / "leases")]
             if simulate is not None:
@@ -157,3 +160,37 @@ def child_env(**extra: str) -> dict[str, str]:
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.update(extra)
     return env
+
+
+@functools.cache
+def find_python(version: str) -> str | None:
+    """An interpreter of exactly this version ("3.8"), on PATH or installed by pyenv, or None."""
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(
+        str(p) for p in Path.home().glob(f".pyenv/versions/{version}.*/bin/python")
+    )
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        try:
+            done = subprocess.run(
+                [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                timeout=30,
+            )
+        except OSError:
+            continue
+        if done.returncode == 0 and done.stdout.decode().strip() == version:
+            return candidate
+    return None
+
+
+@functools.cache
+def python_version_of(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    return done.stdout.decode().strip()

@@ -20,12 +20,12 @@ from remote_agent.gpus import (
     BackendUnavailable,
     NvidiaSmiBackend,
     NvmlBackend,
-    SimulatedBackend,
     open_backend,
     parse_apps_csv,
     parse_gpu_csv,
 )
 from remote_agent.protocol import BACKEND_NONE, BACKEND_NVIDIA_SMI, BACKEND_NVML, GpuSample
+from remote_agent.simulated import SimulatedBackend
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -16,7 +16,6 @@ from remote_agent.agent import (
     safe_encode,
     telemetry_wire,
 )
-from remote_agent.gpus import SimulatedBackend
 from remote_agent.protocol import (
     E_BAD_REQUEST,
     E_INTERNAL,
@@ -25,6 +24,7 @@ from remote_agent.protocol import (
     ProtocolError,
     reply_error,
 )
+from remote_agent.simulated import SimulatedBackend
 
 
 def _agent(tmp_path: Path) -> Agent:

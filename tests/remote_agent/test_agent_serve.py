@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import pwd
 import random
 import signal
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from remote_agent_harness import REPO, AgentProcess, child_env
+from remote_agent_harness import REPO, AgentProcess, child_env, find_python, python_version_of
 
 import remote_agent.__main__ as agent_main
 from remote_agent.protocol import (
@@ -39,26 +38,42 @@ GIB = 1 << 30
 SIM8 = {"gpus": 8, "model": "A100-SXM4-80GB", "memory": 80 * GIB}
 
 
+# The agent's tests run on this interpreter and, where one is installed, on the oldest Python
+# the agent supports (hosts run whatever python3 they have).
+PY38 = find_python("3.8")
+PYTHONS = [
+    pytest.param(sys.executable, id="current"),
+    pytest.param(PY38, id="py3.8", marks=pytest.mark.skipif(PY38 is None, reason="no Python 3.8")),
+]
+
+
+@pytest.fixture(params=PYTHONS)
+def python(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
-    with AgentProcess(tmp_path / "root", simulate=SIM8) as proc:
+def agent(tmp_path: Path, python: str) -> Iterator[AgentProcess]:
+    with AgentProcess(tmp_path / "root", simulate=SIM8, python=python) as proc:
         yield proc
 
 
-def test_hello_comes_first_and_describes_the_host(agent: AgentProcess) -> None:
+def test_hello_comes_first_and_describes_the_host(agent: AgentProcess, python: str) -> None:
     first = agent.hello()
     hello = Hello.from_wire(first)
     assert set(first) == {"event", *Hello.__dataclass_fields__}
     assert hello.protocol == PROTOCOL_VERSION
-    assert hello.python == platform.python_version()
+    assert hello.python == python_version_of(python)
     assert hello.hostname == os.uname().nodename
     assert hello.user == pwd.getpwuid(os.getuid()).pw_name
     assert hello.pid == agent.proc.pid
     assert hello.backend == BACKEND_SIMULATED
     assert hello.backend_errors == ()  # simulation is asked for, so nothing else was tried
     assert hello.gpu_count == 8
-    # xxhash is installed in this environment, so the fast hash comes first.
-    assert hello.hash_algorithms == ("xxh3_128", "blake2b-128")
+    if python == sys.executable:  # xxhash is installed here, so the fast hash comes first
+        assert hello.hash_algorithms == ("xxh3_128", "blake2b-128")
+    else:
+        assert hello.hash_algorithms[-1] == "blake2b-128"
 
 
 def test_telemetry_streams_with_eight_simulated_gpus_in_bytes(agent: AgentProcess) -> None:
@@ -87,10 +102,10 @@ def test_telemetry_streams_with_eight_simulated_gpus_in_bytes(agent: AgentProces
     assert second.time > first.time
 
 
-def test_simulated_uuids_differ_per_agent_root(tmp_path: Path) -> None:
+def test_simulated_uuids_differ_per_agent_root(tmp_path: Path, python: str) -> None:
     uuids = []
     for name in ("a", "b"):
-        with AgentProcess(tmp_path / name / "root", simulate={"gpus": 2}) as proc:
+        with AgentProcess(tmp_path / name / "root", simulate={"gpus": 2}, python=python) as proc:
             proc.hello()
             uuids.append([gpu.uuid for gpu in proc.telemetry().gpus])
     assert not set(uuids[0]) & set(uuids[1])
@@ -182,8 +197,10 @@ def test_snapshot_samples_now(agent: AgentProcess) -> None:
     assert abs(sample.time - time.time()) < 5
 
 
-def test_set_interval_takes_effect_at_once(tmp_path: Path) -> None:
-    with AgentProcess(tmp_path / "root", simulate={"gpus": 1}, interval_s=30) as proc:
+def test_set_interval_takes_effect_at_once(tmp_path: Path, python: str) -> None:
+    with AgentProcess(
+        tmp_path / "root", simulate={"gpus": 1}, interval_s=30, python=python
+    ) as proc:
         proc.hello()
         proc.telemetry()  # the immediate first sample; the next would be 30 s away
         assert proc.request("set_interval", interval=0.05) == {"id": proc._next_id, "ok": True}
@@ -193,30 +210,34 @@ def test_set_interval_takes_effect_at_once(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
 
 
-def test_check_reports_every_precondition(tmp_path: Path) -> None:
+def test_check_reports_every_precondition(tmp_path: Path, python: str) -> None:
     leases = tmp_path / "shared" / "leases"
-    with AgentProcess(tmp_path / "root", simulate={"gpus": 2}, leases_dir=leases) as proc:
+    with AgentProcess(
+        tmp_path / "root", simulate={"gpus": 2}, leases_dir=leases, python=python
+    ) as proc:
         proc.hello()
         reply = proc.request("check")
     checks = {c["name"]: Check(**c) for c in reply["checks"]}
     assert list(checks) == ["python", "root", "leases", "disk", "gpu_backend", "hashing"]
-    assert checks["python"].ok and platform.python_version() in checks["python"].detail
+    assert checks["python"].ok and python_version_of(python) in checks["python"].detail
     assert checks["root"].ok and str(tmp_path / "root") in checks["root"].detail
     assert checks["leases"].ok, checks["leases"]
     assert stat.S_IMODE(leases.stat().st_mode) == 0o1777
     assert list(leases.iterdir()) == []  # the probe lock file is cleaned up
     assert "bytes" in checks["disk"].detail and isinstance(checks["disk"].ok, bool)
     assert checks["gpu_backend"].ok and "simulated, 2 GPU(s)" in checks["gpu_backend"].detail
-    assert checks["hashing"].detail.startswith("xxh3_128")
+    assert "blake2b-128" in checks["hashing"].detail
     assert [p.name for p in (tmp_path / "root").iterdir()] == []  # probe file removed
 
 
-def test_check_fails_for_a_root_that_cannot_exist(tmp_path: Path) -> None:
+def test_check_fails_for_a_root_that_cannot_exist(tmp_path: Path, python: str) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     leases = tmp_path / "leases-blocker"
     leases.write_text("not a directory either")
-    with AgentProcess(blocker / "root", simulate={"gpus": 1}, leases_dir=leases / "leases") as proc:
+    with AgentProcess(
+        blocker / "root", simulate={"gpus": 1}, leases_dir=leases / "leases", python=python
+    ) as proc:
         proc.hello()
         checks = {c["name"]: Check(**c) for c in proc.request("check")["checks"]}
         assert proc.telemetry().host.disk_total  # disk figures come from the nearest parent
@@ -240,8 +261,8 @@ def test_eof_on_stdin_exits_zero_promptly(agent: AgentProcess) -> None:
     assert "Traceback" not in agent.stderr_text()
 
 
-def test_closed_stdout_makes_the_agent_exit(tmp_path: Path) -> None:
-    proc = AgentProcess(tmp_path / "root", simulate={"gpus": 1})
+def test_closed_stdout_makes_the_agent_exit(tmp_path: Path, python: str) -> None:
+    proc = AgentProcess(tmp_path / "root", simulate={"gpus": 1}, python=python)
     try:
         proc.hello()
         assert proc.proc.stdout is not None
@@ -251,8 +272,8 @@ def test_closed_stdout_makes_the_agent_exit(tmp_path: Path) -> None:
         proc.close()
 
 
-def test_bad_simulate_is_refused_in_the_hello(tmp_path: Path) -> None:
-    with AgentProcess(tmp_path / "root", simulate={"gpus": "eight"}) as proc:
+def test_bad_simulate_is_refused_in_the_hello(tmp_path: Path, python: str) -> None:
+    with AgentProcess(tmp_path / "root", simulate={"gpus": "eight"}, python=python) as proc:
         hello = proc.event()
         assert hello["event"] == "hello"
         assert hello["error"]["code"] == E_BAD_ARGUMENTS
@@ -260,15 +281,30 @@ def test_bad_simulate_is_refused_in_the_hello(tmp_path: Path) -> None:
         assert proc.wait() == 2
 
 
-def test_too_old_python_is_refused_with_exit_3() -> None:
-    # The version check reads sys.version_info; an old interpreter is emulated by replacing it.
-    code = (
-        "import sys, runpy; sys.version_info = (3, 6, 9, 'final', 0); "
-        "runpy.run_module('remote_agent', run_name='__main__')"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, "serve"], cwd=REPO, capture_output=True, timeout=30
-    )
+OLD_PYTHONS = {version: find_python(version) for version in ("2.7", "3.6", "3.7")}
+
+
+@pytest.mark.parametrize(
+    "old",
+    [
+        pytest.param(None, id="emulated"),
+        *(
+            pytest.param(path, id=f"py{version}", marks=pytest.mark.skipif(not path, reason="none"))
+            for version, path in OLD_PYTHONS.items()
+        ),
+    ],
+)
+def test_too_old_python_is_refused_with_exit_3(old: str | None) -> None:
+    if old is None:
+        # The version check reads sys.version_info: emulate an old interpreter by replacing it.
+        code = (
+            "import sys, runpy; sys.version_info = (3, 6, 9, 'final', 0); "
+            "runpy.run_module('remote_agent', run_name='__main__')"
+        )
+        argv = [sys.executable, "-c", code, "serve"]
+    else:
+        argv = [old, "-m", "remote_agent", "serve"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=30)
     assert done.returncode == 3
     hello = json.loads(done.stdout)
     assert hello["event"] == "hello"
@@ -297,11 +333,11 @@ def _kill_runs(*runs: subprocess.Popen[bytes]) -> None:
 SLEEPER = "import time; time.sleep(60)"
 
 
-def test_run_processes_show_on_their_simulated_gpus(tmp_path: Path) -> None:
+def test_run_processes_show_on_their_simulated_gpus(tmp_path: Path, python: str) -> None:
     root = tmp_path / "root"
     # A run whose command has a child (like dataloader workers) that inherits its environment.
     with_child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {SLEEPER!r}])"
-    with AgentProcess(root, simulate=SIM8) as proc:
+    with AgentProcess(root, simulate=SIM8, python=python) as proc:
         proc.hello()
         uuid_of_6 = proc.telemetry().gpus[6].uuid
         run_a = _start_run(
@@ -347,9 +383,9 @@ def test_run_processes_show_on_their_simulated_gpus(tmp_path: Path) -> None:
         proc.latest_telemetry_where(lambda t: not any(g.processes for g in t.gpus))
 
 
-def test_foreign_json_injects_another_users_process(tmp_path: Path) -> None:
+def test_foreign_json_injects_another_users_process(tmp_path: Path, python: str) -> None:
     root = tmp_path / "root"
-    with AgentProcess(root, simulate=SIM8) as proc:
+    with AgentProcess(root, simulate=SIM8, python=python) as proc:
         proc.hello()
         proc.telemetry()
         (root / "simulate").mkdir()

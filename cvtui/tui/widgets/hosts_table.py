@@ -74,9 +74,12 @@ class HostsTable(DataTable[Any]):
         mem_used, mem_total = host.get("mem_used"), host.get("mem_total")
         info = host.get("reason") or ""
         if not info and state == "healthy":
-            info = f"{host.get('backend')} · disk free {human_bytes(host.get('disk_free'))}"
+            info = f"disk free {human_bytes(host.get('disk_free'))}"
         return [
-            Text(host["name"], style="bold"),
+            Text.assemble(
+                (host["name"], "bold"),
+                (" simulated", "italic yellow") if host.get("backend") == "simulated" else "",
+            ),
             Text(state, style=STATE_STYLES.get(state, "")),
             Text(f"cpu {_pct(host.get('cpu_percent'))}"),
             Text(f"{human_bytes(mem_used)}/{human_bytes(mem_total)}"),
