@@ -52,3 +52,13 @@ class EngineLockedError(CvtuiError):
         self.pid = pid
         who = f"pid {pid}" if pid else "another process"
         super().__init__(f"an engine ({who}) already holds {lock_path}")
+
+
+class ConfigError(InventoryError):
+    """A problem in a run config YAML or a --set override, located as ``path:line:column: problem``.
+
+    It is an InventoryError so the run config parser can reuse the inventory's YAML node walker;
+    ``path`` is the config file, or the option (``--set``, ``--gpus``, ...) at fault.
+    """
+
+    exit_code = 2

@@ -62,7 +62,7 @@ class Options:
     """What `serve` was asked to do."""
 
     root: str  # absolute, ~ expanded
-    leases_dir: str
+    leases_dir: str  # absolute, ~ expanded
     interval_s: float  # seconds between telemetry pushes
     simulate: dict[str, Any] | None  # the inventory's simulate: mapping, or None for real GPUs
 
@@ -91,7 +91,8 @@ def parse_args(argv: list[str]) -> Options:
             raise ValueError(f"--simulate is not JSON: {exc}") from exc
         if not isinstance(simulate, dict):
             raise ValueError('--simulate must be a JSON object like {"gpus": 4}')
-    return Options(expand_root(args.root), args.leases_dir, args.interval, simulate)
+    leases_dir = os.path.abspath(os.path.expanduser(args.leases_dir))
+    return Options(expand_root(args.root), leases_dir, args.interval, simulate)
 
 
 def user_name() -> str:

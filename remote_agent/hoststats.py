@@ -13,7 +13,7 @@ from remote_agent.protocol import HostSample
 # A 64-hex container id as a cgroup path segment, possibly wrapped by a runtime's naming:
 # docker-<id>.scope, /docker/<id>, libpod-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope,
 # and the kubepods cgroupfs layout /kubepods/<qos>/pod<uid>/<id>.
-_CONTAINER_SEGMENT = re.compile(r"(?:^|[-/])([0-9a-f]{64})(?:\.scope)?$")
+_CONTAINER_SEGMENT = re.compile(r"(?:^|-)([0-9a-f]{64})(?:\.scope)?$")
 CONTAINER_ID_CHARS = 12  # the short id `docker ps` shows
 
 MIB = 1 << 20

@@ -78,6 +78,7 @@ class GpuSample:
     power_limit: float | None  # watts, power.limit
     fan: float | None  # percent, fan.speed
     processes: tuple[GpuProcess, ...] = ()
+    leased_by: str | None = None  # run id holding this GPU's lease file ("?" if unreadable)
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,12 @@ def decode(line: bytes) -> dict[str, Any]:
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"line of {len(line)} bytes is over the {MAX_LINE_BYTES} byte limit")
     try:
-        obj = json.loads(line)
+        # Decode as UTF-8 ourselves: json.loads would guess UTF-16/32 from NUL bytes.
+        obj = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ProtocolError(f"not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("not JSON: nested too deeply") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(obj).__name__}")
     return obj
@@ -224,3 +228,90 @@ def parse_reply(message: dict[str, Any]) -> dict[str, Any]:
             raise RemoteError(str(err.get("code", E_INTERNAL)), str(err.get("message", "")))
         raise RemoteError(E_INTERNAL, str(err))
     return message
+
+
+# --- Runs ------------------------------------------------------------------------------------
+# Ops that start, watch and stop detached runs (see remote_agent/supervisor.py).
+OP_UNPACK_CODE = "unpack_code"  # {hash, archive} -> {path}: extract an uploaded code tarball once
+OP_START = "start"  # StartRequest fields -> {run_dir, supervisor_pid}
+OP_RUNS = "runs"  # {run_ids?: [..]} -> {runs: [RunStatus, ...]} for reconcile
+OP_CANCEL = "cancel"  # {run_id, grace} -> {state, signalled}
+OP_WATCH = "watch"  # {run_ids: [..]} -> {}: push EVENT_RUN for these runs when they change
+
+EVENT_RUN = "run"  # fields of RunStatus, pushed when a watched run's status changes
+
+E_RUN_EXISTS = "run_exists"  # start refused: the run dir is already there (never start twice)
+E_GPU_BUSY = "gpu_busy"  # start refused: a GPU lease is held by another run
+E_NO_SUCH_RUN = "no_such_run"
+E_NOT_OURS = "not_ours"  # cancel refused: the status was not written by our supervisor
+
+RUN_STARTING = "starting"  # supervisor forked, command not yet started
+RUN_RUNNING = "running"
+RUN_SUCCEEDED = "succeeded"
+RUN_FAILED = "failed"
+RUN_CANCELLED = "cancelled"
+RUN_LOST = "lost"  # supervisor gone without writing an exit status
+RUN_FINAL_STATES = (RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_LOST)
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What OP_START needs: everything about one run, already resolved by the controller."""
+
+    run_id: str
+    command: list[str] | str  # argv (exec'd directly) or a string for `/bin/sh -c`
+    gpus: tuple[int, ...] = ()  # GPU indexes to lease and expose as CUDA_VISIBLE_DEVICES
+    env: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # exported as CVTUI_PARAMS (JSON)
+    code_hash: str | None = None  # snapshot in <root>/code/<hash>, copied into the run dir
+    config_yaml: str = ""  # written to <run_dir>/config.yaml
+    grace_s: float = 10.0  # SIGTERM -> SIGKILL delay on cancel
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> StartRequest:
+        known = set(cls.__dataclass_fields__)
+        try:
+            fields = {k: v for k, v in data.items() if k in known}
+            fields["gpus"] = tuple(int(g) for g in fields.get("gpus", ()))
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad start request: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """A run as its supervisor records it in <run_dir>/status.json (and EVENT_RUN carries)."""
+
+    run_id: str
+    state: str  # RUN_*
+    run_dir: str = ""  # absolute path on the host
+    gpus: tuple[int, ...] = ()
+    supervisor_pid: int | None = None
+    supervisor_start: int | None = None  # /proc/PID/stat starttime, to tell a reused pid apart
+    pid: int | None = None  # the command's pid (leader of its process group)
+    pgid: int | None = None
+    uid: int | None = None
+    started: float | None = None  # unix seconds, host clock
+    ended: float | None = None
+    heartbeat: float | None = None  # last time the supervisor was seen alive
+    exit_code: int | None = None  # the command's exit status; -N when killed by signal N
+    progress: float | None = None  # percent, from [PROGRESS:..] lines or tqdm bars
+    progress_msg: str | None = None
+    reason: str | None = None  # why failed/cancelled/lost, in words
+    log_size: int = 0  # bytes in output.log
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RunStatus:
+        known = set(cls.__dataclass_fields__)
+        try:
+            fields = {k: v for k, v in data.items() if k in known}
+            fields["gpus"] = tuple(int(g) for g in fields.get("gpus", ()))
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad run status: {exc}") from exc

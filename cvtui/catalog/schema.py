@@ -120,8 +120,69 @@ def migration_1_monitoring(db: Database) -> None:
     )
 
 
+def migration_2_runs(db: Database) -> None:
+    """Runs, the events of their lifecycle, and what the engine needs to poll commands."""
+    db.table("runs").create(
+        {
+            "id": str,  # 26 Crockford base32 chars; sorts by creation time (runs.new_run_id)
+            "name": str,
+            "project": str,
+            "user": str,  # local login that submitted the run
+            "state": str,  # one of runs.RUN_STATES
+            "priority": str,  # urgent, high, normal, low
+            "priority_rank": int,  # 0 for urgent .. 3 for low: the queue sorts ascending
+            "submitted": float,  # unix seconds
+            "host": str,  # where it was placed; NULL while queued
+            "gpus": str,  # JSON list of GPU indexes on that host
+            "command": str,  # JSON: a list of arguments or one shell string
+            "params": str,  # JSON object: this grid point's parameters
+            "config": str,  # JSON object: the resolved config
+            "spec": str,  # JSON object: the whole RunSpec, to reproduce the run
+            "code_hash": str,  # xxh3 of the code snapshot
+            "resources": str,  # JSON object: gpus, min_free_mem, host, tags ...
+            "attempt": int,  # 1 for the first start, +1 per retry
+            "retries": int,  # retries allowed after a failure
+            "dispatched": float,  # unix seconds, controller clock
+            "started": float,  # unix seconds
+            "ended": float,  # unix seconds
+            "exit_code": int,
+            "progress": float,  # percent, 0..100
+            "progress_msg": str,
+            "reason": str,  # why it failed, was cancelled or lost
+            "supervisor_pid": int,  # on the host
+            "pgid": int,  # process group of the command, on the host
+            "run_dir": str,  # on the host
+            "log_size": int,  # bytes of output.log synced so far
+            "sync_status": str,
+            "updated": float,  # unix seconds of the last write to this row
+        },
+        pk="id",
+        defaults={"attempt": 1, "retries": 0, "log_size": 0},
+        not_null=["state", "priority", "priority_rank", "submitted"],
+    )
+    runs = db.table("runs")
+    runs.create_index(["state", "priority_rank", "submitted"], index_name="runs_queue")
+    runs.create_index(["host", "state"], index_name="runs_host_state")
+    runs.create_index(["project"], index_name="runs_project")
+    runs.create_index(["submitted"], index_name="runs_submitted")
+    runs.create_index(["name"], index_name="runs_name")  # find_runs by name
+    # AUTOINCREMENT: event ids never repeat, so readers can follow the table by id.
+    db.execute(
+        "CREATE TABLE run_events ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " run_id TEXT NOT NULL REFERENCES runs(id),"
+        " time REAL NOT NULL,"  # unix seconds
+        " state TEXT NOT NULL,"  # the state the run entered
+        " detail TEXT)"
+    )
+    db.execute("CREATE INDEX run_events_run ON run_events (run_id, id)")
+    db.execute("ALTER TABLE commands ADD COLUMN finished REAL")  # unix seconds
+    # The engine polls for pending commands while the table keeps every finished one.
+    db.execute("CREATE INDEX commands_state ON commands (state, id)")
+
+
 # Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
-MIGRATIONS: tuple[Migration, ...] = (migration_1_monitoring,)
+MIGRATIONS: tuple[Migration, ...] = (migration_1_monitoring, migration_2_runs)
 
 
 def schema_version(db: Database) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cvtui.catalog import schema
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
+from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
 from remote_agent.protocol import Hello, Telemetry
 
@@ -44,8 +45,10 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog:
+class Catalog(RunsMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
+
+    Run and command methods live in RunsMixin (runs.py) and share these transactions.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils

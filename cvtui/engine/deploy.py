@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from cvtui.engine.agent_build import AgentBundle
+from cvtui.engine.agent_build import AgentBundle, remote_agent_path
 
 if TYPE_CHECKING:
     from cvtui.inventory import Host
@@ -28,7 +28,7 @@ def remote_path(path: str) -> str:
 
 
 def agent_file(host: Host, bundle: AgentBundle) -> str:
-    return f"{remote_path(host.root).rstrip('/')}/agent/{bundle.hash}/agent.pyz"
+    return remote_agent_path(remote_path(host.root), bundle)
 
 
 async def ensure_agent(

@@ -15,7 +15,17 @@ from sqlite_utils import Database
 from cvtui.catalog import Catalog, CatalogError
 from cvtui.catalog.schema import MIGRATIONS, migrate
 
-TABLES = {"migrations", "hosts", "gpus", "gpu_processes", "telemetry", "commands"}
+TABLES = {
+    "migrations",
+    "hosts",
+    "gpus",
+    "gpu_processes",
+    "telemetry",
+    "commands",
+    "runs",
+    "run_events",
+}
+LATEST = len(MIGRATIONS)
 
 
 def migration_rows(path: Path) -> list[tuple[int, str, float]]:
@@ -28,22 +38,25 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == len(MIGRATIONS) == 1
+        assert cat.schema_version() == LATEST == 2
         assert set(cat.db.table_names()) >= TABLES
         assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
             i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
         }
         assert cat.db.table("gpus").pks == ["host", "idx"]
-    [(version, name, applied)] = migration_rows(catalog_path)
-    assert (version, name) == (1, "migration_1_monitoring")
-    assert applied > 1.6e9  # unix seconds, not a counter
+    rows = migration_rows(catalog_path)
+    assert [(version, name) for version, name, _ in rows] == [
+        (1, "migration_1_monitoring"),
+        (2, "migration_2_runs"),
+    ]
+    assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 
 
 def test_reopening_applies_nothing_again(catalog_path: Path) -> None:
     Catalog(catalog_path).close()
     before = migration_rows(catalog_path)
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == 1
+        assert cat.schema_version() == LATEST
         assert migrate(cat.db) == []
     assert migration_rows(catalog_path) == before
 
@@ -59,10 +72,10 @@ def test_database_at_version_zero_is_brought_up_to_date(catalog_path: Path) -> N
     )
     conn.close()
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == 1
+        assert cat.schema_version() == LATEST
         assert set(cat.db.table_names()) >= TABLES
         assert [r["text"] for r in cat.db.table("notes").rows] == ["keep me"]
-    assert [r[0] for r in migration_rows(catalog_path)] == [1]
+    assert [r[0] for r in migration_rows(catalog_path)] == list(range(1, LATEST + 1))
 
 
 def test_a_new_migration_runs_once_and_older_code_refuses_the_file(tmp_path: Path) -> None:
@@ -70,18 +83,19 @@ def test_a_new_migration_runs_once_and_older_code_refuses_the_file(tmp_path: Pat
     Catalog(path).close()
     calls: list[int] = []
 
-    def migration_2_add_notes(db: Database) -> None:
+    def migration_n_add_notes(db: Database) -> None:
         calls.append(1)
         db.table("notes").create({"id": int, "text": str}, pk="id")
 
     db = Database(sqlite3.connect(path, isolation_level=None))
-    assert migrate(db, (*MIGRATIONS, migration_2_add_notes), now=123.0) == [2]
-    assert migrate(db, (*MIGRATIONS, migration_2_add_notes)) == []
+    assert migrate(db, (*MIGRATIONS, migration_n_add_notes), now=123.0) == [LATEST + 1]
+    assert migrate(db, (*MIGRATIONS, migration_n_add_notes)) == []
     db.close()
     assert calls == [1]
-    assert migration_rows(path)[1] == (2, "migration_2_add_notes", 123.0)
-    # This cvtui knows one migration; it must not write to a file from a newer one.
-    with pytest.raises(CatalogError, match=r"schema version 2, newer than the 1"):
+    assert migration_rows(path)[LATEST] == (LATEST + 1, "migration_n_add_notes", 123.0)
+    # This cvtui knows LATEST migrations; it must not write to a file from a newer one.
+    newer = rf"schema version {LATEST + 1}, newer than the {LATEST}"
+    with pytest.raises(CatalogError, match=newer):
         Catalog(path)
 
 
@@ -89,16 +103,16 @@ def test_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
     path = tmp_path / "broken.db"
     Catalog(path).close()
 
-    def migration_2_broken(db: Database) -> None:
+    def migration_n_broken(db: Database) -> None:
         db.table("half_done").create({"id": int}, pk="id")
         raise RuntimeError("disk on fire")
 
     db = Database(sqlite3.connect(path, isolation_level=None))
     with pytest.raises(RuntimeError, match="disk on fire"):
-        migrate(db, (*MIGRATIONS, migration_2_broken))
+        migrate(db, (*MIGRATIONS, migration_n_broken))
     assert "half_done" not in db.table_names()
     db.close()
-    assert [r[0] for r in migration_rows(path)] == [1]
+    assert [r[0] for r in migration_rows(path)] == list(range(1, LATEST + 1))
 
 
 def test_a_file_that_is_not_sqlite_is_a_catalog_error(tmp_path: Path) -> None:
@@ -146,5 +160,5 @@ def test_many_connections_opening_a_fresh_file_at_once_migrate_it_once(
     for t in threads:
         t.join()
     assert errors == []
-    assert versions == [1] * 6
-    assert [r[0] for r in migration_rows(catalog_path)] == [1]
+    assert versions == [LATEST] * 6
+    assert [r[0] for r in migration_rows(catalog_path)] == list(range(1, LATEST + 1))
