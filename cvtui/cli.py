@@ -194,5 +194,13 @@ def demo(host_count: int, headless: bool, duration: float | None) -> None:
     sys.exit(run_demo(host_count, headless=headless, duration_s=duration))
 
 
+def _register_run_commands() -> None:
+    from cvtui import cli_runs
+
+    cli_runs.register(main)
+
+
+_register_run_commands()
+
 if __name__ == "__main__":
     main()

@@ -614,7 +614,8 @@ class _ConfigParser(_Parser):
         """Experiment keys at the top level need a command that reads the resolved config."""
         name, (key, _) = next(iter(foreign.items()))
         if not any("config_file" in self.fields(text, node, label) for text, node in parts):
-            close = difflib.get_close_matches(name, _TOP_KEYS, n=1)
+            # Stricter than difflib's default: experiment keys like 'model' are not typos of 'code'.
+            close = difflib.get_close_matches(name, _TOP_KEYS, n=1, cutoff=0.75)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             allowed = ", ".join(_TOP_KEYS)
             raise self.error(

@@ -227,6 +227,7 @@ class Agent:
             backend_errors=tuple(self.backend_errors),
             gpu_count=self._gpu_count,
             hash_algorithms=tuple(hash_algorithms()),
+            root=self.options.root,
         )
 
     # --- requests ---

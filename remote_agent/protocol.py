@@ -140,6 +140,7 @@ class Hello:
     backend_errors: tuple[str, ...] = ()  # why better backends were not used (NVML error...)
     gpu_count: int = 0
     hash_algorithms: tuple[str, ...] = ()  # e.g. ("xxh3_128", "blake2b-128")
+    root: str = ""  # the agent's root as an absolute path on the host
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

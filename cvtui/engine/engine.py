@@ -20,10 +20,11 @@ from cvtui.engine.agent_build import AgentBundle, build_agent
 from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
 from cvtui.engine.deploy import agent_command, ensure_agent
+from cvtui.engine.runner import RunController
 from cvtui.errors import EngineLockedError, InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
 from remote_agent import protocol
-from remote_agent.protocol import Hello, ProtocolError, RemoteError, Telemetry
+from remote_agent.protocol import Hello, ProtocolError, RemoteError, RunStatus, Telemetry
 
 log = logging.getLogger("cvtui.engine")
 
@@ -86,6 +87,19 @@ class HostSession:
     hello: Hello | None = None
     uploaded: bool = False  # whether the last connect had to upload the agent
     backoff: Backoff = field(default_factory=Backoff)
+    conn: asyncssh.SSHClientConnection | None = None
+    latest: Telemetry | None = None  # the last telemetry sample
+    latest_at: float = 0.0  # controller clock when it arrived
+    known_code: set[str] = field(default_factory=set)  # code snapshots known to be on the host
+    _sftp: asyncssh.SFTPClient | None = None
+
+    async def sftp(self) -> asyncssh.SFTPClient:
+        """One SFTP session per connection, opened on first use."""
+        if self._sftp is None:
+            if self.conn is None:
+                raise AgentClosedError(f"{self.host.name} is not connected")
+            self._sftp = await self.conn.start_sftp_client()
+        return self._sftp
 
     async def run(self) -> None:
         while True:
@@ -101,6 +115,9 @@ class HostSession:
                 reason, state = failure.reason, failure.state
                 log.debug("host %s: %r", self.host.name, exc)
             self.client = None
+            self.conn = None
+            self._sftp = None
+            self.latest = None
             self.engine.host_failed(self.host.name, state, reason)
             await asyncio.sleep(self.backoff.next_delay())
 
@@ -108,11 +125,14 @@ class HostSession:
         self.engine.set_state(self.host.name, "connecting", None)
         conn = await open_connection(self.host, self.policy, self.connect_timeout_s)
         try:
+            self.conn = conn
             client = await self.start_agent(conn)
             self.client = client
             self.backoff.reset()
+            self.engine.runs.spawn(self.engine.runs.reconcile(self))
             await client.closed.wait()
         finally:
+            self.conn = None
             conn.close()
 
     async def start_agent(self, conn: asyncssh.SSHClientConnection) -> AgentClient:
@@ -159,13 +179,16 @@ class HostSession:
         raise HostConnectError(self.host.name, f"agent failed to start: {last}") from exc
 
     def on_event(self, message: dict[str, Any]) -> None:
-        if message.get("event") == protocol.EVENT_TELEMETRY:
-            try:
+        kind = message.get("event")
+        try:
+            if kind == protocol.EVENT_TELEMETRY:
                 sample = Telemetry.from_wire(message)
-            except ProtocolError as exc:
-                log.warning("host %s: %s", self.host.name, exc)
-                return
-            self.engine.telemetry_received(self.host.name, sample)
+                self.latest, self.latest_at = sample, time.time()
+                self.engine.telemetry_received(self.host.name, sample)
+            elif kind == protocol.EVENT_RUN:
+                self.engine.runs.on_run_status(self.host.name, RunStatus.from_wire(message))
+        except ProtocolError as exc:
+            log.warning("host %s: %s", self.host.name, exc)
 
 
 class Engine:
@@ -179,20 +202,24 @@ class Engine:
         inventory_path: Path | None = None,
         bundle: AgentBundle | None = None,
         on_inventory_error: Callable[[InventoryError], None] | None = None,
+        only: set[str] | None = None,
     ) -> None:
         self.inventory = inventory
         self.catalog = catalog
         self.inventory_path = inventory_path
         self.bundle = bundle or build_agent()
         self.on_inventory_error = on_inventory_error
+        self.only = only  # connect to these hosts only (a short-lived engine for one command)
         self.sessions: dict[str, HostSession] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Set when a host sent its first telemetry or failed: `cvtui hosts` waits on these.
-        self.answered = {host.name: asyncio.Event() for host in inventory.hosts}
+        self.answered = {h.name: asyncio.Event() for h in inventory.hosts if self.wants(h.name)}
         self.inventory_error: InventoryError | None = None
         self._pending: list[tuple[str, Telemetry]] = []
         self._pending_times: list[float] = []
         self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
+        self.drained: set[str] = set()  # hosts that take no new runs
+        self.runs = RunController(self)
 
     # -- what sessions report -------------------------------------------------------------
     def set_state(self, name: str, state: str, reason: str | None) -> None:
@@ -228,6 +255,9 @@ class Engine:
         self.catalog.record_telemetry(batch, received=received)
 
     # -- lifecycle ------------------------------------------------------------------------
+    def wants(self, name: str) -> bool:
+        return self.only is None or name in self.only
+
     def start_session(self, host: Host) -> None:
         session = HostSession(host, self.inventory.policy, self)
         self.sessions[host.name] = session
@@ -258,6 +288,8 @@ class Engine:
             await self.stop_session(name)
             self.answered.pop(name, None)
         for name, host in new_hosts.items():
+            if not self.wants(name):
+                continue
             old = old_hosts.get(name)
             if old is None:
                 self.start_session(host)
@@ -278,8 +310,12 @@ class Engine:
         """Run until stop is set; then close every session (agents exit on EOF)."""
         self.catalog.sync_hosts(self.inventory.hosts)
         for host in self.inventory.hosts:
-            self.start_session(host)
-        background = [asyncio.create_task(self._flush_loop(stop), name="flush")]
+            if self.wants(host.name):
+                self.start_session(host)
+        background = [
+            asyncio.create_task(self._flush_loop(stop), name="flush"),
+            asyncio.create_task(self.runs.run(stop), name="runs"),
+        ]
         if self.inventory_path is not None:
             background.append(
                 asyncio.create_task(
@@ -294,6 +330,7 @@ class Engine:
         finally:
             for task in background:
                 task.cancel()
+            await self.runs.close()
             for name in list(self.sessions):
                 await self.stop_session(name)
             await asyncio.gather(*background, return_exceptions=True)

@@ -13,9 +13,9 @@ GIB = 1 << 30
 MIB = 1 << 20
 _NO_LIMIT = 1 << 62  # max_runs None, as a number the hot loop can compare with
 
-# A free GPU as the placement loop sees it, sorted best first:
-# (busy 0|1, -free bytes (1 when unknown), gpu_order rank, -telemetry time, index, free bytes or -1)
-_Entry = tuple[int, int, int, float, int, int]
+# A free GPU as the placement loop sees it: (rank among all free GPUs of the pass, best first;
+# GPU index; free bytes, -1 when unknown). One int ranks a GPU so that heap keys compare fast.
+_Entry = tuple[int, int, int]
 _Shape = tuple[int, int, tuple[str, ...], tuple[str, ...]]  # gpus, min_free_mem, hosts, tags
 # A host that can take a shape: (how good, lower is better; position; version seen; GPUs it gives)
 _Candidate = tuple[object, int, int, list[_Entry]]
@@ -116,9 +116,11 @@ def queue_order(runs: Iterable[QueuedRun]) -> list[QueuedRun]:
     for run in runs:
         buckets[run.priority].append(run)
     ordered: list[QueuedRun] = []
-    by_age = attrgetter("submitted", "run_id")
+    by_id, by_time = attrgetter("run_id"), attrgetter("submitted")
     for bucket in buckets.values():
-        bucket.sort(key=by_age)
+        # Two stable sorts: by submit time, ties by run id; no key tuples to build.
+        bucket.sort(key=by_id)
+        bucket.sort(key=by_time)
         ordered += bucket
     return ordered
 
@@ -150,13 +152,13 @@ def _fitting(free: Sequence[_Entry], min_free: int) -> list[_Entry]:
     """The entries with min_free bytes free, best first."""
     if min_free <= 0:
         return list(free)
-    return [entry for entry in free if entry[5] >= min_free]
+    return [entry for entry in free if entry[2] >= min_free]
 
 
 def _top(free: list[_Entry], n: int, min_free: int) -> list[_Entry] | None:
     """The best n entries with min_free bytes free each, None when fewer exist."""
     if min_free > 0:
-        free = [entry for entry in free if entry[5] >= min_free]
+        free = [entry for entry in free if entry[2] >= min_free]
     return free[:n] if len(free) >= n else None
 
 
@@ -173,3 +175,351 @@ def _need(run: QueuedRun) -> str:
     return f"needs {run.gpus} free GPU{plural}"
 
 
+@dataclass(frozen=True)
+class _Outlook:
+    """Hosts a (hosts, tags, min_free_mem) group could use at the end of the pass."""
+
+    biggest: int  # host position with the most GPUs that could ever serve the group
+    biggest_count: int
+    best_open: int | None  # host under max_runs with the most usable free GPUs
+    best_open_count: int
+    best_full: int | None  # host at max_runs with the most usable free GPUs
+    best_full_count: int
+    full: tuple[int, ...]  # hosts at max_runs
+
+
+class _PassState:
+    """Mutable bookkeeping of one pass; every list is indexed by host position."""
+
+    def __init__(self, hosts: Sequence[HostState], foreign_processes: str) -> None:
+        self.hosts = hosts
+        self.share = foreign_processes == "share"
+        self.by_name: dict[str, int] = {}
+        for pos, host in enumerate(hosts):
+            if host.name in self.by_name:
+                raise ValueError(f"host {host.name} appears twice in the scheduler state")
+            self.by_name[host.name] = pos
+        self.tags = [frozenset(host.tags) for host in hosts]
+        self.live = [host.healthy and not host.drained for host in hosts]
+        self.cap = [_NO_LIMIT if host.max_runs is None else host.max_runs for host in hosts]
+        self.running = [host.running for host in hosts]
+        # Bumped whenever a host's free list shrinks; cached candidates compare against it.
+        self.gpu_version = [0] * len(hosts)
+        self.free = self._free_entries()
+        self.pools: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+        self.live_pools: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+        self.eventual_counts: dict[tuple[int, int], int] = {}
+        self.outlooks: dict[tuple[tuple[str, ...], tuple[str, ...], int], _Outlook] = {}
+        self.reservation: _Reservation | None = None
+
+    def _free_entries(self) -> list[list[_Entry]]:
+        """Each host's free GPUs, best first, ranked on one scale across hosts."""
+        preference = []
+        for pos, host in enumerate(self.hosts):
+            allowed = None if host.allowed_gpus is None else frozenset(host.allowed_gpus)
+            order = host.gpu_order or ()
+            order_rank = {index: position for position, index in enumerate(order)}
+            for gpu in host.gpus:
+                if gpu.leased_by is not None or (allowed is not None and gpu.index not in allowed):
+                    continue
+                if (gpu.foreign or gpu.ours) and not self.share:
+                    continue
+                free = gpu.mem_free
+                # Idle first, then most free memory, then gpu_order, then freshest telemetry.
+                preference.append(
+                    (
+                        0 if gpu.idle else 1,
+                        1 if free is None else -free,
+                        order_rank.get(gpu.index, len(order) + gpu.index),
+                        -gpu.telemetry_time,
+                        pos,
+                        gpu.index,
+                        -1 if free is None else free,
+                    )
+                )
+        preference.sort()
+        entries: list[list[_Entry]] = [[] for _ in self.hosts]
+        for rank, (*_, pos, index, free) in enumerate(preference):
+            entries[pos].append((rank, index, free))
+        return entries
+
+    def pool(self, names: tuple[str, ...], tags: tuple[str, ...]) -> list[int]:
+        """Host positions that the run's host list and tags allow, health aside."""
+        key = (names, tags)
+        found = self.pools.get(key)
+        if found is None:
+            if names:
+                positions = sorted({self.by_name[n] for n in names if n in self.by_name})
+            else:
+                positions = list(range(len(self.hosts)))
+            wanted = frozenset(tags)
+            found = self.pools[key] = [pos for pos in positions if wanted <= self.tags[pos]]
+        return found
+
+    def live_pool(self, names: tuple[str, ...], tags: tuple[str, ...]) -> list[int]:
+        """The pool's healthy, undrained hosts."""
+        key = (names, tags)
+        found = self.live_pools.get(key)
+        if found is None:
+            live = self.live
+            found = self.live_pools[key] = [pos for pos in self.pool(names, tags) if live[pos]]
+        return found
+
+    def run(self, ordered: list[QueuedRun]) -> Plan:
+        placements: list[Placement] = []
+        waiting: list[tuple[QueuedRun, _Shape]] = []
+        failed: set[_Shape] = set()
+        heaps: dict[_Shape, list[_Candidate]] = {}
+        running, gpu_version, cap, free = self.running, self.gpu_version, self.cap, self.free
+        heappop, heapreplace = heapq.heappop, heapq.heapreplace
+        names = [host.name for host in self.hosts]
+        widest = self._widest()  # most free GPUs on one live host: a cheap bound for new shapes
+        for run in ordered:
+            n = run.gpus
+            # min_free_mem is per GPU: without GPUs it does not matter.
+            shape = (n, run.min_free_mem if n else 0, run.hosts, run.tags)
+            if shape in failed:
+                waiting.append((run, shape))
+                continue
+            heap = heaps.get(shape)
+            if heap is None:
+                heap = heaps[shape] = self._candidates(run) if n <= widest else []
+            # Lazy heap: a stale entry is never worse than the truth, because a pass only takes
+            # GPUs and run slots away; refreshing stale tops until the top is current finds the
+            # best host. GPU runs go stale when the host's free list shrinks, others when its
+            # run count grows.
+            # This loop is the hot path: _candidate is written out inline.
+            stamps = gpu_version if n else running
+            while heap:
+                pos = heap[0][1]
+                if running[pos] >= cap[pos]:
+                    heappop(heap)
+                elif heap[0][2] == stamps[pos]:
+                    break
+                elif not n:
+                    heapreplace(heap, (running[pos], pos, running[pos], []))
+                else:
+                    top = _top(free[pos], n, run.min_free_mem)
+                    if top is None:
+                        heappop(heap)
+                    else:
+                        heapreplace(heap, (top[::-1], pos, gpu_version[pos], top))
+            if not heap:
+                # What does not fit now cannot fit later in this pass either.
+                failed.add(shape)
+                waiting.append((run, shape))
+                if self.reservation is None and run.priority == "urgent":
+                    self.reservation = self._reserve(run)
+                    widest = self._widest()
+                continue
+            pos, gpus = heap[0][1], heap[0][3]
+            running[pos] += 1
+            if not gpus:
+                placements.append(Placement(run.run_id, names[pos], ()))
+                continue
+            taken = free[pos]
+            if len(taken) == widest:
+                widest = -1  # recomputed below, once this host's GPUs are gone
+            for gpu_entry in gpus:
+                taken.remove(gpu_entry)
+            if widest < 0:
+                widest = self._widest()
+            gpu_version[pos] += 1
+            placements.append(Placement(run.run_id, names[pos], tuple(sorted(e[1] for e in gpus))))
+        reserved: dict[str, tuple[str, tuple[int, ...]]] = {}
+        if self.reservation is not None:
+            held = tuple(sorted(entry[1] for entry in self.reservation.held))
+            reserved[self.reservation.run_id] = (self.hosts[self.reservation.pos].name, held)
+        return Plan(tuple(placements), self._reasons(waiting), reserved)
+
+    def _widest(self) -> int:
+        live, free = self.live, self.free
+        return max((len(free[pos]) for pos in range(len(free)) if live[pos]), default=0)
+
+    def _candidate(self, pos: int, n: int, min_free: int) -> _Candidate | None:
+        if self.running[pos] >= self.cap[pos]:
+            return None
+        if n == 0:
+            # Runs without GPUs spread over the least loaded hosts.
+            return (self.running[pos], pos, self.running[pos], [])
+        top = _top(self.free[pos], n, min_free)
+        if top is None:
+            return None
+        # Worst GPU first: a host is as good as the weakest GPU it would give the run.
+        return (top[::-1], pos, self.gpu_version[pos], top)
+
+    def _candidates(self, run: QueuedRun) -> list[_Candidate]:
+        heap = []
+        n, min_free = run.gpus, run.min_free_mem
+        free, running, cap = self.free, self.running, self.cap
+        for pos in self.live_pool(run.hosts, run.tags):
+            # Most shapes first show up once the GPUs are gone: reject those hosts cheaply.
+            if len(free[pos]) >= n and running[pos] < cap[pos]:
+                entry = self._candidate(pos, n, min_free)
+                if entry is not None:
+                    heap.append(entry)
+        heapq.heapify(heap)
+        return heap
+
+    def _eventual(self, pos: int, min_free: int) -> int:
+        """GPUs of the host that could serve min_free once our and others' leases end."""
+        key = (pos, min_free)
+        count = self.eventual_counts.get(key)
+        if count is None:
+            host = self.hosts[pos]
+            count = 0
+            for gpu in host.gpus:
+                if host.allowed_gpus is not None and gpu.index not in host.allowed_gpus:
+                    continue
+                if gpu.foreign and not self.share:
+                    continue  # foreign processes may never leave
+                if min_free > 0 and (gpu.mem_total or 0) < min_free:
+                    continue
+                count += 1
+            self.eventual_counts[key] = count
+        return count
+
+    def _reserve(self, run: QueuedRun) -> _Reservation | None:
+        """Hold, on the host closest to fitting run, its free GPUs and one run slot."""
+        best: tuple[int, int] | None = None
+        best_top: list[_Entry] = []
+        for pos in self.live_pool(run.hosts, run.tags):
+            if self.cap[pos] <= 0 or self._eventual(pos, run.min_free_mem) < run.gpus:
+                continue
+            usable = _fitting(self.free[pos], run.min_free_mem)
+            # Host order breaks ties so that the held host stays put from pass to pass.
+            key = (-len(usable), pos)
+            if best is None or key < best:
+                best, best_top = key, usable[: run.gpus]
+        if best is None:
+            return None
+        pos = best[1]
+        for entry in best_top:
+            self.free[pos].remove(entry)
+        self.running[pos] += 1
+        self.gpu_version[pos] += 1
+        return _Reservation(run.run_id, pos, tuple(best_top))
+
+    def _reasons(self, waiting: list[tuple[QueuedRun, _Shape]]) -> dict[str, str]:
+        """Why each waiting run waits; runs of one shape share one reason."""
+        reasons: dict[str, str] = {}
+        by_shape: dict[_Shape, str] = {}
+        for run, shape in waiting:
+            reason = by_shape.get(shape)
+            if reason is None:
+                reason = by_shape[shape] = self._explain(run)
+            reasons[run.run_id] = reason
+        reservation = self.reservation
+        if reservation is not None:
+            # The dict keeps its queue order when a key is set again.
+            run = next(run for run, _ in waiting if run.run_id == reservation.run_id)
+            reasons[run.run_id] = self._explain_reserver(run, reservation)
+        return reasons
+
+    def _usable(self, pos: int, min_free: int, lend: _Reservation | None) -> tuple[int, int]:
+        """(running runs, usable free GPUs) of a host, counting lend's hold as free."""
+        entries: Sequence[_Entry] = self.free[pos]
+        running = self.running[pos]
+        if lend is not None and lend.pos == pos:
+            entries = [*entries, *lend.held]
+            running -= 1
+        if min_free <= 0:
+            return running, len(entries)
+        return running, sum(1 for entry in entries if entry[2] >= min_free)
+
+    def _outlook(self, run: QueuedRun, lend: _Reservation | None) -> _Outlook:
+        key = (run.hosts, run.tags, run.min_free_mem)
+        found = None if lend is not None else self.outlooks.get(key)
+        if found is not None:
+            return found
+        m = run.min_free_mem
+        biggest, biggest_count = -1, -1
+        best_open, best_open_count, best_full, best_full_count = None, -1, None, -1
+        full = []
+        for pos in self.live_pool(run.hosts, run.tags):
+            eventual = self._eventual(pos, m)
+            if eventual > biggest_count:
+                biggest, biggest_count = pos, eventual
+            running, usable = self._usable(pos, m, lend)
+            if running < self.cap[pos]:
+                if usable > best_open_count:
+                    best_open, best_open_count = pos, usable
+            else:
+                full.append(pos)
+                if usable > best_full_count:
+                    best_full, best_full_count = pos, usable
+        found = _Outlook(
+            biggest,
+            biggest_count,
+            best_open,
+            best_open_count,
+            best_full,
+            best_full_count,
+            tuple(full),
+        )
+        if lend is None:
+            self.outlooks[key] = found
+        return found
+
+    def _explain_reserver(self, run: QueuedRun, reservation: _Reservation) -> str:
+        name = self.hosts[reservation.pos].name
+        if reservation.held:
+            held = ", ".join(str(i) for i in sorted(e[1] for e in reservation.held))
+            return f"{self._explain(run, reservation)}; holding {name} GPUs {held} for it"
+        return f"{self._explain(run, reservation)}; holding a run slot on {name} for it"
+
+    def _explain(self, run: QueuedRun, lend: _Reservation | None = None) -> str:
+        """Why run waits, against the state at the end of the pass."""
+        names = self.hosts
+        if run.hosts and not any(n in self.by_name for n in run.hosts):
+            return f"unknown host{'s' if len(run.hosts) > 1 else ''} {', '.join(run.hosts)}"
+        matched = self.pool(run.hosts, run.tags)
+        live = self.live_pool(run.hosts, run.tags)
+        if not live:
+            among = f"among {', '.join(run.hosts)} " if run.hosts else ""
+            tags = f"[{', '.join(run.tags)}]"
+            if not matched:
+                return f"no host {among}matches tags {tags}" if run.tags else "no hosts"
+            if len(matched) == 1:
+                host = names[matched[0]]
+                return f"host {host.name} is {'unhealthy' if not host.healthy else 'drained'}"
+            what = "undrained host" if any(names[p].healthy for p in matched) else "host"
+            if run.tags:
+                return f"no healthy {what} {among}matches tags {tags}"
+            return f"no healthy {what} {among}".rstrip()
+        n = run.gpus
+        outlook = self._outlook(run, lend)
+        if outlook.biggest_count < n:
+            count = outlook.biggest_count
+            large = " that large" if run.min_free_mem else ""
+            such = f"{count} GPU{'' if count == 1 else 's'}{large}"
+            return (
+                f"{_need(run)} on one host; largest matching host "
+                f"{names[outlook.biggest].name} has {such}"
+            )
+        held = self.reservation
+        if lend is None and held is not None and self.live[held.pos]:
+            running, usable = self._usable(held.pos, run.min_free_mem, held)
+            if (
+                running < self.cap[held.pos]
+                and usable >= n
+                and held.pos in self.pool(run.hosts, run.tags)
+            ):
+                if held.held:
+                    return f"GPUs held for urgent run {held.run_id} on {names[held.pos].name}"
+                return f"{names[held.pos].name} held for urgent run {held.run_id}"
+        full = outlook.full
+        if outlook.best_open is None:
+            if len(full) == 1:
+                return f"{names[full[0]].name} at max_runs {self.cap[full[0]]}"
+            listed = ", ".join(f"{names[pos].name} {self.cap[pos]}" for pos in full[:3])
+            more = ", ..." if len(full) > 3 else ""
+            return f"every matching host is at max_runs ({listed}{more})"
+        if n == 0:
+            return "no matching host can take it now"
+        best = names[outlook.best_open].name
+        reason = f"{_need(run)}; best host {best} has {outlook.best_open_count}"
+        if outlook.best_full is not None and outlook.best_full_count >= n:
+            pos, count = outlook.best_full, outlook.best_full_count
+            reason += f"; {names[pos].name} has {count} but is at max_runs {self.cap[pos]}"
+        return reason

@@ -1,0 +1,383 @@
+"""Run commands of the CLI: run, ps, logs, cancel, exec (heavy imports stay inside)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cvtui.errors import CvtuiError
+
+if TYPE_CHECKING:
+    from cvtui.catalog import Catalog
+    from cvtui.cli import Settings
+
+ACTIVE = ("queued", "dispatching", "running")
+RECENT_S = 3600.0  # `cvtui ps` without --all also shows runs that ended this long ago
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 129600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def resolve_run(catalog: Catalog, ref: str) -> dict[str, Any]:
+    found = catalog.find_runs(ref)
+    if not found:
+        raise CvtuiError(f"no run matches {ref!r}")
+    if len(found) > 1 and found[0]["id"] != ref:
+        names = ", ".join(f"{r['id'][:12]} ({r['name']})" for r in found[:5])
+        raise CvtuiError(f"{ref!r} matches {len(found)} runs: {names}; give more of the id")
+    return found[0]
+
+
+def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]) -> None:
+    """Without a running engine, ask the hosts of active runs for their news first."""
+    from cvtui.engine.engine import lock_holder
+
+    home = settings.home()
+    hosts = {r["host"] for r in runs if r["state"] in ("dispatching", "running") and r["host"]}
+    if not hosts or lock_holder(home) is not None:
+        return
+    import asyncio
+
+    from cvtui.local_engine import drive
+
+    inventory = settings.inventory()
+    hosts &= set(inventory.names())
+
+    def settled(engine: Any) -> bool:
+        if engine is None:
+            return True
+        done = engine.runs.reconciled | {
+            name
+            for name, ev in engine.answered.items()
+            if ev.is_set() and not engine.sessions[name].client
+        }
+        return hosts <= done and not engine.runs.pulls
+
+    asyncio.run(drive(inventory, catalog, home, settled, timeout_s=15, hosts=sorted(hosts)))
+
+
+def print_runs(runs: list[dict[str, Any]], now: float) -> None:
+    click.echo(f"{'ID':12}  {'NAME':32} {'STATE':11} {'HOST':10} {'GPUS':7} {'PROGRESS':9} AGE")
+    for run in runs:
+        gpus = ",".join(str(g) for g in run["gpus"] or []) or "-"
+        progress = "-" if run["progress"] is None else f"{run['progress']:.0f}%"
+        if run["state"] in ("failed",) and run["exit_code"] is not None:
+            progress = f"exit {run['exit_code']}"
+        age = _age(now - run["submitted"])
+        host = (run["host"] or "-")[:10]
+        click.echo(
+            f"{run['id'][:12]}  {run['name'][:32]:32} {run['state']:11} {host:10} "
+            f"{gpus:7} {progress:9} {age}"
+        )
+
+
+def follow_logs(catalog: Catalog, home: Path, run_ids: list[str], *, prefix: bool) -> None:
+    """Copy the mirrored output.log of each run to stdout until all of them ended."""
+    from cvtui.engine.runner import mirror_dir
+
+    offsets = dict.fromkeys(run_ids, 0)
+    names = {i: (catalog.get_run(i) or {}).get("name", i) for i in run_ids}
+    out = sys.stdout.buffer
+    while True:
+        for run_id in run_ids:
+            path = mirror_dir(home, run_id) / "output.log"
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offsets[run_id])
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            if not data:
+                continue
+            if prefix:
+                end = data.rfind(b"\n") + 1  # whole lines only, so prefixes stay in place
+                data = data[:end]
+                if not data:
+                    continue
+                lines = data.splitlines(keepends=True)
+                data = b"".join(f"[{names[run_id]}] ".encode() + line for line in lines)
+                offsets[run_id] += end
+            else:
+                offsets[run_id] += len(data)
+            out.write(data)
+            out.flush()
+        runs = [catalog.get_run(i) for i in run_ids]
+        if all(
+            r is None or (r["state"] not in ACTIVE and offsets[r["id"]] >= (r["log_size"] or 0))
+            for r in runs
+        ):
+            return
+        time.sleep(0.1)
+
+
+@click.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--host", "hosts", multiple=True, metavar="HOST", help="Run only on this host (repeatable)."
+)
+@click.option("--gpus", type=click.IntRange(min=0), help="GPUs per run (overrides resources.gpus).")
+@click.option(
+    "--priority", type=click.Choice(["urgent", "high", "normal", "low"]), help="Queue priority."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a param before the grid is expanded.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Show the runs, their placement and commands; start nothing."
+)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Stream the output until the runs end; exit with the run's code.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the submitted runs as JSON.")
+@click.pass_obj
+def run(
+    settings: Settings,
+    config: str,
+    hosts: tuple[str, ...],
+    gpus: int | None,
+    priority: str | None,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Queue the runs of CONFIG (a grid becomes many runs) and dispatch them.
+
+    Prints the run ids. Runs keep going on the hosts after this command exits.
+    """
+    import asyncio
+
+    from cvtui.catalog import Catalog
+    from cvtui.local_engine import drive
+    from cvtui.submit import prepare_runs, submit
+
+    inventory = settings.inventory()
+    specs = prepare_runs(
+        config, inventory, overrides=overrides, gpus=gpus, priority=priority, hosts=hosts
+    )
+    home = settings.home()
+    if dry_run:
+        from cvtui.dry_run import describe_dry_run
+
+        with Catalog.open_home(home) as catalog:
+            click.echo(describe_dry_run(specs, inventory, catalog))
+        return
+    with Catalog.open_home(home) as catalog:
+        run_ids = submit(catalog, home, specs)
+        if as_json:
+            click.echo(
+                json.dumps([{"id": i, "name": s.name} for i, s in zip(run_ids, specs, strict=True)])
+            )
+        else:
+            for run_id, spec in zip(run_ids, specs, strict=True):
+                click.echo(f"{run_id}  {spec.name}")
+
+        def dispatched(engine: Any) -> bool:
+            return all(
+                (r := catalog.get_run(i)) is None or r["state"] not in ("queued", "dispatching")
+                for i in run_ids
+            )
+
+        def finished(engine: Any) -> bool:
+            if not all(
+                (r := catalog.get_run(i)) is None or r["state"] not in ACTIVE for i in run_ids
+            ):
+                return False
+            return engine is None or not engine.runs.pulls
+
+        if not follow:
+            asyncio.run(drive(inventory, catalog, home, dispatched))
+            return
+        import threading
+
+        printer = threading.Thread(
+            target=follow_logs, args=(catalog, home, run_ids), kwargs={"prefix": len(run_ids) > 1}
+        )
+        printer.start()
+        try:
+            asyncio.run(drive(inventory, catalog, home, finished))
+        finally:
+            printer.join()
+        codes = [(catalog.get_run(i) or {}).get("exit_code") for i in run_ids]
+        states = [(catalog.get_run(i) or {}).get("state") for i in run_ids]
+        failed = [c for c in codes if c]
+        if failed:
+            sys.exit(failed[0] if 0 < failed[0] < 256 else 1)
+        if any(s != "succeeded" for s in states):
+            sys.exit(1)
+
+
+@click.command()
+@click.option("--all", "show_all", is_flag=True, help="Every run, not only active and recent ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
+    """Runs: id, name, state, host, GPUs, progress, age."""
+    from cvtui.catalog import Catalog
+
+    with Catalog.open_home(settings.home()) as catalog:
+        settle_runs(settings, catalog, catalog.list_runs(states=["dispatching", "running"]))
+        now = time.time()
+        runs = catalog.list_runs(newest_first=False)
+        if not show_all:
+            runs = [r for r in runs if r["state"] in ACTIVE or (r["ended"] or now) > now - RECENT_S]
+        if as_json:
+            keys = (
+                "id", "name", "project", "user", "state", "priority", "host", "gpus", "progress",
+                "progress_msg", "exit_code", "reason", "submitted", "started", "ended", "command",
+            )  # fmt: skip
+            click.echo(json.dumps([{k: r[k] for k in keys} for r in runs], indent=2))
+        else:
+            print_runs(runs, now)
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the run writes.")
+@click.option(
+    "--tail", "tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines."
+)
+@click.pass_obj
+def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> None:
+    """Output of RUN (stdout and stderr as the run wrote them)."""
+    from cvtui.catalog import Catalog
+    from cvtui.engine.runner import mirror_dir
+
+    home = settings.home()
+    with Catalog.open_home(home) as catalog:
+        run_row = resolve_run(catalog, run_ref)
+        settle_runs(settings, catalog, [run_row])
+        path = mirror_dir(home, run_row["id"]) / "output.log"
+        data = path.read_bytes() if path.exists() else b""
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail else b""
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        run_row = catalog.get_run(run_row["id"]) or run_row
+        if follow and run_row["state"] in ACTIVE:
+            import asyncio
+            import threading
+
+            from cvtui.local_engine import drive
+
+            size = path.stat().st_size if path.exists() else 0
+            printer = threading.Thread(
+                target=_follow_from, args=(catalog, home, run_row["id"], size)
+            )
+            printer.start()
+            try:
+                asyncio.run(
+                    drive(
+                        settings.inventory(), catalog, home,
+                        lambda e: (catalog.get_run(run_row["id"]) or {}).get("state") not in ACTIVE
+                        and (e is None or not e.runs.pulls),
+                    )
+                )  # fmt: skip
+            finally:
+                printer.join()
+
+
+def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None:
+    from cvtui.engine.runner import mirror_dir
+
+    path = mirror_dir(home, run_id) / "output.log"
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+            if data:
+                offset += len(data)
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+        run_row = catalog.get_run(run_id)
+        if run_row is None or (
+            run_row["state"] not in ACTIVE and offset >= (run_row["log_size"] or 0)
+        ):
+            return
+        time.sleep(0.1)
+
+
+@click.command()
+@click.argument("run_refs", metavar="RUN...", nargs=-1)
+@click.option("--all-mine", is_flag=True, help="Cancel every active run you submitted.")
+@click.option(
+    "--grace", default=10.0, show_default=True, metavar="SECONDS", help="SIGTERM to SIGKILL delay."
+)
+@click.pass_obj
+def cancel(settings: Settings, run_refs: tuple[str, ...], all_mine: bool, grace: float) -> None:
+    """Cancel runs: queued ones leave the queue, running ones get SIGTERM then SIGKILL."""
+    import asyncio
+    import getpass
+
+    from cvtui.catalog import Catalog
+    from cvtui.local_engine import drive
+
+    if not run_refs and not all_mine:
+        raise click.UsageError("name at least one RUN, or --all-mine")
+    home = settings.home()
+    me = getpass.getuser()
+    with Catalog.open_home(home) as catalog:
+        runs = [resolve_run(catalog, ref) for ref in run_refs]
+        if all_mine:
+            runs += [r for r in catalog.list_runs(states=list(ACTIVE)) if r["user"] == me]
+        commands: dict[str, int] = {}
+        for run_row in {r["id"]: r for r in runs}.values():
+            if run_row["state"] not in ACTIVE:
+                click.echo(f"{run_row['id'][:12]}  {run_row['name']}: already {run_row['state']}")
+                continue
+            if catalog.transition_run(
+                run_row["id"], "cancelled", expect=["queued"], reason="cancelled before it started",
+                detail=f"by {me}", ended=time.time(),
+            ):  # fmt: skip
+                click.echo(f"{run_row['id'][:12]}  {run_row['name']}: cancelled (was queued)")
+                continue
+            commands[run_row["id"]] = catalog.submit_command(
+                "cancel", {"run_id": run_row["id"], "grace": grace, "by": me}
+            )
+        if not commands:
+            return
+
+        def ended(engine: Any) -> bool:
+            return all(
+                (catalog.get_run(i) or {}).get("state") not in ACTIVE
+                or (catalog.get_command(c) or {}).get("state") == "failed"
+                for i, c in commands.items()
+            )
+
+        hosts = sorted({(catalog.get_run(i) or {}).get("host") or "" for i in commands} - {""})
+        asyncio.run(
+            drive(settings.inventory(), catalog, home, ended, timeout_s=grace + 30, hosts=hosts)
+        )
+        for run_id, command_id in commands.items():
+            run_row = catalog.get_run(run_id) or {}
+            command = catalog.get_command(command_id) or {}
+            outcome = run_row.get("state")
+            if command.get("state") == "failed":
+                outcome = f"not cancelled: {command.get('result')}"
+            click.echo(f"{run_id[:12]}  {run_row.get('name')}: {outcome}")
+
+
+def register(main: click.Group) -> None:
+    for command in (run, ps, logs, cancel):
+        main.add_command(command)

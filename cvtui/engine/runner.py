@@ -1,0 +1,411 @@
+"""Runs on hosts: start queued runs, follow their status, cancel, reconcile, mirror logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import asyncssh
+import yaml
+
+from cvtui.engine import scheduler
+from cvtui.engine.agent_client import AgentClosedError
+from cvtui.engine.deploy import remote_path
+from cvtui.runspec import RunSpec
+from remote_agent import protocol
+from remote_agent.protocol import RemoteError, RunStatus, StartRequest
+
+if TYPE_CHECKING:
+    from cvtui.engine.engine import Engine, HostSession
+
+log = logging.getLogger("cvtui.engine.runs")
+
+POLL_S = 0.05  # how often the catalog's data_version is checked for new work
+PASS_EVERY_S = 1.0  # a dispatch pass also runs this often (GPUs free up with telemetry)
+START_TIMEOUT_S = 30.0
+LOG_CHUNK = 1 << 20
+
+
+def snapshot_archive(home: Path, code_hash: str) -> Path:
+    """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
+    return home / "code" / f"{code_hash}.tar"
+
+
+def mirror_dir(home: Path, run_id: str) -> Path:
+    return home / "runs" / run_id
+
+
+class RunController:
+    """The engine's run half: everything between a `queued` row and a final state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.catalog = engine.catalog
+        self.home = engine.catalog.path.parent
+        self.wake = asyncio.Event()
+        self.waiting_reasons: dict[str, str] = {}
+        self.pulls: dict[str, asyncio.Task[None]] = {}
+        self.pull_again: set[str] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.reconciled: set[str] = set()  # hosts reconciled since this engine started
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        version = -1
+        last_pass = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL_S)
+            self.wake.clear()
+            now = time.monotonic()
+            current = self.catalog.data_version()
+            if current == version and now - last_pass < PASS_EVERY_S:
+                continue
+            version, last_pass = current, now
+            try:
+                await self.process_commands()
+                self.dispatch_pass()
+            except Exception:  # one bad row must not stop the engine
+                log.exception("run pass failed")
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def close(self) -> None:
+        for task in [*self.tasks, *self.pulls.values()]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self.pulls.values(), return_exceptions=True)
+
+    # -- placement and start --------------------------------------------------------------
+    def host_states(self) -> list[scheduler.HostState]:
+        policy = self.engine.inventory.policy
+        now = time.time()
+        busy: dict[str, int] = {}
+        for run in self.catalog.list_runs(states=["dispatching", "running"]):
+            if run["host"]:
+                busy[run["host"]] = busy.get(run["host"], 0) + 1
+        states = []
+        for name, session in self.engine.sessions.items():
+            host = session.host
+            sample = session.latest
+            fresh = (
+                sample is not None
+                and session.client is not None
+                and now - session.latest_at < policy.stale_after_s
+            )
+            gpus: tuple[scheduler.GpuState, ...] = ()
+            if sample is not None:
+                gpus = tuple(
+                    scheduler.GpuState(
+                        index=g.index,
+                        mem_total=g.mem_total,
+                        mem_used=g.mem_used,
+                        util=g.util,
+                        leased_by=g.leased_by,
+                        foreign=any(p.run_id is None for p in g.processes),
+                        ours=any(p.run_id is not None for p in g.processes),
+                        telemetry_time=session.latest_at,
+                    )
+                    for g in sample.gpus
+                )
+            states.append(
+                scheduler.HostState(
+                    name=name,
+                    healthy=fresh,
+                    drained=name in self.engine.drained,
+                    tags=host.tags,
+                    max_runs=host.max_runs,
+                    running=busy.get(name, 0),
+                    allowed_gpus=host.gpus,
+                    gpu_order=host.gpu_order,
+                    gpus=gpus,
+                )
+            )
+        return states
+
+    def dispatch_pass(self) -> None:
+        queued = self.catalog.queued_runs()
+        if not queued:
+            return
+        rows = {run["id"]: run for run in queued}
+        queue = [
+            scheduler.QueuedRun(
+                run_id=run["id"],
+                priority=run["priority"],
+                submitted=run["submitted"],
+                gpus=int(run["resources"].get("gpus", 0)),
+                min_free_mem=int(run["resources"].get("min_free_mem", 0)),
+                hosts=tuple(run["resources"].get("hosts", ())),
+                tags=tuple(run["resources"].get("tags", ())),
+            )
+            for run in queued
+        ]
+        plan = scheduler.plan(
+            queue,
+            self.host_states(),
+            foreign_processes=self.engine.inventory.policy.foreign_processes,
+        )
+        for run_id, reason in plan.waiting.items():
+            if self.waiting_reasons.get(run_id) != reason:
+                self.waiting_reasons[run_id] = reason
+                self.catalog.update_run(run_id, reason=reason)
+        for placement in plan.placements:
+            self.waiting_reasons.pop(placement.run_id, None)
+            run = rows[placement.run_id]
+            if self.catalog.transition_run(
+                run["id"],
+                "dispatching",
+                expect=["queued"],
+                detail=f"to {placement.host} gpus {list(placement.gpus)}",
+                host=placement.host,
+                gpus=list(placement.gpus),
+                dispatched=time.time(),
+                reason=None,
+            ):
+                self.spawn(self.start_run(run, placement))
+
+    async def start_run(self, run: dict[str, Any], placement: scheduler.Placement) -> None:
+        run_id = run["id"]
+        session = self.engine.sessions.get(placement.host)
+        client = session.client if session else None
+        if session is None or client is None or session.hello is None:
+            self.requeue(run_id, f"{placement.host} went away before the start")
+            return
+        try:
+            spec = RunSpec.from_json(run["spec"])
+            if run["code_hash"]:
+                await self.ensure_code(session, run["code_hash"])
+            run_dir = f"{session.hello.root}/runs/{run_id}"
+            command = spec.render_command(run_id=run_id, run_dir=run_dir, gpus=placement.gpus)
+            request = StartRequest(
+                run_id=run_id,
+                command=command if isinstance(command, str) else list(command),
+                gpus=placement.gpus,
+                env=dict(spec.env),
+                params=dict(spec.params),
+                code_hash=run["code_hash"],
+                config_yaml=yaml.safe_dump(dict(spec.config), sort_keys=False),
+            )
+            reply = await client.call(
+                protocol.OP_START, timeout_s=START_TIMEOUT_S, **request.to_wire()
+            )
+        except RemoteError as exc:
+            if exc.code == protocol.E_RUN_EXISTS:
+                await self.reconcile(session, [run_id])  # an earlier start got there after all
+            else:
+                self.requeue(run_id, f"start on {placement.host} refused: {exc.message}")
+            return
+        except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:
+            # The start may or may not have reached the host: reconnecting reconciles it.
+            log.warning("run %s: start on %s interrupted: %r", run_id, placement.host, exc)
+            return
+        self.catalog.transition_run(
+            run_id,
+            "running",
+            expect=["dispatching"],
+            detail=f"supervisor pid {reply.get('supervisor_pid')}",
+            run_dir=reply.get("run_dir"),
+            supervisor_pid=reply.get("supervisor_pid"),
+            started=time.time(),
+        )
+
+    def requeue(self, run_id: str, reason: str) -> None:
+        log.info("run %s back to the queue: %s", run_id, reason)
+        self.catalog.transition_run(
+            run_id,
+            "queued",
+            expect=["dispatching"],
+            detail=reason,
+            reason=reason,
+            host=None,
+            gpus=None,
+        )
+        self.wake.set()
+
+    async def ensure_code(self, session: HostSession, code_hash: str) -> None:
+        """Upload and unpack a code snapshot on the host unless it is already there."""
+        if code_hash in session.known_code:
+            return
+        root = remote_path(session.host.root).rstrip("/")
+        sftp = await session.sftp()
+        if not await sftp.exists(f"{root}/code/{code_hash}"):
+            archive = snapshot_archive(self.home, code_hash)
+            if not archive.exists():
+                raise RemoteError(
+                    protocol.E_BAD_REQUEST, f"code snapshot {code_hash} missing in {archive}"
+                )
+            await sftp.makedirs(f"{root}/code", exist_ok=True)
+            part = f"code/{code_hash}.tar.part"
+            await sftp.put(str(archive), f"{root}/{part}")
+            assert session.client is not None
+            await session.client.call(protocol.OP_UNPACK_CODE, hash=code_hash, archive=part)
+        session.known_code.add(code_hash)
+
+    # -- status from hosts ----------------------------------------------------------------
+    def on_run_status(self, host: str, status: RunStatus) -> None:
+        run = self.catalog.get_run(status.run_id)
+        if run is None:
+            return  # a run of another catalog sharing this host root
+        fields: dict[str, Any] = {
+            "progress": status.progress,
+            "progress_msg": status.progress_msg,
+            "log_size": status.log_size,
+        }
+        if status.state in protocol.RUN_FINAL_STATES:
+            self.catalog.transition_run(
+                status.run_id,
+                status.state,
+                expect=["queued", "dispatching", "running"],
+                detail=status.reason,
+                exit_code=status.exit_code,
+                ended=status.ended or time.time(),
+                reason=status.reason,
+                run_dir=status.run_dir or run["run_dir"],
+                pgid=status.pgid,
+                **fields,
+            )
+            self.wake.set()  # GPUs are free again
+        elif status.state == protocol.RUN_RUNNING and run["state"] == "dispatching":
+            self.catalog.transition_run(
+                status.run_id,
+                "running",
+                expect=["dispatching"],
+                run_dir=status.run_dir,
+                supervisor_pid=status.supervisor_pid,
+                pgid=status.pgid,
+                started=status.started,
+                **fields,
+            )
+        else:
+            self.catalog.update_run(status.run_id, pgid=status.pgid, **fields)
+        session = self.engine.sessions.get(host)
+        if session is not None and status.run_dir:
+            self.schedule_log_pull(session, status.run_id, status.run_dir, status.log_size)
+
+    async def reconcile(self, session: HostSession, run_ids: list[str] | None = None) -> None:
+        """Bring the catalog up to date with what the host says about our active runs."""
+        client = session.client
+        if client is None:
+            return
+        name = session.host.name
+        whole_host = run_ids is None
+        if run_ids is None:
+            active = self.catalog.list_runs(states=["dispatching", "running"], host=name)
+            run_ids = [r["id"] for r in active]
+        if not run_ids:
+            self.reconciled.add(name)
+            return
+        reply = await client.call(protocol.OP_RUNS, run_ids=run_ids)
+        statuses: dict[str, RunStatus] = {}
+        for item in reply.get("runs", []):
+            reported = RunStatus.from_wire(item)
+            statuses[reported.run_id] = reported
+        for run_id in run_ids:
+            status = statuses.get(run_id)
+            if status is not None:
+                self.on_run_status(name, status)
+                continue
+            run = self.catalog.get_run(run_id)
+            if run is None:
+                continue
+            if run["state"] == "dispatching":
+                self.requeue(run_id, f"the start never reached {name}")
+            elif run["state"] == "running":
+                self.catalog.transition_run(
+                    run_id,
+                    "lost",
+                    expect=["running"],
+                    reason=f"run dir missing on {name}",
+                    detail=f"run dir missing on {name}",
+                    ended=time.time(),
+                )
+        still_active = [i for i, s in statuses.items() if s.state not in protocol.RUN_FINAL_STATES]
+        if still_active:
+            await client.call(protocol.OP_WATCH, run_ids=still_active)
+        if whole_host:
+            self.reconciled.add(name)
+
+    def settled(self, hosts: set[str]) -> bool:
+        """Whether these hosts were reconciled and every log pull has finished."""
+        return hosts <= self.reconciled and not self.pulls
+
+    # -- logs -----------------------------------------------------------------------------
+    def schedule_log_pull(self, session: HostSession, run_id: str, run_dir: str, size: int) -> None:
+        local = mirror_dir(self.home, run_id) / "output.log"
+        with contextlib.suppress(OSError):
+            if local.stat().st_size >= size:
+                return
+        if run_id in self.pulls:
+            self.pull_again.add(run_id)
+            return
+        task = asyncio.create_task(self.pull_log(session, run_id, run_dir))
+        self.pulls[run_id] = task
+        task.add_done_callback(lambda _t: self.pulls.pop(run_id, None))
+
+    async def pull_log(self, session: HostSession, run_id: str, run_dir: str) -> None:
+        """Append what output.log gained on the host to the local mirror (append-only)."""
+        local = mirror_dir(self.home, run_id) / "output.log"
+        local.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            while True:
+                self.pull_again.discard(run_id)
+                sftp = await session.sftp()
+                offset = local.stat().st_size if local.exists() else 0
+                async with sftp.open(f"{run_dir}/output.log", "rb") as remote:
+                    await remote.seek(offset)
+                    # Local appends of at most a chunk are quick; no thread hop needed.
+                    with open(local, "ab") as out:  # noqa: ASYNC230
+                        while chunk := await remote.read(LOG_CHUNK):
+                            out.write(cast(bytes, chunk))  # opened "rb"
+                if run_id not in self.pull_again:
+                    return
+        except (asyncssh.Error, OSError) as exc:
+            log.debug("run %s: log pull stopped: %r", run_id, exc)
+
+    # -- commands from the CLI and TUI ----------------------------------------------------
+    async def process_commands(self) -> None:
+        for command in self.catalog.pending_commands():
+            if command["kind"] == "cancel":
+                await self.cancel(command)
+            else:
+                self.catalog.finish_command(
+                    command["id"], ok=False, result=f"unknown command {command['kind']!r}"
+                )
+
+    async def cancel(self, command: dict[str, Any]) -> None:
+        run_id = command["args"].get("run_id", "")
+        run = self.catalog.get_run(run_id)
+        if run is None:
+            self.catalog.finish_command(command["id"], ok=False, result=f"no run {run_id}")
+            return
+        if run["state"] not in ("queued", "dispatching", "running"):
+            self.catalog.finish_command(command["id"], ok=True, result=f"already {run['state']}")
+            return
+        if run["state"] == "queued" and self.catalog.transition_run(
+            run_id,
+            "cancelled",
+            expect=["queued"],
+            reason="cancelled before it started",
+            detail=command["args"].get("by"),
+            ended=time.time(),
+        ):
+            self.catalog.finish_command(command["id"], ok=True, result="cancelled while queued")
+            return
+        session = self.engine.sessions.get(run["host"] or "")
+        if session is None or session.client is None:
+            return  # stays pending until the host is back
+        grace = float(command["args"].get("grace", 10.0))
+        try:
+            reply = await session.client.call(protocol.OP_CANCEL, run_id=run_id, grace=grace)
+        except RemoteError as exc:
+            self.catalog.finish_command(command["id"], ok=False, result=exc.message)
+            return
+        except (TimeoutError, AgentClosedError):
+            return
+        self.catalog.finish_command(command["id"], ok=True, result=reply.get("state"))

@@ -1,0 +1,172 @@
+"""Code snapshots: the files of a run's `code` dir, content-addressed, uploaded once per host."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from cvtui.errors import CvtuiError
+
+# Directories never worth shipping; virtualenvs are also recognised by their pyvenv.cfg.
+SKIPPED_DIRS = frozenset(
+    {
+        ".git",
+        "__pycache__",
+        ".venv",
+        "venv",
+        "node_modules",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".ipynb_checkpoints",
+        ".hypothesis",
+        ".tox",
+    }
+)
+SKIPPED_SUFFIXES = (".pyc", ".pyo")
+MAX_SNAPSHOT_BYTES = 1 << 30  # a code dir bigger than this almost surely holds data by mistake
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    path: str  # relative, '/'-separated
+    size: int  # bytes
+    executable: bool
+    hash: str  # xxh3_128 hex of the content
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A code dir frozen at submit time; ``hash`` names it on every host."""
+
+    root: Path
+    files: tuple[SnapshotFile, ...]
+    hash: str
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def tar_bytes(self) -> bytes:
+        """A deterministic tar of the files (sorted, no owners, mtime 0)."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for item in self.files:
+                info = tarfile.TarInfo(item.path)
+                info.size = item.size
+                info.mode = 0o755 if item.executable else 0o644
+                info.mtime = 0
+                with open(self.root / item.path, "rb") as fh:
+                    data = fh.read()
+                if xxhash.xxh3_128_hexdigest(data) != item.hash:
+                    raise CvtuiError(f"{self.root / item.path} changed while it was being sent")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+
+# (path, size, mtime_ns) -> xxh3: a warm engine rehashes only files that changed.
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _file_hash(path: Path, st: os.stat_result) -> str:
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    cached = _hash_cache.get(key)
+    if cached is None:
+        hasher = xxhash.xxh3_128()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                hasher.update(chunk)
+        cached = _hash_cache[key] = hasher.hexdigest()
+    return cached
+
+
+def _git_files(code_dir: Path) -> list[str] | None:
+    """Files git would ship (tracked + untracked-not-ignored), or None if not a work tree."""
+    try:
+        done = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(code_dir),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    names = {n.decode("utf-8", "surrogateescape") for n in done.stdout.split(b"\0") if n}
+    return sorted(names)
+
+
+def _walk_files(code_dir: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(code_dir):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in SKIPPED_DIRS and not (here / d / "pyvenv.cfg").exists()
+        )
+        for name in filenames:
+            found.append((here / name).relative_to(code_dir).as_posix())
+    return sorted(found)
+
+
+def _excluded(path: str, exclude: Sequence[str]) -> bool:
+    parts = path.split("/")
+    if any(p in SKIPPED_DIRS for p in parts[:-1]) or path.endswith(SKIPPED_SUFFIXES):
+        return True
+    return any(
+        fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(parts[-1], pattern) for pattern in exclude
+    )
+
+
+def code_files(code_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
+    """Relative paths of the files to ship: `git ls-files` in a work tree, else a filtered walk."""
+    names = _git_files(code_dir)
+    if names is None:
+        names = _walk_files(code_dir)
+    return [n for n in names if not _excluded(n, exclude)]
+
+
+def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot:
+    """Hash every file to ship; the snapshot hash covers paths, modes and contents."""
+    root = Path(code_dir).resolve()
+    if not root.is_dir():
+        raise CvtuiError(f"code dir {root} does not exist")
+    files = []
+    total = 0
+    for name in code_files(root, exclude):
+        path = root / name
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # deleted since git listed it
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        total += st.st_size
+        if total > MAX_SNAPSHOT_BYTES:
+            raise CvtuiError(
+                f"code dir {root} holds over {MAX_SNAPSHOT_BYTES >> 30} GiB; "
+                "list data and outputs under `exclude:` in the run config"
+            )
+        executable = bool(st.st_mode & stat.S_IXUSR)
+        files.append(SnapshotFile(name, st.st_size, executable, _file_hash(path, st)))
+    manifest = json.dumps([[f.path, f.executable, f.hash] for f in files], separators=(",", ":"))
+    return Snapshot(root, tuple(files), xxhash.xxh3_128_hexdigest(manifest.encode()))

@@ -1,0 +1,90 @@
+"""Turn a run config into queued runs in the catalog, with their code snapshots saved."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cvtui.catalog import Catalog, new_run_id
+from cvtui.engine.runner import snapshot_archive
+from cvtui.engine.snapshot import Snapshot, take_snapshot
+from cvtui.errors import UnknownHostError
+from cvtui.inventory import Inventory
+from cvtui.runspec import RunSpec, load_run_config, with_overrides
+
+
+def prepare_runs(
+    config: str | Path,
+    inventory: Inventory,
+    *,
+    overrides: Sequence[str] = (),
+    gpus: int | None = None,
+    priority: str | None = None,
+    hosts: Sequence[str] = (),
+) -> list[RunSpec]:
+    """Expand a config with the CLI's overrides; unknown host names are an error here."""
+    known = inventory.names()
+    for name in hosts:
+        if name not in known:
+            raise UnknownHostError(name, known)
+    specs = load_run_config(str(config), overrides=overrides)
+    if gpus is not None or priority is not None or hosts:
+        specs = [
+            with_overrides(s, gpus=gpus, priority=priority, hosts=tuple(hosts) or None)
+            for s in specs
+        ]
+    for spec in specs:
+        for name in spec.resources.hosts:
+            if name not in known:
+                raise UnknownHostError(name, known)
+    return specs
+
+
+def save_snapshot(home: Path, snapshot: Snapshot) -> Path:
+    """Keep the snapshot's tar under the home so any engine can ship it later."""
+    path = snapshot_archive(home, snapshot.hash)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(snapshot.tar_bytes())
+        tmp.replace(path)
+    return path
+
+
+def run_rows(specs: Sequence[RunSpec], home: Path) -> list[dict[str, Any]]:
+    """Catalog rows for specs: one snapshot per distinct code dir, ids in grid order."""
+    snapshots: dict[tuple[str, tuple[str, ...]], Snapshot] = {}
+    rows = []
+    user = getpass.getuser()
+    now = time.time()
+    for spec in specs:
+        key = (spec.code_dir, spec.exclude)
+        if key not in snapshots:
+            snapshots[key] = take_snapshot(spec.code_dir, spec.exclude)
+            save_snapshot(home, snapshots[key])
+        rows.append(
+            {
+                "id": new_run_id(now + spec.index * 1e-3),  # ids sort in grid order
+                "name": spec.name,
+                "project": spec.project,
+                "user": user,
+                "priority": spec.priority,
+                "command": spec.command if isinstance(spec.command, str) else list(spec.command),
+                "params": dict(spec.params),
+                "config": dict(spec.config),
+                "spec": spec.to_json(),
+                "resources": spec.to_json()["resources"],
+                "retries": spec.retries,
+                "code_hash": snapshots[key].hash,
+                "submitted": now,
+            }
+        )
+    return rows
+
+
+def submit(catalog: Catalog, home: Path, specs: Sequence[RunSpec]) -> list[str]:
+    return catalog.insert_runs(run_rows(specs, home))

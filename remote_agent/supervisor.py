@@ -1,0 +1,443 @@
+"""The detached per-run supervisor: GPU leases, the command in its own group, status.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from remote_agent.leases import LeaseBusy, release_leases, take_leases
+from remote_agent.protocol import (
+    RUN_CANCELLED,
+    RUN_FAILED,
+    RUN_RUNNING,
+    RUN_SUCCEEDED,
+    RunStatus,
+    StartRequest,
+)
+
+WRITER = "cvtui-supervisor"  # status.json's "writer": only such runs of our uid may be signalled
+STATUS_FILE = "status.json"
+LOG_FILE = "output.log"
+CANCEL_FILE = "cancel"
+SUPERVISOR_LOG = "supervisor.log"
+TICK_S = 0.25  # how often output.log is read for progress (and the child polled, besides SIGCHLD)
+GROUP_POLL_S = 0.05  # while waiting for a cancelled process group to empty
+HEARTBEAT_S = 5.0
+PROGRESS_WRITE_S = 0.5  # status.json is rewritten for progress at most this often
+READ_CHUNK_BYTES = 1 << 16
+READ_PER_TICK_BYTES = 8 << 20  # so a flood of output never delays noticing the child's exit
+TAIL_KEEP_BYTES = 4096  # of a line still without its end, only this much is kept
+PROGRESS_MSG_CHARS = 200
+SETTLE_AFTER_KILL_S = 1.0  # how long SIGKILLed processes get to disappear before the status
+# Run variables the agent's own environment must not pass to a supervisor or a run: the
+# simulated GPU backend counts the topmost process carrying them.
+RUN_ENV_KEYS = frozenset(
+    ("CUDA_VISIBLE_DEVICES", "CVTUI_SIM_GPUS", "CVTUI_SIM_MEM", "CVTUI_RUN_ID", "CVTUI_RUN_DIR")
+    + ("CVTUI_PARAMS",)
+)
+
+_PROGRESS = re.compile(rb"\[PROGRESS:\s*(\d+(?:\.\d+)?)\s*:([^\]\r\n]*)\]")
+_TQDM = re.compile(rb"(\d+(?:\.\d+)?)%\|")
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def process_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, pgid, starttime in clock ticks) of a process from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read(4096)
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parens: fields restart after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    """Whether this exact process (pid and start time) still runs; zombies count as gone."""
+    if not pid:
+        return False
+    found = process_stat(pid)
+    if found is None or found[0] in ("Z", "X"):
+        return False
+    return start is None or found[2] == start
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            found = process_stat(int(name))
+            if found is not None and found[1] == pgid and found[0] not in ("Z", "X"):
+                members.append(int(name))
+    return members
+
+
+def read_status(run_dir: str) -> dict[str, Any] | None:
+    """status.json as written (RunStatus fields plus writer and uid), None when absent or bad."""
+    try:
+        with open(os.path.join(run_dir, STATUS_FILE), "rb") as f:
+            data = json.loads(f.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_status(run_dir: str, status: dict[str, Any], durable: bool = False) -> None:
+    """Replace status.json atomically, so a reader never sees half of it."""
+    path = os.path.join(run_dir, STATUS_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    data = json.dumps(status, indent=1, sort_keys=True).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class ProgressParser:
+    """Finds the latest progress in a stream of output, in bounded memory."""
+
+    def __init__(self) -> None:
+        self._tail = b""  # the line (or \r segment) not yet ended, its last TAIL_KEEP_BYTES
+
+    def feed(self, data: bytes) -> tuple[float, str] | None:
+        """(percent, message) of the newest progress in data, None when it has none."""
+        buf = self._tail + data
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
+        self._tail = buf[cut + 1 :][-TAIL_KEEP_BYTES:]
+        if b"[PROGRESS:" not in buf and b"%|" not in buf:
+            return None
+        # tqdm redraws with \r, so segments split at \r as well as \n; the newest wins, and the
+        # unfinished last segment is the bar on screen now.
+        for segment in reversed(re.split(rb"[\r\n]", buf)):
+            found = parse_progress(segment)
+            if found is not None:
+                return found
+        return None
+
+
+def parse_progress(segment: bytes) -> tuple[float, str] | None:
+    """Progress in one line: the last [PROGRESS:pct:msg] in it, else a tqdm bar."""
+    marks = _PROGRESS.findall(segment)
+    if marks:
+        pct, msg = marks[-1]
+        return _clamp(float(pct)), _text(msg)
+    match = _TQDM.search(segment)
+    if match is None:
+        return None
+    desc = segment[: match.start()].strip().rstrip(b":").strip()
+    rest = segment[match.end() :]
+    bar_end = rest.find(b"|")
+    after = rest[bar_end + 1 :].strip() if bar_end >= 0 else b""
+    return _clamp(float(match.group(1))), _text(b" ".join(p for p in (desc, after) if p))
+
+
+def _clamp(pct: float) -> float:
+    return min(100.0, max(0.0, pct))
+
+
+def _text(raw: bytes) -> str:
+    return _ANSI.sub(b"", raw).decode("utf-8", "replace").strip()[:PROGRESS_MSG_CHARS]
+
+
+def command_env(base: dict[str, str], request: StartRequest, run_dir: str) -> dict[str, str]:
+    """The run's environment: the agent's, the request's, then the variables cvtui sets."""
+    env = {k: v for k, v in base.items() if k not in RUN_ENV_KEYS}
+    env.update({str(k): str(v) for k, v in request.env.items()})
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in request.gpus)
+    env["CVTUI_RUN_ID"] = request.run_id
+    env["CVTUI_RUN_DIR"] = run_dir
+    env["CVTUI_PARAMS"] = json.dumps(request.params, sort_keys=True)
+    return env
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class Supervisor:
+    """One run: start the command, follow it, record it, cancel it on request."""
+
+    def __init__(self, request: StartRequest, run_dir: str) -> None:
+        self.request = request
+        self.run_dir = run_dir
+        self.log_path = os.path.join(run_dir, LOG_FILE)
+        start = process_stat(os.getpid())
+        self.status: dict[str, Any] = RunStatus(
+            run_id=request.run_id,
+            state=RUN_RUNNING,
+            run_dir=run_dir,
+            gpus=request.gpus,
+            supervisor_pid=os.getpid(),
+            supervisor_start=start[2] if start else None,
+            uid=os.getuid(),
+        ).to_wire()
+        self.status["writer"] = WRITER
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.parser = ProgressParser()
+        self._wake_r = -1
+        self._signals: list[int] = []
+        self._log_fd = -1
+        self._log_offset = 0
+        self._last_write = 0.0  # time.monotonic() of the last status.json write
+        self._dirty = False
+        self._cancel_by: str | None = None
+        self._kill_at: float | None = None  # time.monotonic() when the group gets SIGKILL
+        self._killed = False
+
+    # --- signals ---
+
+    def install_signals(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r = wake_r
+        signal.set_wakeup_fd(wake_w)  # the main loop's select() wakes on any signal
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    # --- status ---
+
+    def write(self, durable: bool = False) -> None:
+        now = time.time()
+        self.status["heartbeat"] = now
+        try:
+            self.status["log_size"] = os.stat(self.log_path).st_size
+        except OSError:
+            pass
+        write_status(self.run_dir, self.status, durable)
+        self._last_write = time.monotonic()
+        self._dirty = False
+
+    def _tail_log(self, limit: int = READ_PER_TICK_BYTES) -> None:
+        if self._log_fd < 0:
+            return
+        got = 0
+        newest = None
+        while got < limit:
+            try:
+                chunk = os.pread(self._log_fd, READ_CHUNK_BYTES, self._log_offset)
+            except OSError:
+                return
+            if not chunk:
+                break
+            self._log_offset += len(chunk)
+            got += len(chunk)
+            found = self.parser.feed(chunk)
+            if found is not None:
+                newest = found
+        if newest is not None and (newest[0], newest[1]) != (
+            self.status["progress"],
+            self.status["progress_msg"],
+        ):
+            self.status["progress"], self.status["progress_msg"] = newest
+            self._dirty = True
+
+    # --- the run ---
+
+    def start_command(self) -> None:
+        """Start the command (state running) or record why it could not start (failed)."""
+        request = self.request
+        argv = ["/bin/sh", "-c", request.command] if isinstance(request.command, str) else None
+        argv = argv or [str(arg) for arg in request.command]
+        out = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._log_fd = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
+        self.status["started"] = time.time()
+        try:
+            # The child writes output.log itself (its own O_APPEND fd), and leads its own group
+            # and session, so cancel can signal it and everything it starts.
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                cwd=self.run_dir,
+                env=command_env(dict(os.environ), request, self.run_dir),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except (OSError, ValueError) as exc:
+            os.write(out, f"cvtui: cannot start {argv[0]!r}: {exc}\n".encode())
+            self.status.update(
+                state=RUN_FAILED, ended=time.time(), reason=f"cannot start {argv[0]!r}: {exc}"
+            )
+        finally:
+            os.close(out)
+        if self.proc is not None:
+            self.status.update(pid=self.proc.pid, pgid=self.proc.pid)
+        self.write(durable=True)
+
+    def _begin_cancel(self, who: str, grace_s: float) -> None:
+        if self._cancel_by is not None or self.proc is None:
+            return
+        self._cancel_by = who
+        self._kill_at = time.monotonic() + max(0.0, grace_s)
+        self._signal_group(signal.SIGTERM)
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _cancel_request(self, signum: int) -> tuple[str, float]:
+        """Who asked and the grace, from <run_dir>/cancel (written by the agent's cancel op)."""
+        who, grace_s = "SIGTERM to the supervisor", float(self.request.grace_s)
+        if signum == signal.SIGUSR1 or os.path.exists(os.path.join(self.run_dir, CANCEL_FILE)):
+            try:
+                with open(os.path.join(self.run_dir, CANCEL_FILE), "rb") as f:
+                    asked = json.loads(f.read(65536).decode("utf-8"))
+                who = str(asked.get("by") or "unknown")
+                if isinstance(asked.get("grace"), (int, float)):
+                    grace_s = float(asked["grace"])
+            except (OSError, ValueError, AttributeError, RecursionError):
+                who = "unknown"
+        return who, grace_s
+
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep until a signal arrives or timeout_s passes, then take the signals seen."""
+        try:
+            select.select([self._wake_r], [], [], max(0.0, timeout_s))
+            while os.read(self._wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        for signum in self._signals[:]:
+            self._signals.remove(signum)
+            if signum in (signal.SIGTERM, signal.SIGUSR1):
+                self._begin_cancel(*self._cancel_request(signum))
+
+    def follow(self) -> None:
+        """Until the command's group is gone: progress, heartbeats, cancel, then the end state."""
+        if self.proc is None:
+            return
+        if os.path.exists(os.path.join(self.run_dir, CANCEL_FILE)):
+            self._begin_cancel(*self._cancel_request(signal.SIGUSR1))  # asked before we began
+        returncode = None
+        while returncode is None:
+            returncode = self.proc.poll()
+            now = time.monotonic()
+            if self._kill_at is not None and now >= self._kill_at and not self._killed:
+                self._signal_group(signal.SIGKILL)
+                self._killed = True
+            self._tail_log()
+            if self._dirty and now - self._last_write >= PROGRESS_WRITE_S:
+                self.write()
+            elif now - self._last_write >= HEARTBEAT_S:
+                self.write()
+            if returncode is None:
+                self._wait(self._until_kill(TICK_S))
+        self._tail_log(limit=1 << 62)
+        self._finish(returncode)
+
+    def _finish(self, returncode: int) -> None:
+        pgid = self.status["pgid"]
+        if self._cancel_by is not None:
+            self._empty_group(pgid)
+            state, reason = RUN_CANCELLED, f"cancelled by {self._cancel_by}"
+        else:
+            state = RUN_SUCCEEDED if returncode == 0 else RUN_FAILED
+            reason = None if returncode == 0 else exit_reason(returncode)
+        self.status.update(state=state, exit_code=returncode, ended=time.time(), reason=reason)
+        self.write(durable=True)
+        if self._cancel_by is None and group_members(pgid):
+            # What the command left running would hold its GPUs with no lease: end it too.
+            self._kill_at = time.monotonic() + float(self.request.grace_s)
+            self._signal_group(signal.SIGTERM)
+            self._empty_group(pgid)
+
+    def _until_kill(self, timeout_s: float) -> float:
+        if self._kill_at is None or self._killed:
+            return timeout_s
+        return min(timeout_s, self._kill_at - time.monotonic())
+
+    def _empty_group(self, pgid: int) -> None:
+        """Wait for the group to end, SIGKILLing it at the grace deadline."""
+        settle_until = None
+        while group_members(pgid):
+            now = time.monotonic()
+            if not self._killed and self._kill_at is not None and now >= self._kill_at:
+                self._signal_group(signal.SIGKILL)
+                self._killed = True
+            if self._killed:
+                settle_until = settle_until or now + SETTLE_AFTER_KILL_S
+                if now > settle_until:
+                    return
+            self._wait(self._until_kill(GROUP_POLL_S))
+
+
+def _answer(sock: socket.socket | None, line: str) -> None:
+    if sock is None:
+        return
+    try:
+        sock.sendall(line.encode() + b"\n")
+    except OSError:
+        pass  # the agent is gone; the run goes on without it
+    sock.close()
+
+
+def _receive(sock: socket.socket) -> dict[str, Any]:
+    chunks = []
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    data = json.loads(b"".join(chunks).decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("the start message must be a JSON object")
+    return data
+
+
+def main(argv: list[str]) -> int:
+    """`supervise SOCKET_FD RUN_ID`: read the start message, detach, lease, run, record."""
+    sock = socket.socket(fileno=int(argv[0]))
+    message = _receive(sock)
+    request = StartRequest.from_wire(message["request"])
+    run_dir = str(message["run_dir"])
+    if os.fork() != 0:
+        os._exit(0)  # the agent reaps this first child; the supervisor is now an orphan
+    os.chdir("/")  # never hold a mount busy, never import from the run's code
+    try:
+        leases = take_leases(str(message["leases_dir"]), request.gpus, request.run_id)
+    except (LeaseBusy, OSError) as exc:
+        # Remove what the agent made, so this run id can be dispatched again elsewhere.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, LeaseBusy):
+            _answer(sock, f"busy {exc.gpu} {exc.holder}")
+        else:
+            _answer(sock, f"error cannot lease GPUs: {exc}")
+        return 0
+    supervisor = Supervisor(request, run_dir)
+    supervisor.install_signals()
+    supervisor.start_command()
+    _answer(sock, f"ok {os.getpid()}")
+    try:
+        supervisor.follow()
+    finally:
+        release_leases(leases)
+        sys.stdout.flush()
+    return 0
