@@ -243,7 +243,7 @@ def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
         if as_json:
             keys = (
                 "id", "name", "project", "user", "state", "priority", "host", "gpus", "progress",
-                "progress_msg", "exit_code", "reason", "submitted", "started", "ended", "command",
+                "progress_msg", "exit_code", "reason", "submitted", "started", "ended", "command", "params",
             )  # fmt: skip
             click.echo(json.dumps([{k: r[k] for k in keys} for r in runs], indent=2))
         else:
@@ -378,6 +378,48 @@ def cancel(settings: Settings, run_refs: tuple[str, ...], all_mine: bool, grace:
             click.echo(f"{run_id[:12]}  {run_row.get('name')}: {outcome}")
 
 
+def pick_gpus(catalog: Catalog, host: str, count: int) -> list[int]:
+    """The count GPUs of host that look free in the last telemetry: idle, then most memory."""
+    report = catalog.hosts_report(names=[host])
+    gpus = report[0]["gpus"] if report else []
+    free = [g for g in gpus if not g["processes"]]
+    free.sort(key=lambda g: (-((g["mem_total"] or 0) - (g["mem_used"] or 0)), g["index"]))
+    chosen = [g["index"] for g in free[:count]]
+    if not gpus:
+        chosen = list(range(count))  # nothing known yet: the agent's leases still guard
+    if len(chosen) < count:
+        raise CvtuiError(f"{host} has {len(chosen)} free GPUs, {count} wanted")
+    return chosen
+
+
+@click.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--host", required=True, metavar="HOST", help="Where to run it.")
+@click.option(
+    "--gpus", type=click.IntRange(min=0), default=0, help="GPUs to lease for the command."
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def exec_command(settings: Settings, host: str, gpus: int, command: tuple[str, ...]) -> None:
+    """Run COMMAND on HOST now, output streamed; exits with its exit code.
+
+    Example: cvtui exec --host gpu-01 --gpus 1 -- nvidia-smi
+    """
+    import asyncio
+
+    from cvtui.catalog import Catalog
+    from cvtui.engine.remote_exec import exec_on_host
+
+    inventory = settings.inventory()
+    entry = inventory.host(host)
+    chosen: list[int] = []
+    if gpus:
+        with Catalog.open_home(settings.home()) as catalog:
+            chosen = pick_gpus(catalog, host, gpus)
+    sys.exit(asyncio.run(exec_on_host(entry, inventory.policy, command, chosen)))
+
+
 def register(main: click.Group) -> None:
-    for command in (run, ps, logs, cancel):
+    for command in (run, ps, logs, cancel, exec_command):
         main.add_command(command)

@@ -15,6 +15,7 @@ from typing import IO, Any, Callable, Dict, NoReturn
 from remote_agent.doctor import hash_algorithms, python_version, run_checks
 from remote_agent.gpus import GpuBackend, open_backend
 from remote_agent.hoststats import HostStats, expand_root
+from remote_agent.leases import LeaseWatcher
 from remote_agent.protocol import (
     E_BAD_ARGUMENTS,
     E_BAD_REQUEST,
@@ -33,6 +34,7 @@ from remote_agent.protocol import (
     Check,
     Hello,
     ProtocolError,
+    RemoteError,
     Telemetry,
     decode,
     encode,
@@ -40,6 +42,7 @@ from remote_agent.protocol import (
     reply_error,
     reply_ok,
 )
+from remote_agent.runs import RunOps
 
 DEFAULT_ROOT = "~/.cache/cvtui"
 DEFAULT_LEASES_DIR = "/tmp/cvtui-leases"
@@ -161,6 +164,8 @@ class Agent:
         self.backend = backend
         self.backend_errors = backend_errors
         self.host = HostStats(options.root)
+        self.leases = LeaseWatcher(options.leases_dir)
+        self.runs = RunOps(options.root, options.leases_dir, user_name())
         self._out = out
         self._write_lock = threading.Lock()
         self._sample_lock = threading.Lock()
@@ -179,6 +184,7 @@ class Agent:
             OP_CHECK: lambda message: {"checks": [asdict(c) for c in self.checks()]},
             OP_SHUTDOWN: self._op_shutdown,
         }
+        self.ops.update(self.runs.ops)
 
     # --- output ---
 
@@ -207,6 +213,10 @@ class Agent:
                     self._last_sample_error = said
                     sys.stderr.write(f"cvtui agent: GPU sample failed: {said}\n")
             self._gpu_count = max(self._gpu_count, len(gpus))
+            try:
+                gpus = self.leases.annotate(gpus)
+            except Exception as exc:  # leases are an annotation: never lose the sample for them
+                sys.stderr.write(f"cvtui agent: reading leases failed: {exc}\n")
             return Telemetry(time.time(), self.backend.name, self.host.sample(), tuple(gpus))
 
     def _telemetry_event(self) -> dict[str, Any] | None:
@@ -254,6 +264,8 @@ class Agent:
             return reply_ok(request_id, **op(message))
         except BadRequest as exc:
             return reply_error(request_id, E_BAD_REQUEST, f"{op_name}: {exc}")
+        except RemoteError as exc:  # an op refusing with a specific code (E_RUN_EXISTS...)
+            return reply_error(request_id, exc.code, f"{op_name}: {exc.message}")
         except Exception as exc:
             return reply_error(request_id, E_INTERNAL, f"{op_name}: {type(exc).__name__}: {exc}")
 
@@ -335,10 +347,19 @@ class Agent:
             message = self._telemetry_event()
             if message is not None:
                 self.send(message)
+            for message in self._run_events():
+                self.send(message)
         reader.join(timeout=0.2)
         self.backend.close()
         self.host.close()
         return self._exit_code
+
+    def _run_events(self) -> list[dict[str, Any]]:
+        try:
+            return self.runs.watch_events()
+        except Exception as exc:  # never let one unreadable run dir end the stream
+            sys.stderr.write(f"cvtui agent: watching runs failed: {type(exc).__name__}: {exc}\n")
+            return []
 
     @property
     def reader_blocked(self) -> bool:

@@ -1,8 +1,9 @@
-"""GPU leases: one flock'ed file per GPU in a shared directory, and `agent.pyz exec` that holds them."""
+"""GPU leases: one flock'ed file per GPU in a shared directory, and `agent.pyz exec`."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import os
@@ -126,10 +127,8 @@ def take_leases(
 
 def release_leases(fds: Sequence[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 def held_flock_keys(text: str) -> set[tuple[int, int, int]]:
@@ -247,7 +246,7 @@ def exec_main(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvp(command[0], command)
+        os.execvp(command[0], command)  # noqa: S606  (an argv, as the user typed it)
     except OSError as exc:
         sys.stderr.write(f"cvtui exec: cannot run {command[0]!r}: {exc.strerror or exc}\n")
     return EXIT_CANNOT_RUN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,8 +42,14 @@ SETTLE_AFTER_KILL_S = 1.0  # how long SIGKILLed processes get to disappear befor
 # Run variables the agent's own environment must not pass to a supervisor or a run: the
 # simulated GPU backend counts the topmost process carrying them.
 RUN_ENV_KEYS = frozenset(
-    ("CUDA_VISIBLE_DEVICES", "CVTUI_SIM_GPUS", "CVTUI_SIM_MEM", "CVTUI_RUN_ID", "CVTUI_RUN_DIR")
-    + ("CVTUI_PARAMS",)
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "CVTUI_SIM_GPUS",
+        "CVTUI_SIM_MEM",
+        "CVTUI_RUN_ID",
+        "CVTUI_RUN_DIR",
+        "CVTUI_PARAMS",
+    }
 )
 
 _PROGRESS = re.compile(rb"\[PROGRESS:\s*(\d+(?:\.\d+)?)\s*:([^\]\r\n]*)\]")
@@ -223,10 +230,8 @@ class Supervisor:
     def write(self, durable: bool = False) -> None:
         now = time.time()
         self.status["heartbeat"] = now
-        try:
+        with contextlib.suppress(OSError):
             self.status["log_size"] = os.stat(self.log_path).st_size
-        except OSError:
-            pass
         write_status(self.run_dir, self.status, durable)
         self._last_write = time.monotonic()
         self._dirty = False
@@ -298,10 +303,8 @@ class Supervisor:
 
     def _signal_group(self, sig: int) -> None:
         assert self.proc is not None
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _cancel_request(self, signum: int) -> tuple[str, float]:
         """Who asked and the grace, from <run_dir>/cancel (written by the agent's cancel op)."""
@@ -344,9 +347,8 @@ class Supervisor:
                 self._signal_group(signal.SIGKILL)
                 self._killed = True
             self._tail_log()
-            if self._dirty and now - self._last_write >= PROGRESS_WRITE_S:
-                self.write()
-            elif now - self._last_write >= HEARTBEAT_S:
+            since_write = now - self._last_write
+            if since_write >= (PROGRESS_WRITE_S if self._dirty else HEARTBEAT_S):
                 self.write()
             if returncode is None:
                 self._wait(self._until_kill(TICK_S))
@@ -355,6 +357,7 @@ class Supervisor:
 
     def _finish(self, returncode: int) -> None:
         pgid = self.status["pgid"]
+        reason: str | None
         if self._cancel_by is not None:
             self._empty_group(pgid)
             state, reason = RUN_CANCELLED, f"cancelled by {self._cancel_by}"
@@ -392,10 +395,8 @@ class Supervisor:
 def _answer(sock: socket.socket | None, line: str) -> None:
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError):  # the agent is gone; the run goes on without it
         sock.sendall(line.encode() + b"\n")
-    except OSError:
-        pass  # the agent is gone; the run goes on without it
     sock.close()
 
 

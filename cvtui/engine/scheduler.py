@@ -225,12 +225,13 @@ class _PassState:
                 if (gpu.foreign or gpu.ours) and not self.share:
                     continue
                 free = gpu.mem_free
-                # Idle first, then most free memory, then gpu_order, then freshest telemetry.
+                # Idle first, then most free memory, then gpu_order (unlisted GPUs tie after the
+                # listed ones), then freshest telemetry, then the lower index.
                 preference.append(
                     (
                         0 if gpu.idle else 1,
                         1 if free is None else -free,
-                        order_rank.get(gpu.index, len(order) + gpu.index),
+                        order_rank.get(gpu.index, len(order)),
                         -gpu.telemetry_time,
                         pos,
                         gpu.index,
@@ -493,8 +494,9 @@ class _PassState:
             count = outlook.biggest_count
             large = " that large" if run.min_free_mem else ""
             such = f"{count} GPU{'' if count == 1 else 's'}{large}"
+            where = " on one host" if n > 1 else ""
             return (
-                f"{_need(run)} on one host; largest matching host "
+                f"{_need(run)}{where}; largest matching host "
                 f"{names[outlook.biggest].name} has {such}"
             )
         held = self.reservation

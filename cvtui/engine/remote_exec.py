@@ -1,0 +1,80 @@
+"""`cvtui exec`: one command on one host, output streamed, its exit code returned."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import asyncssh
+
+from cvtui.engine.agent_build import build_agent
+from cvtui.engine.connections import open_connection
+from cvtui.engine.deploy import ensure_agent, remote_path
+from cvtui.inventory import Host, Policy
+
+EXIT_LEASE_BUSY = 75  # what `agent.pyz exec` returns when a GPU it should lease is taken
+
+
+def exec_command(host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int]) -> str:
+    """The remote command line: plain when no GPU is wanted, else through the agent's leases."""
+    if not gpus or agent is None:
+        return shlex.join(argv)
+    wrapper = [
+        host.python,
+        agent,
+        "exec",
+        "--leases-dir",
+        remote_path(host.leases_dir),
+        "--root",
+        remote_path(host.root),
+        "--gpus",
+        ",".join(str(g) for g in gpus),
+        "--",
+        *argv,
+    ]
+    return "exec " + shlex.join(wrapper)
+
+
+async def _pump(reader: asyncssh.SSHReader[bytes], out: BinaryIO) -> None:
+    while chunk := await reader.read(1 << 16):
+        out.write(chunk)
+        out.flush()
+
+
+async def exec_on_host(
+    host: Host,
+    policy: Policy,
+    argv: Sequence[str],
+    gpus: Sequence[int] = (),
+    *,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+) -> int:
+    """Run argv on host; 128+N when it died of signal N."""
+    out = stdout or sys.stdout.buffer
+    err = stderr or sys.stderr.buffer
+    async with await open_connection(host, policy) as conn:
+        agent = None
+        if gpus:
+            agent, _ = await ensure_agent(conn, host, build_agent())
+        process = await conn.create_process(
+            exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL
+        )
+        await asyncio.gather(_pump(process.stdout, out), _pump(process.stderr, err))
+        await process.wait_closed()
+    if process.exit_status is not None:
+        return process.exit_status
+    signal = process.exit_signal
+    return 128 + (_signal_number(signal[0]) if signal else 1)
+
+
+def _signal_number(name: str) -> int:
+    import signal
+
+    try:
+        return int(signal.Signals[f"SIG{name}"])
+    except KeyError:
+        return 1

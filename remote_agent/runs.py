@@ -1,0 +1,454 @@
+"""The agent's run ops: unpack code, start a supervised run, list, cancel and watch runs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict
+
+from remote_agent import supervisor
+from remote_agent.hoststats import read_environ
+from remote_agent.protocol import (
+    E_BAD_REQUEST,
+    E_GPU_BUSY,
+    E_INTERNAL,
+    E_NO_SUCH_RUN,
+    E_NOT_OURS,
+    E_RUN_EXISTS,
+    EVENT_RUN,
+    OP_CANCEL,
+    OP_RUNS,
+    OP_START,
+    OP_UNPACK_CODE,
+    OP_WATCH,
+    RUN_CANCELLED,
+    RUN_FINAL_STATES,
+    RUN_LOST,
+    RUN_RUNNING,
+    RUN_STARTING,
+    ProtocolError,
+    RemoteError,
+    RunStatus,
+    StartRequest,
+    event,
+)
+from remote_agent.snapshots import CODE_HASH, copy_snapshot, snapshot_path, unpack_code
+from remote_agent.supervisor import (
+    CANCEL_FILE,
+    LOG_FILE,
+    RUN_ENV_KEYS,
+    STATUS_FILE,
+    SUPERVISOR_LOG,
+    WRITER,
+    group_members,
+    process_alive,
+    read_status,
+    write_status,
+)
+
+RUN_ID = re.compile(r"[0-9a-z]{10,64}\Z")
+CONFIG_FILE = "config.yaml"
+START_TIMEOUT_S = 25.0  # the controller gives OP_START 30 s
+NO_STATUS_LOST_S = 5.0  # a run dir this old without status.json is lost
+WATCH_LINGER_TICKS = 3  # ticks a final run stays watched, for its last log bytes
+LOST_REASON = "supervisor gone without an exit status"
+# The supervisor is a fresh interpreter (never a fork of this threaded agent), importing
+# remote_agent from where this agent runs: a source tree or agent.pyz.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from remote_agent.supervisor import main; sys.exit(main(sys.argv[2:]))"
+)
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(supervisor.__file__)))
+
+Op = Callable[[Dict[str, Any]], Dict[str, Any]]
+
+
+def bad_request(message: str) -> RemoteError:
+    return RemoteError(E_BAD_REQUEST, message)
+
+
+def _run_id(value: Any) -> str:
+    if not isinstance(value, str) or not RUN_ID.match(value):
+        raise bad_request(f"run id {str(value)[:80]!r} is not 10 to 64 of [0-9a-z]")
+    return value
+
+
+def _validate_start(request: StartRequest) -> None:
+    _run_id(request.run_id)
+    command = request.command
+    if isinstance(command, str):
+        if not command.strip():
+            raise bad_request("command is empty")
+    elif not (isinstance(command, list) and command and all(isinstance(a, str) for a in command)):
+        raise bad_request("command must be a string or a non-empty list of strings")
+    if any(g < 0 for g in request.gpus):
+        raise bad_request("GPU indexes must be 0 or more")
+    env = request.env
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
+    ):
+        raise bad_request("env must map variable names to strings")
+    if not isinstance(request.params, dict):
+        raise bad_request("params must be an object")
+    if request.code_hash is not None and not (
+        isinstance(request.code_hash, str) and CODE_HASH.match(request.code_hash)
+    ):
+        raise bad_request("code_hash must be lowercase hex")
+    grace = request.grace_s
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        raise bad_request("grace_s must be a number of seconds, 0 or more")
+    if not isinstance(request.config_yaml, str):
+        raise bad_request("config_yaml must be a string")
+
+
+@dataclass
+class _Watch:
+    """What the last EVENT_RUN of a watched run was based on."""
+
+    key: tuple[Any, ...] | None = None  # (status.json mtime ns and size, output.log size)
+    state: str | None = None
+    supervisor: tuple[int | None, int | None] = (None, None)  # pid, start time
+    linger: int = WATCH_LINGER_TICKS
+
+
+class RunOps:
+    """Run ops over <root>/runs/<run_id>/ run dirs; `ops` is merged into the agent's ops."""
+
+    def __init__(self, root: str, leases_dir: str, user: str) -> None:
+        self.root = root
+        self.runs_dir = os.path.join(root, "runs")
+        self.leases_dir = leases_dir
+        self.user = user
+        self._lock = threading.Lock()
+        self._watched: dict[str, _Watch] = {}
+        self.ops: dict[str, Op] = {
+            OP_UNPACK_CODE: self.op_unpack_code,
+            OP_START: self.op_start,
+            OP_RUNS: self.op_runs,
+            OP_CANCEL: self.op_cancel,
+            OP_WATCH: self.op_watch,
+        }
+
+    def run_dir(self, run_id: str) -> str:
+        return os.path.join(self.runs_dir, run_id)
+
+    # --- unpack_code ---
+
+    def op_unpack_code(self, message: dict[str, Any]) -> dict[str, Any]:
+        code_hash, archive = message.get("hash"), message.get("archive")
+        if not isinstance(code_hash, str) or not isinstance(archive, str):
+            raise bad_request('"hash" and "archive" must be strings')
+        try:
+            return {"path": unpack_code(self.root, code_hash, archive)}
+        except ValueError as exc:  # UnsafeArchive included
+            raise bad_request(str(exc)) from exc
+
+    # --- start ---
+
+    def op_start(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = StartRequest.from_wire(message)
+        except ProtocolError as exc:
+            raise bad_request(str(exc)) from exc
+        _validate_start(request)
+        snapshot = None
+        if request.code_hash is not None:
+            snapshot = snapshot_path(self.root, request.code_hash)
+            if not os.path.isdir(snapshot):
+                raise bad_request(
+                    f"code snapshot {request.code_hash} is not unpacked at {snapshot}: "
+                    "upload it and call unpack_code first"
+                )
+        os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
+        run_dir = self.run_dir(request.run_id)
+        try:
+            os.mkdir(run_dir, 0o700)  # the never-twice guard: fails when the dir exists
+        except FileExistsError:
+            raise RemoteError(
+                E_RUN_EXISTS, f"run {request.run_id} already exists at {run_dir}"
+            ) from None
+        try:
+            os.chmod(run_dir, 0o700)  # mkdir applied the umask
+            if snapshot is not None:
+                copy_snapshot(snapshot, run_dir)
+            with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                f.write(request.config_yaml)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: the id may be used again
+            raise
+        pid = self._launch(request, run_dir)
+        self.watch([request.run_id])
+        return {"run_dir": run_dir, "supervisor_pid": pid}
+
+    def _launch(self, request: StartRequest, run_dir: str) -> int:
+        """Start the supervisor (double fork, new session) and wait for its first word."""
+        ours, theirs = socket.socketpair()
+        log_path = os.path.join(run_dir, SUPERVISOR_LOG)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        env = {k: v for k, v in os.environ.items() if k not in RUN_ENV_KEYS}
+        python = sys.executable or "python3"
+        argv = [python, "-I", "-c", _BOOT, _PACKAGE_PARENT, str(theirs.fileno()), request.run_id]
+        try:
+            # The first child leads a new session, forks the supervisor and exits at once.
+            first = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd="/",
+                env=env,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            os.close(log)
+            theirs.close()
+        with ours:
+            ours.settimeout(START_TIMEOUT_S)
+            start = {"request": request.to_wire(), "run_dir": run_dir}
+            start["leases_dir"] = self.leases_dir
+            try:
+                ours.sendall(json.dumps(start).encode())
+                ours.shutdown(socket.SHUT_WR)
+                first.wait(START_TIMEOUT_S)  # reaped here: no zombie left behind
+                answer = _read_line(ours)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise RemoteError(
+                    E_INTERNAL, f"the supervisor did not answer ({exc}); see {log_path}"
+                ) from exc
+        word, _, rest = answer.partition(" ")
+        if word == "ok":
+            return int(rest)
+        if word == "busy":
+            gpu, _, holder = rest.partition(" ")
+            raise RemoteError(E_GPU_BUSY, f"GPU {gpu} is leased by {holder or '?'}")
+        if word == "error":
+            raise RemoteError(E_INTERNAL, rest)
+        raise RemoteError(
+            E_INTERNAL, f"the supervisor exited before starting the run; see {log_path}"
+        )
+
+    # --- status ---
+
+    def status_of(self, run_id: str) -> RunStatus | None:
+        """The run's status as recorded, or lost when its supervisor is gone; None: no run dir."""
+        run_dir = self.run_dir(run_id)
+        try:
+            dir_mtime = os.stat(run_dir).st_mtime
+        except OSError:
+            return None
+        log_size = _size(os.path.join(run_dir, LOG_FILE))
+        data = read_status(run_dir)
+        if data is None:
+            if time.time() - dir_mtime < NO_STATUS_LOST_S:
+                return RunStatus(run_id, RUN_STARTING, run_dir, log_size=log_size)
+            reason = "no status written"
+            return RunStatus(run_id, RUN_LOST, run_dir, reason=reason, log_size=log_size)
+        status = _from_status(data, run_id, run_dir)
+        if status.state in (RUN_STARTING, RUN_RUNNING) and not process_alive(
+            status.supervisor_pid, status.supervisor_start
+        ):
+            # It may have written its end state just before exiting: read again before judging.
+            data = read_status(run_dir) or data
+            status = _from_status(data, run_id, run_dir)
+            if status.state in (RUN_STARTING, RUN_RUNNING):
+                data.update(state=RUN_LOST, reason=LOST_REASON, ended=time.time())
+                write_status(run_dir, data)  # stays lost, whoever asks next
+                status = _from_status(data, run_id, run_dir)
+        return replace(status, log_size=log_size)
+
+    def op_runs(self, message: dict[str, Any]) -> dict[str, Any]:
+        run_ids = message.get("run_ids")
+        if run_ids is None:
+            try:
+                names = sorted(os.listdir(self.runs_dir))
+            except FileNotFoundError:
+                names = []
+            run_ids = [name for name in names if RUN_ID.match(name)]
+        elif not isinstance(run_ids, list):
+            raise bad_request('"run_ids" must be a list of run ids')
+        statuses = [self.status_of(_run_id(run_id)) for run_id in run_ids]
+        return {"runs": [s.to_wire() for s in statuses if s is not None]}
+
+    # --- cancel ---
+
+    def op_cancel(self, message: dict[str, Any]) -> dict[str, Any]:
+        run_id = _run_id(message.get("run_id"))
+        grace = message.get("grace")
+        if grace is not None and (
+            isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0
+        ):
+            raise bad_request('"grace" must be a number of seconds, 0 or more')
+        by = message.get("by")
+        by = by if isinstance(by, str) and by else self.user
+        run_dir = self.run_dir(run_id)
+        if not os.path.isdir(run_dir):
+            raise RemoteError(E_NO_SUCH_RUN, f"no run {run_id} at {run_dir}")
+        data = read_status(run_dir)
+        if data is not None and (data.get("writer") != WRITER or data.get("uid") != os.getuid()):
+            raise RemoteError(
+                E_NOT_OURS, f"{run_dir}/status.json was not written by a supervisor of this user"
+            )
+        status = self.status_of(run_id)
+        if status is None:
+            raise RemoteError(E_NO_SUCH_RUN, f"no run {run_id} at {run_dir}")
+        asked = {"by": by, "time": time.time(), "grace": grace}
+        if status.state == RUN_STARTING:
+            _write_json(os.path.join(run_dir, CANCEL_FILE), asked)  # read once it starts
+            return {"state": status.state, "signalled": False}
+        if status.state in RUN_FINAL_STATES and status.state != RUN_LOST:
+            return {"state": status.state, "signalled": False}
+        if status.state != RUN_LOST:
+            _write_json(os.path.join(run_dir, CANCEL_FILE), asked)
+            if process_alive(status.supervisor_pid, status.supervisor_start):
+                assert status.supervisor_pid is not None
+                try:
+                    os.kill(status.supervisor_pid, signal.SIGUSR1)
+                    return {"state": status.state, "signalled": True}
+                except ProcessLookupError:
+                    status = self.status_of(run_id) or status
+        return self._cancel_orphan(run_id, status, by, grace)
+
+    def _cancel_orphan(
+        self, run_id: str, status: RunStatus, by: str, grace: float | None
+    ) -> dict[str, Any]:
+        """With the supervisor gone, signal the group ourselves if it still runs this run."""
+        pgid = status.pgid
+        if not pgid or not _group_runs(pgid, run_id):
+            return {"state": status.state, "signalled": False}
+        _signal_group(pgid, run_id, signal.SIGTERM)
+        grace_s = float(grace if grace is not None else 10.0)
+        threading.Thread(
+            target=_kill_later, args=(pgid, run_id, grace_s), name="kill-later", daemon=True
+        ).start()
+        data = read_status(status.run_dir) or status.to_wire()
+        reason = f"cancelled by {by} (its supervisor was gone)"
+        data.update(state=RUN_CANCELLED, reason=reason, ended=time.time())
+        write_status(status.run_dir, data)
+        return {"state": RUN_CANCELLED, "signalled": True}
+
+    # --- watch ---
+
+    def watch(self, run_ids: list[str]) -> None:
+        with self._lock:
+            for run_id in run_ids:
+                self._watched.setdefault(run_id, _Watch())
+
+    def op_watch(self, message: dict[str, Any]) -> dict[str, Any]:
+        run_ids = message.get("run_ids")
+        if not isinstance(run_ids, list):
+            raise bad_request('"run_ids" must be a list of run ids')
+        self.watch([_run_id(run_id) for run_id in run_ids])
+        return {}
+
+    def watch_events(self) -> list[dict[str, Any]]:
+        """EVENT_RUN messages for watched runs that changed since the last tick (os.stat only,
+        unless something changed or a supervisor has to be checked)."""
+        with self._lock:
+            watched = list(self._watched.items())
+        events = []
+        for run_id, watch in watched:
+            run_dir = self.run_dir(run_id)
+            status_path = os.path.join(run_dir, STATUS_FILE)
+            key = (_stat_key(status_path), _size(os.path.join(run_dir, LOG_FILE)))
+            if watch.state in RUN_FINAL_STATES:
+                watch.linger -= 1
+                if watch.linger <= 0:
+                    self._unwatch(run_id)
+                    continue
+            if key == watch.key and (
+                watch.state in RUN_FINAL_STATES
+                or (watch.state == RUN_RUNNING and process_alive(*watch.supervisor))
+            ):
+                continue
+            status = self.status_of(run_id)
+            if status is None:
+                self._unwatch(run_id)  # its dir is gone (a start refused as busy)
+                continue
+            if key == watch.key and status.state == watch.state:
+                continue
+            watch.key = (_stat_key(status_path), status.log_size)
+            watch.state = status.state
+            watch.supervisor = (status.supervisor_pid, status.supervisor_start)
+            events.append(event(EVENT_RUN, **status.to_wire()))
+        return events
+
+    def _unwatch(self, run_id: str) -> None:
+        with self._lock:
+            self._watched.pop(run_id, None)
+
+
+def _from_status(data: dict[str, Any], run_id: str, run_dir: str) -> RunStatus:
+    try:
+        return RunStatus.from_wire({**data, "run_id": run_id, "run_dir": run_dir})
+    except ProtocolError:
+        return RunStatus(run_id, RUN_LOST, run_dir, reason="status.json is unreadable")
+
+
+def _read_line(sock: socket.socket) -> str:
+    data = b""
+    while b"\n" not in data and len(data) < 65536:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _stat_key(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _group_runs(pgid: int, run_id: str) -> bool:
+    """Whether a live process of the group carries this run id: never signal a stranger."""
+    for pid in group_members(pgid):
+        env = read_environ(pid)
+        if env is not None and env.get("CVTUI_RUN_ID") == run_id:
+            return True
+    return False
+
+
+def _signal_group(pgid: int, run_id: str, sig: int) -> None:
+    if _group_runs(pgid, run_id):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def _kill_later(pgid: int, run_id: str, grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _group_runs(pgid, run_id):
+            return
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+    _signal_group(pgid, run_id, signal.SIGKILL)

@@ -1,0 +1,284 @@
+"""Runs end to end: the CLI, a real engine, real sshd, detached supervisors, real processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvtui.catalog import Catalog
+from cvtui.lab import Lab, LabHostSpec
+
+pytestmark = pytest.mark.sshd
+
+TRAIN = r"""
+import json, os, sys, time
+args = sys.argv[1:]
+start = time.time()
+print("start", " ".join(args), flush=True)
+print("[PROGRESS:50:half way]", flush=True)
+time.sleep(float(os.environ.get("SLEEP", "0.2")))
+end = time.time()
+with open("times.jsonl", "a") as fh:
+    fh.write(json.dumps({"args": args, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         "run": os.environ.get("CVTUI_RUN_ID"), "start": start, "end": end}) + "\n")
+print("done", flush=True)
+sys.exit(int(os.environ.get("EXIT", "0")))
+"""
+
+
+def cvtui(
+    lab: Lab, home: Path, *args: str, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "cvtui.cli",
+        "--home",
+        str(home),
+        "--inventory",
+        str(lab.inventory_path),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_config(tmp_path: Path, **config: object) -> Path:
+    code = tmp_path / "project"
+    code.mkdir(exist_ok=True)
+    (code / "train.py").write_text(TRAIN)
+    document = {"name": "exp", "command": "python3 train.py --lr {lr}", "params": {"lr": [0.1]}}
+    document.update(config)
+    path = code / "sweep.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def runs_json(lab: Lab, home: Path) -> list[dict]:
+    done = cvtui(lab, home, "ps", "--all", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def times(lab: Lab, host: str) -> list[dict]:
+    records = []
+    for path in sorted((lab.host_dir(host) / "root" / "runs").glob("*/times.jsonl")):
+        records += [json.loads(line) for line in path.read_text().splitlines()]
+    return records
+
+
+def test_grid_dry_run_then_run_and_follow(lab: Lab, home: Path, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        command="python3 train.py --lr {lr} --bs {bs}",
+        params={"lr": [0.1, 0.01], "bs": [32, 64, 128]},
+        resources={"gpus": 1},
+    )
+    dry = cvtui(lab, home, "run", str(config), "--dry-run", "--host", "gpu-01")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("6 runs (dry run: nothing started")
+    assert "python3 train.py --lr 0.01 --bs 128" in dry.stdout
+    assert runs_json(lab, home) == []
+
+    done = cvtui(lab, home, "run", str(config), "--host", "gpu-01", "--follow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = runs_json(lab, home)
+    assert len(runs) == 6
+    assert {r["state"] for r in runs} == {"succeeded"}
+    assert sorted((r["params"]["lr"], r["params"]["bs"]) for r in runs) == sorted(
+        (lr, bs) for lr in (0.1, 0.01) for bs in (32, 64, 128)
+    )
+    assert all(r["host"] == "gpu-01" and len(r["gpus"]) == 1 for r in runs)
+    assert {r["progress"] for r in runs} == {50.0}
+    records = times(lab, "gpu-01")
+    assert sorted(tuple(r["args"]) for r in records) == sorted(
+        ("--lr", str(lr), "--bs", str(bs)) for lr in (0.1, 0.01) for bs in (32, 64, 128)
+    )
+    assert "done" in done.stdout  # the followed output reached the terminal
+    for run in runs:
+        logs = cvtui(lab, home, "logs", run["id"])
+        assert logs.stdout.startswith("start --lr") and logs.stdout.endswith("done\n")
+
+
+def test_runs_on_the_only_gpu_never_overlap(lab_factory, home: Path, tmp_path: Path) -> None:
+    lab = lab_factory(LabHostSpec("solo", gpus=1))
+    config = write_config(
+        tmp_path, params={"lr": [1, 2, 3]}, resources={"gpus": 1}, env={"SLEEP": "0.5"}
+    )
+    done = cvtui(lab, home, "run", str(config), "--follow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    spans = sorted((r["start"], r["end"]) for r in times(lab, "solo"))
+    assert len(spans) == 3
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, spans
+    assert {r["gpus"] for r in times(lab, "solo")} == {"0"}
+
+
+def test_follow_exit_code_and_unknown_host(lab: Lab, home: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, env={"EXIT": "3"})
+    done = cvtui(lab, home, "run", str(config), "--follow")
+    assert done.returncode == 3, done.stdout + done.stderr
+    [run] = runs_json(lab, home)
+    assert run["state"] == "failed" and run["exit_code"] == 3
+
+    bad = cvtui(lab, home, "run", str(config), "--host", "gpu-09")
+    assert bad.returncode == 2
+    assert "unknown host 'gpu-09'" in bad.stderr and "gpu-01, gpu-02" in bad.stderr
+
+
+def test_kill_follow_then_ps_and_logs_catch_up(lab: Lab, home: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, env={"SLEEP": "2"})
+    argv = [
+        sys.executable,
+        "-m",
+        "cvtui.cli",
+        "--home",
+        str(home),
+        "--inventory",
+        str(lab.inventory_path),
+    ]
+    follower = subprocess.Popen([*argv, "run", str(config), "--follow"], stdout=subprocess.PIPE)
+    with Catalog.open_home(home) as catalog:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            runs = catalog.list_runs()
+            if runs and runs[0]["state"] == "running":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never started")
+    follower.send_signal(signal.SIGKILL)
+    follower.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not times(lab, "gpu-01") and not times(lab, "gpu-02"):
+        time.sleep(0.1)
+    [run] = runs_json(lab, home)
+    assert run["state"] == "succeeded" and run["exit_code"] == 0
+    logs = cvtui(lab, home, "logs", run["id"][:10])
+    assert logs.stdout == "start --lr 0.1\n[PROGRESS:50:half way]\ndone\n"
+
+
+def test_cancel_kills_the_whole_tree_and_nothing_else(lab: Lab, home: Path, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        command="sleep 1000 & sleep 1000 & python3 -c 'import time; time.sleep(1000)'",
+        params={},
+    )
+    bystander = subprocess.Popen(["sleep", "1000"])
+    try:
+        done = cvtui(lab, home, "run", str(config))
+        assert done.returncode == 0, done.stderr
+        run_id = done.stdout.split()[0]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(processes_of(run_id)) < 3:
+            time.sleep(0.05)
+        assert len(processes_of(run_id)) >= 3
+        cancelled = cvtui(lab, home, "cancel", run_id, "--grace", "1")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "cancelled" in cancelled.stdout
+        assert processes_of(run_id) == []
+        assert bystander.poll() is None
+        [run] = runs_json(lab, home)
+        assert run["state"] == "cancelled"
+    finally:
+        bystander.kill()
+
+
+def processes_of(run_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"CVTUI_RUN_ID={run_id}".encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_odd_output_arrives_byte_for_byte(lab: Lab, home: Path, tmp_path: Path) -> None:
+    writer = (
+        "import sys\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'caf\\xe9 \\xff\\xfe invalid utf-8\\n')\n"
+        "out.write(b'x' * (10 * 1024 * 1024))\n"
+        "out.write(b'\\n')\n"
+        "out.write(b''.join(b'line %d\\n' % i for i in range(100000)))\n"
+    )
+    config = write_config(tmp_path, command="python3 writer.py", params={})
+    (config.parent / "writer.py").write_text(writer)
+    base = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory"]
+    base.append(str(lab.inventory_path))
+    done = subprocess.run([*base, "run", str(config), "--follow"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = subprocess.run([sys.executable, "-c", writer], capture_output=True).stdout
+    assert done.stdout.split(b"\n", 1)[1] == expected  # after the line with the run id
+    [run] = runs_json(lab, home)
+    logs = subprocess.run([*base, "logs", run["id"]], capture_output=True, timeout=60)
+    assert logs.stdout == expected
+    tail = cvtui(lab, home, "logs", run["id"], "--tail", "2")
+    assert tail.stdout == "line 99998\nline 99999\n"
+
+
+def test_exec_streams_output_and_returns_the_exit_code(lab: Lab, home: Path) -> None:
+    done = cvtui(
+        lab, home, "exec", "--host", "gpu-01", "--", "sh", "-c", "echo out; echo err >&2; exit 7"
+    )
+    assert done.returncode == 7
+    assert done.stdout == "out\n" and done.stderr == "err\n"
+    gpu = cvtui(
+        lab,
+        home,
+        "exec",
+        "--host",
+        "gpu-02",
+        "--gpus",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo $CUDA_VISIBLE_DEVICES",
+    )
+    assert gpu.returncode == 0, gpu.stderr
+    assert len(gpu.stdout.strip().split(",")) == 2
+
+
+async def test_sshd_down_mid_run_then_back_reconciles_without_a_second_start(
+    lab: Lab, home: Path, tmp_path: Path
+) -> None:
+    from support import running, wait_for
+
+    from cvtui.engine.engine import Engine
+    from cvtui.inventory import load_inventory
+    from cvtui.submit import prepare_runs, submit
+
+    config = write_config(tmp_path, env={"SLEEP": "3"})
+    inventory = load_inventory(lab.inventory_path)
+    with Catalog.open_home(home) as catalog:
+        [run_id] = submit(catalog, home, prepare_runs(config, inventory, hosts=["gpu-01"]))
+        engine = Engine(inventory, catalog)
+        async with running(engine.run):
+            await wait_for(lambda: catalog.get_run(run_id)["state"] == "running", 20)
+            lab.servers["gpu-01"].kill()  # sshd, the session and the agent die; the run goes on
+            await wait_for(lambda: engine.sessions["gpu-01"].client is None, 10)
+            assert catalog.get_run(run_id)["state"] == "running"
+            lab.servers["gpu-01"].start()
+            await wait_for(lambda: catalog.get_run(run_id)["state"] == "succeeded", 30)
+            await wait_for(lambda: not engine.runs.pulls, 10)
+        run = catalog.get_run(run_id)
+        assert run["exit_code"] == 0
+        events = [e["state"] for e in catalog.run_events(run_id)]
+        assert events.count("dispatching") == 1 and events.count("running") == 1
+    assert len(times(lab, "gpu-01")) == 1  # started exactly once
+    log = (home / "runs" / run_id / "output.log").read_text()
+    assert log == "start --lr 0.1\n[PROGRESS:50:half way]\ndone\n"
