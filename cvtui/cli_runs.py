@@ -243,7 +243,8 @@ def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
         if as_json:
             keys = (
                 "id", "name", "project", "user", "state", "priority", "host", "gpus", "progress",
-                "progress_msg", "exit_code", "reason", "submitted", "started", "ended", "command", "params",
+                "progress_msg", "exit_code", "reason", "submitted", "started", "ended", "command",
+                "params",
             )  # fmt: skip
             click.echo(json.dumps([{k: r[k] for k in keys} for r in runs], indent=2))
         else:
