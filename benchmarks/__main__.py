@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import Options, agent_cost, cli_startup, connect, controller_cost
+from benchmarks import Options, agent_cost, cli_startup, connect, controller_cost, runs
 from benchmarks.table import Row, failed_row, render
 
 BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "cli": cli_startup.run,
     "agent": agent_cost.run,
     "controller": controller_cost.run,
+    "runs": runs.run,
 }
 
 

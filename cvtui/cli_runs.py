@@ -83,15 +83,24 @@ def print_runs(runs: list[dict[str, Any]], now: float) -> None:
         )
 
 
-def follow_logs(catalog: Catalog, home: Path, run_ids: list[str], *, prefix: bool) -> None:
-    """Copy the mirrored output.log of each run to stdout until all of them ended."""
+def follow_logs(
+    catalog: Catalog, home: Path, run_ids: list[str], stop: Any, *, prefix: bool
+) -> None:
+    """Copy the mirrored output.log of each run to stdout until stop is set (then drain).
+
+    run_ids may grow while this runs (retries join the followed runs).
+    """
     from cvtui.engine.runner import mirror_dir
 
-    offsets = dict.fromkeys(run_ids, 0)
-    names = {i: (catalog.get_run(i) or {}).get("name", i) for i in run_ids}
+    offsets: dict[str, int] = {}
+    names: dict[str, str] = {}
     out = sys.stdout.buffer
     while True:
-        for run_id in run_ids:
+        final = stop.is_set()
+        for run_id in list(run_ids):
+            if run_id not in names:
+                offsets[run_id] = 0
+                names[run_id] = (catalog.get_run(run_id) or {}).get("name", run_id)
             path = mirror_dir(home, run_id) / "output.log"
             try:
                 with open(path, "rb") as fh:
@@ -99,27 +108,55 @@ def follow_logs(catalog: Catalog, home: Path, run_ids: list[str], *, prefix: boo
                     data = fh.read()
             except FileNotFoundError:
                 continue
-            if not data:
-                continue
             if prefix:
                 end = data.rfind(b"\n") + 1  # whole lines only, so prefixes stay in place
                 data = data[:end]
-                if not data:
-                    continue
                 lines = data.splitlines(keepends=True)
                 data = b"".join(f"[{names[run_id]}] ".encode() + line for line in lines)
                 offsets[run_id] += end
             else:
                 offsets[run_id] += len(data)
-            out.write(data)
-            out.flush()
-        runs = [catalog.get_run(i) for i in run_ids]
-        if all(
-            r is None or (r["state"] not in ACTIVE and offsets[r["id"]] >= (r["log_size"] or 0))
-            for r in runs
-        ):
+            if data:
+                out.write(data)
+                out.flush()
+        if final:
             return
         time.sleep(0.1)
+
+
+def next_attempt(catalog: Catalog, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The retry of a failed or lost run, once the engine has queued it."""
+    for other in catalog.find_runs(run["name"]):
+        if other["submitted"] == run["submitted"] and other["attempt"] == run["attempt"] + 1:
+            return other
+    return None
+
+
+def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
+    """Whether every followed run ended, its retries included and its log mirrored.
+
+    Retries found on the way are appended to run_ids.
+    """
+    from cvtui.engine.runner import mirror_dir
+
+    for run_id in list(run_ids):
+        run = catalog.get_run(run_id)
+        if run is None:
+            continue
+        if run["state"] in ACTIVE:
+            return False
+        log = mirror_dir(home, run_id) / "output.log"
+        if (log.stat().st_size if log.exists() else 0) < (run["log_size"] or 0):
+            return False
+        retrying = run["state"] in ("failed", "lost") and run["attempt"] <= run["retries"]
+        if retrying:
+            successor = next_attempt(catalog, run)
+            if successor is None:
+                return False
+            if successor["id"] not in run_ids:
+                run_ids.append(successor["id"])
+                return False
+    return True
 
 
 @click.command()
@@ -197,32 +234,34 @@ def run(
                 for i in run_ids
             )
 
-        def finished(engine: Any) -> bool:
-            if not all(
-                (r := catalog.get_run(i)) is None or r["state"] not in ACTIVE for i in run_ids
-            ):
-                return False
-            return engine is None or not engine.runs.pulls
-
         if not follow:
             asyncio.run(drive(inventory, catalog, home, dispatched))
             return
         import threading
 
+        followed = list(run_ids)
+        stop = threading.Event()
         printer = threading.Thread(
-            target=follow_logs, args=(catalog, home, run_ids), kwargs={"prefix": len(run_ids) > 1}
+            target=follow_logs,
+            args=(catalog, home, followed, stop),
+            kwargs={"prefix": len(run_ids) > 1},
         )
         printer.start()
         try:
-            asyncio.run(drive(inventory, catalog, home, finished))
+            asyncio.run(
+                drive(inventory, catalog, home, lambda e: follow_attempts(catalog, home, followed))
+            )
         finally:
+            stop.set()
             printer.join()
-        codes = [(catalog.get_run(i) or {}).get("exit_code") for i in run_ids]
-        states = [(catalog.get_run(i) or {}).get("state") for i in run_ids]
-        failed = [c for c in codes if c]
+        last = {}  # the last attempt of each submitted run decides the exit code
+        for run_id in followed:
+            run_row = catalog.get_run(run_id) or {}
+            last[(run_row.get("name"), run_row.get("submitted"))] = run_row
+        failed = [r.get("exit_code") for r in last.values() if r.get("exit_code")]
         if failed:
             sys.exit(failed[0] if 0 < failed[0] < 256 else 1)
-        if any(s != "succeeded" for s in states):
+        if any(r.get("state") != "succeeded" for r in last.values()):
             sys.exit(1)
 
 

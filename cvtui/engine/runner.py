@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncssh
 import yaml
 
+from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
@@ -215,6 +216,28 @@ class RunController:
             started=time.time(),
         )
 
+    def retry(self, run: dict[str, Any], why: str) -> str | None:
+        """Queue the next attempt of a failed or lost run while its `retries` allow one.
+
+        An attempt is a new run (new id, new run dir): a host never starts one run id twice.
+        """
+        attempt = int(run.get("attempt") or 1)
+        if attempt > int(run.get("retries") or 0):
+            return None
+        keep = ("name", "project", "user", "priority", "command", "params", "config", "spec")
+        row = {key: run[key] for key in keep}
+        row.update(
+            id=new_run_id(),
+            resources=run["resources"],
+            retries=run["retries"],
+            code_hash=run["code_hash"],
+            attempt=attempt + 1,
+            submitted=run["submitted"],  # keeps its place in the queue
+        )
+        [new_id] = self.catalog.insert_runs([row])
+        log.info("run %s: %s; attempt %d is run %s", run["id"], why, attempt + 1, new_id)
+        return new_id
+
     def requeue(self, run_id: str, reason: str) -> None:
         log.info("run %s back to the queue: %s", run_id, reason)
         self.catalog.transition_run(
@@ -258,7 +281,7 @@ class RunController:
             "log_size": status.log_size,
         }
         if status.state in protocol.RUN_FINAL_STATES:
-            self.catalog.transition_run(
+            ended = self.catalog.transition_run(
                 status.run_id,
                 status.state,
                 expect=["queued", "dispatching", "running"],
@@ -270,6 +293,8 @@ class RunController:
                 pgid=status.pgid,
                 **fields,
             )
+            if ended and status.state in (protocol.RUN_FAILED, protocol.RUN_LOST):
+                self.retry(run, status.reason or status.state)
             self.wake.set()  # GPUs are free again
         elif status.state == protocol.RUN_RUNNING and run["state"] == "dispatching":
             self.catalog.transition_run(

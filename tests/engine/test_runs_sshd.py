@@ -282,3 +282,16 @@ async def test_sshd_down_mid_run_then_back_reconciles_without_a_second_start(
     assert len(times(lab, "gpu-01")) == 1  # started exactly once
     log = (home / "runs" / run_id / "output.log").read_text()
     assert log == "start --lr 0.1\n[PROGRESS:50:half way]\ndone\n"
+
+
+def test_failed_run_is_retried_as_a_new_attempt(lab: Lab, home: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path, env={"EXIT": "4"}, retries=1)
+    done = cvtui(lab, home, "run", str(config), "--host", "gpu-01", "--follow")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert done.stdout.count("start --lr 0.1") == 2  # --follow follows the retry too
+    with Catalog.open_home(home) as catalog:
+        first, second = catalog.list_runs(newest_first=False)
+    assert (first["attempt"], first["state"], first["exit_code"]) == (1, "failed", 4)
+    assert (second["attempt"], second["state"], second["exit_code"]) == (2, "failed", 4)
+    assert second["name"] == first["name"] and second["id"] != first["id"]
+    assert len(times(lab, "gpu-01")) == 2  # two attempts, two run dirs, no third
