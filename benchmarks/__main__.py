@@ -7,7 +7,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import Options, agent_cost, cli_startup, connect, controller_cost, runs
+from benchmarks import (
+    Options,
+    agent_cost,
+    catalog_speed,
+    cli_startup,
+    connect,
+    controller_cost,
+    queue,
+    runs,
+)
 from benchmarks.table import Row, failed_row, render
 
 BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
@@ -16,6 +25,9 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "agent": agent_cost.run,
     "controller": controller_cost.run,
     "runs": runs.run,
+    "queue": queue.run,
+    "scheduler": queue.run_scheduler,
+    "catalog": catalog_speed.run,
 }
 
 

@@ -60,7 +60,7 @@ class CvtuiGroup(click.Group):
             fail(error)
 
 
-@click.group(cls=CvtuiGroup)
+@click.group(cls=CvtuiGroup, invoke_without_command=True)
 @click.option(
     "--inventory",
     "inventory_option",
@@ -82,7 +82,11 @@ class CvtuiGroup(click.Group):
 def main(
     ctx: click.Context, inventory_option: str | None, home_option: str | None, verbose: int
 ) -> None:
-    """cvtui: your lab's GPU servers as one pool, over nothing but SSH."""
+    """cvtui: your lab's GPU servers as one pool, over nothing but SSH.
+
+    Without a command, opens the dashboard (hosts, queue, runs, stats); it runs the engine
+    itself unless `cvtui daemon` already does.
+    """
     if verbose:
         import logging
 
@@ -92,6 +96,11 @@ def main(
             stream=sys.stderr,
         )
     ctx.obj = Settings(inventory_option, home_option)
+    if ctx.invoked_subcommand is None:
+        from cvtui.tui.launch import open_dashboard
+
+        settings: Settings = ctx.obj
+        sys.exit(open_dashboard(settings.inventory(), settings.inventory_path(), settings.home()))
 
 
 @main.group(invoke_without_command=True)
@@ -195,9 +204,10 @@ def demo(host_count: int, headless: bool, duration: float | None) -> None:
 
 
 def _register_run_commands() -> None:
-    from cvtui import cli_runs
+    from cvtui import cli_queue, cli_runs
 
     cli_runs.register(main)
+    cli_queue.register(main)
 
 
 _register_run_commands()

@@ -31,18 +31,14 @@ def _age(seconds: float) -> str:
 
 
 def resolve_run(catalog: Catalog, ref: str) -> dict[str, Any]:
-    found = catalog.find_runs(ref)
-    if not found:
-        raise CvtuiError(f"no run matches {ref!r}")
-    if len(found) > 1 and found[0]["id"] != ref:
-        names = ", ".join(f"{r['id'][:12]} ({r['name']})" for r in found[:5])
-        raise CvtuiError(f"{ref!r} matches {len(found)} runs: {names}; give more of the id")
-    return found[0]
+    from cvtui.actions import resolve_run as resolve
+
+    return resolve(catalog, ref)
 
 
 def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]) -> None:
     """Without a running engine, ask the hosts of active runs for their news first."""
-    from cvtui.engine.engine import lock_holder
+    from cvtui.engine.lock import lock_holder
 
     home = settings.home()
     hosts = {r["host"] for r in runs if r["state"] in ("dispatching", "running") and r["host"]}
@@ -370,6 +366,7 @@ def cancel(settings: Settings, run_refs: tuple[str, ...], all_mine: bool, grace:
     import asyncio
     import getpass
 
+    from cvtui.actions import cancel_runs
     from cvtui.catalog import Catalog
     from cvtui.local_engine import drive
 
@@ -382,19 +379,11 @@ def cancel(settings: Settings, run_refs: tuple[str, ...], all_mine: bool, grace:
         if all_mine:
             runs += [r for r in catalog.list_runs(states=list(ACTIVE)) if r["user"] == me]
         commands: dict[str, int] = {}
-        for run_row in {r["id"]: r for r in runs}.values():
-            if run_row["state"] not in ACTIVE:
-                click.echo(f"{run_row['id'][:12]}  {run_row['name']}: already {run_row['state']}")
-                continue
-            if catalog.transition_run(
-                run_row["id"], "cancelled", expect=["queued"], reason="cancelled before it started",
-                detail=f"by {me}", ended=time.time(),
-            ):  # fmt: skip
-                click.echo(f"{run_row['id'][:12]}  {run_row['name']}: cancelled (was queued)")
-                continue
-            commands[run_row["id"]] = catalog.submit_command(
-                "cancel", {"run_id": run_row["id"], "grace": grace, "by": me}
-            )
+        for outcome in cancel_runs(catalog, runs, by=me, grace_s=grace):
+            if outcome.command_id is None:
+                click.echo(f"{outcome.run_id[:12]}  {outcome.name}: {outcome.outcome}")
+            else:
+                commands[outcome.run_id] = outcome.command_id
         if not commands:
             return
 
@@ -449,14 +438,26 @@ def exec_command(settings: Settings, host: str, gpus: int, command: tuple[str, .
     import asyncio
 
     from cvtui.catalog import Catalog
-    from cvtui.engine.remote_exec import exec_on_host
+    from cvtui.engine.lock import lock_holder
+    from cvtui.exec_relay import exec_via_engine
 
     inventory = settings.inventory()
     entry = inventory.host(host)
+    home = settings.home()
     chosen: list[int] = []
-    if gpus:
-        with Catalog.open_home(settings.home()) as catalog:
+    with Catalog.open_home(home) as catalog:
+        if gpus:
             chosen = pick_gpus(catalog, host, gpus)
+        if lock_holder(home) is not None:
+            # A warm engine has the connection open already: skip connecting from here.
+            try:
+                code = exec_via_engine(catalog, home, host, list(command), chosen)
+            except ConnectionError as exc:
+                raise CvtuiError(f"exec on {host}: {exc}") from exc
+            if code is not None:
+                sys.exit(code)
+    from cvtui.engine.remote_exec import exec_on_host
+
     sys.exit(asyncio.run(exec_on_host(entry, inventory.policy, command, chosen)))
 
 

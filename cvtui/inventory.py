@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import math
 import os
@@ -11,12 +10,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import platformdirs
 import yaml
 
 from cvtui.errors import InventoryError, UnknownHostError
+
+if TYPE_CHECKING:
+    import asyncio
 
 HOST_KEY_MODES = ("strict", "accept-new")
 FOREIGN_PROCESS_MODES = ("avoid", "share")
@@ -27,6 +28,8 @@ _DEFAULT_KEYS = ("user", "port", "identity", "python", "root", "leases_dir", "kn
 _HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate")
 _POLICY_KEYS = ("interval", "stale_after", "disconnected_after", "host_keys", "foreign_processes")
 _SIMULATE_KEYS = ("gpus", "model", "memory")
+_NOTIFY_KEYS = ("command", "webhook")
+_TOP_KEYS = ("defaults", "policy", "hosts", "notify")
 _NULLABLE_KEYS = {"user", "identity", "known_hosts", "gpus", "max_runs", "gpu_order", "simulate"}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -150,12 +153,34 @@ class Host:
 
 
 @dataclass(frozen=True)
+class NotifyTarget:
+    """Where the engine reports runs that ended and hosts that went down or came back.
+
+    Exactly one of command (run locally, the event as JSON on stdin) and webhook (an http(s)
+    URL that gets the event POSTed as JSON with a Slack-compatible ``text``) is set.
+    """
+
+    command: str | None = None  # as written; argv() splits it as a shell would, none runs
+    webhook: str | None = None
+    line: int = field(default=0, compare=False)  # 1-based line of the entry in the file
+
+    def argv(self) -> list[str]:
+        import shlex  # deferred, like every import the CLI's quick commands do not need
+
+        return shlex.split(self.command) if self.command else []
+
+    def describe(self) -> str:
+        return f"command {self.command!r}" if self.command else f"webhook {self.webhook}"
+
+
+@dataclass(frozen=True)
 class Inventory:
-    """The lab: its policy and its hosts in file order."""
+    """The lab: its policy, its hosts in file order, and whom to notify of events."""
 
     path: str  # the file it came from, or "<string>"
     policy: Policy
     hosts: tuple[Host, ...]
+    notify: tuple[NotifyTarget, ...] = ()
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -394,6 +419,45 @@ class _Parser:
                 )
         return policy
 
+    def notify_target(self, node: yaml.Node) -> NotifyTarget:
+        example = "{command: 'my-alert --lab'} or {webhook: 'https://hooks.slack.com/...'}"
+        if not isinstance(node, yaml.MappingNode):
+            got = self.describe(node)
+            raise self.error(node, f"notify: expected an entry like {example}, got {got}")
+        pairs = self.mapping(node, "notify entry")
+        self.check_keys(pairs, _NOTIFY_KEYS, "notify entry")
+        if len(pairs) != 1:
+            raise self.error(
+                node, f"notify: an entry needs exactly one of 'command' or 'webhook', {example}"
+            )
+        line = node.start_mark.line + 1
+        if "command" in pairs:
+            value = pairs["command"][1]
+            target = NotifyTarget(command=self.string(value, "notify.command"), line=line)
+            try:
+                argv = target.argv()
+            except ValueError as exc:
+                raise self.error(value, f"notify.command: cannot split it: {exc}") from exc
+            if not argv:
+                raise self.error(value, "notify.command: names no program")
+            return target
+        from urllib.parse import urlsplit
+
+        value = pairs["webhook"][1]
+        url = self.string(value, "notify.webhook")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise self.error(
+                value, f"notify.webhook: expected an http:// or https:// URL, got {url!r}"
+            )
+        return NotifyTarget(webhook=url, line=line)
+
+    def notify(self, node: yaml.Node) -> tuple[NotifyTarget, ...]:
+        if self.is_null(node):
+            return ()
+        items = self.sequence(node, "notify", "[{command: 'my-alert'}, {webhook: 'https://...'}]")
+        return tuple(self.notify_target(item) for item in items)
+
     def inventory(self, root: yaml.Node) -> Inventory:
         if not isinstance(root, yaml.MappingNode):
             raise self.error(
@@ -401,7 +465,7 @@ class _Parser:
                 f"expected a mapping with a 'hosts' section at the top, got {self.describe(root)}",
             )
         pairs = self.mapping(root, "the top level")
-        self.check_keys(pairs, ("defaults", "policy", "hosts"), "the top level")
+        self.check_keys(pairs, _TOP_KEYS, "the top level")
         defaults: dict[str, Any] = {}
         if "defaults" in pairs and not self.is_null(pairs["defaults"][1]):
             default_pairs = self.mapping(pairs["defaults"][1], "defaults")
@@ -416,7 +480,8 @@ class _Parser:
         if not host_pairs:
             raise self.error(hosts_key, f"hosts: no hosts listed; add at least one, {example}")
         hosts = tuple(self.host(key, body, defaults) for key, body in host_pairs.values())
-        return Inventory(self.path, policy, hosts)
+        notify = self.notify(pairs["notify"][1]) if "notify" in pairs else ()
+        return Inventory(self.path, policy, hosts, notify)
 
 
 def parse_inventory(text: str, path: str = "<string>") -> Inventory:
@@ -486,6 +551,8 @@ def default_inventory_path(explicit: str | None = None) -> pathlib.Path:
     from_env = os.environ.get("CVTUI_INVENTORY")
     if from_env:
         return pathlib.Path(from_env).expanduser()
+    import platformdirs
+
     return pathlib.Path(platformdirs.user_config_dir("cvtui")) / "inventory.yaml"
 
 
@@ -528,6 +595,8 @@ async def watch_inventory(
     again. ``ready`` is set once the OS watch is in place; an edit made after the call but
     before that is still reported. Returns when ``stop`` is set.
     """
+    import asyncio  # deferred like watchfiles: the CLI's quick commands never watch
+
     import watchfiles  # deferred: it pulls in anyio and starts a watcher thread
 
     if stop is not None and stop.is_set():

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cvtui.catalog import Catalog
-from cvtui.engine.engine import Engine, EngineLock, lock_holder
+from cvtui.engine.engine import Engine
+from cvtui.engine.lock import EngineLock, lock_holder
 from cvtui.errors import EngineLockedError
 from cvtui.inventory import Inventory
 

@@ -74,6 +74,8 @@ def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) 
                 f"  disk free {human_bytes(host.get('disk_free'))}"
                 f"  seen {ago(host.get('last_seen'), now)}"
             )
+        if host.get("drained"):
+            head += "  drained (no new runs)"
         if host.get("reason"):
             head += f"  {host['reason']}"
         lines.append(head.rstrip())

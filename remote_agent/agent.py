@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any, Callable, Dict, NoReturn
 
 from remote_agent.doctor import hash_algorithms, python_version, run_checks
+from remote_agent.files import FileOps
 from remote_agent.gpus import GpuBackend, open_backend
 from remote_agent.hoststats import HostStats, expand_root
 from remote_agent.leases import LeaseWatcher
@@ -185,6 +186,8 @@ class Agent:
             OP_SHUTDOWN: self._op_shutdown,
         }
         self.ops.update(self.runs.ops)
+        self.files = FileOps(options.root, self.send)
+        self.ops.update(self.files.ops)
 
     # --- output ---
 

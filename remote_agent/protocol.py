@@ -316,3 +316,64 @@ class RunStatus:
             return cls(**fields)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"bad run status: {exc}") from exc
+
+
+# --- Files -----------------------------------------------------------------------------------
+# Ops that list, hash and watch the output files of a run dir, for sync (remote_agent/files.py).
+# Paths are relative to the run dir, '/'-separated, valid UTF-8, never absolute, never '..'.
+OP_FILES_LIST = "files_list"  # {run_id, globs} -> FileListing fields
+OP_FILES_WATCH = "files_watch"  # {run_id, globs, watch} -> FileListing fields; then EVENT_FILES
+OP_FILES_SIGNATURE = "files_signature"  # {run_id, path, algo, ...} -> FileSignature fields
+OP_FILES_HASH = "files_hash"  # {run_id, path, algo, ranges: [[offset, length]..]} -> {digests..}
+# files_signature and files_hash replies carry the file's size, mtime_ns and ino as read, and
+# read_ns: the host clock when it was read. A file modified within a timestamp tick of that
+# (mtime_ns close to read_ns) may change again without its stat showing it.
+
+EVENT_FILES = "files"  # {run_id, files: [FileEntry], removed: [path]}: a watched run's changes
+
+E_NO_SUCH_FILE = "no_such_file"  # the file (or the run dir) is not there (any more)
+E_UNSAFE_PATH = "unsafe_path"  # absolute, '..', or a symlink that leaves the run dir
+
+SIGNATURE_READY = "ready"
+SIGNATURE_HASHING = "hashing"  # still hashing: ask again (each ask waits a little)
+SIGNATURE_CHANGED = "changed"  # the file changed while it was hashed: ask again later
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One regular file of a run dir (a symlink is followed only when it stays inside)."""
+
+    path: str  # relative to the run dir
+    size: int  # bytes
+    mtime_ns: int
+    ino: int  # a new inode means the file was replaced, not appended to
+    link: bool = False  # reached through a symlink inside the run dir
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A name matching the output globs that is not synced, and why."""
+
+    path: str  # for display: bytes that are not UTF-8 are written as \\xNN
+    reason: str
+
+
+@dataclass(frozen=True)
+class FileListing:
+    files: tuple[FileEntry, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
+    truncated: bool = False  # more files matched than one listing carries
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> FileListing:
+        try:
+            return cls(
+                files=tuple(FileEntry(**f) for f in data.get("files", ())),
+                skipped=tuple(SkippedFile(**s) for s in data.get("skipped", ())),
+                truncated=bool(data.get("truncated", False)),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"bad file listing: {exc}") from exc

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict
+from typing import TYPE_CHECKING, Any, Callable, Dict
 
-from remote_agent import supervisor
-from remote_agent.hoststats import read_environ
 from remote_agent.protocol import (
     E_BAD_REQUEST,
     E_GPU_BUSY,
@@ -42,22 +35,31 @@ from remote_agent.protocol import (
     StartRequest,
     event,
 )
-from remote_agent.snapshots import CODE_HASH, copy_snapshot, snapshot_path, unpack_code
-from remote_agent.supervisor import (
+from remote_agent.rundir import (
     CANCEL_FILE,
+    CODE_HASH,
+    CONFIG_FILE,
     LOG_FILE,
     RUN_ENV_KEYS,
     STATUS_FILE,
     SUPERVISOR_LOG,
     WRITER,
-    group_members,
+    file_size,
+    group_runs,
+    kill_group_later,
     process_alive,
     read_status,
+    signal_group,
+    stat_key,
+    status_from,
+    write_json,
     write_status,
 )
+from remote_agent.rundir import RUN_ID as RUN_ID  # re-exported: remote_agent.files uses it
 
-RUN_ID = re.compile(r"[0-9a-z]{10,64}\Z")
-CONFIG_FILE = "config.yaml"
+if TYPE_CHECKING:
+    import socket
+
 START_TIMEOUT_S = 25.0  # the controller gives OP_START 30 s
 NO_STATUS_LOST_S = 5.0  # a run dir this old without status.json is lost
 WATCH_LINGER_TICKS = 3  # ticks a final run stays watched, for its last log bytes
@@ -68,7 +70,40 @@ _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from remote_agent.supervisor import main; sys.exit(main(sys.argv[2:]))"
 )
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(supervisor.__file__)))
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def importable_parent(parent: str = _PACKAGE_PARENT) -> str:
+    """Where the supervisor imports remote_agent from: an extracted copy when we run from a zipapp.
+
+    zipimport compiles every module again at each interpreter start (it never caches .pyc),
+    which cost ~100 ms per run start. The agent's directory is named by the zipapp's hash, so
+    a copy extracted beside it is never stale, and its .pyc files are written once.
+    """
+    if not os.path.isfile(parent):
+        return parent
+    target = os.path.join(os.path.dirname(parent), "lib")
+    if os.path.isdir(os.path.join(target, "remote_agent")):
+        return target
+    import compileall
+    import shutil
+    import tempfile
+    import zipfile
+
+    staging = tempfile.mkdtemp(dir=os.path.dirname(parent), prefix=".lib-")
+    try:
+        with zipfile.ZipFile(parent) as bundle:
+            for name in bundle.namelist():
+                if name.startswith("remote_agent/") and name.endswith(".py"):
+                    bundle.extract(name, staging)
+        compileall.compile_dir(staging, quiet=2)
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not os.path.isdir(os.path.join(target, "remote_agent")):
+            return parent  # could not extract (read-only, full disk): the zip still works
+    return target
+
 
 Op = Callable[[Dict[str, Any]], Dict[str, Any]]
 
@@ -91,8 +126,8 @@ def _validate_start(request: StartRequest) -> None:
             raise bad_request("command is empty")
     elif not (isinstance(command, list) and command and all(isinstance(a, str) for a in command)):
         raise bad_request("command must be a string or a non-empty list of strings")
-    if any(g < 0 for g in request.gpus):
-        raise bad_request("GPU indexes must be 0 or more")
+    if any(g < 0 for g in request.gpus) or len(set(request.gpus)) != len(request.gpus):
+        raise bad_request("GPU indexes must be distinct, 0 or more")
     env = request.env
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
@@ -131,6 +166,7 @@ class RunOps:
         self.user = user
         self._lock = threading.Lock()
         self._watched: dict[str, _Watch] = {}
+        self._import_from: str | None = None  # see importable_parent
         self.ops: dict[str, Op] = {
             OP_UNPACK_CODE: self.op_unpack_code,
             OP_START: self.op_start,
@@ -148,6 +184,8 @@ class RunOps:
         code_hash, archive = message.get("hash"), message.get("archive")
         if not isinstance(code_hash, str) or not isinstance(archive, str):
             raise bad_request('"hash" and "archive" must be strings')
+        from remote_agent.snapshots import unpack_code  # see _remove_tree
+
         try:
             return {"path": unpack_code(self.root, code_hash, archive)}
         except ValueError as exc:  # UnsafeArchive included
@@ -163,7 +201,7 @@ class RunOps:
         _validate_start(request)
         snapshot = None
         if request.code_hash is not None:
-            snapshot = snapshot_path(self.root, request.code_hash)
+            snapshot = os.path.join(self.root, "code", request.code_hash)
             if not os.path.isdir(snapshot):
                 raise bad_request(
                     f"code snapshot {request.code_hash} is not unpacked at {snapshot}: "
@@ -180,11 +218,13 @@ class RunOps:
         try:
             os.chmod(run_dir, 0o700)  # mkdir applied the umask
             if snapshot is not None:
+                from remote_agent.snapshots import copy_snapshot  # see _remove_tree
+
                 copy_snapshot(snapshot, run_dir)
             with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(request.config_yaml)
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: the id may be used again
+            _remove_tree(run_dir)  # nothing ran: the id may be used again
             raise
         pid = self._launch(request, run_dir)
         self.watch([request.run_id])
@@ -192,12 +232,17 @@ class RunOps:
 
     def _launch(self, request: StartRequest, run_dir: str) -> int:
         """Start the supervisor (double fork, new session) and wait for its first word."""
+        import socket  # see _remove_tree
+        import subprocess
+
         ours, theirs = socket.socketpair()
         log_path = os.path.join(run_dir, SUPERVISOR_LOG)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         env = {k: v for k, v in os.environ.items() if k not in RUN_ENV_KEYS}
         python = sys.executable or "python3"
-        argv = [python, "-I", "-c", _BOOT, _PACKAGE_PARENT, str(theirs.fileno()), request.run_id]
+        if self._import_from is None:
+            self._import_from = importable_parent()
+        argv = [python, "-I", "-c", _BOOT, self._import_from, str(theirs.fileno()), request.run_id]
         try:
             # The first child leads a new session, forks the supervisor and exits at once.
             first = subprocess.Popen(
@@ -211,7 +256,7 @@ class RunOps:
                 pass_fds=(theirs.fileno(),),
             )
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_tree(run_dir)
             raise
         finally:
             os.close(log)
@@ -250,24 +295,25 @@ class RunOps:
             dir_mtime = os.stat(run_dir).st_mtime
         except OSError:
             return None
-        log_size = _size(os.path.join(run_dir, LOG_FILE))
+        log_size = file_size(os.path.join(run_dir, LOG_FILE))
         data = read_status(run_dir)
         if data is None:
             if time.time() - dir_mtime < NO_STATUS_LOST_S:
                 return RunStatus(run_id, RUN_STARTING, run_dir, log_size=log_size)
             reason = "no status written"
             return RunStatus(run_id, RUN_LOST, run_dir, reason=reason, log_size=log_size)
-        status = _from_status(data, run_id, run_dir)
+        status = status_from(data, run_id, run_dir)
         if status.state in (RUN_STARTING, RUN_RUNNING) and not process_alive(
             status.supervisor_pid, status.supervisor_start
         ):
             # It may have written its end state just before exiting: read again before judging.
             data = read_status(run_dir) or data
-            status = _from_status(data, run_id, run_dir)
+            status = status_from(data, run_id, run_dir)
             if status.state in (RUN_STARTING, RUN_RUNNING):
                 data.update(state=RUN_LOST, reason=LOST_REASON, ended=time.time())
-                write_status(run_dir, data)  # stays lost, whoever asks next
-                status = _from_status(data, run_id, run_dir)
+                if data.get("writer") == WRITER and data.get("uid") == os.getuid():
+                    write_status(run_dir, data)  # stays lost, whoever asks next
+                status = status_from(data, run_id, run_dir)
         return replace(status, log_size=log_size)
 
     def op_runs(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -307,12 +353,12 @@ class RunOps:
             raise RemoteError(E_NO_SUCH_RUN, f"no run {run_id} at {run_dir}")
         asked = {"by": by, "time": time.time(), "grace": grace}
         if status.state == RUN_STARTING:
-            _write_json(os.path.join(run_dir, CANCEL_FILE), asked)  # read once it starts
+            write_json(os.path.join(run_dir, CANCEL_FILE), asked)  # read once it starts
             return {"state": status.state, "signalled": False}
         if status.state in RUN_FINAL_STATES and status.state != RUN_LOST:
             return {"state": status.state, "signalled": False}
         if status.state != RUN_LOST:
-            _write_json(os.path.join(run_dir, CANCEL_FILE), asked)
+            write_json(os.path.join(run_dir, CANCEL_FILE), asked)
             if process_alive(status.supervisor_pid, status.supervisor_start):
                 assert status.supervisor_pid is not None
                 try:
@@ -327,12 +373,12 @@ class RunOps:
     ) -> dict[str, Any]:
         """With the supervisor gone, signal the group ourselves if it still runs this run."""
         pgid = status.pgid
-        if not pgid or not _group_runs(pgid, run_id):
+        if not pgid or not group_runs(pgid, run_id):
             return {"state": status.state, "signalled": False}
-        _signal_group(pgid, run_id, signal.SIGTERM)
+        signal_group(pgid, run_id, signal.SIGTERM)
         grace_s = float(grace if grace is not None else 10.0)
         threading.Thread(
-            target=_kill_later, args=(pgid, run_id, grace_s), name="kill-later", daemon=True
+            target=kill_group_later, args=(pgid, run_id, grace_s), name="kill", daemon=True
         ).start()
         data = read_status(status.run_dir) or status.to_wire()
         reason = f"cancelled by {by} (its supervisor was gone)"
@@ -343,9 +389,10 @@ class RunOps:
     # --- watch ---
 
     def watch(self, run_ids: list[str]) -> None:
+        """Push each run's status at the next tick, then whenever it changes."""
         with self._lock:
             for run_id in run_ids:
-                self._watched.setdefault(run_id, _Watch())
+                self._watched[run_id] = _Watch()
 
     def op_watch(self, message: dict[str, Any]) -> dict[str, Any]:
         run_ids = message.get("run_ids")
@@ -363,11 +410,11 @@ class RunOps:
         for run_id, watch in watched:
             run_dir = self.run_dir(run_id)
             status_path = os.path.join(run_dir, STATUS_FILE)
-            key = (_stat_key(status_path), _size(os.path.join(run_dir, LOG_FILE)))
+            key = (stat_key(status_path), file_size(os.path.join(run_dir, LOG_FILE)))
             if watch.state in RUN_FINAL_STATES:
                 watch.linger -= 1
                 if watch.linger <= 0:
-                    self._unwatch(run_id)
+                    self._unwatch(run_id, watch)
                     continue
             if key == watch.key and (
                 watch.state in RUN_FINAL_STATES
@@ -376,26 +423,28 @@ class RunOps:
                 continue
             status = self.status_of(run_id)
             if status is None:
-                self._unwatch(run_id)  # its dir is gone (a start refused as busy)
+                self._unwatch(run_id, watch)  # its dir is gone (a start refused as busy)
                 continue
             if key == watch.key and status.state == watch.state:
                 continue
-            watch.key = (_stat_key(status_path), status.log_size)
+            watch.key = (stat_key(status_path), status.log_size)
             watch.state = status.state
             watch.supervisor = (status.supervisor_pid, status.supervisor_start)
             events.append(event(EVENT_RUN, **status.to_wire()))
         return events
 
-    def _unwatch(self, run_id: str) -> None:
+    def _unwatch(self, run_id: str, watch: _Watch) -> None:
         with self._lock:
-            self._watched.pop(run_id, None)
+            if self._watched.get(run_id) is watch:  # not one OP_WATCH just renewed
+                del self._watched[run_id]
 
 
-def _from_status(data: dict[str, Any], run_id: str, run_dir: str) -> RunStatus:
-    try:
-        return RunStatus.from_wire({**data, "run_id": run_id, "run_dir": run_dir})
-    except ProtocolError:
-        return RunStatus(run_id, RUN_LOST, run_dir, reason="status.json is unreadable")
+def _remove_tree(path: str) -> None:
+    # shutil, tarfile and subprocess are imported when first needed: together they would cost
+    # about 2 MB of the agent's 20 MB resident budget on hosts that never start a run.
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_line(sock: socket.socket) -> str:
@@ -406,49 +455,3 @@ def _read_line(sock: socket.socket) -> str:
             break
         data += chunk
     return data.split(b"\n", 1)[0].decode("utf-8", "replace")
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def _stat_key(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-def _group_runs(pgid: int, run_id: str) -> bool:
-    """Whether a live process of the group carries this run id: never signal a stranger."""
-    for pid in group_members(pgid):
-        env = read_environ(pid)
-        if env is not None and env.get("CVTUI_RUN_ID") == run_id:
-            return True
-    return False
-
-
-def _signal_group(pgid: int, run_id: str, sig: int) -> None:
-    if _group_runs(pgid, run_id):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-
-
-def _kill_later(pgid: int, run_id: str, grace_s: float) -> None:
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _group_runs(pgid, run_id):
-            return
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-    _signal_group(pgid, run_id, signal.SIGKILL)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import stat
 import tarfile
 
-CODE_HASH = re.compile(r"[0-9a-f]{8,128}\Z")
+from remote_agent.rundir import CODE_HASH
+
 COPY_CHUNK_BYTES = 1 << 20
 
 

@@ -24,12 +24,16 @@ from remote_agent.protocol import (
     RunStatus,
     StartRequest,
 )
+from remote_agent.rundir import (
+    CANCEL_FILE,
+    LOG_FILE,
+    RUN_ENV_KEYS,
+    WRITER,
+    group_members,
+    process_stat,
+    write_status,
+)
 
-WRITER = "cvtui-supervisor"  # status.json's "writer": only such runs of our uid may be signalled
-STATUS_FILE = "status.json"
-LOG_FILE = "output.log"
-CANCEL_FILE = "cancel"
-SUPERVISOR_LOG = "supervisor.log"
 TICK_S = 0.25  # how often output.log is read for progress (and the child polled, besides SIGCHLD)
 GROUP_POLL_S = 0.05  # while waiting for a cancelled process group to empty
 HEARTBEAT_S = 5.0
@@ -39,83 +43,9 @@ READ_PER_TICK_BYTES = 8 << 20  # so a flood of output never delays noticing the 
 TAIL_KEEP_BYTES = 4096  # of a line still without its end, only this much is kept
 PROGRESS_MSG_CHARS = 200
 SETTLE_AFTER_KILL_S = 1.0  # how long SIGKILLed processes get to disappear before the status
-# Run variables the agent's own environment must not pass to a supervisor or a run: the
-# simulated GPU backend counts the topmost process carrying them.
-RUN_ENV_KEYS = frozenset(
-    {
-        "CUDA_VISIBLE_DEVICES",
-        "CVTUI_SIM_GPUS",
-        "CVTUI_SIM_MEM",
-        "CVTUI_RUN_ID",
-        "CVTUI_RUN_DIR",
-        "CVTUI_PARAMS",
-    }
-)
-
 _PROGRESS = re.compile(rb"\[PROGRESS:\s*(\d+(?:\.\d+)?)\s*:([^\]\r\n]*)\]")
 _TQDM = re.compile(rb"(\d+(?:\.\d+)?)%\|")
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def process_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, pgid, starttime in clock ticks) of a process from /proc/PID/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read(4096)
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parens: fields restart after the last ')'.
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return fields[0].decode("ascii", "replace"), int(fields[2]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int | None, start: int | None) -> bool:
-    """Whether this exact process (pid and start time) still runs; zombies count as gone."""
-    if not pid:
-        return False
-    found = process_stat(pid)
-    if found is None or found[0] in ("Z", "X"):
-        return False
-    return start is None or found[2] == start
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group."""
-    members = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            found = process_stat(int(name))
-            if found is not None and found[1] == pgid and found[0] not in ("Z", "X"):
-                members.append(int(name))
-    return members
-
-
-def read_status(run_dir: str) -> dict[str, Any] | None:
-    """status.json as written (RunStatus fields plus writer and uid), None when absent or bad."""
-    try:
-        with open(os.path.join(run_dir, STATUS_FILE), "rb") as f:
-            data = json.loads(f.read(1 << 20).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def write_status(run_dir: str, status: dict[str, Any], durable: bool = False) -> None:
-    """Replace status.json atomically, so a reader never sees half of it."""
-    path = os.path.join(run_dir, STATUS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    data = json.dumps(status, indent=1, sort_keys=True).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class ProgressParser:
@@ -232,7 +162,10 @@ class Supervisor:
         self.status["heartbeat"] = now
         with contextlib.suppress(OSError):
             self.status["log_size"] = os.stat(self.log_path).st_size
-        write_status(self.run_dir, self.status, durable)
+        try:
+            write_status(self.run_dir, self.status, durable)
+        except OSError as exc:  # a full disk must not end the supervision of the run
+            sys.stderr.write(f"cvtui supervisor: cannot write status.json: {exc}\n")
         self._last_write = time.monotonic()
         self._dirty = False
 
@@ -414,14 +347,17 @@ def _receive(sock: socket.socket) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """`supervise SOCKET_FD RUN_ID`: read the start message, detach, lease, run, record."""
+    """argv: SOCKET_FD RUN_ID (the run id only names the process in `ps`).
+
+    Reads the start message, forks the supervisor proper and exits, so the agent can reap this
+    first child; the supervisor leases the GPUs, answers on the socket, runs and records.
+    """
     sock = socket.socket(fileno=int(argv[0]))
     message = _receive(sock)
     request = StartRequest.from_wire(message["request"])
     run_dir = str(message["run_dir"])
     if os.fork() != 0:
         os._exit(0)  # the agent reaps this first child; the supervisor is now an orphan
-    os.chdir("/")  # never hold a mount busy, never import from the run's code
     try:
         leases = take_leases(str(message["leases_dir"]), request.gpus, request.run_id)
     except (LeaseBusy, OSError) as exc:
@@ -440,5 +376,4 @@ def main(argv: list[str]) -> int:
         supervisor.follow()
     finally:
         release_leases(leases)
-        sys.stdout.flush()
     return 0

@@ -15,8 +15,8 @@ from cvtui.cli import main
 from cvtui.lab import Lab, LabHostSpec
 
 HOST_KEYS = {
-    "name", "state", "reason", "backend", "last_seen", "cpu_percent", "mem_used", "mem_total",
-    "disk_free", "gpus",
+    "name", "state", "reason", "drained", "backend", "last_seen", "cpu_percent", "mem_used",
+    "mem_total", "disk_free", "gpus",
 }  # fmt: skip
 GPU_KEYS = {
     "index", "uuid", "name", "util", "mem_used", "mem_total", "temperature", "power", "processes",

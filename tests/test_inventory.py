@@ -248,7 +248,7 @@ MALFORMED = [  # (id, text, line:column, phrase of the message)
         L("host:", "  a: {}"),
         "1:1",
         "unknown key 'host' in the top level (did you mean 'hosts'?); "
-        "allowed: defaults, policy, hosts",
+        "allowed: defaults, policy, hosts, notify",
     ),
     (
         "unknown-defaults-key",

@@ -111,7 +111,8 @@ def build_hosts_report(
             }
         )
     report = []
-    for name, state, reason, backend, last_seen, cpu, mem_used, mem_total, disk in host_rows:
+    for row in host_rows:
+        name, state, reason, backend, last_seen, cpu, mem_used, mem_total, disk, drained = row
         state, reason = derive_state(
             state, reason, last_seen, now, stale_after_s, disconnected_after_s
         )
@@ -120,6 +121,7 @@ def build_hosts_report(
                 "name": name,
                 "state": state,
                 "reason": reason,
+                "drained": bool(drained),  # `cvtui hosts drain`: takes no new runs
                 "backend": backend,
                 "last_seen": last_seen,
                 "cpu_percent": cpu,

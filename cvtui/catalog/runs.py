@@ -280,6 +280,27 @@ class RunsMixin:
         keys = ("id", "run_id", "time", "state", "detail")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    def run_usage(self, since: float | None = None) -> list[dict[str, Any]]:
+        """What `cvtui stats` needs of each run active at or after ``since`` (None: all runs).
+
+        A run counts when it was submitted, or had not yet ended, at ``since``: keys id, user,
+        state, host, gpus (decoded list), submitted, started, ended.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, user, state, host, gpus, submitted, started, ended FROM runs "
+                "WHERE ?1 IS NULL OR submitted >= ?1 OR ended >= ?1 OR ended IS NULL "
+                "ORDER BY submitted, id",
+                (since,),
+            ).fetchall()
+        keys = ("id", "user", "state", "host", "gpus", "submitted", "started", "ended")
+        usage = []
+        for row in rows:
+            run = dict(zip(keys, row, strict=True))
+            run["gpus"] = json.loads(run["gpus"]) if run["gpus"] else []
+            usage.append(run)
+        return usage
+
     def runs_summary(self) -> dict[str, int]:
         """How many runs are in each state; every state is present, zero included."""
         with self._read() as conn:

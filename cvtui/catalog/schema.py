@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cvtui.catalog.metrics import migration_4_sync
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
@@ -181,8 +182,21 @@ def migration_2_runs(db: Database) -> None:
     db.execute("CREATE INDEX commands_state ON commands (state, id)")
 
 
+def migration_3_queue(db: Database) -> None:
+    """Drained hosts (`cvtui hosts drain`): running runs finish there, no new run is placed."""
+    db.execute("ALTER TABLE hosts ADD COLUMN drained INTEGER NOT NULL DEFAULT 0")  # 0 or 1
+    db.execute("ALTER TABLE hosts ADD COLUMN drained_at REAL")  # unix seconds; NULL: not drained
+    # `cvtui stats --since` reads the runs that ended in a window.
+    db.execute("CREATE INDEX runs_ended ON runs (ended)")
+
+
 # Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
-MIGRATIONS: tuple[Migration, ...] = (migration_1_monitoring, migration_2_runs)
+MIGRATIONS: tuple[Migration, ...] = (
+    migration_1_monitoring,
+    migration_2_runs,
+    migration_3_queue,
+    migration_4_sync,  # cvtui/catalog/metrics.py
+)
 
 
 def schema_version(db: Database) -> int:

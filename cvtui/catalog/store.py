@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cvtui.catalog import schema
+from cvtui.catalog.hosts_admin import HostsAdminMixin
+from cvtui.catalog.metrics import SyncMixin
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
@@ -45,10 +47,11 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin):
+class Catalog(RunsMixin, HostsAdminMixin, SyncMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
-    Run and command methods live in RunsMixin (runs.py) and share these transactions.
+    Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in
+    HostsAdminMixin (hosts_admin.py); they share these transactions.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils
@@ -72,11 +75,11 @@ class Catalog(RunsMixin):
             conn.execute("PRAGMA journal_mode = WAL")
             # With WAL, NORMAL cannot corrupt; a power cut may only lose the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
-            # Imported here: sqlite-utils takes ~0.3 s to import, which `cvtui --help` skips.
-            from sqlite_utils import Database
-
-            self.db: Database = Database(conn, execute_plugins=False)
-            schema.migrate(self.db)
+            self._conn = conn
+            self._db: Database | None = None
+            # sqlite-utils takes ~0.2 s to import: an up-to-date catalog opens without it.
+            if _raw_schema_version(conn) != len(schema.MIGRATIONS):
+                schema.migrate(self.db)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise CatalogError(f"cannot use catalog {self.path}: {exc}") from exc
@@ -86,6 +89,15 @@ class Catalog(RunsMixin):
         self._conn = conn
         self._lock = threading.RLock()
         _restrict_sidecar_files(self.path)
+
+    @property
+    def db(self) -> Database:
+        """The sqlite-utils Database on this connection, made on first use."""
+        if self._db is None:
+            from sqlite_utils import Database
+
+            self._db = Database(self._conn, execute_plugins=False)
+        return self._db
 
     @classmethod
     def open_home(cls, home: str | os.PathLike[str]) -> Catalog:
@@ -157,7 +169,7 @@ class Catalog(RunsMixin):
 
     def schema_version(self) -> int:
         with self._lock:
-            return schema.schema_version(self.db)
+            return _raw_schema_version(self._conn)
 
     def data_version(self) -> int:
         """A number that changes whenever another connection commits; cheap to poll."""
@@ -375,7 +387,7 @@ class Catalog(RunsMixin):
         with self._read() as conn:
             host_rows = conn.execute(
                 "SELECT name, state, reason, backend, last_seen, cpu_percent, mem_used, "
-                "mem_total, disk_free FROM hosts "
+                "mem_total, disk_free, drained FROM hosts "
                 "WHERE ?1 IS NULL OR name IN (SELECT value FROM json_each(?1)) ORDER BY name",
                 (wanted,),
             ).fetchall()
@@ -423,3 +435,13 @@ def _restrict_sidecar_files(path: Path) -> None:
                 candidate.chmod(mode & 0o700)
         except (FileNotFoundError, PermissionError):
             continue  # not there, or another user's file we may still read
+
+
+def _raw_schema_version(conn: sqlite3.Connection) -> int:
+    """schema.schema_version on the bare connection, without importing sqlite-utils."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'"
+    ).fetchone()
+    if exists is None:
+        return 0
+    return int(conn.execute("SELECT max(version) FROM migrations").fetchone()[0] or 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,8 @@ async def ensure_agent(
             return path, False
         directory = path.rsplit("/", 1)[0]
         await sftp.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.{bundle.hash[:8]}.part"
+        # A name of its own: two controllers uploading at once must not write one file.
+        tmp = f"{path}.{secrets.token_hex(6)}.part"
         async with sftp.open(tmp, "wb") as fh:
             await fh.write(bundle.data)
         await sftp.chmod(tmp, 0o600)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +18,10 @@ from cvtui.engine.agent_build import AgentBundle, build_agent
 from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
 from cvtui.engine.deploy import agent_command, ensure_agent
+from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
+from cvtui.engine.notify import Notifier
 from cvtui.engine.runner import RunController
-from cvtui.errors import EngineLockedError, InventoryError
+from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
 from remote_agent import protocol
 from remote_agent.protocol import Hello, ProtocolError, RemoteError, RunStatus, Telemetry
@@ -31,48 +31,6 @@ log = logging.getLogger("cvtui.engine")
 FLUSH_INTERVAL_S = 0.2
 COMPACT_INTERVAL_S = 300.0
 EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
-
-
-class EngineLock:
-    """Exclusive flock on `<home>/engine.lock`: one engine per catalog; holds the owner's pid."""
-
-    def __init__(self, home: Path) -> None:
-        self.path = home / "engine.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise EngineLockedError(str(self.path), lock_holder(self.path.parent)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def lock_holder(home: Path) -> int | None:
-    """Pid of the engine holding home's lock, or None when no engine runs."""
-    path = home / "engine.lock"
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -218,7 +176,7 @@ class Engine:
         self._pending: list[tuple[str, Telemetry]] = []
         self._pending_times: list[float] = []
         self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
-        self.drained: set[str] = set()  # hosts that take no new runs
+        self.notifier = Notifier(lambda: self.inventory.notify)
         self.runs = RunController(self)
 
     # -- what sessions report -------------------------------------------------------------
@@ -226,14 +184,26 @@ class Engine:
         if name in self.sessions:
             self.catalog.set_host_state(name, state, reason)
 
+    @property
+    def drained(self) -> set[str]:
+        """Hosts that take no new runs (`cvtui hosts drain`), as the catalog says now."""
+        return self.catalog.drained_hosts()
+
     def host_failed(self, name: str, state: str, reason: str) -> None:
-        log.info("host %s: %s (%s)", name, state, reason)
+        log.info("host %s: %s (%s)", name, state, reason, extra={"event": state, "host": name})
+        self.notifier.host_failed(name, state, reason)
         self.set_state(name, state, reason)
         if name in self.answered:
             self.answered[name].set()
 
     def agent_started(self, name: str, hello: Hello, agent_hash: str) -> None:
-        log.info("host %s: agent up (python %s, %s)", name, hello.python, hello.backend)
+        log.info(
+            "host %s: agent up (python %s, %s)",
+            name,
+            hello.python,
+            hello.backend,
+            extra={"event": "agent_up", "host": name},
+        )
         if name in self.sessions:
             self.catalog.record_hello(name, hello, agent_hash)
 
@@ -242,6 +212,7 @@ class Engine:
             return
         self._pending.append((name, sample))
         self._pending_times.append(time.time())
+        self.notifier.host_seen(name)
         if not self.answered[name].is_set():
             # The first sample of a host is written at once so `cvtui hosts` can print it.
             self.flush()
@@ -331,6 +302,7 @@ class Engine:
             for task in background:
                 task.cancel()
             await self.runs.close()
+            await self.notifier.close()
             for name in list(self.sessions):
                 await self.stop_session(name)
             await asyncio.gather(*background, return_exceptions=True)
@@ -357,3 +329,6 @@ class Engine:
         self.inventory_error = error
         if self.on_inventory_error is not None:
             self.on_inventory_error(error)
+
+
+__all__ = ["Engine", "EngineLock", "HostSession", "lock_holder"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -18,7 +19,7 @@ from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
 from cvtui.runspec import RunSpec
 from remote_agent import protocol
-from remote_agent.protocol import RemoteError, RunStatus, StartRequest
+from remote_agent.protocol import GpuSample, RemoteError, RunStatus, StartRequest
 
 if TYPE_CHECKING:
     from cvtui.engine.engine import Engine, HostSession
@@ -28,6 +29,9 @@ log = logging.getLogger("cvtui.engine.runs")
 POLL_S = 0.05  # how often the catalog's data_version is checked for new work
 PASS_EVERY_S = 1.0  # a dispatch pass also runs this often (GPUs free up with telemetry)
 START_TIMEOUT_S = 30.0
+# How long after a run ended its lease and processes in telemetry are taken for gone: its
+# supervisor releases the lease right after the end state, and a start waits that out.
+LEASE_RELEASE_S = 3.0
 LOG_CHUNK = 1 << 20
 
 
@@ -53,18 +57,23 @@ class RunController:
         self.pull_again: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.reconciled: set[str] = set()  # hosts reconciled since this engine started
+        self.just_ended: dict[str, float] = {}  # run id -> monotonic time it reached a final state
+        # (host, GPU) -> the telemetry time (HostSession.latest_at) when a start there was refused
+        # as busy: the GPU counts as leased until a newer sample shows who holds it.
+        self.refused: dict[tuple[str, int], float] = {}
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         version = -1
         last_pass = 0.0
         while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), POLL_S)
+            woken = False  # this engine freed GPUs or requeued a run: its own writes do not
+            with contextlib.suppress(asyncio.TimeoutError):  # change data_version
+                woken = await asyncio.wait_for(self.wake.wait(), POLL_S)
             self.wake.clear()
             now = time.monotonic()
             current = self.catalog.data_version()
-            if current == version and now - last_pass < PASS_EVERY_S:
+            if not woken and current == version and now - last_pass < PASS_EVERY_S:
                 continue
             version, last_pass = current, now
             try:
@@ -88,9 +97,17 @@ class RunController:
         policy = self.engine.inventory.policy
         now = time.time()
         busy: dict[str, int] = {}
+        # GPUs of our placed runs are taken even before telemetry shows their leases.
+        held: dict[tuple[str, int], str] = {}
         for run in self.catalog.list_runs(states=["dispatching", "running"]):
             if run["host"]:
                 busy[run["host"]] = busy.get(run["host"], 0) + 1
+                for index in run["gpus"] or ():
+                    held[(run["host"], index)] = run["id"]
+        horizon = time.monotonic() - LEASE_RELEASE_S
+        for run_id in [i for i, at in self.just_ended.items() if at < horizon]:
+            del self.just_ended[run_id]
+        drained = self.engine.drained
         states = []
         for name, session in self.engine.sessions.items():
             host = session.host
@@ -102,24 +119,12 @@ class RunController:
             )
             gpus: tuple[scheduler.GpuState, ...] = ()
             if sample is not None:
-                gpus = tuple(
-                    scheduler.GpuState(
-                        index=g.index,
-                        mem_total=g.mem_total,
-                        mem_used=g.mem_used,
-                        util=g.util,
-                        leased_by=g.leased_by,
-                        foreign=any(p.run_id is None for p in g.processes),
-                        ours=any(p.run_id is not None for p in g.processes),
-                        telemetry_time=session.latest_at,
-                    )
-                    for g in sample.gpus
-                )
+                gpus = tuple(self.gpu_state(name, g, session.latest_at, held) for g in sample.gpus)
             states.append(
                 scheduler.HostState(
                     name=name,
                     healthy=fresh,
-                    drained=name in self.engine.drained,
+                    drained=name in drained,
                     tags=host.tags,
                     max_runs=host.max_runs,
                     running=busy.get(name, 0),
@@ -129,6 +134,30 @@ class RunController:
                 )
             )
         return states
+
+    def gpu_state(
+        self, host: str, gpu: GpuSample, seen_at: float, held: dict[tuple[str, int], str]
+    ) -> scheduler.GpuState:
+        """One GPU for the scheduler: telemetry, corrected by what this engine knows newer."""
+        ended = self.just_ended
+        leased_by = None if gpu.leased_by in ended else gpu.leased_by
+        leased_by = leased_by or held.get((host, gpu.index))
+        refused_at = self.refused.get((host, gpu.index))
+        if refused_at is not None:
+            if refused_at == seen_at:
+                leased_by = leased_by or "?"
+            else:
+                del self.refused[(host, gpu.index)]
+        return scheduler.GpuState(
+            index=gpu.index,
+            mem_total=gpu.mem_total,
+            mem_used=gpu.mem_used,
+            util=gpu.util,
+            leased_by=leased_by,
+            foreign=any(p.run_id is None for p in gpu.processes),
+            ours=any(p.run_id is not None and p.run_id not in ended for p in gpu.processes),
+            telemetry_time=seen_at,
+        )
 
     def dispatch_pass(self) -> None:
         queued = self.catalog.queued_runs()
@@ -169,6 +198,13 @@ class RunController:
                 dispatched=time.time(),
                 reason=None,
             ):
+                log.info(
+                    "run %s: dispatching to %s GPUs %s",
+                    run["id"],
+                    placement.host,
+                    list(placement.gpus),
+                    extra={"event": "dispatch", "host": placement.host, "run": run["id"]},
+                )
                 self.spawn(self.start_run(run, placement))
 
     async def start_run(self, run: dict[str, Any], placement: scheduler.Placement) -> None:
@@ -200,6 +236,9 @@ class RunController:
             if exc.code == protocol.E_RUN_EXISTS:
                 await self.reconcile(session, [run_id])  # an earlier start got there after all
             else:
+                if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule
+                    for index in placement.gpus:
+                        self.refused[(placement.host, index)] = session.latest_at
                 self.requeue(run_id, f"start on {placement.host} refused: {exc.message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:
@@ -238,8 +277,18 @@ class RunController:
         log.info("run %s: %s; attempt %d is run %s", run["id"], why, attempt + 1, new_id)
         return new_id
 
+    def run_ended(self, run_id: str) -> None:
+        """A run of ours reached a final state: free its GPUs now and tell whom it concerns."""
+        self.just_ended[run_id] = time.monotonic()
+        self.engine.notifier.run_ended(self.catalog.get_run(run_id))
+
     def requeue(self, run_id: str, reason: str) -> None:
-        log.info("run %s back to the queue: %s", run_id, reason)
+        log.info(
+            "run %s back to the queue: %s",
+            run_id,
+            reason,
+            extra={"event": "requeue", "run": run_id},
+        )
         self.catalog.transition_run(
             run_id,
             "queued",
@@ -264,7 +313,7 @@ class RunController:
                     protocol.E_BAD_REQUEST, f"code snapshot {code_hash} missing in {archive}"
                 )
             await sftp.makedirs(f"{root}/code", exist_ok=True)
-            part = f"code/{code_hash}.tar.part"
+            part = f"code/{code_hash}.{secrets.token_hex(6)}.tar.part"  # one per uploader
             await sftp.put(str(archive), f"{root}/{part}")
             assert session.client is not None
             await session.client.call(protocol.OP_UNPACK_CODE, hash=code_hash, archive=part)
@@ -293,6 +342,8 @@ class RunController:
                 pgid=status.pgid,
                 **fields,
             )
+            if ended:
+                self.run_ended(status.run_id)
             if ended and status.state in (protocol.RUN_FAILED, protocol.RUN_LOST):
                 self.retry(run, status.reason or status.state)
             self.wake.set()  # GPUs are free again
@@ -341,15 +392,15 @@ class RunController:
                 continue
             if run["state"] == "dispatching":
                 self.requeue(run_id, f"the start never reached {name}")
-            elif run["state"] == "running":
-                self.catalog.transition_run(
-                    run_id,
-                    "lost",
-                    expect=["running"],
-                    reason=f"run dir missing on {name}",
-                    detail=f"run dir missing on {name}",
-                    ended=time.time(),
-                )
+            elif run["state"] == "running" and self.catalog.transition_run(
+                run_id,
+                "lost",
+                expect=["running"],
+                reason=f"run dir missing on {name}",
+                detail=f"run dir missing on {name}",
+                ended=time.time(),
+            ):
+                self.run_ended(run_id)
         still_active = [i for i, s in statuses.items() if s.state not in protocol.RUN_FINAL_STATES]
         if still_active:
             await client.call(protocol.OP_WATCH, run_ids=still_active)
@@ -383,11 +434,19 @@ class RunController:
                 sftp = await session.sftp()
                 offset = local.stat().st_size if local.exists() else 0
                 async with sftp.open(f"{run_dir}/output.log", "rb") as remote:
+                    # Ask for bytes that exist only: asyncssh splits a large read into
+                    # parallel requests, and those past the end fail in the background.
+                    remaining = (await remote.stat()).size or 0
+                    remaining -= offset
                     await remote.seek(offset)
                     # Local appends of at most a chunk are quick; no thread hop needed.
                     with open(local, "ab") as out:  # noqa: ASYNC230
-                        while chunk := await remote.read(LOG_CHUNK):
+                        while remaining > 0:
+                            chunk = await remote.read(min(LOG_CHUNK, remaining))
+                            if not chunk:
+                                break
                             out.write(cast(bytes, chunk))  # opened "rb"
+                            remaining -= len(chunk)
                 if run_id not in self.pull_again:
                     return
         except (asyncssh.Error, OSError) as exc:
@@ -398,10 +457,26 @@ class RunController:
         for command in self.catalog.pending_commands():
             if command["kind"] == "cancel":
                 await self.cancel(command)
+            elif command["kind"] == "exec":
+                self.catalog.finish_command(command["id"], ok=True, result="relayed")
+                session = self.engine.sessions.get(command["args"].get("host", ""))
+                host = session.host if session else None
+                if host is not None:
+                    self.spawn(self.relay(session, command["args"]))
             else:
                 self.catalog.finish_command(
                     command["id"], ok=False, result=f"unknown command {command['kind']!r}"
                 )
+
+    async def relay(self, session: HostSession | None, args: dict[str, Any]) -> None:
+        from cvtui.engine.remote_exec import relay_exec
+
+        if session is None:
+            return
+        try:
+            await relay_exec(session.conn, session.host, args)
+        except (OSError, asyncssh.Error) as exc:
+            log.warning("exec on %s: %r", session.host.name, exc)
 
     async def cancel(self, command: dict[str, Any]) -> None:
         run_id = command["args"].get("run_id", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -141,7 +142,18 @@ def gpu_is_free(gpu: GpuState, run: QueuedRun, foreign_processes: str) -> bool:
 def plan(
     queue: Sequence[QueuedRun], hosts: Sequence[HostState], *, foreign_processes: str = "avoid"
 ) -> Plan:
-    """One scheduling pass: place what fits in queue order, hold GPUs for one starved urgent run."""
+    """One scheduling pass: place what fits in queue order, hold GPUs for one starved urgent run.
+
+    Runs are tried in queue_order; each takes the best host it fits on now (a host is as good as
+    the weakest GPU it would give). A run that does not fit is skipped, so smaller runs behind
+    it backfill. The first urgent run that does not fit but could once leases end holds, on
+    the host where the most usable GPUs are free, those GPUs and one run slot; later runs of
+    the pass cannot take them, so its host fills up as runs end and it is never starved.
+    Waiting reasons describe the state left at the end of the pass.
+
+    Cost: O(runs + shapes x hosts + placements x log hosts), a shape being a distinct
+    (gpus, min_free_mem, hosts, tags); runs whose shape already failed cost one set lookup.
+    """
     if foreign_processes not in FOREIGN_PROCESS_MODES:
         raise ValueError(f"foreign_processes must be one of {FOREIGN_PROCESS_MODES}")
     state = _PassState(hosts, foreign_processes)
@@ -153,6 +165,10 @@ def _fitting(free: Sequence[_Entry], min_free: int) -> list[_Entry]:
     if min_free <= 0:
         return list(free)
     return [entry for entry in free if entry[2] >= min_free]
+
+
+def _fitting_totals(totals: list[int], min_free: int) -> list[int]:
+    return totals if min_free <= 0 else [total for total in totals if total >= min_free]
 
 
 def _top(free: list[_Entry], n: int, min_free: int) -> list[_Entry] | None:
@@ -175,16 +191,37 @@ def _need(run: QueuedRun) -> str:
     return f"needs {run.gpus} free GPU{plural}"
 
 
+class _MostAtLeast:
+    """Which of some hosts has the most values >= m, for any m, in O(log values)."""
+
+    def __init__(self, values: dict[int, list[int]]) -> None:
+        self.first = min(values, default=-1)  # the answer when no value reaches m
+        self.floors: list[int] = []  # -value, ascending, one per distinct value
+        self.bests: list[tuple[int, int]] = []  # (count, host) with the most values >= value
+        pairs = sorted(((v, pos) for pos, vs in values.items() for v in vs), reverse=True)
+        counts: dict[int, int] = {}
+        best_count, best_pos = 0, self.first
+        for i, (value, pos) in enumerate(pairs):
+            count = counts[pos] = counts.get(pos, 0) + 1
+            if count > best_count or (count == best_count and pos < best_pos):
+                best_count, best_pos = count, pos
+            if i + 1 == len(pairs) or pairs[i + 1][0] != value:
+                self.floors.append(-value)
+                self.bests.append((best_count, best_pos))
+
+    def best(self, m: int) -> tuple[int, int]:
+        """(count, host position) of the host with the most values >= m; first host on ties."""
+        i = bisect_right(self.floors, -m)
+        return self.bests[i - 1] if i else (0, self.first)
+
+
 @dataclass(frozen=True)
 class _Outlook:
-    """Hosts a (hosts, tags, min_free_mem) group could use at the end of the pass."""
+    """What the live hosts of one (hosts, tags) pool offer at the end of the pass."""
 
-    biggest: int  # host position with the most GPUs that could ever serve the group
-    biggest_count: int
-    best_open: int | None  # host under max_runs with the most usable free GPUs
-    best_open_count: int
-    best_full: int | None  # host at max_runs with the most usable free GPUs
-    best_full_count: int
+    lasting: _MostAtLeast  # memory totals of GPUs that could serve once leases end
+    open_free: _MostAtLeast  # free bytes of usable GPUs on hosts under max_runs
+    full_free: _MostAtLeast  # the same on hosts at max_runs
     full: tuple[int, ...]  # hosts at max_runs
 
 
@@ -208,8 +245,9 @@ class _PassState:
         self.free = self._free_entries()
         self.pools: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
         self.live_pools: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
-        self.eventual_counts: dict[tuple[int, int], int] = {}
-        self.outlooks: dict[tuple[tuple[str, ...], tuple[str, ...], int], _Outlook] = {}
+        self.outlooks: dict[tuple[tuple[str, ...], tuple[str, ...]], _Outlook] = {}
+        # (hosts, tags) -> (gpus, min_free_mem) that failed: anything as big fails too.
+        self.frontiers: dict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[int, int]]] = {}
         self.reservation: _Reservation | None = None
 
     def _free_entries(self) -> list[list[_Entry]]:
@@ -284,12 +322,12 @@ class _PassState:
                 continue
             heap = heaps.get(shape)
             if heap is None:
-                heap = heaps[shape] = self._candidates(run) if n <= widest else []
+                hopeless = n > widest or self._dominated(shape)
+                heap = heaps[shape] = [] if hopeless else self._candidates(run)
             # Lazy heap: a stale entry is never worse than the truth, because a pass only takes
             # GPUs and run slots away; refreshing stale tops until the top is current finds the
             # best host. GPU runs go stale when the host's free list shrinks, others when its
-            # run count grows.
-            # This loop is the hot path: _candidate is written out inline.
+            # run count grows. This is the hot loop, so _candidate is written out inline.
             stamps = gpu_version if n else running
             while heap:
                 pos = heap[0][1]
@@ -308,6 +346,7 @@ class _PassState:
             if not heap:
                 # What does not fit now cannot fit later in this pass either.
                 failed.add(shape)
+                self._record_failure(shape)
                 waiting.append((run, shape))
                 if self.reservation is None and run.priority == "urgent":
                     self.reservation = self._reserve(run)
@@ -332,6 +371,25 @@ class _PassState:
             held = tuple(sorted(entry[1] for entry in self.reservation.held))
             reserved[self.reservation.run_id] = (self.hosts[self.reservation.pos].name, held)
         return Plan(tuple(placements), self._reasons(waiting), reserved)
+
+    def _dominated(self, shape: _Shape) -> bool:
+        """Whether a failed shape of the same pool needed no more GPUs and no more memory."""
+        n, min_free, names, tags = shape
+        return any(
+            n >= f_n and min_free >= f_min for f_n, f_min in self.frontiers.get((names, tags), ())
+        )
+
+    def _record_failure(self, shape: _Shape) -> None:
+        if self._dominated(shape):
+            return
+        n, min_free, names, tags = shape
+        # Keep only the smallest failures: at most one per GPU count.
+        kept = [
+            (f_n, f_min)
+            for f_n, f_min in self.frontiers.get((names, tags), ())
+            if not (f_n >= n and f_min >= min_free)
+        ]
+        self.frontiers[(names, tags)] = [*kept, (n, min_free)]
 
     def _widest(self) -> int:
         live, free = self.live, self.free
@@ -362,30 +420,23 @@ class _PassState:
         heapq.heapify(heap)
         return heap
 
-    def _eventual(self, pos: int, min_free: int) -> int:
-        """GPUs of the host that could serve min_free once our and others' leases end."""
-        key = (pos, min_free)
-        count = self.eventual_counts.get(key)
-        if count is None:
-            host = self.hosts[pos]
-            count = 0
-            for gpu in host.gpus:
-                if host.allowed_gpus is not None and gpu.index not in host.allowed_gpus:
-                    continue
-                if gpu.foreign and not self.share:
-                    continue  # foreign processes may never leave
-                if min_free > 0 and (gpu.mem_total or 0) < min_free:
-                    continue
-                count += 1
-            self.eventual_counts[key] = count
-        return count
+    def _lasting(self, pos: int) -> list[int]:
+        """Memory totals (bytes, -1 unknown) of the GPUs that could serve once leases end."""
+        host = self.hosts[pos]
+        return [
+            -1 if gpu.mem_total is None else gpu.mem_total
+            for gpu in host.gpus
+            if (host.allowed_gpus is None or gpu.index in host.allowed_gpus)
+            and (self.share or not gpu.foreign)  # foreign processes may never leave
+        ]
 
     def _reserve(self, run: QueuedRun) -> _Reservation | None:
         """Hold, on the host closest to fitting run, its free GPUs and one run slot."""
         best: tuple[int, int] | None = None
         best_top: list[_Entry] = []
         for pos in self.live_pool(run.hosts, run.tags):
-            if self.cap[pos] <= 0 or self._eventual(pos, run.min_free_mem) < run.gpus:
+            lasting = self._lasting(pos)
+            if self.cap[pos] <= 0 or len(_fitting_totals(lasting, run.min_free_mem)) < run.gpus:
                 continue
             usable = _fitting(self.free[pos], run.min_free_mem)
             # Host order breaks ties so that the held host stays put from pass to pass.
@@ -403,13 +454,10 @@ class _PassState:
 
     def _reasons(self, waiting: list[tuple[QueuedRun, _Shape]]) -> dict[str, str]:
         """Why each waiting run waits; runs of one shape share one reason."""
-        reasons: dict[str, str] = {}
-        by_shape: dict[_Shape, str] = {}
-        for run, shape in waiting:
-            reason = by_shape.get(shape)
-            if reason is None:
-                reason = by_shape[shape] = self._explain(run)
-            reasons[run.run_id] = reason
+        # The reason depends on the shape alone, so any run of a shape can stand for it.
+        examples = {shape: run for run, shape in waiting}
+        by_shape = {shape: self._explain(run) for shape, run in examples.items()}
+        reasons = {run.run_id: by_shape[shape] for run, shape in waiting}
         reservation = self.reservation
         if reservation is not None:
             # The dict keeps its queue order when a key is set again.
@@ -424,39 +472,30 @@ class _PassState:
         if lend is not None and lend.pos == pos:
             entries = [*entries, *lend.held]
             running -= 1
-        if min_free <= 0:
-            return running, len(entries)
-        return running, sum(1 for entry in entries if entry[2] >= min_free)
+        return running, len(_fitting(entries, min_free))
 
     def _outlook(self, run: QueuedRun, lend: _Reservation | None) -> _Outlook:
-        key = (run.hosts, run.tags, run.min_free_mem)
+        """The pool's outlook, built once per pool; lend's hold counts as free when given."""
+        key = (run.hosts, run.tags)
         found = None if lend is not None else self.outlooks.get(key)
         if found is not None:
             return found
-        m = run.min_free_mem
-        biggest, biggest_count = -1, -1
-        best_open, best_open_count, best_full, best_full_count = None, -1, None, -1
-        full = []
+        lasting: dict[int, list[int]] = {}
+        open_free: dict[int, list[int]] = {}
+        full_free: dict[int, list[int]] = {}
         for pos in self.live_pool(run.hosts, run.tags):
-            eventual = self._eventual(pos, m)
-            if eventual > biggest_count:
-                biggest, biggest_count = pos, eventual
-            running, usable = self._usable(pos, m, lend)
-            if running < self.cap[pos]:
-                if usable > best_open_count:
-                    best_open, best_open_count = pos, usable
-            else:
-                full.append(pos)
-                if usable > best_full_count:
-                    best_full, best_full_count = pos, usable
+            lasting[pos] = self._lasting(pos)
+            entries: Sequence[_Entry] = self.free[pos]
+            running = self.running[pos]
+            if lend is not None and lend.pos == pos:
+                entries = [*entries, *lend.held]
+                running -= 1
+            (open_free if running < self.cap[pos] else full_free)[pos] = [e[2] for e in entries]
         found = _Outlook(
-            biggest,
-            biggest_count,
-            best_open,
-            best_open_count,
-            best_full,
-            best_full_count,
-            tuple(full),
+            _MostAtLeast(lasting),
+            _MostAtLeast(open_free),
+            _MostAtLeast(full_free),
+            tuple(full_free),
         )
         if lend is None:
             self.outlooks[key] = found
@@ -490,15 +529,13 @@ class _PassState:
             return f"no healthy {what} {among}".rstrip()
         n = run.gpus
         outlook = self._outlook(run, lend)
-        if outlook.biggest_count < n:
-            count = outlook.biggest_count
+        floor = run.min_free_mem if run.min_free_mem > 0 else -1  # -1: unknown memory counts
+        biggest_count, biggest = outlook.lasting.best(floor)
+        if biggest_count < n:
             large = " that large" if run.min_free_mem else ""
-            such = f"{count} GPU{'' if count == 1 else 's'}{large}"
+            such = f"{biggest_count} GPU{'' if biggest_count == 1 else 's'}{large}"
             where = " on one host" if n > 1 else ""
-            return (
-                f"{_need(run)}{where}; largest matching host "
-                f"{names[outlook.biggest].name} has {such}"
-            )
+            return f"{_need(run)}{where}; largest matching host {names[biggest].name} has {such}"
         held = self.reservation
         if lend is None and held is not None and self.live[held.pos]:
             running, usable = self._usable(held.pos, run.min_free_mem, held)
@@ -511,7 +548,7 @@ class _PassState:
                     return f"GPUs held for urgent run {held.run_id} on {names[held.pos].name}"
                 return f"{names[held.pos].name} held for urgent run {held.run_id}"
         full = outlook.full
-        if outlook.best_open is None:
+        if len(full) == len(live):
             if len(full) == 1:
                 return f"{names[full[0]].name} at max_runs {self.cap[full[0]]}"
             listed = ", ".join(f"{names[pos].name} {self.cap[pos]}" for pos in full[:3])
@@ -519,9 +556,10 @@ class _PassState:
             return f"every matching host is at max_runs ({listed}{more})"
         if n == 0:
             return "no matching host can take it now"
-        best = names[outlook.best_open].name
-        reason = f"{_need(run)}; best host {best} has {outlook.best_open_count}"
-        if outlook.best_full is not None and outlook.best_full_count >= n:
-            pos, count = outlook.best_full, outlook.best_full_count
-            reason += f"; {names[pos].name} has {count} but is at max_runs {self.cap[pos]}"
+        best_count, best = outlook.open_free.best(floor)
+        reason = f"{_need(run)}; best host {names[best].name} has {best_count}"
+        full_count, full_best = outlook.full_free.best(floor)
+        if full and full_count >= n:
+            cap = self.cap[full_best]
+            reason += f"; {names[full_best].name} has {full_count} but is at max_runs {cap}"
         return reason

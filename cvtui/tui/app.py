@@ -1,27 +1,70 @@
-"""The cvtui dashboard app: hosts the engine when asked to and shows the catalog live."""
+"""The cvtui dashboard: four screens over the catalog, commands through cvtui.actions.
+
+The app hosts the engine in its event loop when given one; either way it only reads the
+catalog (a watcher thread, only when PRAGMA data_version moved) and writes through the same
+functions as the CLI.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import threading
 import time
-from typing import ClassVar
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual.app import App, ComposeResult
+from textual import work
+from textual.app import App
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Header, Static
+from textual.worker import get_current_worker
 
+from cvtui.actions import cancel_runs, set_priority, shift_priority
 from cvtui.catalog import Catalog
-from cvtui.engine.engine import Engine
+from cvtui.engine.lock import lock_holder
+from cvtui.errors import CvtuiError
 from cvtui.inventory import Inventory
-from cvtui.tui.widgets.hosts_table import HostsTable
+from cvtui.tui.commands import DashboardCommands
+from cvtui.tui.messages import CatalogNotices, CatalogUpdated, WorkerResult
+from cvtui.tui.model import CatalogReader, CatalogView, Clock
+from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
+from cvtui.tui.screens.hosts import HostsScreen
+from cvtui.tui.screens.queue import QueueScreen
+from cvtui.tui.screens.runs import RunsScreen
+from cvtui.tui.screens.stats import StatsScreen
+from cvtui.tui.widgets.navbar import SCREENS
+
+if TYPE_CHECKING:
+    from cvtui.engine.engine import Engine
+
+CLOCK_REFRESH_S = 2.0  # re-read without a commit too: host staleness comes from the clock
+LIGHT_DARK = ("textual-dark", "textual-light")
 
 
 class DashboardApp(App[int]):
-    """Hosts and GPUs, refreshed whenever the catalog changes."""
+    """Hosts, Queue, Runs and Stats as modes (1-4, tab); each keeps its own stack of details."""
 
     CSS_PATH = "app.tcss"
+    MODES: ClassVar[dict[str, Any]] = {
+        "hosts": HostsScreen,
+        "queue": QueueScreen,
+        "runs": RunsScreen,
+        "stats": StatsScreen,
+    }
+    COMMANDS = App.COMMANDS | {DashboardCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "show_screen('hosts')", "Hosts", show=False),
+        Binding("2", "show_screen('queue')", "Queue", show=False),
+        Binding("3", "show_screen('runs')", "Runs", show=False),
+        Binding("4", "show_screen('stats')", "Stats", show=False),
+        Binding("tab", "next_screen(1)", "Next screen", show=False, priority=True),
+        Binding("shift+tab", "next_screen(-1)", "Previous screen", show=False, priority=True),
+        Binding("question_mark", "help", "Help"),
+        Binding("n", "submit", "Submit", show=False),
+        Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
     ]
@@ -32,56 +75,256 @@ class DashboardApp(App[int]):
         catalog: Catalog,
         *,
         engine: Engine | None = None,
+        home: Path | None = None,
         title: str = "cvtui",
         duration_s: float | None = None,
         refresh_s: float = 0.5,
+        poll_s: float = 0.1,
+        clock: Clock = time.time,
+        first_screen: str = "hosts",
     ) -> None:
         super().__init__()
         self.inventory = inventory
         self.catalog = catalog
         self.engine = engine
+        self.home = home or catalog.path.parent
         self.title = title
         self.duration_s = duration_s
-        self.refresh_s = refresh_s
-        self._stop = asyncio.Event()
-        self._engine_task: asyncio.Task[None] | None = None
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield HostsTable(id="hosts")
-        yield Static("", id="status")
-        yield Footer()
-
-    async def on_mount(self) -> None:
-        if self.engine is not None:
-            self._engine_task = asyncio.create_task(self.engine.run(self._stop))
-        self.refresh_hosts()
-        self.set_interval(self.refresh_s, self.refresh_hosts)
-        if self.duration_s:
-            self.set_timer(self.duration_s, self.action_quit)
-
-    def refresh_hosts(self) -> None:
-        policy = self.inventory.policy
-        if self.engine is not None:
-            self.inventory = self.engine.inventory
-        report = self.catalog.hosts_report(
-            now=time.time(),
+        self.refresh_s = refresh_s  # at most one catalog read per this many seconds
+        self.poll_s = poll_s  # how often the watcher looks at data_version
+        self.clock = clock
+        self.first_screen = first_screen
+        policy = inventory.policy
+        self.reader = CatalogReader(
+            catalog.path,
+            clock=clock,
             stale_after_s=policy.stale_after_s,
             disconnected_after_s=policy.disconnected_after_s,
         )
-        # Staleness depends on the clock as well as on commits, so this redraws on a timer.
-        self.query_one(HostsTable).show(report)
-        healthy = sum(1 for h in report if h["state"] == "healthy")
-        gpus = sum(len(h["gpus"]) for h in report)
-        error = self.engine.inventory_error if self.engine else None
-        status = f"{healthy}/{len(report)} hosts healthy · {gpus} GPUs"
-        if error is not None:
-            status += f" · inventory edit rejected: {error}"
-        self.query_one("#status", Static).update(status)
+        self.view: CatalogView | None = None
+        self.marked: list[str] = []  # run ids marked on the Runs screen for comparison
+        self.engine_note = self.describe_engine()
+        self.user = getpass.getuser()
+        self._stop = asyncio.Event()
+        self._engine_task: asyncio.Task[None] | None = None
+        self._wake = threading.Event()
+        self._force_read = True
+        self._quitting = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def on_mount(self) -> None:
+        if self.engine is not None:
+            self._engine_task = asyncio.create_task(self.engine.run(self._stop))
+        await self.switch_mode(self.first_screen)
+        self.watch_catalog()
+        if self.duration_s:
+            self.set_timer(self.duration_s, self.action_quit)
+
+    def describe_engine(self) -> str:
+        """Who runs the engine, for the nav bar: this process, a daemon, or nobody."""
+        if self.engine is not None:
+            return "engine here"
+        pid = lock_holder(self.home)
+        if pid is None:
+            return "no engine"
+        return f"engine pid {pid}" if pid > 0 else "engine elsewhere"
+
+    @work(thread=True, exclusive=True, group="catalog-watch")
+    def watch_catalog(self) -> None:
+        """Read the catalog when another connection committed, at most every refresh_s."""
+        worker = get_current_worker()
+        last_read = last_note = -1e18
+        while not worker.is_cancelled:
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if worker.is_cancelled or self._quitting:
+                return
+            now = time.monotonic()
+            forced, self._force_read = self._force_read, False
+            try:
+                if not forced and (
+                    now - last_read < self.refresh_s
+                    or (now - last_read < CLOCK_REFRESH_S and not self.reader.changed())
+                ):
+                    continue
+                last_read = now
+                view, notices = self.reader.read()
+                if self.engine is None and now - last_note >= CLOCK_REFRESH_S:
+                    last_note = now
+                    self.engine_note = self.describe_engine()
+            except Exception as exc:  # a locked or broken catalog must not end the dashboard
+                self.post_message(
+                    WorkerResult(
+                        partial(
+                            self.notify,
+                            f"reading the catalog failed: {exc}",
+                            severity="error",
+                            timeout=5,
+                        )
+                    )
+                )
+                continue
+            self.post_message(CatalogUpdated(view))
+            if notices:
+                self.post_message(CatalogNotices(notices))
+
+    def request_read(self) -> None:
+        """Read the catalog now (after our own write, which data_version does not show)."""
+        self._force_read = True
+        self._wake.set()
+
+    def on_catalog_updated(self, message: CatalogUpdated) -> None:
+        self.view = message.view
+        screen = self.screen
+        if isinstance(screen, DashboardScreen):
+            screen.show_view(message.view)
+
+    def on_worker_result(self, message: WorkerResult) -> None:
+        message.apply()
+
+    def on_catalog_notices(self, message: CatalogNotices) -> None:
+        ring = False
+        for notice in message.notices:
+            self.notify(notice.message, title=notice.title, severity=notice.severity, timeout=6)  # type: ignore[arg-type]
+            ring |= notice.bell
+        if ring:
+            self.bell()
 
     async def action_quit(self) -> None:
+        if self._quitting:
+            return
+        self._quitting = True
+        self.workers.cancel_group(self, "catalog-watch")
+        self._wake.set()
         self._stop.set()
         if self._engine_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._engine_task
         self.exit(0)
+
+    def on_unmount(self) -> None:
+        self._quitting = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            self.reader.close()
+
+    # -- navigation ---------------------------------------------------------------------
+    async def action_show_screen(self, name: str) -> None:
+        if self.current_mode != name:
+            await self.switch_mode(name)
+
+    async def action_next_screen(self, step: int) -> None:
+        if not isinstance(self.screen, DashboardScreen):
+            # In a dialog tab moves between its fields as usual.
+            if step > 0:
+                self.screen.focus_next()
+            else:
+                self.screen.focus_previous()
+            return
+        names = [name for name, _ in SCREENS]
+        current = names.index(self.current_mode) if self.current_mode in names else 0
+        await self.switch_mode(names[(current + step) % len(names)])
+
+    def action_help(self) -> None:
+        from cvtui.tui.screens.help import HelpScreen
+
+        screen = self.screen
+        title = type(screen).__name__.removesuffix("Screen")
+        self.push_screen(HelpScreen(title, screen.active_bindings))
+
+    def action_toggle_theme(self) -> None:
+        self.theme = LIGHT_DARK[1] if self.theme == LIGHT_DARK[0] else LIGHT_DARK[0]
+
+    def open_run(self, run_id: str) -> None:
+        from cvtui.tui.screens.run_detail import RunDetailScreen
+
+        self.push_screen(RunDetailScreen(run_id))
+
+    # -- commands: written through cvtui.actions in a worker thread ------------------------
+    def perform(self, what: str, act: Callable[[Catalog], str | None]) -> None:
+        """Run ``act`` on the catalog off the UI thread; toast its result or its error."""
+        self._perform(what, act)
+
+    @work(thread=True, group="actions")
+    def _perform(self, what: str, act: Callable[[Catalog], str | None]) -> None:
+        try:
+            with self.reader.use() as catalog:
+                done = act(catalog)
+        except (CvtuiError, ValueError) as exc:
+            failed = partial(self.notify, str(exc), title=f"{what} failed", severity="error")
+            self.post_message(WorkerResult(failed))
+        else:
+            if done:
+                self.post_message(WorkerResult(partial(self.notify, done, title=what)))
+        self.request_read()
+
+    def shift_priority(self, run_id: str, steps: int) -> None:
+        def act(catalog: Catalog) -> str:
+            return f"now {shift_priority(catalog, run_id, steps)}"
+
+        self.perform("Priority", act)
+
+    def pick_priority(self, run: dict[str, Any]) -> None:
+        from cvtui.tui.screens.priority import PriorityScreen
+
+        def chosen(priority: str | None) -> None:
+            if priority is None or priority == run["priority"]:
+                return
+
+            def act(catalog: Catalog) -> str:
+                set_priority(catalog, run["id"], priority)
+                return f"{run['name']}: {priority}"
+
+            self.perform("Priority", act)
+
+        self.push_screen(PriorityScreen(run["name"], run["priority"]), chosen)
+
+    def confirm_cancel(self, runs: Iterable[dict[str, Any]]) -> None:
+        from cvtui.tui.screens.confirm import ConfirmScreen
+
+        chosen = [r for r in runs if r["state"] in ("queued", "dispatching", "running")]
+        if not chosen:
+            self.notify("only queued or running runs can be cancelled", severity="warning")
+            return
+        names = ", ".join(r["name"] for r in chosen[:3]) + (" …" if len(chosen) > 3 else "")
+        placed = any(r["state"] != "queued" for r in chosen)
+        detail = "SIGTERM to its processes, SIGKILL 10 s later" if placed else "it leaves the queue"
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+
+            def act(catalog: Catalog) -> str:
+                outcomes = cancel_runs(catalog, chosen, by=self.user)
+                return "; ".join(f"{o.name}: {o.outcome}" for o in outcomes)
+
+            self.perform("Cancel", act)
+
+        self.push_screen(ConfirmScreen(f"Cancel {names}?", detail), answered)
+
+    def action_submit(self) -> None:
+        from cvtui.tui.screens.submit import SubmitScreen
+
+        def submitted(ids: list[str] | None) -> None:
+            if ids:
+                self.notify(f"queued {len(ids)} run{'s' if len(ids) != 1 else ''}", title="Submit")
+                self.request_read()
+
+        self.push_screen(SubmitScreen(), submitted)
+
+    def global_commands(self) -> list[PaletteCommand]:
+        entries = [
+            PaletteCommand(
+                f"Go to {label}",
+                f"screen {n}",
+                lambda s=name: self.run_action(f"show_screen('{s}')"),
+            )
+            for n, (name, label) in enumerate(SCREENS, start=1)
+        ]
+        return [
+            *entries,
+            PaletteCommand("Submit a run config…", "dry run first, then queue", self.action_submit),
+            PaletteCommand("Help: keys", "every key of this screen", self.action_help),
+            PaletteCommand("Toggle light/dark theme", "ctrl+t", self.action_toggle_theme),
+            PaletteCommand("Reload the catalog now", "re-read everything", self.request_read),
+        ]

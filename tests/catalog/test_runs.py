@@ -517,7 +517,7 @@ def test_migration_2_on_a_version_1_catalog_keeps_its_data(catalog_path: Path) -
     db.close()
 
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == 2
+        assert cat.schema_version() == len(MIGRATIONS)  # 2 and every later one
         host = cat.db.table("hosts").get("gpu-01")
         assert (host["address"], host["state"], host["gpu_count"]) == ("10.0.0.11", "healthy", 8)
         [old] = cat.pending_commands()

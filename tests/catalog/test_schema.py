@@ -38,7 +38,7 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 2
+        assert cat.schema_version() == LATEST == 4
         assert set(cat.db.table_names()) >= TABLES
         assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
             i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
@@ -48,6 +48,8 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
     assert [(version, name) for version, name, _ in rows] == [
         (1, "migration_1_monitoring"),
         (2, "migration_2_runs"),
+        (3, "migration_3_queue"),
+        (4, "migration_4_sync"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 

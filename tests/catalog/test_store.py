@@ -121,6 +121,7 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
             "name": "gpu-01",
             "state": "healthy",
             "reason": None,
+            "drained": False,
             "backend": "simulated",
             "last_seen": 1_700_000_000.25,
             "cpu_percent": 12.5,

@@ -295,3 +295,41 @@ def test_failed_run_is_retried_as_a_new_attempt(lab: Lab, home: Path, tmp_path: 
     assert (second["attempt"], second["state"], second["exit_code"]) == (2, "failed", 4)
     assert second["name"] == first["name"] and second["id"] != first["id"]
     assert len(times(lab, "gpu-01")) == 2  # two attempts, two run dirs, no third
+
+
+async def test_exec_goes_through_a_warm_engine(lab: Lab, home: Path) -> None:
+    import asyncio
+
+    from support import running
+
+    from cvtui.engine.engine import Engine
+    from cvtui.engine.lock import EngineLock
+    from cvtui.inventory import load_inventory
+
+    inventory = load_inventory(lab.inventory_path)
+    lock = EngineLock(home)
+    lock.acquire()
+    try:
+        with Catalog.open_home(home) as catalog:
+            engine = Engine(inventory, catalog)
+            async with running(engine.run):
+                await engine.wait_answered(15)
+                argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory"]
+                argv += [str(lab.inventory_path), "exec", "--host", "gpu-01", "--"]
+                argv += ["sh", "-c", "printf 'a\\0b'; echo err >&2; exit 5"]
+                process = await asyncio.create_subprocess_exec(
+                    *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                )
+                out, err = await asyncio.wait_for(process.communicate(), 60)
+                assert process.returncode == 5
+                assert (out, err) == (b"a\0b", b"err\n")
+            [command] = [c for c in catalog_commands(catalog) if c["kind"] == "exec"]
+            assert command["result"] == "relayed" and command["args"]["host"] == "gpu-01"
+    finally:
+        lock.release()
+    assert list((home / "sockets").iterdir()) == []  # the relay socket is removed
+
+
+def catalog_commands(catalog: Catalog) -> list[dict]:
+    rows = catalog.db.execute("select id from commands order by id").fetchall()
+    return [catalog.get_command(row[0]) for row in rows]

@@ -13,7 +13,7 @@ from typing import Any
 from remote_agent_harness import AgentProcess
 
 from remote_agent.protocol import OP_RUNS, OP_START, RUN_FINAL_STATES
-from remote_agent.supervisor import group_members, process_alive, process_stat, read_status
+from remote_agent.rundir import group_members, process_alive, process_stat, read_status
 
 WAIT_S = 10.0
 

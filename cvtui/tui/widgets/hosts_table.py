@@ -1,110 +1,181 @@
-"""A table of hosts and their GPUs with compact utilisation and memory bars."""
+"""Hosts, one row each with per-GPU mini bars; an expanded host lists its GPUs below it."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, ClassVar
 
 from rich.text import Text
-from textual.widgets import DataTable
+from textual.binding import Binding, BindingType
 
-from cvtui.report import bar, human_bytes
+from cvtui.tui import cells
+from cvtui.tui.widgets.table import Column, LiveTable, Row
 
-STATE_STYLES = {
-    "healthy": "green",
-    "stale": "yellow",
-    "connecting": "cyan",
-    "disconnected": "red",
-    "error": "bold red",
-}
+WIDE_FROM = 110  # terminal columns from which RAM and disk get their own columns
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}%"
+def host_columns(width: int) -> list[Column]:
+    wide = width >= WIDE_FROM
+    columns: list[Column] = [
+        ("name", "HOST", 16 if wide else 12),
+        ("state", "STATE", 12 if wide else 10),
+        ("free", "FREE", 4),
+        ("util", "GPU UTIL", 8),
+        ("mem", "GPU MEM", 13),
+        ("cpu", "CPU", 4),
+    ]
+    if wide:
+        columns += [("ram", "RAM", 5), ("disk", "DISK", 5)]
+    columns += [("runs", "RUNS", 4), ("note", "NOTE", None)]
+    return columns
 
 
-class HostsTable(DataTable[Any]):
-    """One row per host, one per GPU below it; rows keep their keys across refreshes."""
+def free_gpus(host: dict[str, Any]) -> int:
+    """GPUs with no process on them: what a new run could get."""
+    return sum(1 for g in host["gpus"] if not g["processes"])
 
-    DEFAULT_CSS = """
-    HostsTable { height: 1fr; }
-    """
 
-    def on_mount(self) -> None:
-        self.cursor_type = "row"
-        self.zebra_stripes = False
-        for label, key in (
-            ("host / gpu", "name"),
-            ("state", "state"),
-            ("util", "util"),
-            ("memory", "mem"),
-            ("temp", "temp"),
-            ("power", "power"),
-            ("procs", "procs"),
-            ("info", "info"),
-        ):
-            self.add_column(label, key=key)
+def gpu_fraction(used: int | None, total: int | None) -> float | None:
+    return used / total if used is not None and total else None
 
-    def show(self, report: list[dict[str, Any]]) -> None:
-        wanted: list[tuple[str, list[Any]]] = []
-        for host in report:
-            wanted.append((f"host:{host['name']}", self.host_cells(host)))
-            if host["state"] in ("healthy", "stale"):
-                for gpu in host["gpus"]:
-                    wanted.append((f"gpu:{host['name']}:{gpu['index']}", self.gpu_cells(gpu)))
-        keys = [k for k, _ in wanted]
-        current = [str(row.value) for row in self.rows]
-        if current != keys:
-            cursor = self.cursor_row
-            self.clear()
-            for key, cells in wanted:
-                self.add_row(*cells, key=key)
-            if self.row_count:
-                self.move_cursor(row=min(cursor, self.row_count - 1))
+
+def host_note(host: dict[str, Any]) -> Text:
+    if host.get("reason"):
+        return Text(host["reason"], style="red" if host["state"] != "stale" else "yellow")
+    models = sorted({g["name"] for g in host["gpus"]})
+    note = Text(", ".join(models), style="dim")
+    if host.get("backend") == "simulated":
+        note.append(" (simulated)", style="italic yellow")
+    if host.get("tags"):
+        note.append(" #" + " #".join(host["tags"]), style="blue")
+    return note
+
+
+def host_cells(host: dict[str, Any], expanded: bool, wide: bool) -> list[Any]:
+    gpus = host["gpus"]
+    up = host["state"] in ("healthy", "stale")
+    marker = ("▾ " if expanded else "▸ ") if gpus else "  "
+    ram = gpu_fraction(host.get("mem_used"), host.get("mem_total"))
+    row: list[Any] = [
+        Text.assemble(marker, (host["name"], "bold")),
+        cells.host_state(host["state"], host.get("drained", False), width=12 if wide else 10),
+        f"{free_gpus(host)}/{len(gpus)}" if up and gpus else "-",
+        cells.mini_bars([None if g["util"] is None else g["util"] / 100 for g in gpus])
+        if up
+        else "",
+        cells.mini_bars([gpu_fraction(g["mem_used"], g["mem_total"]) for g in gpus]) if up else "",
+        cells.percent(host.get("cpu_percent")) if up else "",
+    ]
+    if wide:
+        row += [
+            cells.percent(None if ram is None else ram * 100) if up else "",
+            cells.short_bytes(host.get("disk_free")) if up else "",
+        ]
+    row += [str(host.get("runs") or "") or Text("-", style="dim"), host_note(host)]
+    return row
+
+
+def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str]) -> list[Any]:
+    procs = gpu["processes"]
+    users = sorted({p["user"] or "?" for p in procs})
+    util = gpu["util"]
+    used, total = gpu["mem_used"], gpu["mem_total"]
+    fraction = gpu_fraction(used, total)
+    temp, power = gpu.get("temperature"), gpu.get("power")
+    mem_text = cells.bar(fraction, 4)
+    mem_text.append(f" {cells.short_bytes(used)}/{cells.short_bytes(total)}".rstrip())
+    util_text = cells.bar(None if util is None else util / 100, 4)
+    util_text.append(f" {cells.percent(util):>3}")
+    commands = Text()
+    for proc in procs[:2]:
+        run_id = proc.get("run_id")
+        if run_id:
+            commands.append(f"{run_names.get(run_id, run_id[:8])} ", style="cyan")
+        else:
+            commands.append(f"{proc['user'] or '?'}: {proc['command'] or proc['pid']} ")
+    row: list[Any] = [
+        Text(f"  {gpu['index']} {gpu['name']}", style="dim"),
+        Text(cells.fit(",".join(users), 12), style="bold") if users else Text("idle", style="dim"),
+        Text("busy", style="yellow") if procs else Text("free", style="green"),
+        util_text,
+        mem_text,
+        "-" if temp is None else f"{temp:.0f}°",
+    ]
+    if wide:
+        row += ["-" if power is None else f"{power:.0f}W", ""]
+    row += ["", commands]
+    return row
+
+
+class HostsTable(LiveTable):
+    """Rows `host:NAME` and, for expanded hosts, `gpu:NAME:INDEX` below each."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space,right,l", "toggle_host", "Expand", show=False),
+        Binding("left,h", "collapse_host", "Collapse", show=False),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.expanded: set[str] = set()
+        self.hosts: list[dict[str, Any]] = []
+        self.run_names: Mapping[str, str] = {}
+
+    def columns_for(self, width: int) -> list[Column]:
+        return host_columns(width)
+
+    def redraw(self) -> None:
+        self.show(self.hosts)
+
+    @property
+    def wide(self) -> bool:
+        return len(self._column_spec) > len(host_columns(0))
+
+    def show(
+        self, hosts: Sequence[dict[str, Any]], run_names: Mapping[str, str] | None = None
+    ) -> None:
+        """Draw hosts; run_names (run id -> name) label the GPU processes that are our runs."""
+        self.hosts = list(hosts)
+        if run_names is not None:
+            self.run_names = run_names
+        rows: list[Row] = []
+        for host in self.hosts:
+            name = host["name"]
+            is_open = name in self.expanded
+            rows.append((f"host:{name}", host_cells(host, is_open, self.wide)))
+            if is_open and host["state"] in ("healthy", "stale"):
+                rows.extend(
+                    (f"gpu:{name}:{g['index']}", gpu_cells(g, self.wide, self.run_names))
+                    for g in host["gpus"]
+                )
+        self.show_rows(rows)
+
+    def expand_all(self, names: Collection[str], expand: bool) -> None:
+        self.expanded = set(names) if expand else set()
+        self.show(self.hosts)
+
+    def current_host(self) -> str | None:
+        key = self.current_key
+        return None if key is None else key.split(":")[1]
+
+    def current_gpu(self) -> int | None:
+        key = self.current_key
+        return int(key.split(":")[2]) if key and key.startswith("gpu:") else None
+
+    def action_toggle_host(self) -> None:
+        name = self.current_host()
+        if name is None:
             return
-        columns = [str(c.value) for c in self.columns]
-        for key, cells in wanted:
-            for column, cell in zip(columns, cells, strict=True):
-                self.update_cell(key, column, cell)
+        if name in self.expanded:
+            self.expanded.discard(name)
+        else:
+            self.expanded.add(name)
+        self.show(self.hosts)
+        self.select_key(f"host:{name}")
 
-    @staticmethod
-    def host_cells(host: dict[str, Any]) -> list[Any]:
-        state = host["state"]
-        gpus = host["gpus"]
-        free = sum(1 for g in gpus if not g["processes"])
-        mem_used, mem_total = host.get("mem_used"), host.get("mem_total")
-        info = host.get("reason") or ""
-        if not info and state == "healthy":
-            info = f"disk free {human_bytes(host.get('disk_free'))}"
-        return [
-            Text.assemble(
-                (host["name"], "bold"),
-                (" simulated", "italic yellow") if host.get("backend") == "simulated" else "",
-            ),
-            Text(state, style=STATE_STYLES.get(state, "")),
-            Text(f"cpu {_pct(host.get('cpu_percent'))}"),
-            Text(f"{human_bytes(mem_used)}/{human_bytes(mem_total)}"),
-            "",
-            "",
-            Text(f"{free}/{len(gpus)} free"),
-            Text(info, style="red" if state in ("error", "disconnected") else "dim"),
-        ]
-
-    @staticmethod
-    def gpu_cells(gpu: dict[str, Any]) -> list[Any]:
-        util = gpu.get("util")
-        used, total = gpu.get("mem_used"), gpu.get("mem_total")
-        fraction = used / total if used is not None and total else None
-        procs = gpu["processes"]
-        owners = ",".join(sorted({p["user"] or "?" for p in procs}))
-        runs = [p["run_id"] for p in procs if p.get("run_id")]
-        temp, power = gpu.get("temperature"), gpu.get("power")
-        return [
-            Text(f"  [{gpu['index']}] {gpu['name']}"),
-            "",
-            Text(f"{bar((util or 0) / 100, 6)} {_pct(util):>4}", style="green"),
-            Text(f"{bar(fraction, 6)} {human_bytes(used)}/{human_bytes(total)}", style="magenta"),
-            "-" if temp is None else f"{temp:.0f}°C",
-            "-" if power is None else f"{power:.0f} W",
-            str(len(procs)),
-            Text(owners + (f" run {runs[0]}" if runs else ""), style="dim"),
-        ]
+    def action_collapse_host(self) -> None:
+        name = self.current_host()
+        if name is not None and name in self.expanded:
+            self.expanded.discard(name)
+            self.show(self.hosts)
+            self.select_key(f"host:{name}")

@@ -1,0 +1,236 @@
+"""Queue and engine commands of the CLI: queue, queue move, hosts drain/undrain, daemon, stats."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cvtui.errors import CvtuiError
+
+if TYPE_CHECKING:
+    from cvtui.catalog import Catalog
+    from cvtui.cli import Settings
+
+PRIORITIES = ("urgent", "high", "normal", "low")
+NO_ENGINE_NOTE = (
+    "no engine is running, so nothing is dispatched and the reasons are from the last one "
+    "(start one with `cvtui daemon`)"
+)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 129600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def queue_rows(catalog: Catalog, now: float) -> list[dict[str, Any]]:
+    """Queued runs in the order they will start (the scheduler's order), with why each waits."""
+    from cvtui.engine.scheduler import QueuedRun, queue_order
+
+    runs = {run["id"]: run for run in catalog.queued_runs()}
+    order = queue_order(
+        QueuedRun(run_id=r["id"], priority=r["priority"], submitted=r["submitted"])
+        for r in runs.values()
+    )
+    rows = []
+    for position, queued in enumerate(order, start=1):
+        run = runs[queued.run_id]
+        resources = run["resources"] or {}
+        rows.append(
+            {
+                "position": position,
+                "id": run["id"],
+                "name": run["name"],
+                "project": run["project"],
+                "user": run["user"],
+                "priority": run["priority"],
+                "gpus": int(resources.get("gpus", 0)),
+                "min_free_mem": int(resources.get("min_free_mem", 0)),  # bytes per GPU
+                "hosts": list(resources.get("hosts", [])),
+                "tags": list(resources.get("tags", [])),
+                "attempt": run["attempt"],
+                "submitted": run["submitted"],
+                "waiting_s": max(0.0, now - run["submitted"]),
+                "reason": run["reason"],
+            }
+        )
+    return rows
+
+
+def print_queue(rows: list[dict[str, Any]]) -> None:
+    click.echo(
+        f"{'#':>4}  {'ID':12}  {'NAME':28} {'PRIORITY':8} {'GPUS':>4} {'USER':10} WAIT   WHY"
+    )
+    for row in rows:
+        why = row["reason"] or "not looked at yet"
+        click.echo(
+            f"{row['position']:>4}  {row['id'][:12]}  {row['name'][:28]:28} {row['priority']:8} "
+            f"{row['gpus']:>4} {(row['user'] or '-')[:10]:10} {_age(row['waiting_s']):6} {why}"
+        )
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.pass_context
+def queue(ctx: click.Context, as_json: bool) -> None:
+    """Queued runs in the order they will start, with why each one waits."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cvtui.catalog import Catalog
+    from cvtui.engine.lock import lock_holder
+
+    settings: Settings = ctx.obj
+    home = settings.home()
+    with Catalog.open_home(home) as catalog:
+        rows = queue_rows(catalog, time.time())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("the queue is empty")
+        return
+    print_queue(rows)
+    if lock_holder(home) is None:
+        click.echo(f"note: {NO_ENGINE_NOTE}", err=True)
+
+
+@queue.command("move")
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--priority", required=True, type=click.Choice(PRIORITIES), help="The run's new priority."
+)
+@click.pass_obj
+def queue_move(settings: Settings, run_ref: str, priority: str) -> None:
+    """Give queued RUN a new priority; it moves to its place in the queue at once."""
+    from cvtui.actions import resolve_run, set_priority
+    from cvtui.catalog import Catalog
+
+    with Catalog.open_home(settings.home()) as catalog:
+        run = resolve_run(catalog, run_ref)
+        if run["state"] != "queued":
+            raise CvtuiError(
+                f"run {run['id'][:12]} ({run['name']}) is {run['state']}, not queued: "
+                "only queued runs can move"
+            )
+        set_priority(catalog, run["id"], priority)
+        rows = queue_rows(catalog, time.time())
+    position = next((r["position"] for r in rows if r["id"] == run["id"]), None)
+    where = f", now {_ordinal(position)} of {len(rows)}" if position else ""
+    click.echo(f"{run['id'][:12]}  {run['name']}: {run['priority']} -> {priority}{where}")
+
+
+def _set_drained(settings: Settings, name: str, drained: bool) -> None:
+    from cvtui.catalog import Catalog
+
+    host = settings.inventory().host(name)
+    with Catalog.open_home(settings.home()) as catalog:
+        changed = catalog.set_host_drained(host, drained)
+        active = catalog.list_runs(states=["dispatching", "running"], host=name)
+    if not drained:
+        click.echo(f"{name} takes new runs again" if changed else f"{name} was not drained")
+        return
+    if not changed:
+        click.echo(f"{name} was already drained")
+        return
+    plural = "" if len(active) == 1 else "s"
+    click.echo(f"{name} drained: nothing new is placed there; its {len(active)} run{plural} finish")
+
+
+@click.command("drain")
+@click.argument("host")
+@click.pass_obj
+def hosts_drain(settings: Settings, host: str) -> None:
+    """Place no new runs on HOST; runs already there finish. Kept in the catalog."""
+    _set_drained(settings, host, True)
+
+
+@click.command("undrain")
+@click.argument("host")
+@click.pass_obj
+def hosts_undrain(settings: Settings, host: str) -> None:
+    """Let HOST take new runs again after `cvtui hosts drain`."""
+    _set_drained(settings, host, False)
+
+
+@click.command()
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Stay in the foreground. It always does (no forking); unit files say it to be clear.",
+)
+@click.pass_context
+def daemon(ctx: click.Context, foreground: bool) -> None:
+    """Run the engine headless: dispatch, follow runs, reconnect hosts, reload the inventory.
+
+    Logs one logfmt line per event to stderr (time=... level=... event=... msg=...). SIGTERM
+    or SIGINT stop it; runs keep going on the hosts. Only one engine runs per catalog: a
+    second one exits 1 naming the pid that holds the lock. For systemd, see the README.
+    """
+    import logging
+
+    from cvtui.engine.daemon import run_daemon
+
+    settings: Settings = ctx.obj
+    verbose = int(ctx.find_root().params.get("verbose") or 0)
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    sys.exit(run_daemon(settings.inventory_path(), settings.home(), level=level))
+
+
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from cvtui.stats import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command()
+@click.option(
+    "--since",
+    "since_s",
+    metavar="SPAN",
+    callback=_since,
+    help="Only runs active in the last SPAN (12h, 7d, 2w); default: all runs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a report.")
+@click.pass_obj
+def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
+    """Runs by state, average and median duration, GPU-hours by user, host and GPU model,
+    and how many runs each GPU (host:index) ran."""
+    from cvtui.catalog import Catalog
+    from cvtui.stats import compute_stats, format_stats, stats_json
+
+    now = time.time()
+    since = None if since_s is None else now - since_s
+    with Catalog.open_home(settings.home()) as catalog:
+        report = compute_stats(catalog.run_usage(since), catalog.gpu_models(), since=since, now=now)
+    if as_json:
+        click.echo(json.dumps(stats_json(report), indent=2))
+    else:
+        click.echo(format_stats(report))
+
+
+def register(main: click.Group) -> None:
+    for command in (queue, daemon, stats):
+        main.add_command(command)
+    hosts = main.commands["hosts"]
+    assert isinstance(hosts, click.Group)  # `cvtui hosts` is a group with `trust`
+    hosts.add_command(hosts_drain)
+    hosts.add_command(hosts_undrain)

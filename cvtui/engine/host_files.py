@@ -1,0 +1,262 @@
+"""What sync needs of a host, behind a small Protocol: the agent's file ops and random reads.
+
+SshSource is the one transport today: agent RPC over the host session's channel, reads over
+its SFTP session (several in flight, each at most one SFTP request so none runs past the end).
+The helpers here turn the agent's paged, polled replies into one Signature, and ranges into
+parallel reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncssh
+
+from cvtui.engine import delta
+from cvtui.engine.agent_client import AgentClosedError
+from remote_agent import protocol
+from remote_agent.files import ALGO_BLAKE2B, ALGO_XXH3, DIGEST_BYTES
+
+if TYPE_CHECKING:
+    from cvtui.engine.engine import HostSession
+
+CONTROLLER_ALGORITHMS = (ALGO_XXH3, ALGO_BLAKE2B)  # in order of preference
+CHUNK_BYTES = 256 << 10  # one SFTP read request (OpenSSH serves up to 256 KiB per request)
+IN_FLIGHT = 16  # SFTP reads outstanding per file
+LEAF_GROUPS_PER_CALL = 128  # 8192 leaf digests per files_signature reply
+SIGNATURE_TIMEOUT_S = 3600.0  # hashing a huge checkpoint with blake2b on a slow disk
+MAX_CHANGES = 4  # a file reported changed while hashed this often is left for a later pass
+CALL_TIMEOUT_S = 30.0
+
+
+class HostGone(ConnectionError):
+    """The host's agent or SFTP session went away: the sync stops, files stay outdated."""
+
+
+class RemoteFileMissing(Exception):
+    """The host file is not there (any more)."""
+
+
+class FileChanging(Exception):
+    """The host file changed while it was synced."""
+
+
+class RemoteFile(Protocol):
+    async def read(self, offset: int, length: int) -> bytes: ...
+    async def close(self) -> None: ...
+
+
+class FileSource(Protocol):
+    """A host's run dirs as sync sees them."""
+
+    name: str
+    algorithms: Sequence[str]  # hash algorithms the host offers (its hello)
+    chunk_bytes: int  # the largest single read
+
+    async def call(self, op: str, **args: Any) -> dict[str, Any]: ...
+    async def open(self, run_id: str, path: str) -> RemoteFile: ...
+
+
+def pick_algorithm(offered: Sequence[str]) -> str:
+    for algo in CONTROLLER_ALGORITHMS:
+        if algo in offered:
+            return algo
+    raise HostGone(f"the host offers no hash this controller knows ({', '.join(offered)})")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The host's block tree of one version of a file (group digests; leaves on demand)."""
+
+    size: int  # bytes
+    mtime_ns: int
+    ino: int
+    block_size: int  # bytes per leaf
+    algo: str
+    digest: bytes  # the whole-file tree digest
+    groups: bytes  # every group digest, in order
+    read_ns: int  # host clock when the file was stat'ed for hashing
+
+
+async def remote_signature(source: FileSource, run_id: str, path: str, algo: str) -> Signature:
+    """The host's group digests of a file, waiting while it hashes, paging when many."""
+    deadline = time.monotonic() + SIGNATURE_TIMEOUT_S
+    groups = b""
+    digest: bytes | None = None
+    changes = 0
+    while time.monotonic() < deadline:
+        reply = await source.call(
+            protocol.OP_FILES_SIGNATURE,
+            run_id=run_id,
+            path=path,
+            algo=algo,
+            groups_from=len(groups) // DIGEST_BYTES,
+        )
+        state = reply["state"]
+        if state == protocol.SIGNATURE_HASHING:
+            continue  # the agent already waited a little before answering
+        if state == protocol.SIGNATURE_CHANGED:
+            changes += 1
+            if changes > MAX_CHANGES:
+                raise FileChanging(f"{path} changes faster than it can be hashed")
+            await asyncio.sleep(0.2 * changes)
+            groups, digest = b"", None
+            continue
+        this = bytes.fromhex(reply["digest"])
+        if digest is not None and this != digest:
+            groups = b""  # a new version since the previous page
+        digest = this
+        groups += base64.b64decode(reply["groups"])
+        if len(groups) // DIGEST_BYTES >= int(reply["group_count"]):
+            return Signature(
+                size=int(reply["size"]),
+                mtime_ns=int(reply["mtime_ns"]),
+                ino=int(reply["ino"]),
+                block_size=int(reply["block_size"]),
+                algo=str(reply["algo"]),
+                digest=digest,
+                groups=groups,
+                read_ns=int(reply["read_ns"]),
+            )
+    raise FileChanging(f"{path}: the host took over {SIGNATURE_TIMEOUT_S:g} s to hash it")
+
+
+async def remote_leaves(
+    source: FileSource, run_id: str, path: str, sig: Signature, groups: list[int]
+) -> dict[int, bytes]:
+    """Leaf digests (concatenated, by group) of the signed version; FileChanging if it is gone."""
+    found: dict[int, bytes] = {}
+    for batch in delta.group_batches(groups, LEAF_GROUPS_PER_CALL):
+        reply = await source.call(
+            protocol.OP_FILES_SIGNATURE,
+            run_id=run_id,
+            path=path,
+            algo=sig.algo,
+            block_size=sig.block_size,
+            groups_count=0,
+            leaves_of=batch,
+        )
+        if reply["state"] != protocol.SIGNATURE_READY or reply["digest"] != sig.digest.hex():
+            raise FileChanging(f"{path} changed while its blocks were compared")
+        for key, value in reply["leaves"].items():
+            found[int(key)] = base64.b64decode(value)
+    return found
+
+
+async def fetch_ranges(
+    source: FileSource,
+    run_id: str,
+    path: str,
+    ranges: list[delta.Range],
+    sink: Callable[[int, bytes], None],
+    counted: Callable[[int], None],
+) -> None:
+    """Read ranges of a host file, IN_FLIGHT reads at a time, handing each piece to sink.
+
+    A read past the end gives fewer bytes (or none); what arrives is counted (bytes).
+    """
+    if not ranges:
+        return
+    remote = await source.open(run_id, path)
+    try:
+        limit = asyncio.Semaphore(IN_FLIGHT)
+        chunk = min(CHUNK_BYTES, source.chunk_bytes)
+
+        async def read(offset: int, length: int) -> None:
+            async with limit:
+                data = await remote.read(offset, length)
+            if data:
+                sink(offset, data)
+                counted(len(data))
+
+        async with asyncio.TaskGroup() as group:
+            for offset, length in delta.chunks(ranges, chunk):
+                group.create_task(read(offset, length))
+    except BaseExceptionGroup as errors:
+        raise first_error(errors) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await remote.close()
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (nested) exception group, to re-raise on its own."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+# -- over SSH ---------------------------------------------------------------------------------
+
+
+class SftpFile:
+    """One host file open over SFTP; errors become RemoteFileMissing, PermissionError, HostGone."""
+
+    def __init__(self, handle: asyncssh.SFTPClientFile) -> None:
+        self.handle = handle
+
+    async def read(self, offset: int, length: int) -> bytes:
+        try:
+            data: bytes = await self.handle.read(length, offset)  # opened "rb"
+        except asyncssh.SFTPEOFError:
+            return b""
+        except asyncssh.SFTPError as exc:
+            raise _sftp_error(exc) from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise HostGone(f"SFTP read failed: {exc}") from exc
+        return data
+
+    async def close(self) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            await self.handle.close()
+
+
+class SshSource:
+    """A connected host session: agent file ops over its channel, reads over its SFTP."""
+
+    chunk_bytes = CHUNK_BYTES
+
+    def __init__(self, session: HostSession) -> None:
+        if session.client is None or session.hello is None:
+            raise HostGone(f"{session.host.name} is not connected")
+        self.session = session
+        self.client = session.client
+        self.name = session.host.name
+        self.algorithms = tuple(session.hello.hash_algorithms)
+        self.runs_dir = f"{session.hello.root.rstrip('/')}/runs"
+
+    async def call(self, op: str, **args: Any) -> dict[str, Any]:
+        try:
+            return await self.client.call(op, timeout_s=CALL_TIMEOUT_S, **args)
+        except (AgentClosedError, TimeoutError, asyncssh.Error, OSError) as exc:
+            raise HostGone(f"{self.name}: {op} failed: {exc!r}") from exc
+
+    async def open(self, run_id: str, path: str) -> SftpFile:
+        try:
+            sftp = await self.session.sftp()
+            # block_size: every read is one SFTP request, never split into ones past the end.
+            handle = await sftp.open(
+                f"{self.runs_dir}/{run_id}/{path}", "rb", block_size=CHUNK_BYTES, max_requests=1
+            )
+        except asyncssh.SFTPError as exc:
+            raise _sftp_error(exc) from exc
+        except (AgentClosedError, asyncssh.Error, OSError) as exc:
+            raise HostGone(f"{self.name}: SFTP open failed: {exc!r}") from exc
+        return SftpFile(handle)
+
+
+def _sftp_error(exc: asyncssh.SFTPError) -> Exception:
+    if isinstance(exc, asyncssh.SFTPNoSuchFile):
+        return RemoteFileMissing(exc.reason)
+    if isinstance(exc, asyncssh.SFTPPermissionDenied):
+        return PermissionError(exc.reason)
+    if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
+        return HostGone(f"SFTP connection lost: {exc.reason}")
+    return PermissionError(f"SFTP error: {exc.reason}")

@@ -1,0 +1,197 @@
+"""`cvtui stats`: runs by state, durations, GPU-hours by user, host and GPU model, use per GPU.
+
+compute_stats is a pure function over catalog rows (Catalog.run_usage, Catalog.gpu_models), so
+the figures are tested on hand-built data; the CLI only fetches and prints.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cvtui.catalog.runs import RUN_STATES
+
+_SINCE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.IGNORECASE)
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+UNKNOWN = "?"  # a run without a recorded user, or a GPU whose model the catalog lacks
+
+
+def parse_since(text: str) -> float:
+    """Seconds from "90s", "30m", "12h", "7d" or "2w"; ValueError says what is accepted."""
+    match = _SINCE_RE.fullmatch(text)
+    if not match or float(match[1]) <= 0:
+        raise ValueError(
+            f"expected a span such as 12h, 7d or 2w (units s, m, h, d, w), got {text!r}"
+        )
+    return float(match[1]) * _UNIT_S[match[2].lower()]
+
+
+@dataclass(frozen=True)
+class Durations:
+    """How long runs ran (start to end), over the runs that have both."""
+
+    count: int
+    avg_s: float | None
+    median_s: float | None
+
+    @classmethod
+    def of(cls, spans: list[float]) -> Durations:
+        if not spans:
+            return cls(0, None, None)
+        return cls(len(spans), statistics.fmean(spans), statistics.median(spans))
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """The figures of `cvtui stats` for runs active in [since, until]."""
+
+    since: float | None  # unix seconds; None: every run in the catalog
+    until: float  # unix seconds: now
+    runs: int
+    by_state: dict[str, int]  # every state, zeros included, in lifecycle order
+    durations: Durations  # every run that started and ended
+    durations_by_state: dict[str, Durations]  # final states with at least one such run
+    gpu_hours: float  # GPU count x hours run, clipped to the window
+    gpu_hours_by_user: dict[str, float]  # largest first
+    gpu_hours_by_host: dict[str, float]
+    gpu_hours_by_model: dict[str, float]
+    gpu_uses: dict[str, int]  # "host:index" -> runs that ran on that GPU, by host then index
+
+
+def _largest_first(totals: Mapping[str, float]) -> dict[str, float]:
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
+
+
+def compute_stats(
+    runs: Iterable[Mapping[str, Any]],
+    gpu_models: Mapping[tuple[str, int], str],
+    *,
+    since: float | None,
+    now: float | None = None,
+) -> RunStats:
+    """Figures over runs (rows with user, state, host, gpus, started, ended).
+
+    GPU-hours count each GPU of a run for the part of its run time inside the window, and a
+    run still running up to now. A GPU's model is its name in the catalog's gpus table.
+    """
+    now = time.time() if now is None else now
+    by_state = dict.fromkeys(RUN_STATES, 0)
+    spans: dict[str, list[float]] = {}
+    by_user: dict[str, float] = {}
+    by_host: dict[str, float] = {}
+    by_model: dict[str, float] = {}
+    uses: dict[tuple[str, int], int] = {}
+    total = 0
+    for run in runs:
+        total += 1
+        state = run["state"]
+        by_state[state] = by_state.get(state, 0) + 1
+        started, ended = run.get("started"), run.get("ended")
+        if started is None:
+            continue
+        if ended is not None:
+            spans.setdefault(state, []).append(max(0.0, ended - started))
+        host, gpus = run.get("host"), run.get("gpus") or []
+        if not host or not gpus:
+            continue
+        for index in gpus:
+            uses[(host, index)] = uses.get((host, index), 0) + 1
+        begin = started if since is None else max(started, since)
+        hours = max(0.0, min(now if ended is None else ended, now) - begin) / 3600.0
+        if hours <= 0:
+            continue
+        user = run.get("user") or UNKNOWN
+        by_user[user] = by_user.get(user, 0.0) + hours * len(gpus)
+        by_host[host] = by_host.get(host, 0.0) + hours * len(gpus)
+        for index in gpus:
+            model = gpu_models.get((host, index), UNKNOWN)
+            by_model[model] = by_model.get(model, 0.0) + hours
+    all_spans = [span for state_spans in spans.values() for span in state_spans]
+    return RunStats(
+        since=since,
+        until=now,
+        runs=total,
+        by_state=by_state,
+        durations=Durations.of(all_spans),
+        durations_by_state={s: Durations.of(spans[s]) for s in RUN_STATES if s in spans},
+        gpu_hours=sum(by_host.values()),
+        gpu_hours_by_user=_largest_first(by_user),
+        gpu_hours_by_host=_largest_first(by_host),
+        gpu_hours_by_model=_largest_first(by_model),
+        gpu_uses={f"{host}:{index}": uses[(host, index)] for host, index in sorted(uses)},
+    )
+
+
+def stats_json(stats: RunStats) -> dict[str, Any]:
+    """The `cvtui stats --json` object; durations in seconds, GPU-hours in hours."""
+
+    def durations(d: Durations) -> dict[str, Any]:
+        return {"count": d.count, "avg_s": d.avg_s, "median_s": d.median_s}
+
+    return {
+        "since": stats.since,
+        "until": stats.until,
+        "runs": stats.runs,
+        "by_state": stats.by_state,
+        "durations": {
+            "all": durations(stats.durations),
+            **{state: durations(d) for state, d in stats.durations_by_state.items()},
+        },
+        "gpu_hours": {
+            "total": stats.gpu_hours,
+            "by_user": stats.gpu_hours_by_user,
+            "by_host": stats.gpu_hours_by_host,
+            "by_model": stats.gpu_hours_by_model,
+        },
+        "gpu_uses": stats.gpu_uses,
+    }
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _hours_lines(title: str, totals: Mapping[str, float]) -> list[str]:
+    if not totals:
+        return []
+    width = max(len(name) for name in totals)
+    return [f"  {title}", *(f"    {name:{width}}  {hours:8.2f}" for name, hours in totals.items())]
+
+
+def format_stats(stats: RunStats) -> str:
+    """The plain-text `cvtui stats` report."""
+    if stats.since is None:
+        head = f"{stats.runs} runs in the catalog"
+    else:
+        start = time.strftime("%Y-%m-%d %H:%M", time.localtime(stats.since))
+        head = f"{stats.runs} runs active since {start}"
+    lines = [head, f"  {'STATE':11} {'RUNS':>5}  {'AVG':>8}  {'MEDIAN':>8}"]
+    for state, count in stats.by_state.items():
+        if not count:
+            continue
+        d = stats.durations_by_state.get(state)
+        avg, median = (d.avg_s, d.median_s) if d else (None, None)
+        lines.append(f"  {state:11} {count:5}  {_span(avg):>8}  {_span(median):>8}")
+    d = stats.durations
+    lines.append(f"  {'all':11} {stats.runs:5}  {_span(d.avg_s):>8}  {_span(d.median_s):>8}")
+    lines.append(f"GPU-hours: {stats.gpu_hours:.2f}")
+    lines += _hours_lines("by user", stats.gpu_hours_by_user)
+    lines += _hours_lines("by host", stats.gpu_hours_by_host)
+    lines += _hours_lines("by GPU model", stats.gpu_hours_by_model)
+    if stats.gpu_uses:
+        lines.append("Runs per GPU:")
+        width = max(len(gpu) for gpu in stats.gpu_uses)
+        lines += [f"  {gpu:{width}}  {count:5}" for gpu, count in stats.gpu_uses.items()]
+    return "\n".join(lines)

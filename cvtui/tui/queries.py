@@ -1,0 +1,188 @@
+"""Read-only SQL the dashboard needs beyond the Catalog's methods; never writes.
+
+Tables and columns that later migrations add (metrics, files, hosts.drained) are looked up
+first and used only when present, so the dashboard works on every catalog version.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The run columns the tables show; the big JSON ones (spec, config) are read per run only.
+RUN_FIELDS = (
+    "id",
+    "name",
+    "project",
+    "user",
+    "state",
+    "priority",
+    "host",
+    "gpus",
+    "progress",
+    "progress_msg",
+    "exit_code",
+    "reason",
+    "submitted",
+    "dispatched",
+    "started",
+    "ended",
+    "resources",
+    "attempt",
+    "log_size",
+)
+_JSON_FIELDS = ("gpus", "resources")
+FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Which optional parts of the schema this catalog has."""
+
+    metrics: bool = False
+    files: bool = False
+    drained: bool = False
+
+
+def table_columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
+    return frozenset(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def features(conn: sqlite3.Connection) -> Features:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return Features(
+        metrics="metrics" in tables,
+        files="files" in tables,
+        drained="drained" in table_columns(conn, "hosts"),
+    )
+
+
+def _run(row: Sequence[Any]) -> dict[str, Any]:
+    run = dict(zip(RUN_FIELDS, row, strict=True))
+    for name in _JSON_FIELDS:
+        run[name] = json.loads(run[name]) if run[name] is not None else None
+    return run
+
+
+_SELECT = f"SELECT {', '.join(RUN_FIELDS)} FROM runs"  # noqa: S608 (fixed names)
+
+
+def recent_runs(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """Every active run, then the newest others up to ``limit`` rows in all, newest first."""
+    rows = conn.execute(
+        f"{_SELECT} WHERE state IN ('queued', 'dispatching', 'running') "  # noqa: S608 (fixed)
+        "UNION ALL SELECT * FROM ("
+        f"{_SELECT} WHERE state NOT IN ('queued', 'dispatching', 'running') "
+        "ORDER BY submitted DESC, id DESC LIMIT ?) ORDER BY submitted DESC, id DESC",
+        (limit,),
+    ).fetchall()
+    return [_run(r) for r in rows]
+
+
+def queue_rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Runs being dispatched, then queued runs in the order the scheduler tries them."""
+    rows = conn.execute(
+        f"{_SELECT} WHERE state IN ('queued', 'dispatching') "
+        "ORDER BY state = 'queued', priority_rank, submitted, id"
+    ).fetchall()
+    return [_run(r) for r in rows]
+
+
+def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
+    """One run with every column, JSON decoded (command, params, config, spec too)."""
+    cursor = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    run = dict(zip([d[0] for d in cursor.description], row, strict=True))
+    for name in ("gpus", "command", "params", "config", "spec", "resources"):
+        if isinstance(run.get(name), str):
+            run[name] = json.loads(run[name])
+    return run
+
+
+def host_extras(conn: sqlite3.Connection, features: Features) -> dict[str, dict[str, Any]]:
+    """Per host: its tags, whether it is drained, and how many runs it has placed or running."""
+    drained = "drained" if features.drained else "0"
+    extras: dict[str, dict[str, Any]] = {}
+    for name, tags, is_drained in conn.execute(f"SELECT name, tags, {drained} FROM hosts"):  # noqa: S608
+        extras[name] = {"tags": json.loads(tags or "[]"), "drained": bool(is_drained), "runs": 0}
+    for host, count in conn.execute(
+        "SELECT host, count(*) FROM runs WHERE state IN ('dispatching', 'running') "
+        "AND host IS NOT NULL GROUP BY host"
+    ):
+        if host in extras:
+            extras[host]["runs"] = count
+    return extras
+
+
+def last_event_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM run_events").fetchone()[0])
+
+
+def final_events_after(conn: sqlite3.Connection, event_id: int) -> list[dict[str, Any]]:
+    """Runs that ended since event ``event_id``: id, run_id, name, state, time, detail."""
+    rows = conn.execute(
+        "SELECT e.id, e.run_id, coalesce(r.name, e.run_id), e.state, e.time, e.detail, "
+        "r.exit_code FROM run_events e LEFT JOIN runs r ON r.id = e.run_id "
+        "WHERE e.id > ? AND e.state IN ('succeeded', 'failed', 'cancelled', 'lost') ORDER BY e.id",
+        (event_id,),
+    ).fetchall()
+    keys = ("id", "run_id", "name", "state", "time", "detail", "exit_code")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def run_events(conn: sqlite3.Connection, run_id: str) -> list[tuple[float, str, str | None]]:
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT time, state, detail FROM run_events WHERE run_id = ? ORDER BY id", (run_id,)
+        )
+    ]
+
+
+def metric_keys(conn: sqlite3.Connection, run_ids: Sequence[str]) -> list[str]:
+    """Numeric metric keys that any of these runs has, sorted (needs the metrics table)."""
+    rows = conn.execute(
+        "SELECT DISTINCT key FROM metrics WHERE run_id IN (SELECT value FROM json_each(?)) "
+        "AND value IS NOT NULL ORDER BY key",
+        (json.dumps(list(run_ids)),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def metric_series(
+    conn: sqlite3.Connection, run_id: str, key: str, max_points: int = 4000
+) -> list[tuple[float, float]]:
+    """(step, value) of one key, by step, thinned evenly to at most max_points (last kept)."""
+    rows = conn.execute(
+        "SELECT step, value FROM metrics WHERE run_id = ? AND key = ? AND value IS NOT NULL "
+        "ORDER BY step",
+        (run_id, key),
+    ).fetchall()
+    points = [(float(s), float(v)) for s, v in rows if s is not None]
+    if len(points) > max_points:
+        stride = len(points) / max_points
+        thinned = [points[int(i * stride)] for i in range(max_points - 1)]
+        points = [*thinned, points[-1]]
+    return points
+
+
+def run_files(conn: sqlite3.Connection, run_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Columns and rows of the files table for one run (needs the files table)."""
+    columns = [c for c in _ordered_columns(conn, "files") if c != "run_id"]
+    if not columns:
+        return [], []
+    order = "path" if "path" in columns else columns[0]
+    rows = conn.execute(
+        f"SELECT {', '.join(columns)} FROM files WHERE run_id = ? ORDER BY {order}",  # noqa: S608
+        (run_id,),
+    ).fetchall()
+    return columns, [tuple(r) for r in rows]
+
+
+def _ordered_columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]

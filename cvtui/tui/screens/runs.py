@@ -1,0 +1,159 @@
+"""Screen 3, Runs: running and finished runs, filtered and searched; open one, compare some."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable
+
+from cvtui.tui import cells
+from cvtui.tui.filtering import parse_filter
+from cvtui.tui.model import CatalogView
+from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
+from cvtui.tui.screens.queue import run_fields, run_text
+from cvtui.tui.widgets.runs_table import RunsTable, placement
+
+FILTER_KEYS = ("state", "project", "user", "priority", "host")
+STATE_SETS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("all", None),
+    ("active", ("queued", "dispatching", "running")),
+    ("finished", ("succeeded", "failed", "cancelled", "lost")),
+    ("failed", ("failed", "lost")),
+)
+
+
+class RunsScreen(DashboardScreen):
+    """Newest first; `f` cycles state sets, `/` filters, space marks runs for a metrics overlay."""
+
+    NAV = "runs"
+    FILTER_HINT = "search runs: words, state:failed, project:x, host:gpu-01, user:alice"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open_run", "Open"),
+        Binding("space", "mark_run", "Mark"),
+        Binding("c", "compare", "Compare"),
+        Binding("f", "cycle_states", "States"),
+        Binding("x,delete", "cancel_run", "Cancel"),
+        Binding("n", "app.submit", "Submit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states = STATE_SETS[0]
+        self._runs: list[dict[str, Any]] = []
+
+    def compose_body(self) -> ComposeResult:
+        yield RunsTable(id="runs-table")
+
+    @property
+    def table(self) -> RunsTable:
+        return self.query_one(RunsTable)
+
+    def focus_main(self) -> None:
+        self.table.focus()
+
+    def show(self, view: CatalogView) -> None:
+        runs = list(view.runs)
+        if self.states[1] is not None:
+            runs = [r for r in runs if r["state"] in self.states[1]]
+        wanted = parse_filter(self.query_text, FILTER_KEYS)
+        if wanted:
+            runs = [r for r in runs if wanted.matches(run_fields(r), run_text(r))]
+        self._runs = runs
+        self.table.show(runs, view.now, self.dashboard.marked)
+        self.show_info()
+
+    def current_run(self) -> dict[str, Any] | None:
+        key = self.table.current_key
+        return next((r for r in self._runs if r["id"] == key), None)
+
+    def show_info(self) -> None:
+        run = self.current_run()
+        tags = []
+        if self.states[0] != "all":
+            tags.append(f"states: {self.states[0]}")
+        if self.query_text:
+            tags.append(f"search: {self.query_text}")
+        if self.dashboard.marked:
+            tags.append(f"{len(self.dashboard.marked)} marked (c compares)")
+        text = Text(f"[{' · '.join(tags)}] " if tags else "", style="bold yellow")
+        if run is None:
+            text.append(
+                "no runs yet: press n to submit a run config" if not tags else "no run matches",
+                style="dim",
+            )
+        else:
+            text.append(run["name"], style="bold")
+            text.append(f" · {run['id']} · ")
+            text.append_text(cells.run_state(run["state"]))
+            text.append(
+                f" · {placement(run)} · {run.get('user') or '?'}/{run.get('project') or '-'}"
+            )
+        self.set_info(text)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_info()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_run()
+
+    def action_open_run(self) -> None:
+        run = self.current_run()
+        if run is not None:
+            self.dashboard.open_run(run["id"])
+
+    def action_mark_run(self) -> None:
+        run = self.current_run()
+        if run is None:
+            return
+        marked = self.dashboard.marked
+        if run["id"] in marked:
+            marked.remove(run["id"])
+        else:
+            marked.append(run["id"])
+        view = self.dashboard.view
+        if view is not None:
+            self.show(view)
+        self.table.action_cursor_down()
+
+    def action_compare(self) -> None:
+        ids = list(self.dashboard.marked)
+        run = self.current_run()
+        if not ids and run is not None:
+            ids = [run["id"]]
+        if ids:
+            from cvtui.tui.screens.compare import CompareScreen
+
+            self.app.push_screen(CompareScreen(ids))
+
+    def action_cycle_states(self) -> None:
+        self.states = STATE_SETS[(STATE_SETS.index(self.states) + 1) % len(STATE_SETS)]
+        view = self.dashboard.view
+        if view is not None:
+            self.show(view)
+
+    def action_cancel_run(self) -> None:
+        run = self.current_run()
+        if run is not None:
+            self.dashboard.confirm_cancel([run])
+
+    def commands(self) -> list[PaletteCommand]:
+        return [
+            PaletteCommand("Runs: open run", "log, metrics, config, files", self.action_open_run),
+            PaletteCommand("Runs: mark run", "for a metrics comparison", self.action_mark_run),
+            PaletteCommand(
+                "Runs: compare marked runs", "overlay their metrics", self.action_compare
+            ),
+            PaletteCommand("Runs: cancel run", "SIGTERM, then SIGKILL", self.action_cancel_run),
+            PaletteCommand(
+                "Runs: cycle state filter",
+                "all, active, finished, failed",
+                self.action_cycle_states,
+            ),
+            PaletteCommand(
+                "Runs: search", "words, state:, project:, host:, user:", self.action_open_filter
+            ),
+        ]

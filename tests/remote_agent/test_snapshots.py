@@ -1,0 +1,176 @@
+"""Code snapshots: OP_UNPACK_CODE refuses hostile tarballs; each run works on its own copy."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from remote_agent_harness import AgentProcess
+from run_harness import kill_runs, start, wait_state
+
+from remote_agent.protocol import E_BAD_REQUEST, OP_UNPACK_CODE, RUN_SUCCEEDED
+
+HASH = "0123456789abcdef0123456789abcdef"
+Member = Callable[[tarfile.TarFile], None]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "root"
+    yield path
+    kill_runs(path)
+
+
+@pytest.fixture
+def agent(root: Path) -> Iterator[AgentProcess]:
+    with AgentProcess(root, simulate={"gpus": 0}, interval_s=0.05) as proc:
+        proc.hello()
+        yield proc
+
+
+def _file(name: str, data: bytes = b"x", mode: int = 0o644) -> Member:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), mode
+        tar.addfile(info, io.BytesIO(data))
+
+    return add
+
+
+def _special(name: str, kind: bytes, target: str = "") -> Member:
+    def add(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+
+    return add
+
+
+def _upload(root: Path, *members: Member, code_hash: str = HASH) -> str:
+    """Write a tarball where the controller would upload it; its path relative to root."""
+    (root / "code").mkdir(parents=True, exist_ok=True)
+    relative = f"code/{code_hash}.tar.part"
+    with tarfile.open(root / relative, "w:gz") as tar:
+        for add in members:
+            add(tar)
+    return relative
+
+
+def test_unpack_makes_a_read_only_snapshot_once(agent: AgentProcess, root: Path) -> None:
+    archive = _upload(
+        root,
+        _file("train.py", b"print('v1')\n"),
+        _file("run.sh", b"#!/bin/sh\ncat train.py\n", 0o755),
+        _file("data/labels.txt", b"cat\ndog\n"),
+        _special("latest", tarfile.SYMTYPE, "data/labels.txt"),
+    )
+    reply = agent.request(OP_UNPACK_CODE, hash=HASH, archive=archive)
+    snapshot = root / "code" / HASH
+    assert reply["path"] == str(snapshot)
+    assert not (root / archive).exists()
+    modes = {
+        name: stat.S_IMODE((snapshot / name).lstat().st_mode)
+        for name in ("train.py", "run.sh", "data", "data/labels.txt", ".")
+    }
+    assert modes == {
+        "train.py": 0o444,
+        "run.sh": 0o555,
+        "data": 0o555,
+        "data/labels.txt": 0o444,
+        ".": 0o555,
+    }
+    assert (snapshot / "latest").read_text() == "cat\ndog\n"
+    # Another controller uploads the same snapshot: the first one stands, the upload goes.
+    again = _upload(root, _file("train.py", b"print('other')\n"))
+    assert agent.request(OP_UNPACK_CODE, hash=HASH, archive=again)["path"] == str(snapshot)
+    assert not (root / again).exists()
+    assert (snapshot / "train.py").read_text() == "print('v1')\n"
+    assert sorted(p.name for p in (root / "code").iterdir()) == [HASH]
+
+
+def test_a_run_works_on_its_own_writable_copy_of_the_code(agent: AgentProcess, root: Path) -> None:
+    archive = _upload(
+        root,
+        _file("train.py", b"print('v1')\n"),
+        _file("run.sh", b"#!/bin/sh\necho ran\n", 0o755),
+        _file("pkg/model.py", b"W = 1\n"),
+        _special("link.py", tarfile.SYMTYPE, "train.py"),
+    )
+    agent.request(OP_UNPACK_CODE, hash=HASH, archive=archive)
+    reply = start(
+        agent, "cat train.py; echo 'W = 2' >> pkg/model.py; cat link.py; ./run.sh", code_hash=HASH
+    )
+    status = wait_state(agent, reply["run_id"])
+    run_dir = Path(reply["run_dir"])
+    assert status["state"] == RUN_SUCCEEDED, (run_dir / "output.log").read_text()
+    assert (run_dir / "output.log").read_text() == "print('v1')\nprint('v1')\nran\n"
+    assert (run_dir / "pkg/model.py").read_text() == "W = 1\nW = 2\n"
+    assert (root / "code" / HASH / "pkg/model.py").read_text() == "W = 1\n"  # snapshot as it was
+    assert stat.S_IMODE((run_dir / "train.py").stat().st_mode) == 0o644
+    assert stat.S_IMODE((run_dir / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((run_dir / "pkg").stat().st_mode) == 0o755
+    assert (run_dir / "link.py").is_symlink()
+
+
+def test_a_start_needing_code_that_is_not_unpacked_is_refused(
+    agent: AgentProcess, root: Path
+) -> None:
+    reply = start(agent, "true", code_hash="feedfeedfeedfeed")
+    assert reply["error"]["code"] == E_BAD_REQUEST
+    assert "code snapshot feedfeedfeedfeed is not unpacked" in reply["error"]["message"]
+    assert not (root / "runs" / reply["run_id"]).exists()
+
+
+HOSTILE: dict[str, list[Member]] = {
+    "parent": [_file("../evil")],
+    "deep parent": [_file("ok/../../evil")],
+    "absolute": [_file("/tmp/cvtui-test-evil")],
+    "absolute link": [_special("etc", tarfile.SYMTYPE, "/etc")],
+    "link up": [_special("up", tarfile.SYMTYPE, "../..")],
+    "write through a link": [
+        _special("a", tarfile.SYMTYPE, "x/.."),  # inside while x does not exist
+        _special("x", tarfile.SYMTYPE, "."),  # inside, but now a leads out
+        _file("a/evil"),
+    ],
+    "link turned outward later": [
+        _special("a", tarfile.SYMTYPE, "x/.."),
+        _special("x", tarfile.SYMTYPE, "."),
+    ],
+    "hard link out": [_special("h", tarfile.LNKTYPE, "../evil")],
+    "device": [_special("dev", tarfile.CHRTYPE)],
+    "fifo": [_special("pipe", tarfile.FIFOTYPE)],
+    "twice": [_file("same"), _special("same", tarfile.SYMTYPE, "/etc/passwd")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_unpack_refuses_hostile_archives(agent: AgentProcess, root: Path, name: str) -> None:
+    archive = _upload(root, _file("fine.py"), *HOSTILE[name])
+    reply = agent.request(OP_UNPACK_CODE, hash=HASH, archive=archive)
+    assert reply["error"]["code"] == E_BAD_REQUEST, reply
+    assert not (root / "code" / HASH).exists()
+    assert [p.name for p in (root / "code").iterdir()] == [f"{HASH}.tar.part"]  # no leftovers
+    assert not (root / "evil").exists() and not (root.parent / "evil").exists()
+    assert not Path("/tmp/cvtui-test-evil").exists()
+
+
+def test_unpack_checks_its_arguments(agent: AgentProcess, root: Path) -> None:
+    archive = _upload(root, _file("fine.py"))
+    for bad in (
+        {"hash": "NOT-HEX", "archive": archive},
+        {"hash": "../../x", "archive": archive},
+        {"hash": HASH, "archive": "../../etc/passwd"},
+        {"hash": HASH, "archive": "/etc/passwd"},
+        {"hash": HASH, "archive": "code/missing.tar.part"},
+        {"hash": HASH},
+    ):
+        reply = agent.request(OP_UNPACK_CODE, **bad)
+        assert reply["error"]["code"] == E_BAD_REQUEST, bad
+    (root / archive).write_bytes(b"this is not a tarball")
+    assert agent.request(OP_UNPACK_CODE, hash=HASH, archive=archive)["error"]["code"] == (
+        E_BAD_REQUEST
+    )
