@@ -14,8 +14,10 @@ from benchmarks import (
     cli_startup,
     connect,
     controller_cost,
-    queue,
+    queue_latency,
     runs,
+    sync,
+    tui,
 )
 from benchmarks.table import Row, failed_row, render
 
@@ -25,9 +27,11 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "agent": agent_cost.run,
     "controller": controller_cost.run,
     "runs": runs.run,
-    "queue": queue.run,
-    "scheduler": queue.run_scheduler,
+    "queue": queue_latency.run,
+    "scheduler": queue_latency.run_scheduler,
     "catalog": catalog_speed.run,
+    "tui": tui.run,
+    "sync": sync.run,
 }
 
 

@@ -204,10 +204,11 @@ def demo(host_count: int, headless: bool, duration: float | None) -> None:
 
 
 def _register_run_commands() -> None:
-    from cvtui import cli_queue, cli_runs
+    from cvtui import cli_queue, cli_runs, cli_sync
 
     cli_runs.register(main)
     cli_queue.register(main)
+    cli_sync.register(main)
 
 
 _register_run_commands()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cvtui.errors import CvtuiError
+from cvtui.report import short_age
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
@@ -20,16 +21,6 @@ NO_ENGINE_NOTE = (
     "no engine is running, so nothing is dispatched and the reasons are from the last one "
     "(start one with `cvtui daemon`)"
 )
-
-
-def _age(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 129600:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def _ordinal(n: int) -> str:
@@ -79,7 +70,7 @@ def print_queue(rows: list[dict[str, Any]]) -> None:
         why = row["reason"] or "not looked at yet"
         click.echo(
             f"{row['position']:>4}  {row['id'][:12]}  {row['name'][:28]:28} {row['priority']:8} "
-            f"{row['gpus']:>4} {(row['user'] or '-')[:10]:10} {_age(row['waiting_s']):6} {why}"
+            f"{row['gpus']:>4} {(row['user'] or '-')[:10]:10} {short_age(row['waiting_s']):6} {why}"
         )
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cvtui.errors import CvtuiError
+from cvtui.report import short_age
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
@@ -18,16 +19,6 @@ if TYPE_CHECKING:
 
 ACTIVE = ("queued", "dispatching", "running")
 RECENT_S = 3600.0  # `cvtui ps` without --all also shows runs that ended this long ago
-
-
-def _age(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 129600:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def resolve_run(catalog: Catalog, ref: str) -> dict[str, Any]:
@@ -71,7 +62,7 @@ def print_runs(runs: list[dict[str, Any]], now: float) -> None:
         progress = "-" if run["progress"] is None else f"{run['progress']:.0f}%"
         if run["state"] in ("failed",) and run["exit_code"] is not None:
             progress = f"exit {run['exit_code']}"
-        age = _age(now - run["submitted"])
+        age = short_age(now - run["submitted"])
         host = (run["host"] or "-")[:10]
         click.echo(
             f"{run['id'][:12]}  {run['name'][:32]:32} {run['state']:11} {host:10} "

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from cvtui.catalog import Catalog
 from cvtui.engine.engine import Engine
@@ -81,7 +82,7 @@ async def run_headless(
     stop = asyncio.Event()
     runner = asyncio.create_task(engine.run(stop))
     deadline = time.monotonic() + duration_s
-    report: list[dict] = []
+    report: list[dict[str, Any]] = []
     try:
         while time.monotonic() < deadline:
             await asyncio.sleep(min(2.0, max(0.0, deadline - time.monotonic())))

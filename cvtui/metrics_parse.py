@@ -83,8 +83,7 @@ def parse_new(
         text = chunk.decode("utf-8")
         not_utf8 = 0
     except UnicodeDecodeError:
-        lines = chunk.split(b"\n")
-        not_utf8 = sum(1 for line in lines if not _is_utf8(line))
+        not_utf8 = sum(1 for raw in chunk.split(b"\n") if not _is_utf8(raw))
         text = chunk.decode("utf-8", "replace")
     if state.offset == 0 and text.startswith("\ufeff"):
         text = text[1:]  # a byte order mark before the header

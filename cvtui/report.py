@@ -30,6 +30,17 @@ def bar(fraction: float | None, width: int = 8) -> str:
     return text.ljust(width)
 
 
+def short_age(seconds: float) -> str:
+    """An age in a few characters: 42s, 17m, 5.2h, 3.1d."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 129600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
 def ago(timestamp: float | None, now: float | None = None) -> str:
     if timestamp is None:
         return "never"

@@ -128,27 +128,43 @@ class SyncMixin:
 
     def set_file(self, run_id: str, path: str, *, now: float | None = None, **fields: Any) -> None:
         """Create or update one file row; a new row starts 'outdated' unless a status is given."""
-        for name in fields:
-            if name not in _SETTABLE:
-                raise ValueError(f"cannot set file column {name!r}")
-        status = fields.get("sync_status")
-        if status is not None and status not in FILE_STATES:
-            raise ValueError(f"unknown file state {status!r}; expected one of {FILE_STATES}")
+        self.set_files(run_id, [(path, fields)], now=now)
+
+    def set_files(
+        self,
+        run_id: str,
+        changes: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        now: float | None = None,
+    ) -> None:
+        """set_file for many (path, fields) of one run, in one transaction."""
         now = time.time() if now is None else now
-        names = list(fields)
-        insert_names = ["run_id", "path", "updated", *names]
-        values = [run_id, path, now, *fields.values()]
-        if "sync_status" not in fields:
-            insert_names.append("sync_status")
-            values.append("outdated")
-        update = ", ".join(f"{n} = excluded.{n}" for n in ["updated", *names])
-        with self._write() as conn:
-            conn.execute(
+        statements = []
+        for path, fields in changes:
+            for name in fields:
+                if name not in _SETTABLE:
+                    raise ValueError(f"cannot set file column {name!r}")
+            status = fields.get("sync_status")
+            if status is not None and status not in FILE_STATES:
+                raise ValueError(f"unknown file state {status!r}; expected one of {FILE_STATES}")
+            names = list(fields)
+            insert_names = ["run_id", "path", "updated", *names]
+            values = [run_id, path, now, *fields.values()]
+            if "sync_status" not in fields:
+                insert_names.append("sync_status")
+                values.append("outdated")
+            update = ", ".join(f"{n} = excluded.{n}" for n in ["updated", *names])
+            sql = (
                 f"INSERT INTO files ({', '.join(insert_names)}) "  # noqa: S608 (checked names)
                 f"VALUES ({', '.join('?' * len(insert_names))}) "
-                f"ON CONFLICT (run_id, path) DO UPDATE SET {update}",
-                values,
+                f"ON CONFLICT (run_id, path) DO UPDATE SET {update}"
             )
+            statements.append((sql, values))
+        if not statements:
+            return
+        with self._write() as conn:
+            for sql, values in statements:
+                conn.execute(sql, values)
 
     def file_states(self, run_id: str) -> dict[str, int]:
         """How many files of a run are in each state."""

@@ -192,6 +192,17 @@ class RunsMixin:
                 (*sets.values(), now, run_id),
             )
 
+    def set_waiting_reasons(self, reasons: Mapping[str, str], *, now: float | None = None) -> None:
+        """Why each queued run waits, for many runs in one transaction (no events)."""
+        if not reasons:
+            return
+        stamp = time.time() if now is None else now
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE runs SET reason = ?, updated = ? WHERE id = ? AND state = 'queued'",
+                [(why, stamp, run_id) for run_id, why in reasons.items()],
+            )
+
     def set_run_priority(self, run_id: str, priority: str, *, now: float | None = None) -> bool:
         """Change a queued run's priority; False when the run is not (or no longer) queued."""
         rank = priority_rank(priority)
@@ -268,6 +279,19 @@ class RunsMixin:
                 f"{_SELECT_RUNS} WHERE state = 'queued' ORDER BY priority_rank, submitted, id"
             ).fetchall()
         return [_decode_run(r) for r in rows]
+
+    def queue_entries(self) -> list[tuple[str, str, float, dict[str, Any]]]:
+        """(id, priority, submitted, resources) of queued runs, in queue order.
+
+        What a scheduling pass needs and no more: decoding every column of a 10,000-run
+        queue costs ~0.4 s, this ~30 ms.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, priority, submitted, resources FROM runs WHERE state = 'queued' "
+                "ORDER BY priority_rank, submitted, id"
+            ).fetchall()
+        return [(r[0], r[1], r[2], json.loads(r[3]) if r[3] else {}) for r in rows]
 
     def run_events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's state changes, oldest first: id, run_id, time, state, detail."""

@@ -145,6 +145,8 @@ class HostSession:
                 self.engine.telemetry_received(self.host.name, sample)
             elif kind == protocol.EVENT_RUN:
                 self.engine.runs.on_run_status(self.host.name, RunStatus.from_wire(message))
+            elif kind == protocol.EVENT_FILES:
+                self.engine.runs.sync.on_files_event(self.host.name, message)
         except ProtocolError as exc:
             log.warning("host %s: %s", self.host.name, exc)
 

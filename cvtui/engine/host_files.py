@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from cvtui.engine.engine import HostSession
 
 CONTROLLER_ALGORITHMS = (ALGO_XXH3, ALGO_BLAKE2B)  # in order of preference
-CHUNK_BYTES = 256 << 10  # one SFTP read request (OpenSSH serves up to 256 KiB per request)
+CHUNK_BYTES = 256 << 10  # the longest SFTP read asked for (if the server serves that much)
+DEFAULT_READ_BYTES = 32 << 10  # what every SFTP server serves (without a limits extension)
 IN_FLIGHT = 16  # SFTP reads outstanding per file
 LEAF_GROUPS_PER_CALL = 128  # 8192 leaf digests per files_signature reply
 SIGNATURE_TIMEOUT_S = 3600.0  # hashing a huge checkpoint with blake2b on a slow disk
@@ -150,39 +151,31 @@ async def remote_leaves(
 
 
 async def fetch_ranges(
-    source: FileSource,
-    run_id: str,
-    path: str,
+    remote: RemoteFile,
+    chunk: int,
     ranges: list[delta.Range],
     sink: Callable[[int, bytes], None],
     counted: Callable[[int], None],
 ) -> None:
-    """Read ranges of a host file, IN_FLIGHT reads at a time, handing each piece to sink.
-
-    A read past the end gives fewer bytes (or none); what arrives is counted (bytes).
+    """Read ranges of an open host file in reads of at most chunk bytes, IN_FLIGHT at a time,
+    handing each piece to sink. A read past the end gives fewer bytes (or none); what
+    arrives is counted (bytes).
     """
-    if not ranges:
-        return
-    remote = await source.open(run_id, path)
+    limit = asyncio.Semaphore(IN_FLIGHT)
+
+    async def read(offset: int, length: int) -> None:
+        async with limit:
+            data = await remote.read(offset, length)
+        if data:
+            sink(offset, data)
+            counted(len(data))
+
     try:
-        limit = asyncio.Semaphore(IN_FLIGHT)
-        chunk = min(CHUNK_BYTES, source.chunk_bytes)
-
-        async def read(offset: int, length: int) -> None:
-            async with limit:
-                data = await remote.read(offset, length)
-            if data:
-                sink(offset, data)
-                counted(len(data))
-
         async with asyncio.TaskGroup() as group:
             for offset, length in delta.chunks(ranges, chunk):
                 group.create_task(read(offset, length))
     except BaseExceptionGroup as errors:
         raise first_error(errors) from None
-    finally:
-        with contextlib.suppress(Exception):
-            await remote.close()
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -203,19 +196,30 @@ class SftpFile:
         self.handle = handle
 
     async def read(self, offset: int, length: int) -> bytes:
-        try:
-            data: bytes = await self.handle.read(length, offset)  # opened "rb"
-        except asyncssh.SFTPEOFError:
-            return b""
-        except asyncssh.SFTPError as exc:
-            raise _sftp_error(exc) from exc
-        except (asyncssh.Error, OSError) as exc:
-            raise HostGone(f"SFTP read failed: {exc}") from exc
-        return data
+        """Up to length bytes at offset; fewer only at the end of the file."""
+        pieces: list[bytes] = []
+        got = 0
+        while got < length:
+            try:
+                data: bytes = await self.handle.read(length - got, offset + got)  # opened "rb"
+            except asyncssh.SFTPEOFError:
+                break
+            except asyncssh.SFTPError as exc:
+                raise _sftp_error(exc) from exc
+            except (asyncssh.Error, OSError) as exc:
+                raise HostGone(f"SFTP read failed: {exc}") from exc
+            if not data:
+                break
+            pieces.append(data)
+            got += len(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def close(self) -> None:
         with contextlib.suppress(asyncssh.Error, OSError):
             await self.handle.close()
+
+
+_SFTP_LOCKS: dict[int, asyncio.Lock] = {}  # id(HostSession) -> lock of its first sftp()
 
 
 class SshSource:
@@ -229,7 +233,7 @@ class SshSource:
         self.session = session
         self.client = session.client
         self.name = session.host.name
-        self.algorithms = tuple(session.hello.hash_algorithms)
+        self.algorithms: Sequence[str] = tuple(session.hello.hash_algorithms)
         self.runs_dir = f"{session.hello.root.rstrip('/')}/runs"
 
     async def call(self, op: str, **args: Any) -> dict[str, Any]:
@@ -240,11 +244,14 @@ class SshSource:
 
     async def open(self, run_id: str, path: str) -> SftpFile:
         try:
-            sftp = await self.session.sftp()
-            # block_size: every read is one SFTP request, never split into ones past the end.
-            handle = await sftp.open(
-                f"{self.runs_dir}/{run_id}/{path}", "rb", block_size=CHUNK_BYTES, max_requests=1
-            )
+            # HostSession.sftp() starts a client on first use: start one, not one per caller.
+            async with _SFTP_LOCKS.setdefault(id(self.session), asyncio.Lock()):
+                sftp = await self.session.sftp()
+            # A read longer than the server serves comes back short and costs a second round
+            # trip (OpenSSH serves 255 KiB): ask for what it serves, one request per read.
+            self.chunk_bytes = min(CHUNK_BYTES, sftp.limits.max_read_len or DEFAULT_READ_BYTES)
+            # block_size 0: each read is one request, its reply handed over without a copy.
+            handle = await sftp.open(f"{self.runs_dir}/{run_id}/{path}", "rb", block_size=0)
         except asyncssh.SFTPError as exc:
             raise _sftp_error(exc) from exc
         except (AgentClosedError, asyncssh.Error, OSError) as exc:

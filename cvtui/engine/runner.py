@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import yaml
@@ -17,6 +17,8 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
+from cvtui.engine.mirror import mirror_dir as mirror_dir  # re-exported: `cvtui logs` reads there
+from cvtui.engine.syncer import Syncer
 from cvtui.runspec import RunSpec
 from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus, StartRequest
@@ -32,16 +34,11 @@ START_TIMEOUT_S = 30.0
 # How long after a run ended its lease and processes in telemetry are taken for gone: its
 # supervisor releases the lease right after the end state, and a start waits that out.
 LEASE_RELEASE_S = 3.0
-LOG_CHUNK = 1 << 20
 
 
 def snapshot_archive(home: Path, code_hash: str) -> Path:
     """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
     return home / "code" / f"{code_hash}.tar"
-
-
-def mirror_dir(home: Path, run_id: str) -> Path:
-    return home / "runs" / run_id
 
 
 class RunController:
@@ -53,8 +50,8 @@ class RunController:
         self.home = engine.catalog.path.parent
         self.wake = asyncio.Event()
         self.waiting_reasons: dict[str, str] = {}
-        self.pulls: dict[str, asyncio.Task[None]] = {}
-        self.pull_again: set[str] = set()
+        self.sync = Syncer(engine)
+        self.pulls: dict[str, asyncio.Task[None]] = self.sync.tasks  # in-flight syncs, by run
         self.tasks: set[asyncio.Task[Any]] = set()
         self.reconciled: set[str] = set()  # hosts reconciled since this engine started
         self.just_ended: dict[str, float] = {}  # run id -> monotonic time it reached a final state
@@ -160,35 +157,37 @@ class RunController:
         )
 
     def dispatch_pass(self) -> None:
-        queued = self.catalog.queued_runs()
-        if not queued:
+        entries = self.catalog.queue_entries()
+        if not entries:
             return
-        rows = {run["id"]: run for run in queued}
         queue = [
             scheduler.QueuedRun(
-                run_id=run["id"],
-                priority=run["priority"],
-                submitted=run["submitted"],
-                gpus=int(run["resources"].get("gpus", 0)),
-                min_free_mem=int(run["resources"].get("min_free_mem", 0)),
-                hosts=tuple(run["resources"].get("hosts", ())),
-                tags=tuple(run["resources"].get("tags", ())),
+                run_id=run_id,
+                priority=priority,
+                submitted=submitted,
+                gpus=int(resources.get("gpus", 0)),
+                min_free_mem=int(resources.get("min_free_mem", 0)),
+                hosts=tuple(resources.get("hosts", ())),
+                tags=tuple(resources.get("tags", ())),
             )
-            for run in queued
+            for run_id, priority, submitted, resources in entries
         ]
         plan = scheduler.plan(
             queue,
             self.host_states(),
             foreign_processes=self.engine.inventory.policy.foreign_processes,
         )
-        for run_id, reason in plan.waiting.items():
-            if self.waiting_reasons.get(run_id) != reason:
-                self.waiting_reasons[run_id] = reason
-                self.catalog.update_run(run_id, reason=reason)
+        changed = {
+            run_id: reason
+            for run_id, reason in plan.waiting.items()
+            if self.waiting_reasons.get(run_id) != reason
+        }
+        self.waiting_reasons.update(changed)
+        self.catalog.set_waiting_reasons(changed)
         for placement in plan.placements:
             self.waiting_reasons.pop(placement.run_id, None)
-            run = rows[placement.run_id]
-            if self.catalog.transition_run(
+            run = self.catalog.get_run(placement.run_id)
+            if run is not None and self.catalog.transition_run(
                 run["id"],
                 "dispatching",
                 expect=["queued"],
@@ -361,8 +360,8 @@ class RunController:
         else:
             self.catalog.update_run(status.run_id, pgid=status.pgid, **fields)
         session = self.engine.sessions.get(host)
-        if session is not None and status.run_dir:
-            self.schedule_log_pull(session, status.run_id, status.run_dir, status.log_size)
+        if session is not None:
+            self.sync.on_run_status(session, status)
 
     async def reconcile(self, session: HostSession, run_ids: list[str] | None = None) -> None:
         """Bring the catalog up to date with what the host says about our active runs."""
@@ -371,6 +370,8 @@ class RunController:
             return
         name = session.host.name
         whole_host = run_ids is None
+        if whole_host:
+            self.sync.host_ready(session)
         if run_ids is None:
             active = self.catalog.list_runs(states=["dispatching", "running"], host=name)
             run_ids = [r["id"] for r in active]
@@ -408,55 +409,16 @@ class RunController:
             self.reconciled.add(name)
 
     def settled(self, hosts: set[str]) -> bool:
-        """Whether these hosts were reconciled and every log pull has finished."""
+        """Whether these hosts were reconciled and every sync has finished."""
         return hosts <= self.reconciled and not self.pulls
-
-    # -- logs -----------------------------------------------------------------------------
-    def schedule_log_pull(self, session: HostSession, run_id: str, run_dir: str, size: int) -> None:
-        local = mirror_dir(self.home, run_id) / "output.log"
-        with contextlib.suppress(OSError):
-            if local.stat().st_size >= size:
-                return
-        if run_id in self.pulls:
-            self.pull_again.add(run_id)
-            return
-        task = asyncio.create_task(self.pull_log(session, run_id, run_dir))
-        self.pulls[run_id] = task
-        task.add_done_callback(lambda _t: self.pulls.pop(run_id, None))
-
-    async def pull_log(self, session: HostSession, run_id: str, run_dir: str) -> None:
-        """Append what output.log gained on the host to the local mirror (append-only)."""
-        local = mirror_dir(self.home, run_id) / "output.log"
-        local.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            while True:
-                self.pull_again.discard(run_id)
-                sftp = await session.sftp()
-                offset = local.stat().st_size if local.exists() else 0
-                async with sftp.open(f"{run_dir}/output.log", "rb") as remote:
-                    # Ask for bytes that exist only: asyncssh splits a large read into
-                    # parallel requests, and those past the end fail in the background.
-                    remaining = (await remote.stat()).size or 0
-                    remaining -= offset
-                    await remote.seek(offset)
-                    # Local appends of at most a chunk are quick; no thread hop needed.
-                    with open(local, "ab") as out:  # noqa: ASYNC230
-                        while remaining > 0:
-                            chunk = await remote.read(min(LOG_CHUNK, remaining))
-                            if not chunk:
-                                break
-                            out.write(cast(bytes, chunk))  # opened "rb"
-                            remaining -= len(chunk)
-                if run_id not in self.pull_again:
-                    return
-        except (asyncssh.Error, OSError) as exc:
-            log.debug("run %s: log pull stopped: %r", run_id, exc)
 
     # -- commands from the CLI and TUI ----------------------------------------------------
     async def process_commands(self) -> None:
         for command in self.catalog.pending_commands():
             if command["kind"] == "cancel":
                 await self.cancel(command)
+            elif command["kind"] == "sync":
+                self.sync.start_command(command)
             elif command["kind"] == "exec":
                 self.catalog.finish_command(command["id"], ok=True, result="relayed")
                 session = self.engine.sessions.get(command["args"].get("host", ""))

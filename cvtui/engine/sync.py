@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 from cvtui.catalog.metrics import blob_key
 from cvtui.engine import delta
 from cvtui.engine.host_files import (
+    CHUNK_BYTES,
     FileChanging,
     FileSource,
+    RemoteFile,
     RemoteFileMissing,
     Signature,
     fetch_ranges,
@@ -148,7 +150,19 @@ class RunSync:
             entries = changed
             for entry in entries:
                 self._record_entry(entry)
-        todo = [e for e in entries if verify or final or not self._up_to_date(e)]
+        todo: list[FileEntry] = []
+        for entry in entries:
+            row = self.catalog.file_row(self.run_id, entry.path)
+            if verify or not self._up_to_date(entry, row):
+                todo.append(entry)
+            elif final and row is not None and row["hash"] is None:
+                todo.append(entry)  # appended to: its whole-file digest is checked at the end
+            elif final and metrics_kind(entry.path) is not None:
+                # A last line without a newline counts once the run has ended.
+                local = self.mirror.path(entry.path)
+                await asyncio.to_thread(
+                    ingest_file, self.catalog, self.run_id, entry.path, local, final=True
+                )
         self.progress.files_total += len(todo)
         limit = asyncio.Semaphore(FILES_IN_PARALLEL)
 
@@ -165,18 +179,23 @@ class RunSync:
         return results
 
     def _record_listing(self, listing: FileListing) -> None:
-        for skipped in listing.skipped:
-            self.catalog.set_file(
-                self.run_id, skipped.path, sync_status="skipped", reason=skipped.reason
-            )
-        for entry in listing.files:
-            self._record_entry(entry)
+        changes: list[tuple[str, dict[str, Any]]] = [
+            (skipped.path, {"sync_status": "skipped", "reason": skipped.reason})
+            for skipped in listing.skipped
+        ]
+        rows = {row["path"]: row for row in self.catalog.files_of(self.run_id)}
+        changes += [(e.path, self._entry_fields(e, rows.get(e.path))) for e in listing.files]
+        self.catalog.set_files(self.run_id, changes)
         if not listing.truncated:
             present = [e.path for e in listing.files] + [s.path for s in listing.skipped]
             self.catalog.forget_missing_files(self.run_id, present)
 
     def _record_entry(self, entry: FileEntry) -> None:
         row = self.catalog.file_row(self.run_id, entry.path)
+        self.catalog.set_file(self.run_id, entry.path, **self._entry_fields(entry, row))
+
+    def _entry_fields(self, entry: FileEntry, row: dict[str, Any] | None) -> dict[str, Any]:
+        """What a listing says of a file: its host stat, and outdated when it is news."""
         fields: dict[str, Any] = {
             "size": entry.size,
             "mtime": entry.mtime_ns / 1e9,
@@ -188,7 +207,7 @@ class RunSync:
             fields["reason"] = None
         elif row["sync_status"] == "synced" and not self._up_to_date(entry, row):
             fields["sync_status"] = "outdated"
-        self.catalog.set_file(self.run_id, entry.path, **fields)
+        return fields
 
     def _up_to_date(self, entry: FileEntry, row: dict[str, Any] | None = None) -> bool:
         """Whether the local copy is the host's current version (stat alone, no hashing)."""
@@ -233,8 +252,9 @@ class RunSync:
             result = None
             if how == delta.APPEND and not verify:
                 result = await self._append(entry, row)
-                if result is not None and final and result.status == "synced":
-                    result = await self._verify_appended(entry, result)
+                if final and (result is None or result.status == "synced"):
+                    # The run ended: the whole-file digest decides (a delta if it differs).
+                    result = await self._verify_appended(entry)
             if result is None:
                 result = await self._transfer(
                     entry, row, seed=how != delta.WHOLE, trust_cache=not verify
@@ -326,7 +346,7 @@ class RunSync:
         )
         return FileResult(path, status, delta.APPEND)
 
-    async def _verify_appended(self, entry: FileEntry, appended: FileResult) -> FileResult:
+    async def _verify_appended(self, entry: FileEntry) -> FileResult:
         """At a run's end: check an appended file's whole-file digest; re-sync if it differs."""
         path = entry.path
         sig = await self._signature(path)
@@ -339,8 +359,12 @@ class RunSync:
                 path,
                 hash=blob_key(sig.algo, sig.digest),
                 synced_mtime_ns=_proven_mtime(sig.mtime_ns, sig.read_ns),
+                synced_size=size,
+                synced_ino=sig.ino,
+                sync_status="synced",
+                reason=None,
             )
-            return appended
+            return FileResult(path, "synced", delta.APPEND)
         row = self.catalog.file_row(self.run_id, path) or {}
         return await self._transfer(entry, row, seed=True, trust_cache=False)
 
@@ -358,6 +382,13 @@ class RunSync:
         resumed = part.exists()
         local_st = self.mirror.local_stat(path) if seed and not resumed else None
         fresh = not resumed and local_st is None
+        log.debug(
+            "run %s: %s: %s transfer of %d bytes",
+            self.run_id,
+            path,
+            "resumed" if resumed else "fresh" if fresh else "delta",
+            entry.size,
+        )
         fd = open_part(part)
         try:  # the fd is closed here, once: a second close could hit a reused number
             sig, leaves = await self._assemble(entry, row, part, fd, local_st, trust_cache)
@@ -504,29 +535,52 @@ class RunSync:
         return await self.source.call(op, **args)
 
     async def _fetch(
-        self, path: str, ranges: list[delta.Range], sink: Callable[[int, bytes], None]
+        self,
+        path: str,
+        ranges: list[delta.Range],
+        sink: Callable[[int, bytes], None],
+        remote: RemoteFile | None = None,
     ) -> None:
+        """Read ranges of the host file into sink, counting the bytes (opens it if needed)."""
+        if not ranges:
+            return
+
         def counted(count: int) -> None:
             self.fetched += count
             self.fetched_by_path[path] = self.fetched_by_path.get(path, 0) + count
             self.progress.fetched(count)
 
-        await fetch_ranges(self.source, self.run_id, path, ranges, sink, counted)
+        opened = remote is None
+        handle = await self.source.open(self.run_id, path) if remote is None else remote
+        try:
+            chunk = min(CHUNK_BYTES, self.source.chunk_bytes)
+            await fetch_ranges(handle, chunk, ranges, sink, counted)
+        finally:
+            if opened:
+                with contextlib.suppress(Exception):
+                    await handle.close()
 
     async def _fetch_into(
         self, fd: int, part: Path, path: str, ranges: list[delta.Range], block_size: int
     ) -> dict[int, bytes]:
-        """Fetch ranges into the part file; the leaf digests of what landed, by leaf index."""
-        segments = delta.chunks(ranges, max(SEGMENT_BYTES, block_size))
+        """Fetch ranges into the part file; the leaf digests of what landed, by leaf index.
+
+        Ranges are cut into segments hashed as soon as they land, so hashing overlaps the
+        transfer of the next segment.
+        """
         found: dict[int, bytes] = {}
+        if not ranges:
+            return found
+        segments = delta.chunks(ranges, max(SEGMENT_BYTES, block_size))
         limit = asyncio.Semaphore(SEGMENTS_IN_FLIGHT)
+        remote = await self.source.open(self.run_id, path)
 
         def write(offset: int, data: bytes) -> None:
             os.pwrite(fd, data, offset)
 
         async def segment(offset: int, length: int) -> None:
             async with limit:
-                await self._fetch(path, [(offset, length)], write)
+                await self._fetch(path, [(offset, length)], write, remote)
             digests = await asyncio.to_thread(
                 file_leaves, part, offset + length, block_size, self.algo, offset // block_size
             )
@@ -540,6 +594,9 @@ class RunSync:
                     group.create_task(segment(offset, length))
         except BaseExceptionGroup as errors:
             raise first_error(errors) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await remote.close()
         return found
 
 

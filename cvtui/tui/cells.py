@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from rich.text import Text
 
@@ -60,9 +61,15 @@ def level_char(fraction: float | None) -> str:
 
 def mini_bars(fractions: Sequence[float | None]) -> Text:
     """One coloured column per GPU, e.g. for utilisation or memory of a host's GPUs."""
-    text = Text()
-    for fraction in fractions:
-        text.append(level_char(fraction), style=level_style(fraction))
+    return _bars(tuple(level_char(f) for f in fractions), tuple(level_style(f) for f in fractions))
+
+
+@lru_cache(maxsize=4096)
+def _bars(chars: tuple[str, ...], styles: tuple[str, ...]) -> Text:
+    # Few distinct combinations recur across hosts and seconds: build each once.
+    text = Text("".join(chars))
+    for i, style in enumerate(styles):
+        text.stylize(style, i, i + 1)
     return text
 
 
@@ -93,9 +100,8 @@ def sparkline(values: Sequence[float | None], width: int, top: float) -> Text:
         buckets.append(sum(chunk) / len(chunk) if chunk else None)
     if len(values) < width:
         # Too few samples: draw them at the right, newest last, as a scrolling chart does.
-        buckets = [None] * (width - len(values)) + [
-            v if v is None else float(v) for v in values[-width:]
-        ]
+        buckets = [None for _ in range(width - len(values))]
+        buckets += [v if v is None else float(v) for v in values[-width:]]
     text = Text()
     for value in buckets:
         if value is None:

@@ -171,9 +171,14 @@ def metric_series(
     return points
 
 
+# The files columns worth a glance, when the table has them; bookkeeping ones are left out.
+FILE_COLUMNS = ("path", "size", "synced_size", "sync_status", "strategy", "synced_at", "reason")
+
+
 def run_files(conn: sqlite3.Connection, run_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Columns and rows of the files table for one run (needs the files table)."""
-    columns = [c for c in _ordered_columns(conn, "files") if c != "run_id"]
+    present = [c for c in _ordered_columns(conn, "files") if c != "run_id"]
+    columns = [c for c in FILE_COLUMNS if c in present] or present
     if not columns:
         return [], []
     order = "path" if "path" in columns else columns[0]

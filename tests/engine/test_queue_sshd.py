@@ -35,6 +35,7 @@ from remote_agent.leases import release_leases, take_leases
 pytestmark = pytest.mark.sshd
 
 FINAL = ("succeeded", "failed", "cancelled", "lost")
+
 # Each run appends one line to ran.jsonl in its run dir: which GPUs it saw, when it ran.
 RECORDER = r"""
 import json, os, sys, time
@@ -128,7 +129,7 @@ def states(home: Path, run_ids: list[str]) -> list[str]:
 
 
 def all_final(home: Path, run_ids: list[str]) -> bool:
-    return all(s in ("succeeded", "failed", "cancelled", "lost") for s in states(home, run_ids))
+    return all(s in FINAL for s in states(home, run_ids))
 
 
 class Daemon:

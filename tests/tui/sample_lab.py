@@ -171,7 +171,22 @@ def build_catalog(home: Path) -> Catalog:
     add_runs(catalog)
     write_log(home, RUN_IDS["resnet"], lines=200)
     add_metrics(catalog)
+    add_files(catalog)
     return catalog
+
+
+def add_files(catalog: Catalog) -> None:
+    """Synced files of the resnet run, in each sync state (needs the files table)."""
+    run_id = RUN_IDS["resnet"]
+    catalog.set_file(
+        run_id, "output.log", size=6625, synced_size=6625, sync_status="synced", now=NOW
+    )
+    catalog.set_file(
+        run_id, "metrics.csv", size=4096, synced_size=4096, sync_status="synced", now=NOW
+    )
+    catalog.set_file(
+        run_id, "ckpt/last.pt", size=2 * GIB, synced_size=GIB, sync_status="syncing", now=NOW
+    )
 
 
 def add_runs(catalog: Catalog) -> None:

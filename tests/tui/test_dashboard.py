@@ -38,7 +38,7 @@ async def cursor_to(pilot: Pilot[int], table: RunsTable | QueueTable, run_id: st
 
 
 def row_keys(table: HostsTable) -> list[str]:
-    return [str(row.value) for row in table.rows]
+    return table.row_keys
 
 
 async def test_every_screen_by_number_and_tab(make_app: MakeApp) -> None:
@@ -54,7 +54,9 @@ async def test_every_screen_by_number_and_tab(make_app: MakeApp) -> None:
         await wait_for(lambda: app.screen.query_one(RunsTable).row_count == 8)
         await pilot.press("4")
         assert isinstance(app.screen, StatsScreen)
-        await wait_for(lambda: "Runs by state (8)" in str(app.screen.query_one("#stats-states").render()))
+        await wait_for(
+            lambda: "Runs by state (8)" in str(app.screen.query_one("#stats-states").render())
+        )
         await pilot.press("tab")
         assert isinstance(app.screen, HostsScreen)
         await pilot.press("shift+tab")
@@ -99,6 +101,8 @@ async def test_hosts_expand_filter_sort_and_open(make_app: MakeApp) -> None:
 
 
 async def test_open_a_run_and_follow_its_log(make_app: MakeApp, lab_catalog: Catalog) -> None:
+    from textual.widgets import DataTable, TabbedContent
+
     from cvtui.tui.screens.run_detail import RunDetailScreen
     from cvtui.tui.widgets.log_view import LogView
 
@@ -127,7 +131,12 @@ async def test_open_a_run_and_follow_its_log(make_app: MakeApp, lab_catalog: Cat
         assert log.text_line(0).plain == "step     0 loss 2.0000 acc 0.000"
         await pilot.press("G")
         assert log.follow and log.scroll_y == log.max_scroll_y
-        await pilot.press("right_square_bracket")  # metrics tab
+        await pilot.press("right_square_bracket", "right_square_bracket", "right_square_bracket")
+        files = app.screen.query_one("#files-table", DataTable)
+        assert app.screen.query_one(TabbedContent).active == "files"
+        await wait_for(lambda: files.row_count == 3)
+        rows = {str(files.get_row_at(i)[0]): files.get_row_at(i) for i in range(3)}
+        assert [str(c) for c in rows["ckpt/last.pt"]][1:4] == ["2.0G", "1.0G", "syncing"]
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
 
@@ -144,7 +153,9 @@ async def test_cancel_a_queued_run_from_the_queue(make_app: MakeApp, lab_catalog
         await pilot.pause(0.1)
         assert lab_catalog.get_run(RUN_IDS["ablation-urgent"])["state"] == "queued"
         await pilot.press("x", "y")
-        await wait_for(lambda: lab_catalog.get_run(RUN_IDS["ablation-urgent"])["state"] == "cancelled")
+        await wait_for(
+            lambda: lab_catalog.get_run(RUN_IDS["ablation-urgent"])["state"] == "cancelled"
+        )
         await wait_for(lambda: table.row_count == 2)  # gone from the queue on screen too
 
 
@@ -183,8 +194,7 @@ async def test_change_priorities_with_keys_and_the_picker(
         await wait_for(lambda: lab_catalog.get_run(RUN_IDS["ablation-low"])["priority"] == "urgent")
         # Now urgent and submitted before the other urgent run: it starts first.
         await wait_for(
-            lambda: [str(r.value) for r in table.rows][:2]
-            == [RUN_IDS["ablation-low"], RUN_IDS["ablation-urgent"]]
+            lambda: table.row_keys[:2] == [RUN_IDS["ablation-low"], RUN_IDS["ablation-urgent"]]
         )
         assert table.current_key == RUN_IDS["ablation-low"]  # the cursor followed the run
 
@@ -200,9 +210,7 @@ async def test_submit_a_config_after_its_dry_run(
     project.mkdir()
     (project / "train.py").write_text("print('hi')\n")
     config = project / "grid.yaml"
-    config.write_text(
-        "name: grid\ncommand: python3 train.py --lr {lr}\nparams: {lr: [1, 2, 3]}\n"
-    )
+    config.write_text("name: grid\ncommand: python3 train.py --lr {lr}\nparams: {lr: [1, 2, 3]}\n")
     app = make_app()
     async with app.run_test(size=(100, 30)) as pilot:
         await loaded(pilot)
@@ -318,3 +326,16 @@ async def test_metrics_tab_says_so_when_the_catalog_has_none(
         await pilot.press("right_square_bracket")
         caption = app.screen.query_one(MetricsPanel).query_one(".caption", Static)
         await wait_for(lambda: "no metrics synced yet" in str(caption.render()))
+
+
+def test_submit_path_completion(tmp_path) -> None:
+    from cvtui.tui.screens.submit import complete_path
+
+    (tmp_path / "sweep.yaml").write_text("")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / ".secret.yaml").write_text("")
+    assert complete_path(f"{tmp_path}/sw") == f"{tmp_path}/sweep.yaml"
+    assert complete_path(f"{tmp_path}/sc") == f"{tmp_path}/scripts/"
+    assert complete_path(f"{tmp_path}/") == f"{tmp_path}/scripts/"  # hidden entries skipped
+    assert complete_path(f"{tmp_path}/.s") == f"{tmp_path}/.secret.yaml"
+    assert complete_path(f"{tmp_path}/nothing/x") is None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,12 @@ pytestmark = [
 
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def alive(session: str) -> bool:
+    return (
+        subprocess.run(["tmux", "has-session", "-t", session], capture_output=True).returncode == 0
+    )
 
 
 def wait_screen(session: str, text: str, timeout_s: float = 30.0) -> str:
@@ -32,8 +40,16 @@ def wait_screen(session: str, text: str, timeout_s: float = 30.0) -> str:
 
 
 def demo_processes(marker: str) -> list[str]:
+    """Processes naming marker in their command line or working in a directory below it."""
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if marker in line]
+    found = [line for line in ps.splitlines() if marker in line]
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str((proc / "cwd").readlink()).startswith(marker):
+                found.append(f"pid {proc.name} in {(proc / 'cwd').readlink()}")
+        except OSError:
+            continue
+    return found
 
 
 def test_demo_shows_live_hosts_and_ctrl_c_leaves_nothing(tmp_path) -> None:
@@ -43,10 +59,15 @@ def test_demo_shows_live_hosts_and_ctrl_c_leaves_nothing(tmp_path) -> None:
     command = f"TMPDIR={tmp} {sys.executable} -m cvtui.cli demo"
     tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
     try:
-        screen = wait_screen(session, "3/3 hosts healthy")
+        screen = wait_screen(session, "Hosts 3/3")
         for name in ("gpu-01", "gpu-02", "gpu-03", "A100-SXM4-80GB", "simulated"):
             assert name in screen
         assert demo_processes(str(tmp)), "the demo's sshd servers should be running"
+        tmux("send-keys", "-t", session, "2")
+        screen = wait_screen(session, "huge")  # the demo run that cannot fit, and why
+        assert "needs" in screen and "WAITS FOR" in screen
+        tmux("send-keys", "-t", session, "3")
+        wait_screen(session, "▶ running")  # demo runs started on the simulated GPUs
         tmux("send-keys", "-t", session, "C-c")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and demo_processes(str(tmp)):
@@ -55,3 +76,39 @@ def test_demo_shows_live_hosts_and_ctrl_c_leaves_nothing(tmp_path) -> None:
         assert list(tmp.iterdir()) == []  # the demo's temp dir is gone
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_cvtui_alone_opens_the_dashboard_hosting_or_beside_an_engine(tmp_path) -> None:
+    from cvtui.catalog import Catalog
+    from cvtui.engine.lock import EngineLock
+    from cvtui.inventory import load_inventory
+    from cvtui.lab import free_port
+
+    inventory = tmp_path / "inventory.yaml"
+    # Nothing listens on this port: the hosted engine reports the host as unreachable.
+    inventory.write_text(f"hosts:\n  lonely: {{address: 127.0.0.1, port: {free_port()}}}\n")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    command = f"{sys.executable} -m cvtui.cli --home {home} --inventory {inventory}"
+    for hosting in (False, True):
+        session = f"cvtui-test-{uuid.uuid4().hex[:8]}"
+        lock = EngineLock(home)
+        if not hosting:
+            lock.acquire()  # a daemon has the catalog: the dashboard only reads
+            with Catalog.open_home(home) as catalog:  # and the daemon listed the hosts
+                catalog.sync_hosts(load_inventory(inventory).hosts)
+        try:
+            tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "24", command)
+            expected = "engine here" if hosting else f"engine pid {os.getpid()}"
+            screen = wait_screen(session, expected, timeout_s=20)
+            assert "lonely" in screen
+            if hosting:
+                wait_screen(session, "disconnec", timeout_s=20)  # the engine tried, refused
+            tmux("send-keys", "-t", session, "q")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and alive(session):
+                time.sleep(0.1)
+            assert not alive(session)  # q quit the dashboard, which ended the session
+        finally:
+            lock.release()
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

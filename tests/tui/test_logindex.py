@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cvtui.tui.logindex import LogIndex, display_line
@@ -51,7 +50,7 @@ def test_a_truncated_or_replaced_file_is_indexed_afresh(tmp_path: Path) -> None:
     assert index.read_lines(0, 5) == ["z"]
     replacement = tmp_path / "new.log"
     replacement.write_bytes(b"new 1\nnew 2\nnew 3\nnew 4\n")  # longer, but another file
-    os.replace(replacement, path)
+    replacement.replace(path)
     assert index.update()
     assert index.read_lines(0, 5) == ["new 1", "new 2", "new 3", "new 4"]
     path.unlink()

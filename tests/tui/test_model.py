@@ -23,13 +23,22 @@ def test_view_of_the_sample_lab(lab_catalog: Catalog) -> None:
     view, notices = reader.read()
     assert notices == []  # the first read only sets the baseline
     states = {h["name"]: h["state"] for h in view.hosts}
-    assert states == {"gpu-01": "healthy", "gpu-02": "healthy", "gpu-03": "error", "gpu-04": "stale"}
+    assert states == {
+        "gpu-01": "healthy",
+        "gpu-02": "healthy",
+        "gpu-03": "error",
+        "gpu-04": "stale",
+    }
     gpu01 = view.host("gpu-01")
     assert gpu01 is not None and gpu01["tags"] == ["a100"] and gpu01["runs"] == 1
     assert gpu01["drained"] is False and len(gpu01["gpus"]) == 4
     assert [r["name"] for r in view.queue] == ["ablation[seed=2]", "bigmodel", "ablation[seed=1]"]
     assert view.queue[1]["reason"].startswith("needs 8 GPUs")
-    assert [r["name"] for r in view.runs][:3] == ["ablation[seed=2]", "ablation[seed=1]", "bigmodel"]
+    assert [r["name"] for r in view.runs][:3] == [
+        "ablation[seed=2]",
+        "ablation[seed=1]",
+        "bigmodel",
+    ]
     assert view.run(RUN_IDS["resnet"])["progress"] == 42.0
     assert view.features.metrics
     reader.close()

@@ -13,17 +13,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-KEY_NAMES = {
-    "slash": "/",
-    "question_mark": "?",
-    "plus": "+",
-    "minus": "-",
-    "equals_sign": "=",
-    "left_square_bracket": "[",
-    "right_square_bracket": "]",
-    "escape": "esc",
-    "space": "space",
-}
+from cvtui.tui.widgets.key_hints import key_label
 
 # Textual's own bindings that say nothing useful in this app (horizontal paging, copying).
 UNLISTED = frozenset({"Page Left", "Page Right", "Copy selected text", "Home", "End"})
@@ -36,10 +26,6 @@ FILTER_HELP = (
 )
 
 
-def key_label(keys: str) -> str:
-    return " ".join(KEY_NAMES.get(k, k) for k in keys.split(","))
-
-
 def help_rows(bindings: Mapping[str, ActiveBinding]) -> list[tuple[str, str, str]]:
     """(group, keys, description) per action: the screen's own first, then the app's."""
     by_action: dict[tuple[str, str], list[str]] = {}
@@ -48,7 +34,7 @@ def help_rows(bindings: Mapping[str, ActiveBinding]) -> list[tuple[str, str, str
         if not binding.description or binding.system or binding.description in UNLISTED:
             continue
         where = "everywhere" if active.node is active.node.app else "this screen"
-        by_action.setdefault((where, binding.description), []).append(KEY_NAMES.get(key, key))
+        by_action.setdefault((where, binding.description), []).append(key_label(key))
     return [
         (where, " ".join(dict.fromkeys(keys)), description)
         for group in ("this screen", "everywhere")

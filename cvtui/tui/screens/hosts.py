@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
 
 from cvtui.report import ago, human_bytes
 from cvtui.tui import cells
@@ -15,6 +14,7 @@ from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 from cvtui.tui.widgets.hosts_table import HostsTable, free_gpus
+from cvtui.tui.widgets.table import LiveTable
 
 SORTS = ("name", "free GPUs", "GPU util")
 EXPAND_UP_TO_GPUS = 32  # a lab this small starts with every host expanded
@@ -142,10 +142,10 @@ class HostsScreen(DashboardScreen):
             text = Text.assemble(Text(f"[{' · '.join(extra)}] ", style="bold yellow"), text)
         self.set_info(text)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         self.show_info()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_open_host()
 

@@ -7,12 +7,12 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
 
 from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 from cvtui.tui.widgets.runs_table import QueueTable, placement
+from cvtui.tui.widgets.table import LiveTable
 
 FILTER_KEYS = ("state", "project", "user", "priority", "host")
 
@@ -92,10 +92,10 @@ class QueueScreen(DashboardScreen):
             text.append(f" · starting on {placement(run)}", style="cyan")
         self.set_info(text)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         self.show_info()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_open_run()
 

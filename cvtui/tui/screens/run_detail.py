@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from functools import partial
 from typing import Any, ClassVar
 
 import yaml
@@ -200,13 +201,10 @@ class RunDetailScreen(DashboardScreen):
         self.focus_tab(tabs.active)
 
     def focus_tab(self, tab: str) -> None:
-        targets = {"log": LogView, "metrics": MetricsPanel}
-        if tab in targets:
-            widget = self.query_one(targets[tab])  # type: ignore[call-overload]
-            if isinstance(widget, MetricsPanel):
-                widget.query_one("#metric-keys").focus()
-            else:
-                widget.focus()
+        if tab == "log":
+            self.query_one(LogView).focus()
+        elif tab == "metrics":
+            self.query_one(MetricsPanel).query_one("#metric-keys").focus()
         elif tab == "config":
             self.query_one("#config", TabPane).query_one(VerticalScroll).focus()
         else:
@@ -223,7 +221,7 @@ class RunDetailScreen(DashboardScreen):
 
     def commands(self) -> list[PaletteCommand]:
         entries = [
-            PaletteCommand(f"Run: show {tab}", f"the {tab} tab", lambda t=tab: self.show_tab(t))
+            PaletteCommand(f"Run: show {tab}", f"the {tab} tab", partial(self.show_tab, tab))
             for tab in TABS
         ]
         return [

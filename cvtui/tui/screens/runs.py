@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
 
 from cvtui.tui import cells
 from cvtui.tui.filtering import parse_filter
@@ -15,6 +14,7 @@ from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 from cvtui.tui.screens.queue import run_fields, run_text
 from cvtui.tui.widgets.runs_table import RunsTable, placement
+from cvtui.tui.widgets.table import LiveTable
 
 FILTER_KEYS = ("state", "project", "user", "priority", "host")
 STATE_SETS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
@@ -93,10 +93,10 @@ class RunsScreen(DashboardScreen):
             )
         self.set_info(text)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         self.show_info()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_open_run()
 

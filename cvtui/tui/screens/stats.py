@@ -6,6 +6,7 @@ The figures are `cvtui stats`'s (cvtui.stats.compute_stats), drawn as bars.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -154,10 +155,9 @@ class StatsScreen(DashboardScreen):
 
     def commands(self) -> list[PaletteCommand]:
         return [
-            PaletteCommand(
-                f"Stats: {label}", "change the period", lambda p=(label, s): self.use_period(p)
-            )
-            for label, s in PERIODS
+            PaletteCommand(f"Stats: {label}", "change the period", partial(self.use_period, period))
+            for period in PERIODS
+            for label in period[:1]
         ]
 
     def use_period(self, period: tuple[str, float | None]) -> None:

@@ -45,6 +45,9 @@ class GpuTable(LiveTable):
     def redraw(self) -> None:
         self.show(*self._last)
 
+    def cells(self, key: str, data: Any) -> list[Any]:
+        return list(data)  # a handful of rows: their cells are the data
+
     def show(self, gpus: Sequence[dict[str, Any]], history: Mapping[int, History]) -> None:
         self._last = (gpus, history)
         rows: list[Row] = []
@@ -81,6 +84,9 @@ class GpuTable(LiveTable):
 
 class ProcessTable(LiveTable):
     """Every process on the host's GPUs: who, what, in which container, for which cvtui run."""
+
+    def cells(self, key: str, data: Any) -> list[Any]:
+        return list(data)
 
     def columns_for(self, width: int) -> list[Column]:
         return [

@@ -75,7 +75,7 @@ def host_cells(host: dict[str, Any], expanded: bool, wide: bool) -> list[Any]:
     return row
 
 
-def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str]) -> list[Any]:
+def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str | None]) -> list[Any]:
     procs = gpu["processes"]
     users = sorted({p["user"] or "?" for p in procs})
     util = gpu["util"]
@@ -90,7 +90,7 @@ def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str]) -> 
     for proc in procs[:2]:
         run_id = proc.get("run_id")
         if run_id:
-            commands.append(f"{run_names.get(run_id, run_id[:8])} ", style="cyan")
+            commands.append(f"{run_names.get(run_id) or run_id[:8]} ", style="cyan")
         else:
             commands.append(f"{proc['user'] or '?'}: {proc['command'] or proc['pid']} ")
     row: list[Any] = [
@@ -142,13 +142,19 @@ class HostsTable(LiveTable):
         for host in self.hosts:
             name = host["name"]
             is_open = name in self.expanded
-            rows.append((f"host:{name}", host_cells(host, is_open, self.wide)))
+            rows.append((f"host:{name}", (host, is_open)))
             if is_open and host["state"] in ("healthy", "stale"):
-                rows.extend(
-                    (f"gpu:{name}:{g['index']}", gpu_cells(g, self.wide, self.run_names))
-                    for g in host["gpus"]
-                )
+                for gpu in host["gpus"]:
+                    runs = {p["run_id"]: self.run_names.get(p["run_id"]) for p in gpu["processes"]}
+                    rows.append((f"gpu:{name}:{gpu['index']}", (gpu, runs)))
         self.show_rows(rows)
+
+    def cells(self, key: str, data: Any) -> list[Any]:
+        if key.startswith("host:"):
+            host, is_open = data
+            return host_cells(host, is_open, self.wide)
+        gpu, runs = data
+        return gpu_cells(gpu, self.wide, runs)
 
     def expand_all(self, names: Collection[str], expand: bool) -> None:
         self.expanded = set(names) if expand else set()

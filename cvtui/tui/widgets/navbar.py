@@ -1,13 +1,15 @@
-"""The top line: the numbered screens (current one lit, clickable), counts, engine, time."""
+"""The top line: the numbered screens (current one lit, clickable), counts, engine, time.
+
+One Static redrawn only when its text changes, and never with a layout pass: a bar of small
+widgets would re-lay-out the screen on every catalog read.
+"""
 
 from __future__ import annotations
 
 import time
 
-from rich.text import Text
-from textual import events
-from textual.app import ComposeResult
-from textual.containers import Horizontal
+from textual.content import Content
+from textual.markup import escape
 from textual.widgets import Static
 
 from cvtui.tui.model import CatalogView
@@ -27,55 +29,44 @@ def tab_counts(view: CatalogView) -> dict[str, str]:
     }
 
 
-class NavTab(Static):
-    """One numbered screen name; a click switches to it."""
-
-    def __init__(self, name: str, number: int, label: str, lit: bool) -> None:
-        super().__init__(f"{number} {label}", classes="nav-tab -lit" if lit else "nav-tab")
-        self.screen_name = name
-        self.caption = f"{number} {label}"
-
-    def show(self, count: str) -> None:
-        text = Text(self.caption)
-        if count:
-            text.append(f" {count}", style="bold")
-        self.update(text)
-
-    def on_click(self, event: events.Click) -> None:
-        event.stop()
-        self.app.run_action(f"show_screen('{self.screen_name}')")
+def nav_markup(current: str, counts: dict[str, str], status: str, width: int) -> str:
+    parts = ["[bold $text on $primary] cvtui [/]"]
+    used = 7
+    for number, (name, label) in enumerate(SCREENS, start=1):
+        count = f" {counts[name]}" if counts.get(name) else ""
+        tab = f" {number} {label}{count} "
+        style = "bold $text on $accent" if name == current else "$text-muted"
+        click = f"@click=app.show_screen('{name}')"
+        parts.append(f" [{style} {click}]{escape(tab)}[/]")
+        used += len(tab) + 1
+    gap = width - used - len(status) - 1
+    if gap >= 2:
+        parts.append(" " * gap + f"[$text-muted]{escape(status)}[/] ")
+    return "".join(parts)
 
 
-class NavBar(Horizontal):
-    """Redrawn by its screen with every catalog read."""
+class NavBar(Static):
+    """Redrawn by its screen with every catalog read, when something on it changed."""
 
     DEFAULT_CSS = """
     NavBar { height: 1; background: $panel; }
-    NavBar .nav-brand {
-        width: auto; padding: 0 1; text-style: bold; background: $primary; color: $text;
-    }
-    NavBar .nav-tab { width: auto; padding: 0 1; color: $text-muted; text-wrap: nowrap; }
-    NavBar .nav-tab.-lit { background: $accent; color: $text; text-style: bold; }
-    NavBar .nav-status {
-        width: 1fr; content-align: right middle; padding: 0 1; color: $text-muted;
-    }
     """
 
     def __init__(self, current: str) -> None:
-        super().__init__()
+        super().__init__("")
         self.current = current
+        self.markup = ""
 
-    def compose(self) -> ComposeResult:
-        yield Static("cvtui", classes="nav-brand")
-        for number, (name, label) in enumerate(SCREENS, start=1):
-            yield NavTab(name, number, label, lit=name == self.current)
-        yield Static("", classes="nav-status")
+    def on_mount(self) -> None:
+        self.show(None, "")
 
     def show(self, view: CatalogView | None, engine: str) -> None:
-        counts = tab_counts(view) if view is not None else {}
-        for tab in self.query(NavTab):
-            tab.show(counts.get(tab.screen_name, ""))
+        width = self.app.size.width
         status = engine
-        if view is not None and self.size.width >= 100:
+        if view is not None and width >= 100:
             status += time.strftime("  %H:%M:%S", time.localtime(view.now))
-        self.query_one(".nav-status", Static).update(status)
+        counts = tab_counts(view) if view is not None else {}
+        markup = nav_markup(self.current, counts, status, width)
+        if markup != self.markup:
+            self.markup = markup
+            self.update(Content.from_markup(markup), layout=False)

@@ -11,6 +11,7 @@ from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
 WIDE_FROM = 110
+ACTIVE = ("queued", "dispatching", "running")
 
 
 def placement(run: dict[str, Any]) -> str:
@@ -22,9 +23,10 @@ def placement(run: dict[str, Any]) -> str:
 
 def run_time(run: dict[str, Any], now: float) -> Text:
     """Running: time so far; ended: how long it ran; waiting: how long it has waited (dim)."""
+    end = run.get("ended") or now
     if run.get("started"):
-        return Text(cells.duration((run.get("ended") or now) - run["started"]))
-    return Text(cells.duration(now - run["submitted"]), style="dim")
+        return Text(cells.duration(end - run["started"]))
+    return Text(cells.duration(end - run["submitted"]), style="dim")
 
 
 def run_note(run: dict[str, Any]) -> Text:
@@ -77,27 +79,28 @@ class RunsTable(LiveTable):
 
     def show(self, runs: Sequence[dict[str, Any]], now: float, marked: Collection[str]) -> None:
         self._last = (runs, now, marked)
-        rows: list[Row] = []
-        for run in runs:
-            wide = self._wide
-            name = Text("● ", style="bold magenta") if run["id"] in marked else Text()
-            name.append(run["name"])
-            row: list[Any] = [Text(run["id"][:12], style="dim")] if wide else []
-            row += [
-                name,
-                cells.run_state(run["state"]),
-                cells.fit(placement(run), 14 if wide else 10),
-                cells.progress(run.get("progress"), 6 if wide else 3),
-                run_time(run, now),
-            ]
-            if wide:
-                row += [
-                    cells.fit(run.get("user") or "-", 8),
-                    cells.fit(run.get("project") or "-", 10),
-                ]
-            row.append(run_note(run))
-            rows.append((run["id"], row))
-        self.show_rows(rows)
+        # Only active runs depend on the clock: ended ones keep equal data, so stay cached.
+        self.show_rows(
+            [(r["id"], (r, now if r["state"] in ACTIVE else None, r["id"] in marked)) for r in runs]
+        )
+
+    def cells(self, key: str, data: Any) -> list[Any]:
+        run, now, is_marked = data
+        wide = self._wide
+        name = Text("● ", style="bold magenta") if is_marked else Text()
+        name.append(run["name"])
+        row: list[Any] = [Text(run["id"][:12], style="dim")] if wide else []
+        row += [
+            name,
+            cells.run_state(run["state"]),
+            cells.fit(placement(run), 14 if wide else 10),
+            cells.progress(run.get("progress"), 6 if wide else 3),
+            run_time(run, now or 0.0),
+        ]
+        if wide:
+            row += [cells.fit(run.get("user") or "-", 8), cells.fit(run.get("project") or "-", 10)]
+        row.append(run_note(run))
+        return row
 
 
 def queue_columns(width: int) -> list[Column]:
@@ -129,6 +132,9 @@ class QueueTable(LiveTable):
 
     def redraw(self) -> None:
         self.show(*self._last)
+
+    def cells(self, key: str, data: Any) -> list[Any]:
+        return list(data)
 
     @property
     def _wide(self) -> bool:

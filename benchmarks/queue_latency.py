@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -52,9 +52,9 @@ def running_daemon(lab: Lab, home: Path, log: Path) -> Iterator[subprocess.Popen
             daemon.wait()
 
 
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} within {timeout_s:g} s")
         time.sleep(0.002)
