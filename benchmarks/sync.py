@@ -85,6 +85,7 @@ def ssh_options(lab: Lab) -> list[str]:
 
 def ssh_cat(lab: Lab, remote: Path, local: Path) -> float:
     """Seconds of `ssh host cat f > local`."""
+    os.sync()
     start = time.perf_counter()
     with open(local, "wb") as out:
         subprocess.run(ssh_command(lab, HOST, f"cat {remote}"), stdout=out, check=True)
@@ -96,6 +97,7 @@ def ssh_cat(lab: Lab, remote: Path, local: Path) -> float:
 def scp_pull(lab: Lab, remote: Path, local: Path) -> float:
     scp = ["scp", "-q", *ssh_options(lab)]
     scp[scp.index("-p")] = "-P"
+    os.sync()
     start = time.perf_counter()
     subprocess.run([*scp, f"{getpass.getuser()}@127.0.0.1:{remote}", str(local)], check=True)
     elapsed = time.perf_counter() - start
@@ -112,6 +114,7 @@ def rsync_pull(lab: Lab, remote: Path, local: Path) -> tuple[float, int, int]:
     """(seconds, wire bytes received by ssh, rsync's own bytes received) of one rsync pull."""
     shell = " ".join(["ssh", "-v", *ssh_options(lab)])
     argv = ["rsync", "--stats", "-e", shell, f"{getpass.getuser()}@127.0.0.1:{remote}", str(local)]
+    os.sync()
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     elapsed = time.perf_counter() - start
@@ -160,6 +163,7 @@ async def timed_sync(
 ) -> tuple[float, int, int]:
     """(seconds, file bytes fetched, wire bytes received) of one sync pass over the run dir."""
     assert session.conn is not None
+    await asyncio.to_thread(os.sync)  # every contender starts with no dirty pages to flush
     port = session.conn.get_extra_info("sockname")[1]
     before = tcp_received(port)
     start = time.perf_counter()

@@ -1,28 +1,34 @@
 """The agent's file ops: list a run's output files, hash them in blocks for delta sync, watch them.
 
-The block hash tree defined here is also what the controller computes over its local copies
-(cvtui/engine/delta.py imports it), so both sides always agree on what a digest means:
-leaf digests of fixed-size blocks, a digest per group of GROUP_BLOCKS leaves, and a file
-digest over the size, the block size and the group digests.
+The block hash tree is remote_agent/blocktree.py, names and listings remote_agent/outputs.py.
 """
 
 from __future__ import annotations
 
 import base64
-import fnmatch
-import hashlib
 import os
 import stat
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict
 
+from remote_agent.blocktree import (
+    DIGEST_BYTES,
+    GROUP_BLOCKS,
+    READ_BYTES,
+    block_size_for,
+    group_digests,
+    leaf_digests,
+    new_hasher,
+    tree_digest,
+    valid_block_size,
+)
 from remote_agent.doctor import hash_algorithms
+from remote_agent.outputs import check_relpath, list_files, open_in_run_dir, stat_key
 from remote_agent.protocol import (
     E_BAD_REQUEST,
     E_NO_SUCH_FILE,
-    E_UNSAFE_PATH,
     EVENT_FILES,
     OP_FILES_HASH,
     OP_FILES_LIST,
@@ -34,25 +40,11 @@ from remote_agent.protocol import (
     FileEntry,
     FileListing,
     RemoteError,
-    SkippedFile,
     event,
 )
 from remote_agent.rundir import RUN_ID
 
-DIGEST_BYTES = 16  # both algorithms give 128-bit digests
-ALGO_XXH3 = "xxh3_128"
-ALGO_BLAKE2B = "blake2b-128"
-MIN_BLOCK_BYTES = 16 << 10  # small enough that a scattered 64 KiB change costs ~80 KiB
-MAX_BLOCK_BYTES = 1 << 20
-TARGET_BLOCKS = 1 << 16  # the block size doubles until a file has at most this many blocks
-GROUP_BLOCKS = 64  # leaf digests per group digest, the first level a sync compares
-TREE_TAG = b"cvtui-tree-1"
-READ_BYTES = 4 << 20  # a multiple of every block size
-
 MAX_GLOBS = 100
-MAX_DEPTH = 32
-MAX_LISTED_FILES = 4000
-MAX_LISTED_NAME_BYTES = 400_000  # so a listing reply stays well under protocol.MAX_LINE_BYTES
 MAX_GROUPS_PER_REPLY = 16384  # 256 KiB of digests
 MAX_LEAVES_PER_REPLY = 16384
 MAX_HASH_RANGES = 64
@@ -61,241 +53,10 @@ MAX_WAIT_S = 2.0
 DEFAULT_WAIT_S = 0.3
 CACHED_SIGNATURES = 16
 WATCH_TICK_S = 0.2  # known files are stat'ed this often
-RESCAN_S = 1.0  # the whole run dir is listed again (new files) this often
+RESCAN_S = 1.0  # the whole run dir is listed again (new files) this often, at most
+RESCAN_COST_FACTOR = 20  # ... and only after 20 times as long as the last listing took
 
-Hasher = Callable[[Any], bytes]  # bytes-like -> digest
 Op = Callable[[Dict[str, Any]], Dict[str, Any]]
-StatKey = Tuple[int, int, int, int]  # dev, inode, size in bytes, mtime in ns
-
-
-# --- the block hash tree, shared with the controller ---
-
-
-def hash_function(algo: str) -> Hasher:
-    """One-shot 16-byte digest of a bytes-like object with the named algorithm."""
-    if algo == ALGO_BLAKE2B:
-
-        def blake(data: Any) -> bytes:
-            return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
-
-        return blake
-    if algo == ALGO_XXH3:
-        import xxhash  # optional on hosts: hello lists it only when importable
-
-        def xxh3(data: Any) -> bytes:
-            return bytes(xxhash.xxh3_128(data).digest())
-
-        return xxh3
-    raise ValueError(f"unknown hash algorithm {algo!r}")
-
-
-def new_hasher(algo: str) -> Any:
-    """An incremental hasher (update/digest) giving the same digests as hash_function."""
-    if algo == ALGO_BLAKE2B:
-        return hashlib.blake2b(digest_size=DIGEST_BYTES)
-    if algo == ALGO_XXH3:
-        import xxhash
-
-        return xxhash.xxh3_128()
-    raise ValueError(f"unknown hash algorithm {algo!r}")
-
-
-def block_size_for(size: int) -> int:
-    """Leaf block size (bytes) for a file of this size: a power of two, 16 KiB to 1 MiB."""
-    block = MIN_BLOCK_BYTES
-    while block < MAX_BLOCK_BYTES and size > block * TARGET_BLOCKS:
-        block *= 2
-    return block
-
-
-def valid_block_size(block_size: Any) -> bool:
-    return (
-        isinstance(block_size, int)
-        and not isinstance(block_size, bool)
-        and MIN_BLOCK_BYTES <= block_size <= MAX_BLOCK_BYTES
-        and block_size & (block_size - 1) == 0
-    )
-
-
-def leaf_count(size: int, block_size: int) -> int:
-    return (size + block_size - 1) // block_size
-
-
-def group_digests(leaves: bytes, algo: str) -> bytes:
-    """The digest of every run of GROUP_BLOCKS leaf digests, concatenated."""
-    digest = hash_function(algo)
-    step = GROUP_BLOCKS * DIGEST_BYTES
-    return b"".join(digest(leaves[i : i + step]) for i in range(0, len(leaves), step))
-
-
-def tree_digest(size: int, block_size: int, groups: bytes, algo: str) -> bytes:
-    """The whole-file digest: size, block size and group digests, hashed together."""
-    header = TREE_TAG + size.to_bytes(8, "little") + block_size.to_bytes(4, "little")
-    return hash_function(algo)(header + groups)
-
-
-def leaf_digests(
-    fh: Any,
-    size: int,
-    block_size: int,
-    algo: str,
-    progress: Callable[[int], None] | None = None,
-) -> bytes:
-    """Leaf digests of the first `size` bytes read from fh (fewer if the file is shorter)."""
-    digest = hash_function(algo)
-    out = bytearray()
-    buffer = bytearray(max(READ_BYTES, block_size))
-    view = memoryview(buffer)
-    done = 0
-    while done < size:
-        want = min(len(buffer), size - done)
-        got = _read_full(fh, view[:want])
-        for start in range(0, got, block_size):
-            out += digest(view[start : min(start + block_size, got)])
-        done += got
-        if progress is not None:
-            progress(done)
-        if got < want:
-            break  # the file shrank while read: the caller's stat check sees it
-    return bytes(out)
-
-
-def _read_full(fh: Any, view: memoryview) -> int:
-    got = 0
-    while got < len(view):
-        n = fh.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
-# --- names ---
-
-
-def display_name(name: str) -> str:
-    """A file name as printable text: bytes that are not UTF-8 become \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def check_relpath(path: Any) -> str:
-    """A run-relative path from a request, or RemoteError(E_UNSAFE_PATH) saying what is wrong."""
-    if not isinstance(path, str) or not path:
-        raise RemoteError(E_BAD_REQUEST, '"path" must be a non-empty string')
-    if "\0" in path:
-        raise RemoteError(E_UNSAFE_PATH, "path contains a NUL byte")
-    if path.startswith("/"):
-        raise RemoteError(E_UNSAFE_PATH, f"path {path[:200]!r} is absolute")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise RemoteError(E_UNSAFE_PATH, f"path {path[:200]!r} has an empty, '.' or '..' part")
-    return path
-
-
-def inside(path: str, directory: str) -> bool:
-    return path.startswith(directory.rstrip("/") + "/")
-
-
-def matches(path: str, globs: list[str]) -> bool:
-    """Whether a run-relative path matches one of the output globs.
-
-    A glob with a '/' matches the whole path ('*' crosses directories); one without
-    matches the file name at any depth, so '*.csv' finds logs/metrics.csv too.
-    """
-    name = path.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(path if "/" in glob else name, glob) for glob in globs)
-
-
-def list_files(run_dir: str, globs: list[str]) -> FileListing:
-    """Regular files under run_dir matching globs; what matches but is not synced, and why."""
-    real_dir = os.path.realpath(run_dir)
-    files: list[FileEntry] = []
-    skipped: list[SkippedFile] = []
-    name_bytes = 0
-    truncated = False
-    stack: list[tuple[str, str, int]] = [("", run_dir, 0)]
-    while stack and not truncated:
-        rel_dir, abs_dir, depth = stack.pop()
-        try:
-            with os.scandir(abs_dir) as scan:
-                entries = sorted(scan, key=lambda e: e.name)
-        except OSError:
-            continue  # vanished or unreadable directory
-        for entry in entries:
-            rel = entry.name if not rel_dir else rel_dir + "/" + entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if depth < MAX_DEPTH:
-                        stack.append((rel, entry.path, depth + 1))
-                    continue
-                if not matches(rel, globs):
-                    continue
-                found = _file_entry(entry, rel, real_dir)
-            except FileNotFoundError:
-                continue  # vanished while listed: the next listing tells
-            except OSError as exc:
-                found = SkippedFile(display_name(rel), f"cannot stat: {exc.strerror or exc}")
-            if isinstance(found, FileEntry):
-                files.append(found)
-            else:
-                skipped.append(found)
-            name_bytes += len(rel)
-            if len(files) + len(skipped) >= MAX_LISTED_FILES or name_bytes > MAX_LISTED_NAME_BYTES:
-                truncated = True
-                break
-    files.sort(key=lambda f: f.path)
-    return FileListing(tuple(files), tuple(skipped), truncated)
-
-
-def _file_entry(entry: os.DirEntry[str], rel: str, real_dir: str) -> FileEntry | SkippedFile:
-    if not is_utf8(rel):
-        return SkippedFile(display_name(rel), "name is not valid UTF-8")
-    if entry.is_symlink():
-        target = os.path.realpath(entry.path)
-        if not inside(target, real_dir):
-            where = display_name(os.readlink(entry.path))
-            return SkippedFile(rel, f"symlink to {where} leaves the run dir")
-        try:
-            st = os.stat(target)
-        except FileNotFoundError:
-            return SkippedFile(rel, "dangling symlink")
-        if not stat.S_ISREG(st.st_mode):
-            return SkippedFile(rel, "symlink to something that is not a regular file")
-        return FileEntry(rel, st.st_size, st.st_mtime_ns, st.st_ino, link=True)
-    st = entry.stat(follow_symlinks=False)
-    if not stat.S_ISREG(st.st_mode):
-        return SkippedFile(rel, "not a regular file")
-    return FileEntry(rel, st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def open_in_run_dir(run_dir: str, rel: str) -> tuple[int, os.stat_result, str]:
-    """(fd, fstat, real path) of a regular file inside run_dir, refusing ways out of it."""
-    real_dir = os.path.realpath(run_dir)
-    real = os.path.realpath(os.path.join(run_dir, rel))
-    if not inside(real, real_dir):
-        raise RemoteError(E_UNSAFE_PATH, f"{rel[:200]} leaves the run dir")
-    try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise RemoteError(E_NO_SUCH_FILE, f"no file {rel[:200]} in the run dir") from None
-    except OSError as exc:
-        raise RemoteError(E_NO_SUCH_FILE, f"cannot open {rel[:200]}: {exc}") from exc
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise RemoteError(E_UNSAFE_PATH, f"{rel[:200]} is not a regular file")
-    return fd, st, real
-
-
-def stat_key(st: os.stat_result) -> StatKey:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 # --- hashing jobs ---
@@ -351,6 +112,16 @@ class _Watch:
         self.globs = globs
         self.known = {f.path: f for f in listing.files}
         self.scanned = time.monotonic()
+        self.rescan_s = RESCAN_S  # grows for a run dir so big that listing it costs much
+
+
+def _rescan(run_dir: str, watch: _Watch) -> dict[str, FileEntry]:
+    started = time.monotonic()
+    found = {f.path: f for f in list_files(run_dir, watch.globs).files}
+    watch.scanned = time.monotonic()
+    # Listing at most ~5% of the time: a code snapshot of 10,000 files is walked less often.
+    watch.rescan_s = max(RESCAN_S, RESCAN_COST_FACTOR * (watch.scanned - started))
+    return found
 
 
 class FileOps:
@@ -445,13 +216,12 @@ class FileOps:
     def _changes(self, run_id: str, watch: _Watch) -> dict[str, Any] | None:
         run_dir = os.path.join(self.runs_dir, run_id)
         now = time.monotonic()
-        if now - watch.scanned >= RESCAN_S:
+        if now - watch.scanned >= watch.rescan_s:
             if not os.path.isdir(run_dir):
                 with self._lock:
                     self._watched.pop(run_id, None)
                 return None
-            current = {f.path: f for f in list_files(run_dir, watch.globs).files}
-            watch.scanned = now
+            current = _rescan(run_dir, watch)
         else:
             current = {}
             for path, known in watch.known.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from remote_agent.files import (
+from remote_agent.blocktree import (
     DIGEST_BYTES,
     GROUP_BLOCKS,
     group_digests,

@@ -21,7 +21,7 @@ import asyncssh
 from cvtui.engine import delta
 from cvtui.engine.agent_client import AgentClosedError
 from remote_agent import protocol
-from remote_agent.files import ALGO_BLAKE2B, ALGO_XXH3, DIGEST_BYTES
+from remote_agent.blocktree import ALGO_BLAKE2B, ALGO_XXH3, DIGEST_BYTES
 
 if TYPE_CHECKING:
     from cvtui.engine.engine import HostSession

@@ -19,7 +19,7 @@ from pathlib import Path
 import xxhash
 
 from cvtui.errors import CvtuiError
-from remote_agent.files import leaf_digests, new_hasher
+from remote_agent.blocktree import leaf_digests, new_hasher
 
 FICLONE = 0x40049409  # linux/fs.h: share the blocks of a file (btrfs, xfs) instead of copying
 COPY_CHUNK_BYTES = 64 << 20

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cvtui.engine.host_files import HostGone, SshSource
-from cvtui.engine.sync import FileResult, Progress, RunSync, output_globs
+from cvtui.engine.sync import RunSync, output_globs
+from cvtui.engine.transfer import FileResult, Progress
 from remote_agent import protocol
 from remote_agent.protocol import FileEntry, FileListing, ProtocolError, RunStatus
 

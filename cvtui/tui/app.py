@@ -326,6 +326,9 @@ class DashboardApp(App[int]):
     def action_submit(self) -> None:
         from cvtui.tui.screens.submit import SubmitScreen
 
+        if not isinstance(self.screen, DashboardScreen):
+            return  # from inside a dialog, n is that dialog's
+
         def submitted(ids: list[str] | None) -> None:
             if ids:
                 self.notify(f"queued {len(ids)} run{'s' if len(ids) != 1 else ''}", title="Submit")

@@ -80,6 +80,7 @@ class CatalogReader:
         self._reads = 0
         self._last_event: int | None = None
         self._host_states: dict[str, str] = {}
+        self._runs = queries.RunCache()
 
     @contextmanager
     def use(self) -> Iterator[Catalog]:
@@ -119,8 +120,9 @@ class CatalogReader:
             conn.execute("BEGIN")
             try:
                 extras = queries.host_extras(conn, found)
-                queue = queries.queue_rows(conn)
-                runs = queries.recent_runs(conn, RUNS_SHOWN)
+                queue = queries.queue_rows(conn, self._runs)
+                runs = queries.recent_runs(conn, RUNS_SHOWN, self._runs)
+                self._runs.keep_only(runs)  # every queued run is among the active runs
                 ended = (
                     []
                     if self._last_event is None

@@ -33,6 +33,7 @@ RUN_FIELDS = (
     "resources",
     "attempt",
     "log_size",
+    "updated",
 )
 _JSON_FIELDS = ("gpus", "resources")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
@@ -60,6 +61,34 @@ def features(conn: sqlite3.Connection) -> Features:
     )
 
 
+class RunCache:
+    """Decoded run rows by id, reused while the row's ``updated`` stamp is unchanged.
+
+    Most runs do not change between two reads a second apart; reusing them halves a read and
+    hands the tables the very same dicts, which compare equal at once.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    def decode(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        decoded = []
+        for row in rows:
+            run_id, updated = row[0], row[-1]
+            known = self._runs.get(run_id)
+            if known is None or known[0] != updated:
+                known = (updated, _run(row))
+                self._runs[run_id] = known
+            decoded.append(known[1])
+        return decoded
+
+    def keep_only(self, runs: Sequence[dict[str, Any]]) -> None:
+        """Forget runs no longer read, so the cache stays the size of what is shown."""
+        wanted = {r["id"] for r in runs}
+        for run_id in self._runs.keys() - wanted:
+            del self._runs[run_id]
+
+
 def _run(row: Sequence[Any]) -> dict[str, Any]:
     run = dict(zip(RUN_FIELDS, row, strict=True))
     for name in _JSON_FIELDS:
@@ -70,7 +99,7 @@ def _run(row: Sequence[Any]) -> dict[str, Any]:
 _SELECT = f"SELECT {', '.join(RUN_FIELDS)} FROM runs"  # noqa: S608 (fixed names)
 
 
-def recent_runs(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+def recent_runs(conn: sqlite3.Connection, limit: int, cache: RunCache) -> list[dict[str, Any]]:
     """Every active run, then the newest others up to ``limit`` rows in all, newest first."""
     rows = conn.execute(
         f"{_SELECT} WHERE state IN ('queued', 'dispatching', 'running') "  # noqa: S608 (fixed)
@@ -79,16 +108,16 @@ def recent_runs(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
         "ORDER BY submitted DESC, id DESC LIMIT ?) ORDER BY submitted DESC, id DESC",
         (limit,),
     ).fetchall()
-    return [_run(r) for r in rows]
+    return cache.decode(rows)
 
 
-def queue_rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def queue_rows(conn: sqlite3.Connection, cache: RunCache) -> list[dict[str, Any]]:
     """Runs being dispatched, then queued runs in the order the scheduler tries them."""
     rows = conn.execute(
         f"{_SELECT} WHERE state IN ('queued', 'dispatching') "
         "ORDER BY state = 'queued', priority_rank, submitted, id"
     ).fetchall()
-    return [_run(r) for r in rows]
+    return cache.decode(rows)
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:

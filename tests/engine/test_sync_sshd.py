@@ -19,7 +19,7 @@ import yaml
 from cvtui.catalog import Catalog
 from cvtui.engine.mirror import Mirror
 from cvtui.lab import Lab, LabHostSpec
-from remote_agent.files import block_size_for
+from remote_agent.blocktree import block_size_for
 
 pytestmark = pytest.mark.sshd
 
@@ -203,6 +203,8 @@ def test_kill_9_during_a_checkpoint_sync_resumes(lab_factory, home: Path, tmp_pa
     assert not part.exists()
     again = cvtui(lab, home, "sync", run_id, "--json")
     assert json.loads(again.stdout)[run_id]["fetched"] == 0  # idempotent
+    with Catalog.open_home(home) as catalog:  # six kills -9 mid-write left it intact
+        assert catalog.integrity_ok()
 
 
 def test_odd_files_over_ssh_get_clear_states(lab_factory, home: Path, tmp_path: Path) -> None:
@@ -231,3 +233,5 @@ def test_odd_files_over_ssh_get_clear_states(lab_factory, home: Path, tmp_path: 
     assert "new\\nline.log" in table.stdout and "skipped" in table.stdout
     metrics = cvtui(lab, home, "metrics", run_id, "--csv")
     assert metrics.stdout.splitlines() == ["step,name", "1,caf\ufffd", "2,ok"]
+    with Catalog.open_home(home) as catalog:
+        assert catalog.integrity_ok()

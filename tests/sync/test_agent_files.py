@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 
 from cvtui.engine import delta
-from remote_agent.files import (
+from remote_agent.blocktree import (
     ALGO_BLAKE2B,
     ALGO_XXH3,
     DIGEST_BYTES,
     GROUP_BLOCKS,
-    FileOps,
     block_size_for,
     leaf_digests,
 )
+from remote_agent.files import FileOps
 from remote_agent.protocol import (
     E_BAD_REQUEST,
     E_NO_SUCH_FILE,
@@ -138,7 +138,7 @@ def test_listing_matches_globs_at_any_depth_and_reports_what_it_skips(
 
 
 def test_listing_stops_at_its_limit_and_says_so(ops: FileOps, run_dir: Path, monkeypatch) -> None:
-    monkeypatch.setattr("remote_agent.files.MAX_LISTED_FILES", 5)
+    monkeypatch.setattr("remote_agent.outputs.MAX_LISTED_FILES", 5)
     for n in range(9):
         (run_dir / f"{n}.log").write_text("x")
     found = listing(ops)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cvtui.engine import delta
-from remote_agent.files import (
+from remote_agent.blocktree import (
     ALGO_BLAKE2B,
     ALGO_XXH3,
     DIGEST_BYTES,
