@@ -29,7 +29,7 @@ _HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order"
 _POLICY_KEYS = ("interval", "stale_after", "disconnected_after", "host_keys", "foreign_processes")
 _SIMULATE_KEYS = ("gpus", "model", "memory")
 _NOTIFY_KEYS = ("command", "webhook")
-_TOP_KEYS = ("defaults", "policy", "hosts", "notify")
+_TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
 _NULLABLE_KEYS = {"user", "identity", "known_hosts", "gpus", "max_runs", "gpu_order", "simulate"}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -181,6 +181,9 @@ class Inventory:
     policy: Policy
     hosts: tuple[Host, ...]
     notify: tuple[NotifyTarget, ...] = ()
+    # The command for run configs that have none (CVLab-Kit style), e.g.
+    # "python main.py --config {config_file}"; None: such configs must name their own.
+    command_template: str | None = None
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -481,7 +484,17 @@ class _Parser:
             raise self.error(hosts_key, f"hosts: no hosts listed; add at least one, {example}")
         hosts = tuple(self.host(key, body, defaults) for key, body in host_pairs.values())
         notify = self.notify(pairs["notify"][1]) if "notify" in pairs else ()
-        return Inventory(self.path, policy, hosts, notify)
+        template = None
+        if "command_template" in pairs:
+            node = pairs["command_template"][1]
+            template = self.string(node, "command_template")
+            if "{config_file}" not in template:
+                raise self.error(
+                    node,
+                    "command_template: expected a command that takes {config_file}, "
+                    "e.g. 'python main.py --config {config_file}'",
+                )
+        return Inventory(self.path, policy, hosts, notify, template)
 
 
 def parse_inventory(text: str, path: str = "<string>") -> Inventory:

@@ -31,7 +31,9 @@ def prepare_runs(
     for name in hosts:
         if name not in known:
             raise UnknownHostError(name, known)
-    specs = load_run_config(str(config), overrides=overrides)
+    specs = load_run_config(
+        str(config), overrides=overrides, command_template=inventory.command_template
+    )
     if gpus is not None or priority is not None or hosts:
         specs = [
             with_overrides(s, gpus=gpus, priority=priority, hosts=tuple(hosts) or None)
