@@ -16,6 +16,16 @@ from cvtui.errors import HostError
 if TYPE_CHECKING:
     from cvtui.inventory import Host, Policy
 
+# AES-GCM first: with AES-NI it moves bulk data about 1.5x faster than asyncssh's
+# ChaCha20-Poly1305 (measured with the sync benchmark: 183-298 vs 133-173 MB/s on 1 GiB).
+ENCRYPTION_ALGS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 KEEPALIVE_INTERVAL_S = 5.0
 KEEPALIVE_COUNT_MAX = 3
 BACKOFF_START_S = 1.0
@@ -83,6 +93,7 @@ def connect_options(host: Host, timeout_s: float) -> dict[str, Any]:
         "login_timeout": timeout_s,
         "keepalive_interval": KEEPALIVE_INTERVAL_S,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        "encryption_algs": list(ENCRYPTION_ALGS),
     }
     if host.user:
         options["username"] = host.user

@@ -50,14 +50,16 @@ class HostSession:
     latest_at: float = 0.0  # controller clock when it arrived
     known_code: set[str] = field(default_factory=set)  # code snapshots known to be on the host
     _sftp: asyncssh.SFTPClient | None = None
+    _sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def sftp(self) -> asyncssh.SFTPClient:
-        """One SFTP session per connection, opened on first use."""
-        if self._sftp is None:
-            if self.conn is None:
-                raise AgentClosedError(f"{self.host.name} is not connected")
-            self._sftp = await self.conn.start_sftp_client()
-        return self._sftp
+        """One SFTP session per connection, opened on first use (once, however many ask)."""
+        async with self._sftp_lock:
+            if self._sftp is None:
+                if self.conn is None:
+                    raise AgentClosedError(f"{self.host.name} is not connected")
+                self._sftp = await self.conn.start_sftp_client()
+            return self._sftp
 
     async def run(self) -> None:
         while True:

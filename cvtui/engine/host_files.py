@@ -219,9 +219,6 @@ class SftpFile:
             await self.handle.close()
 
 
-_SFTP_LOCKS: dict[int, asyncio.Lock] = {}  # id(HostSession) -> lock of its first sftp()
-
-
 class SshSource:
     """A connected host session: agent file ops over its channel, reads over its SFTP."""
 
@@ -244,9 +241,7 @@ class SshSource:
 
     async def open(self, run_id: str, path: str) -> SftpFile:
         try:
-            # HostSession.sftp() starts a client on first use: start one, not one per caller.
-            async with _SFTP_LOCKS.setdefault(id(self.session), asyncio.Lock()):
-                sftp = await self.session.sftp()
+            sftp = await self.session.sftp()  # one client per connection, however many ask
             # A read longer than the server serves comes back short and costs a second round
             # trip (OpenSSH serves 255 KiB): ask for what it serves, one request per read.
             self.chunk_bytes = min(CHUNK_BYTES, sftp.limits.max_read_len or DEFAULT_READ_BYTES)
