@@ -8,7 +8,6 @@ over the size, the block size and the group digests.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable
 
 DIGEST_BYTES = 16  # both algorithms give 128-bit digests
@@ -24,12 +23,22 @@ READ_BYTES = 4 << 20  # a multiple of every block size
 Hasher = Callable[[Any], bytes]  # bytes-like -> digest
 
 
+def _blake2b() -> Any:
+    """blake2b without importing hashlib: hashlib loads OpenSSL, ~4 MB of the agent's RSS."""
+    try:
+        from _blake2 import blake2b
+    except ImportError:  # an interpreter built without the _blake2 module
+        from hashlib import blake2b
+    return blake2b
+
+
 def hash_function(algo: str) -> Hasher:
     """One-shot 16-byte digest of a bytes-like object with the named algorithm."""
     if algo == ALGO_BLAKE2B:
+        blake2b = _blake2b()
 
         def blake(data: Any) -> bytes:
-            return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+            return bytes(blake2b(data, digest_size=DIGEST_BYTES).digest())
 
         return blake
     if algo == ALGO_XXH3:
@@ -45,7 +54,7 @@ def hash_function(algo: str) -> Hasher:
 def new_hasher(algo: str) -> Any:
     """An incremental hasher (update/digest) giving the same digests as hash_function."""
     if algo == ALGO_BLAKE2B:
-        return hashlib.blake2b(digest_size=DIGEST_BYTES)
+        return _blake2b()(digest_size=DIGEST_BYTES)
     if algo == ALGO_XXH3:
         import xxhash
 
