@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 PROTOCOL_VERSION = 1
 MIN_PYTHON = (3, 8)
@@ -255,6 +255,20 @@ RUN_LOST = "lost"  # supervisor gone without writing an exit status
 RUN_FINAL_STATES = (RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_LOST)
 
 
+_Run = TypeVar("_Run", "StartRequest", "RunStatus")
+
+
+def _with_gpus(cls: type[_Run], data: dict[str, Any], what: str) -> _Run:
+    """cls from a message's known fields, with `gpus` made a tuple of ints."""
+    known = set(cls.__dataclass_fields__)
+    try:
+        fields = {k: v for k, v in data.items() if k in known}
+        fields["gpus"] = tuple(int(g) for g in fields.get("gpus", ()))
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad {what}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class StartRequest:
     """What OP_START needs: everything about one run, already resolved by the controller."""
@@ -273,13 +287,7 @@ class StartRequest:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> StartRequest:
-        known = set(cls.__dataclass_fields__)
-        try:
-            fields = {k: v for k, v in data.items() if k in known}
-            fields["gpus"] = tuple(int(g) for g in fields.get("gpus", ()))
-            return cls(**fields)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad start request: {exc}") from exc
+        return _with_gpus(cls, data, "start request")
 
 
 @dataclass(frozen=True)
@@ -309,13 +317,7 @@ class RunStatus:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> RunStatus:
-        known = set(cls.__dataclass_fields__)
-        try:
-            fields = {k: v for k, v in data.items() if k in known}
-            fields["gpus"] = tuple(int(g) for g in fields.get("gpus", ()))
-            return cls(**fields)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"bad run status: {exc}") from exc
+        return _with_gpus(cls, data, "run status")
 
 
 # --- Files -----------------------------------------------------------------------------------
