@@ -402,6 +402,7 @@ class RunController:
                 ended=time.time(),
             ):
                 self.run_ended(run_id)
+                self.retry(run, f"run dir missing on {name}")
         still_active = [i for i, s in statuses.items() if s.state not in protocol.RUN_FINAL_STATES]
         if still_active:
             await client.call(protocol.OP_WATCH, run_ids=still_active)
