@@ -10,9 +10,9 @@ from textual.binding import Binding, BindingType
 
 from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
-from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
+from cvtui.tui.screens.base import PaletteCommand
+from cvtui.tui.screens.run_list import RunListScreen
 from cvtui.tui.widgets.runs_table import QueueTable, placement
-from cvtui.tui.widgets.table import LiveTable
 
 FILTER_KEYS = ("state", "project", "user", "priority", "host")
 
@@ -31,7 +31,7 @@ def run_text(run: dict[str, Any]) -> str:
     return f"{run['id']} {run['name']} {run.get('project') or ''}"
 
 
-class QueueScreen(DashboardScreen):
+class QueueScreen(RunListScreen):
     """Start order: what is being dispatched, then the queue by priority and age."""
 
     NAV = "queue"
@@ -44,10 +44,6 @@ class QueueScreen(DashboardScreen):
         Binding("x,delete", "cancel_run", "Cancel"),
         Binding("n", "app.submit", "Submit"),
     ]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._queue: list[dict[str, Any]] = []
 
     def compose_body(self) -> ComposeResult:
         yield QueueTable(id="queue-table")
@@ -64,13 +60,9 @@ class QueueScreen(DashboardScreen):
         wanted = parse_filter(self.query_text, FILTER_KEYS)
         if wanted:
             queue = [r for r in queue if wanted.matches(run_fields(r), run_text(r))]
-        self._queue = queue
+        self.run_rows = queue
         self.table.show(queue, view.now)
         self.show_info()
-
-    def current_run(self) -> dict[str, Any] | None:
-        key = self.table.current_key
-        return next((r for r in self._queue if r["id"] == key), None)
 
     def show_info(self) -> None:
         run = self.current_run()
@@ -92,18 +84,6 @@ class QueueScreen(DashboardScreen):
             text.append(f" · starting on {placement(run)}", style="cyan")
         self.set_info(text)
 
-    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
-        self.show_info()
-
-    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
-        event.stop()
-        self.action_open_run()
-
-    def action_open_run(self) -> None:
-        run = self.current_run()
-        if run is not None:
-            self.dashboard.open_run(run["id"])
-
     def action_raise_priority(self) -> None:
         self._shift(1)
 
@@ -119,11 +99,6 @@ class QueueScreen(DashboardScreen):
         run = self.current_run()
         if run is not None:
             self.dashboard.pick_priority(run)
-
-    def action_cancel_run(self) -> None:
-        run = self.current_run()
-        if run is not None:
-            self.dashboard.confirm_cancel([run])
 
     def commands(self) -> list[PaletteCommand]:
         return [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,10 +11,10 @@ from textual.binding import Binding, BindingType
 from cvtui.tui import cells
 from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
-from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
+from cvtui.tui.screens.base import PaletteCommand
 from cvtui.tui.screens.queue import run_fields, run_text
+from cvtui.tui.screens.run_list import RunListScreen
 from cvtui.tui.widgets.runs_table import RunsTable, placement
-from cvtui.tui.widgets.table import LiveTable
 
 FILTER_KEYS = ("state", "project", "user", "priority", "host")
 STATE_SETS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
@@ -25,7 +25,7 @@ STATE_SETS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 )
 
 
-class RunsScreen(DashboardScreen):
+class RunsScreen(RunListScreen):
     """Newest first; `f` cycles state sets, `/` filters, space marks runs for a metrics overlay."""
 
     NAV = "runs"
@@ -42,7 +42,6 @@ class RunsScreen(DashboardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.states = STATE_SETS[0]
-        self._runs: list[dict[str, Any]] = []
 
     def compose_body(self) -> ComposeResult:
         yield RunsTable(id="runs-table")
@@ -61,13 +60,9 @@ class RunsScreen(DashboardScreen):
         wanted = parse_filter(self.query_text, FILTER_KEYS)
         if wanted:
             runs = [r for r in runs if wanted.matches(run_fields(r), run_text(r))]
-        self._runs = runs
+        self.run_rows = runs
         self.table.show(runs, view.now, self.dashboard.marked)
         self.show_info()
-
-    def current_run(self) -> dict[str, Any] | None:
-        key = self.table.current_key
-        return next((r for r in self._runs if r["id"] == key), None)
 
     def show_info(self) -> None:
         run = self.current_run()
@@ -92,18 +87,6 @@ class RunsScreen(DashboardScreen):
                 f" · {placement(run)} · {run.get('user') or '?'}/{run.get('project') or '-'}"
             )
         self.set_info(text)
-
-    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
-        self.show_info()
-
-    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
-        event.stop()
-        self.action_open_run()
-
-    def action_open_run(self) -> None:
-        run = self.current_run()
-        if run is not None:
-            self.dashboard.open_run(run["id"])
 
     def action_mark_run(self) -> None:
         run = self.current_run()
@@ -134,11 +117,6 @@ class RunsScreen(DashboardScreen):
         view = self.dashboard.view
         if view is not None:
             self.show(view)
-
-    def action_cancel_run(self) -> None:
-        run = self.current_run()
-        if run is not None:
-            self.dashboard.confirm_cancel([run])
 
     def commands(self) -> list[PaletteCommand]:
         return [
