@@ -9,41 +9,35 @@ from typing import Any
 
 from cvtui.catalog import Catalog
 from cvtui.engine.engine import Engine
-from cvtui.engine.lock import EngineLock, lock_holder
-from cvtui.errors import EngineLockedError
 from cvtui.inventory import Inventory
-
-
-async def first_round(inventory: Inventory, catalog: Catalog, timeout_s: float) -> None:
-    """Connect to every host, wait for its first telemetry or failure, then disconnect."""
-    engine = Engine(inventory, catalog)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(engine.run(stop))
-    await engine.wait_answered(timeout_s)
-    for name, answered in engine.answered.items():
-        if not answered.is_set():
-            catalog.set_host_state(name, "disconnected", f"timeout (no answer in {timeout_s:g} s)")
-    stop.set()
-    await runner
+from cvtui.local_engine import drive
 
 
 def collect_hosts_report(
     inventory: Inventory, home: Path, timeout_s: float
 ) -> list[dict[str, Any]]:
-    """The hosts report, from the engine that owns home's catalog or from a fresh round."""
+    """The hosts report, from the engine that owns home's catalog or from a fresh round.
+
+    Without a running engine, one runs here until every host sent its first telemetry or
+    failed (at most timeout_s); hosts still connecting then are reported as timed out.
+    """
+    hosted = False
+
+    def answered(engine: Engine | None) -> bool:
+        nonlocal hosted
+        if engine is None:
+            return True  # another process runs the engine: read what it writes
+        hosted = True
+        return all(event.is_set() for event in engine.answered.values())
+
+    policy = inventory.policy
     with Catalog.open_home(home) as catalog:
-        if lock_holder(home) is None:
-            lock = EngineLock(home)
-            try:
-                lock.acquire()
-            except EngineLockedError:
-                pass  # an engine started meanwhile: read what it writes
-            else:
-                try:
-                    asyncio.run(first_round(inventory, catalog, timeout_s))
-                finally:
-                    lock.release()
-        policy = inventory.policy
+        asyncio.run(drive(inventory, catalog, home, answered, timeout_s=timeout_s, poll_s=0.02))
+        if hosted:
+            for host in catalog.hosts_report(names=inventory.names()):
+                if host["state"] == "connecting":
+                    reason = f"timeout (no answer in {timeout_s:g} s)"
+                    catalog.set_host_state(host["name"], "disconnected", reason)
         return catalog.hosts_report(
             now=time.time(),
             stale_after_s=policy.stale_after_s,
