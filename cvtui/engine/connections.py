@@ -86,9 +86,12 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
 
 def connect_options(host: Host, timeout_s: float) -> dict[str, Any]:
     """asyncssh.connect arguments for host; ~/.ssh/config and ssh-agent stay in effect."""
+    path = known_hosts_path(host)
     options: dict[str, Any] = {
         "port": host.port,
-        "known_hosts": str(known_hosts_path(host)),
+        # A known_hosts file that does not exist yet trusts nobody (asyncssh would raise
+        # FileNotFoundError): the host is then reported as unknown, with the trust command.
+        "known_hosts": str(path) if path.exists() else asyncssh.import_known_hosts(""),
         "connect_timeout": timeout_s,
         "login_timeout": timeout_s,
         "keepalive_interval": KEEPALIVE_INTERVAL_S,

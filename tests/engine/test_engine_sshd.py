@@ -209,3 +209,16 @@ async def test_connection_options_honour_identity_and_known_hosts(lab: Lab) -> N
         await asyncssh.connect(
             "127.0.0.1", host.port, known_hosts=None, client_keys=[], agent_path=None
         )
+
+
+async def test_missing_known_hosts_file_means_host_key_unknown(lab: Lab, home: Path) -> None:
+    lab.known_hosts.unlink()
+    inventory = load_inventory(lab.inventory_path)
+    with Catalog.open_home(home) as catalog:
+        engine = Engine(inventory, catalog)
+        async with running(engine.run):
+            await engine.wait_answered(15)
+            assert host_state(catalog, "gpu-01") == (
+                "error",
+                "host key unknown (run: cvtui hosts trust gpu-01)",
+            )
