@@ -204,11 +204,14 @@ def demo(host_count: int, headless: bool, duration: float | None) -> None:
 
 
 def _register_run_commands() -> None:
-    from cvtui import cli_queue, cli_runs, cli_sync
+    from cvtui import cli_components, cli_models, cli_queue, cli_reproduce, cli_runs, cli_sync
 
     cli_runs.register(main)
     cli_queue.register(main)
     cli_sync.register(main)
+    cli_reproduce.register(main)
+    cli_components.register(main)
+    cli_models.register(main)
 
 
 _register_run_commands()

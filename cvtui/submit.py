@@ -14,6 +14,8 @@ from cvtui.engine.runner import snapshot_archive
 from cvtui.engine.snapshot import Snapshot, take_snapshot
 from cvtui.errors import UnknownHostError
 from cvtui.inventory import Inventory
+from cvtui.repro.blobstore import BlobStore
+from cvtui.repro.components import store_snapshot
 from cvtui.runspec import RunSpec, load_run_config, with_overrides
 
 
@@ -57,8 +59,13 @@ def save_snapshot(home: Path, snapshot: Snapshot) -> Path:
     return path
 
 
-def run_rows(specs: Sequence[RunSpec], home: Path) -> list[dict[str, Any]]:
-    """Catalog rows for specs: one snapshot per distinct code dir, ids in grid order."""
+def run_rows(
+    specs: Sequence[RunSpec], home: Path, catalog: Catalog | None = None
+) -> list[dict[str, Any]]:
+    """Catalog rows for specs: one snapshot per distinct code dir, ids in grid order.
+
+    With a catalog, each snapshot's files also go to the content store (`cvtui components`).
+    """
     snapshots: dict[tuple[str, tuple[str, ...]], Snapshot] = {}
     rows = []
     user = getpass.getuser()
@@ -68,6 +75,8 @@ def run_rows(specs: Sequence[RunSpec], home: Path) -> list[dict[str, Any]]:
         if key not in snapshots:
             snapshots[key] = take_snapshot(spec.code_dir, spec.exclude)
             save_snapshot(home, snapshots[key])
+            if catalog is not None:
+                store_snapshot(catalog, BlobStore.in_home(home), snapshots[key])
         rows.append(
             {
                 "id": new_run_id(now + spec.index * 1e-3),  # ids sort in grid order
@@ -89,4 +98,4 @@ def run_rows(specs: Sequence[RunSpec], home: Path) -> list[dict[str, Any]]:
 
 
 def submit(catalog: Catalog, home: Path, specs: Sequence[RunSpec]) -> list[str]:
-    return catalog.insert_runs(run_rows(specs, home))
+    return catalog.insert_runs(run_rows(specs, home, catalog))

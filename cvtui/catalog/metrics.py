@@ -102,7 +102,7 @@ def blob_key(algo: str, digest: bytes) -> str:
 
 
 class SyncMixin:
-    """Catalog methods for synced files, metrics and blobs (mixed into Catalog)."""
+    """Catalog methods for synced files, metrics and local block signatures (mixed into Catalog)."""
 
     if TYPE_CHECKING:
         _lock: threading.RLock
@@ -199,9 +199,9 @@ class SyncMixin:
             )
         return gone
 
-    # -- blobs ------------------------------------------------------------------------
+    # -- signatures ------------------------------------------------------------------------
 
-    def store_blob(
+    def store_signature(
         self,
         key: str,
         algo: str,
@@ -215,24 +215,24 @@ class SyncMixin:
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO blobs (hash, algo, size, block_size, leaves, created) "
+                "INSERT OR IGNORE INTO signatures (hash, algo, size, block_size, leaves, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (key, algo, size, block_size, leaves, now),
             )
 
-    def load_blob(self, key: str) -> tuple[str, int, int, bytes] | None:
+    def load_signature(self, key: str) -> tuple[str, int, int, bytes] | None:
         """(algo, size, block_size, leaves) of a stored content version."""
         with self._read() as conn:
             row = conn.execute(
-                "SELECT algo, size, block_size, leaves FROM blobs WHERE hash = ?", (key,)
+                "SELECT algo, size, block_size, leaves FROM signatures WHERE hash = ?", (key,)
             ).fetchone()
         return None if row is None else (row[0], int(row[1]), int(row[2]), bytes(row[3]))
 
-    def drop_unused_blobs(self) -> int:
-        """Delete blobs that no file row names any more; how many were deleted."""
+    def drop_unused_signatures(self) -> int:
+        """Delete signatures that no file row names any more; how many were deleted."""
         with self._write() as conn:
             return conn.execute(
-                "DELETE FROM blobs "
+                "DELETE FROM signatures "
                 "WHERE hash NOT IN (SELECT hash FROM files WHERE hash IS NOT NULL)"
             ).rowcount
 

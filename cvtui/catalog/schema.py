@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cvtui.catalog.components import migration_5_reproducibility
 from cvtui.catalog.metrics import migration_4_sync
 from cvtui.errors import CvtuiError
 
@@ -195,7 +196,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_1_monitoring,
     migration_2_runs,
     migration_3_queue,
-    migration_4_sync,  # cvtui/catalog/metrics.py
+    migration_4_sync,  # cvtui/catalog/metrics.py (its `blobs` became `signatures` in 5)
+    migration_5_reproducibility,  # cvtui/catalog/components.py
 )
 
 

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cvtui.catalog import schema
+from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.hosts_admin import HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
@@ -47,7 +48,7 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin):
+class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in

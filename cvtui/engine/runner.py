@@ -19,6 +19,7 @@ from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
 from cvtui.engine.mirror import mirror_dir as mirror_dir  # re-exported: `cvtui logs` reads there
 from cvtui.engine.syncer import Syncer
+from cvtui.repro.provenance import record_dispatch
 from cvtui.runspec import RunSpec
 from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus, StartRequest
@@ -244,6 +245,7 @@ class RunController:
             # The start may or may not have reached the host: reconnecting reconciles it.
             log.warning("run %s: start on %s interrupted: %r", run_id, placement.host, exc)
             return
+        record_dispatch(self.catalog, run, session, placement, command)
         self.catalog.transition_run(
             run_id,
             "running",
@@ -420,6 +422,10 @@ class RunController:
                 await self.cancel(command)
             elif command["kind"] == "sync":
                 self.sync.start_command(command)
+            elif command["kind"] == "components_sync":
+                from cvtui.engine.components_sync import run_components_sync
+
+                self.spawn(run_components_sync(self.engine, command))
             elif command["kind"] == "exec":
                 self.catalog.finish_command(command["id"], ok=True, result="relayed")
                 session = self.engine.sessions.get(command["args"].get("host", ""))

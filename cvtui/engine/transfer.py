@@ -204,7 +204,7 @@ class TransferMixin:
         """(block size, leaves) stored for the local copy, when it is still the one synced."""
         if not row or not row.get("hash") or not self._local_intact(path, row):
             return None
-        found = self.catalog.load_blob(row["hash"])
+        found = self.catalog.load_signature(row["hash"])
         if found is None or found[0] != self.algo or found[1] != st.st_size:
             return None
         return found[2], found[3]
@@ -229,7 +229,7 @@ class TransferMixin:
         st = target.lstat()
         key = blob_key(sig.algo, sig.digest)
         if sig.size > delta.SMALL_BYTES:
-            self.catalog.store_blob(key, sig.algo, sig.size, sig.block_size, leaves)
+            self.catalog.store_signature(key, sig.algo, sig.size, sig.block_size, leaves)
         self.catalog.set_file(
             self.run_id,
             entry.path,
@@ -248,7 +248,7 @@ class TransferMixin:
             reason=None,
             synced_at=time.time(),
         )
-        self.catalog.drop_unused_blobs()
+        self.catalog.drop_unused_signatures()
         return FileResult(entry.path, "synced", delta.WHOLE if fresh else delta.DELTA)
 
     # -- the host -------------------------------------------------------------------------

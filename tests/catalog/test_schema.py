@@ -22,6 +22,16 @@ TABLES = {
     "gpu_processes",
     "telemetry",
     "commands",
+    "blobs",
+    "signatures",
+    "components",
+    "component_scan",
+    "snapshots",
+    "snapshot_files",
+    "run_manifests",
+    "run_provenance",
+    "host_environments",
+    "models",
     "runs",
     "run_events",
 }
@@ -38,7 +48,7 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 4
+        assert cat.schema_version() == LATEST == 5
         assert set(cat.db.table_names()) >= TABLES
         assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
             i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
@@ -50,6 +60,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (2, "migration_2_runs"),
         (3, "migration_3_queue"),
         (4, "migration_4_sync"),
+        (5, "migration_5_reproducibility"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 

@@ -184,7 +184,7 @@ async def test_a_block_change_in_a_checkpoint_costs_one_block(
     assert mirror(home, "model.pt").read_bytes() == ckpt.read_bytes()
     row = catalog.file_row(RUN_ID, "model.pt")
     assert row is not None and row["hash"].startswith(source.algorithms[0] + ":")
-    assert catalog.load_blob(row["hash"]) is not None  # local signatures are kept
+    assert catalog.load_signature(row["hash"]) is not None  # local signatures are kept
 
 
 async def test_a_local_copy_changed_behind_our_back_is_repaired(

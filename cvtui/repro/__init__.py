@@ -1,0 +1,1 @@
+"""Reproducibility: the content store, component versions, run provenance, models."""
