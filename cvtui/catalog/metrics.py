@@ -8,8 +8,9 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
+
+from cvtui.catalog.metric_store import append_points, by_step, delete_file_points, series_points
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -274,14 +275,8 @@ class SyncMixin:
             if found is None or (int(found[0]) != expect_offset and not replace):
                 return False
             if replace:
-                conn.execute("DELETE FROM metrics WHERE run_id = ? AND file = ?", (run_id, path))
-            # zip() builds the 6-tuples in C: this is the hot loop of ingestion.
-            steps, keys, values, texts = zip(*rows, strict=True) if rows else ((), (), (), ())
-            conn.executemany(
-                "INSERT INTO metrics (run_id, file, step, key, value, text) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                zip(repeat(run_id), repeat(path), steps, keys, values, texts),
-            )
+                delete_file_points(conn, run_id, path)
+            append_points(conn, run_id, path, rows)
             conn.execute(
                 "UPDATE files SET parse_offset = ?, parse_state = ?, updated = ? "
                 "WHERE run_id = ? AND path = ?",
@@ -292,7 +287,7 @@ class SyncMixin:
     def metric_keys(self, run_id: str) -> list[str]:
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key", (run_id,)
+                "SELECT DISTINCT key FROM metric_series WHERE run_id = ? ORDER BY key", (run_id,)
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -300,20 +295,20 @@ class SyncMixin:
         self, run_id: str, keys: Sequence[str] | None = None
     ) -> list[tuple[Any, str, str, float | None, str | None]]:
         """(step, key, file, value, text) of a run, by key then step; keys None means all."""
-        wanted = None if keys is None else json.dumps(list(keys))
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT step, key, file, value, text FROM metrics WHERE run_id = ?1 "
-                "AND (?2 IS NULL OR key IN (SELECT value FROM json_each(?2))) "
-                "ORDER BY key, step, rowid",
-                (run_id, wanted),
-            ).fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            found = series_points(conn, run_id, keys)
+        out: list[tuple[Any, str, str, float | None, str | None]] = []
+        for key, files in found.items():
+            merged = by_step([(s, f, v, t) for f, points in files for s, v, t in points])
+            out.extend((s, key, f, v, t) for s, f, v, t in merged)
+        return out
 
     def metric_count(self, run_id: str, path: str | None = None) -> int:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT count(*) FROM metrics WHERE run_id = ?1 AND (?2 IS NULL OR file = ?2)",
+                "SELECT coalesce(sum(c.count), 0) FROM metric_series s"
+                " JOIN metric_chunks c ON c.series = s.id"
+                " WHERE s.run_id = ?1 AND (?2 IS NULL OR s.file = ?2)",
                 (run_id, path),
             ).fetchone()
         return int(row[0])
@@ -322,22 +317,26 @@ class SyncMixin:
         self, run_id: str, keys: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]:
         """Per numeric key: last value (at the highest step), min, max, and how many values."""
-        wanted = None if keys is None else json.dumps(list(keys))
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT key, count(value), min(value), max(value),"
-                " (SELECT m2.value FROM metrics m2 WHERE m2.run_id = m.run_id AND m2.key = m.key"
-                "  AND m2.value IS NOT NULL ORDER BY m2.step DESC, m2.rowid DESC LIMIT 1),"
-                " max(step)"
-                " FROM metrics m WHERE run_id = ?1 AND value IS NOT NULL"
-                " AND (?2 IS NULL OR key IN (SELECT value FROM json_each(?2)))"
-                " GROUP BY key ORDER BY key",
-                (run_id, wanted),
-            ).fetchall()
-        return {
-            r[0]: {"count": r[1], "min": r[2], "max": r[3], "last": r[4], "last_step": r[5]}
-            for r in rows
-        }
+            found = series_points(conn, run_id, keys)
+        summary: dict[str, dict[str, Any]] = {}
+        for key, files in sorted(found.items()):
+            numbers = [(s, v) for _f, points in files for s, v, _t in points if v is not None]
+            if not numbers:
+                continue
+            values = [v for _s, v in numbers]
+            last_step, last = numbers[0]
+            for step, value in numbers:  # the highest step; on a tie the last written
+                if step is not None and (last_step is None or step >= last_step):
+                    last_step, last = step, value
+            summary[key] = {
+                "count": len(values),
+                "min": min(values),
+                "max": max(values),
+                "last": last,
+                "last_step": last_step,
+            }
+        return summary
 
 
 def file_view(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cvtui.catalog.components import migration_5_reproducibility
+from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
 from cvtui.errors import CvtuiError
 
@@ -198,6 +199,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_3_queue,
     migration_4_sync,  # cvtui/catalog/metrics.py (its `blobs` became `signatures` in 5)
     migration_5_reproducibility,  # cvtui/catalog/components.py
+    migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
 )
 
 

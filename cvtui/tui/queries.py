@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cvtui.catalog.metric_store import by_step, series_points
+
 # The run columns the tables show; the big JSON ones (spec, config) are read per run only.
 RUN_FIELDS = (
     "id",
@@ -55,7 +57,7 @@ def table_columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
 def features(conn: sqlite3.Connection) -> Features:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     return Features(
-        metrics="metrics" in tables,
+        metrics="metric_series" in tables,
         files="files" in tables,
         drained="drained" in table_columns(conn, "hosts"),
     )
@@ -176,8 +178,11 @@ def run_events(conn: sqlite3.Connection, run_id: str) -> list[tuple[float, str, 
 def metric_keys(conn: sqlite3.Connection, run_ids: Sequence[str]) -> list[str]:
     """Numeric metric keys that any of these runs has, sorted (needs the metrics table)."""
     rows = conn.execute(
-        "SELECT DISTINCT key FROM metrics WHERE run_id IN (SELECT value FROM json_each(?)) "
-        "AND value IS NOT NULL ORDER BY key",
+        "SELECT DISTINCT s.key FROM metric_series s"
+        " WHERE s.run_id IN (SELECT value FROM json_each(?))"
+        " AND EXISTS (SELECT 1 FROM metric_chunks c WHERE c.series = s.id"
+        "  AND EXISTS (SELECT 1 FROM json_each(c.vals) WHERE type IN ('integer', 'real')))"
+        " ORDER BY s.key",
         (json.dumps(list(run_ids)),),
     ).fetchall()
     return [r[0] for r in rows]
@@ -187,12 +192,10 @@ def metric_series(
     conn: sqlite3.Connection, run_id: str, key: str, max_points: int = 4000
 ) -> list[tuple[float, float]]:
     """(step, value) of one key, by step, thinned evenly to at most max_points (last kept)."""
-    rows = conn.execute(
-        "SELECT step, value FROM metrics WHERE run_id = ? AND key = ? AND value IS NOT NULL "
-        "ORDER BY step",
-        (run_id, key),
-    ).fetchall()
-    points = [(float(s), float(v)) for s, v in rows if s is not None]
+    found = series_points(conn, run_id, [key]).get(key, [])
+    merged = [p for _file, points in found for p in points]
+    ordered = by_step(merged)
+    points = [(float(s), float(v)) for s, v, _t in ordered if s is not None and v is not None]
     if len(points) > max_points:
         stride = len(points) / max_points
         thinned = [points[int(i * stride)] for i in range(max_points - 1)]

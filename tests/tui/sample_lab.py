@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cvtui.catalog import Catalog
 from cvtui.inventory import Inventory, parse_inventory
+from cvtui.metrics_parse import MetricRow
 from remote_agent.protocol import GpuProcess, GpuSample, HostSample, Telemetry
 
 NOW = 1_750_000_000.0  # a fixed "now" for the clock, 2025-06-15 15:06:40 UTC
@@ -296,26 +297,15 @@ def write_log(home: Path, run_id: str, lines: int) -> Path:
     return path
 
 
-METRICS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS metrics (run_id TEXT, file TEXT, step REAL, key TEXT, "
-    "value REAL, text TEXT)"
-)
-
-
 def add_metrics(catalog: Catalog) -> None:
-    """Metric rows for two runs (the metrics table is created when the schema lacks it)."""
-    conn = catalog.db.conn
-    conn.execute(METRICS_TABLE)
-    rows = []
+    """Metric rows for two runs, stored as the engine stores a parsed metrics.csv."""
     for key, scale in (("resnet", 1.0), ("vit", 0.7)):
         run_id = RUN_IDS[key]
+        rows = []
         for step in range(0, 200, 2):
-            rows.append(
-                (run_id, "metrics.csv", float(step), "loss", scale * 2.0 * math.exp(-step / 60))
-            )
-            rows.append(
-                (run_id, "metrics.csv", float(step), "acc", 1 - math.exp(-step / (50 * scale)))
-            )
-    conn.executemany(
-        "INSERT INTO metrics (run_id, file, step, key, value) VALUES (?, ?, ?, ?, ?)", rows
-    )
+            rows.append(MetricRow(float(step), "loss", scale * 2.0 * math.exp(-step / 60), None))
+            rows.append(MetricRow(float(step), "acc", 1 - math.exp(-step / (50 * scale)), None))
+        catalog.set_file(run_id, "metrics.csv", sync_status="synced", now=NOW)
+        catalog.store_metrics(
+            run_id, "metrics.csv", rows, expect_offset=0, offset=1, state_json="{}"
+        )

@@ -317,7 +317,10 @@ async def test_metrics_tab_says_so_when_the_catalog_has_none(
 
     from cvtui.tui.widgets.metrics_panel import MetricsPanel
 
-    lab_catalog.db.conn.execute("DROP TABLE metrics")  # a catalog from before sync existed
+    conn = lab_catalog.db.conn  # a catalog from before sync existed
+    conn.execute("DROP VIEW metrics")
+    conn.execute("DROP TABLE metric_chunks")
+    conn.execute("DROP TABLE metric_series")
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await loaded(pilot)
