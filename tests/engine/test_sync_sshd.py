@@ -155,11 +155,12 @@ def good_bytes(part: Path, source: bytes) -> int:
     )
 
 
+@pytest.mark.timeout(480)  # about 40 s on an idle 2-core machine; niced syncs crawl under load
 def test_kill_9_during_a_checkpoint_sync_resumes(lab_factory, home: Path, tmp_path: Path) -> None:
-    # The issue asks for 200 MB and 20 kills; 48 MB and 6 kills keep the suite fast and cover
-    # the same code: a part file left at a random point is the seed of the next run.
-    size = 48 << 20
-    kills = 6
+    # The issue's figures: a 200 MB checkpoint, 20 kills at random points. Each kill lands
+    # 1.7-4% further on, so the 20 kills all fall inside the transfer.
+    size = 200 << 20
+    kills = 20
     lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
     script = f"import os\nopen('part.pt', 'wb').write(os.urandom({size}))\n"
     script += "os.rename('part.pt', 'model.pt')\n"
@@ -179,7 +180,7 @@ def test_kill_9_during_a_checkpoint_sync_resumes(lab_factory, home: Path, tmp_pa
     argv += [str(lab.inventory_path), "sync", run_id, "--json"]
     remaining = size
     for _ in range(kills):
-        target = min(size - 1, size - remaining + rng.randint(size // 20, size // 8))
+        target = min(size - 1, size - remaining + rng.randint(size // 60, size // 25))
         log = tmp_path / "sync.log"
         with open(log, "wb") as out:
             # Niced, so that on a small machine this loop still sees the part file grow.
@@ -203,7 +204,7 @@ def test_kill_9_during_a_checkpoint_sync_resumes(lab_factory, home: Path, tmp_pa
     assert not part.exists()
     again = cvtui(lab, home, "sync", run_id, "--json")
     assert json.loads(again.stdout)[run_id]["fetched"] == 0  # idempotent
-    with Catalog.open_home(home) as catalog:  # six kills -9 mid-write left it intact
+    with Catalog.open_home(home) as catalog:  # twenty kills -9 mid-write left it intact
         assert catalog.integrity_ok()
 
 
