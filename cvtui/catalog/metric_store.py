@@ -160,7 +160,7 @@ def append_points(conn: sqlite3.Connection, run_id: str, file: str, rows: Sequen
                         last[0],
                     ),
                 )
-        chunks = []
+        chunks: list[tuple[Any, ...]] = []
         for a in range(start, len(steps), CHUNK_POINTS):
             b = a + CHUNK_POINTS
             part = _encode(steps[a:b], values[a:b], texts[a:b])
