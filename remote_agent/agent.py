@@ -44,6 +44,7 @@ from remote_agent.protocol import (
     reply_ok,
 )
 from remote_agent.runs import RunOps
+from remote_agent.workspace import WorkspaceOps
 
 DEFAULT_ROOT = "~/.cache/cvtui"
 DEFAULT_LEASES_DIR = "/tmp/cvtui-leases"
@@ -188,6 +189,7 @@ class Agent:
         self.ops.update(self.runs.ops)
         self.files = FileOps(options.root, self.send)
         self.ops.update(self.files.ops)
+        self.ops.update(WorkspaceOps().ops)  # `cvtui components sync`
 
     # --- output ---
 

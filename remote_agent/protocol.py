@@ -379,3 +379,59 @@ class FileListing:
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"bad file listing: {exc}") from exc
+
+
+# --- Workspaces ------------------------------------------------------------------------------
+# A host's working copy of a code dir, reconciled with the controller's content store by
+# `cvtui components sync` (remote_agent/workspace.py). `dir` is absolute, `~/...`, or relative
+# to the login directory; paths inside it are '/'-separated, relative, never '..'. Content
+# travels over SFTP: the controller uploads to `<dir>/<WORKSPACE_UPLOAD_PREFIX><hex>` and
+# OP_WORKSPACE_PUT renames it into place.
+OP_WORKSPACE_LIST = "workspace_list"  # {dir, algo?, after?, skip_dirs?, skip_suffixes?, exclude?}
+#   -> WorkspaceListing fields: one page of files sorted by path; ask again with after=next
+OP_WORKSPACE_PUT = "workspace_put"  # {dir, upload, path, algo, hash, executable, replaces} -> {}
+#   replaces: the hash the file has now (as listed), or null when it must not exist yet
+OP_WORKSPACE_DELETE = "workspace_delete"  # {dir, path, algo, hash} -> {}: only if still `hash`
+
+E_WORKSPACE_CHANGED = "workspace_changed"  # the file is no longer what the controller listed
+
+WORKSPACE_UPLOAD_PREFIX = ".cvtui-upload-"  # never listed; followed by 8 to 64 hex digits
+
+
+@dataclass(frozen=True)
+class WorkspaceFile:
+    """One regular file of a workspace with the hash of its whole content."""
+
+    path: str  # relative to the workspace dir
+    size: int  # bytes
+    mtime_ns: int
+    executable: bool  # the owner's x bit
+    hash: str  # hex, in the listing's algo
+    link: bool = False  # reached through a symlink that stays inside the dir
+
+
+@dataclass(frozen=True)
+class WorkspaceListing:
+    dir: str  # the workspace as an absolute path on the host
+    exists: bool
+    algo: str  # "xxh3_128" when the host has xxhash, else "blake2b-128"
+    files: tuple[WorkspaceFile, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()  # symlinks that leave the dir, names not UTF-8, ...
+    next: str | None = None  # more files follow: ask again with after=next
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> WorkspaceListing:
+        try:
+            return cls(
+                dir=str(data["dir"]),
+                exists=bool(data["exists"]),
+                algo=str(data["algo"]),
+                files=tuple(WorkspaceFile(**f) for f in data.get("files", ())),
+                skipped=tuple(SkippedFile(**s) for s in data.get("skipped", ())),
+                next=data.get("next"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"bad workspace listing: {exc}") from exc
