@@ -12,6 +12,7 @@ from benchmarks import (
     agent_cost,
     catalog_speed,
     cli_startup,
+    components,
     connect,
     controller_cost,
     queue_latency,
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "catalog": catalog_speed.run,
     "tui": tui.run,
     "sync": sync.run,
+    "components": components.run,
 }
 
 

@@ -304,6 +304,87 @@ class ComponentsMixin:
                 [(root, p) for p in gone],
             )
 
+    def scan_state(self, root: str) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+        """(scan cache as scan_cache gives it, path -> active hash) of root, in one read."""
+        with self._read() as conn:
+            cache = {
+                path: (size, mtime_ns, hash_)
+                for path, size, mtime_ns, hash_ in conn.execute(
+                    "SELECT path, size, mtime_ns, hash FROM component_scan WHERE root = ?", (root,)
+                )
+            }
+            active = dict(
+                conn.execute(
+                    "SELECT path, hash FROM components WHERE root = ? AND active = 1", (root,)
+                ).fetchall()
+            )
+        return cache, active
+
+    # -- listings -------------------------------------------------------------------------
+    def component_listing(self, root: str, category: str | None = None) -> list[dict[str, Any]]:
+        """One row per path of root: its active version (None once removed), versions, last change.
+
+        Keys: path, category, name, active (hash), size (bytes, of the active version),
+        executable, versions, changed (unix seconds the newest version was first seen).
+        """
+        with self._read() as conn:
+            cursor = conn.execute(
+                "SELECT path, category, name,"
+                " MAX(CASE WHEN active = 1 THEN hash END) AS active,"
+                " MAX(CASE WHEN active = 1 THEN size END) AS size,"
+                " MAX(CASE WHEN active = 1 THEN executable END) AS executable,"
+                " COUNT(*) AS versions, MAX(created) AS changed"
+                " FROM components WHERE root = ? AND (? IS NULL OR category = ?)"
+                " GROUP BY path ORDER BY path",
+                (root, category, category),
+            )
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor]
+        for row in rows:
+            row["executable"] = None if row["executable"] is None else bool(row["executable"])
+        return rows
+
+    def component_categories(self, root: str) -> list[str]:
+        with self._read() as conn:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT category FROM components WHERE root = ? ORDER BY 1", (root,)
+                )
+            ]
+
+    def blobs_with_prefix(self, prefix: str, limit: int = 10) -> list[tuple[str, int]]:
+        """(hash, size bytes) of indexed blobs whose hash starts with a lowercase hex prefix."""
+        upper = prefix + "g"  # 'g' sorts after every hex digit: a range scan of the primary key
+        with self._read() as conn:
+            return [
+                (str(h), int(s))
+                for h, s in conn.execute(
+                    "SELECT hash, size FROM blobs WHERE hash >= ? AND hash < ? ORDER BY hash"
+                    " LIMIT ?",
+                    (prefix, upper, limit),
+                )
+            ]
+
+    def runs_using_version(self, root: str, path: str, hash_: str) -> list[dict[str, Any]]:
+        """Runs (id, name, state) dispatched with this version of root/path, oldest first.
+
+        Narrower than runs_using: the same content at another path, or in another code dir,
+        does not count.
+        """
+        with self._read() as conn:
+            return [
+                {"id": run_id, "name": name, "state": state}
+                for run_id, name, state in conn.execute(
+                    "SELECT m.run_id, r.name, r.state FROM run_manifests m"
+                    " JOIN runs r ON r.id = m.run_id"
+                    " LEFT JOIN snapshots s ON s.hash = r.code_hash"
+                    " WHERE m.hash = ? AND m.path = ? AND (s.root IS NULL OR s.root = ?)"
+                    " ORDER BY m.run_id",
+                    (hash_, path, root),
+                )
+            ]
+
     # -- snapshots and manifests ----------------------------------------------------------
     def record_snapshot(self, snapshot_hash: str, root: str, files: Sequence[VersionEntry]) -> None:
         """The per-file manifest of a code snapshot (once per snapshot hash)."""
