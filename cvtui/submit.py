@@ -16,6 +16,7 @@ from cvtui.errors import UnknownHostError
 from cvtui.inventory import Inventory
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.components import store_snapshot
+from cvtui.repro.provenance import submit_half, write_submit_half
 from cvtui.runspec import RunSpec, load_run_config, with_overrides
 
 
@@ -98,4 +99,9 @@ def run_rows(
 
 
 def submit(catalog: Catalog, home: Path, specs: Sequence[RunSpec]) -> list[str]:
-    return catalog.insert_runs(run_rows(specs, home, catalog))
+    """Queue specs; each run's provenance (code, git state, command, config, env) is kept."""
+    rows = run_rows(specs, home, catalog)
+    provenance = submit_half(catalog, BlobStore.in_home(home), rows, specs)
+    run_ids = catalog.insert_runs(rows)
+    write_submit_half(catalog, provenance)
+    return run_ids

@@ -23,6 +23,7 @@ from cvtui.engine.notify import Notifier
 from cvtui.engine.runner import RunController
 from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
+from cvtui.repro.provenance import capture_host_environment
 from remote_agent import protocol
 from remote_agent.protocol import Hello, ProtocolError, RemoteError, RunStatus, Telemetry
 
@@ -114,6 +115,8 @@ class HostSession:
             if hello.protocol == protocol.PROTOCOL_VERSION:
                 self.hello = hello
                 self.engine.agent_started(self.host.name, hello, bundle.hash)
+                # pip freeze and driver version for provenance, off the dispatch path.
+                self.engine.runs.spawn(capture_host_environment(self.engine.catalog, self, conn))
                 return client
             await client.close()
         raise HostConnectError(

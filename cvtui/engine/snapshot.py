@@ -9,9 +9,10 @@ import os
 import stat
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import xxhash
 
@@ -59,20 +60,41 @@ class Snapshot:
 
     def tar_bytes(self) -> bytes:
         """A deterministic tar of the files (sorted, no owners, mtime 0)."""
+
+        def content(item: SnapshotFile) -> bytes:
+            with open(self.root / item.path, "rb") as fh:
+                data = fh.read()
+            if xxhash.xxh3_128_hexdigest(data) != item.hash:
+                raise CvtuiError(f"{self.root / item.path} changed while it was being sent")
+            return data
+
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for item in self.files:
-                info = tarfile.TarInfo(item.path)
-                info.size = item.size
-                info.mode = 0o755 if item.executable else 0o644
-                info.mtime = 0
-                with open(self.root / item.path, "rb") as fh:
-                    data = fh.read()
-                if xxhash.xxh3_128_hexdigest(data) != item.hash:
-                    raise CvtuiError(f"{self.root / item.path} changed while it was being sent")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        write_snapshot_tar(buffer, self.files, content)
         return buffer.getvalue()
+
+
+def write_snapshot_tar(
+    out: BinaryIO, files: Sequence[SnapshotFile], content: Callable[[SnapshotFile], bytes]
+) -> None:
+    """Write the deterministic tar of files to out: in the order given, no owners, mtime 0.
+
+    The one definition of a snapshot's archive, so a tar rebuilt from the content store
+    (`cvtui reproduce`) is byte-identical to the one `cvtui run` wrote from the code dir.
+    """
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for item in files:
+            data = content(item)
+            info = tarfile.TarInfo(item.path)
+            info.size = len(data)
+            info.mode = 0o755 if item.executable else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def snapshot_hash(files: Sequence[SnapshotFile]) -> str:
+    """The name of a snapshot: covers each file's path, mode and content, in order."""
+    manifest = json.dumps([[f.path, f.executable, f.hash] for f in files], separators=(",", ":"))
+    return xxhash.xxh3_128_hexdigest(manifest.encode())
 
 
 # (path, size, mtime_ns) -> xxh3: a warm engine rehashes only files that changed.
@@ -168,5 +190,4 @@ def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot
             )
         executable = bool(st.st_mode & stat.S_IXUSR)
         files.append(SnapshotFile(name, st.st_size, executable, _file_hash(path, st)))
-    manifest = json.dumps([[f.path, f.executable, f.hash] for f in files], separators=(",", ":"))
-    return Snapshot(root, tuple(files), xxhash.xxh3_128_hexdigest(manifest.encode()))
+    return Snapshot(root, tuple(files), snapshot_hash(files))

@@ -2,15 +2,188 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import json
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from remote_agent.protocol import BACKEND_NVIDIA_SMI, BACKEND_NVML, BACKEND_SIMULATED
+
 if TYPE_CHECKING:
+    import asyncssh
+
     from cvtui.catalog import Catalog
     from cvtui.engine.engine import HostSession
     from cvtui.engine.scheduler import Placement
+    from cvtui.repro.blobstore import BlobStore
+    from cvtui.runspec import RunSpec
+
+log = logging.getLogger("cvtui.repro.provenance")
+
+GIT_TIMEOUT_S = 20.0
+PIP_FREEZE_TIMEOUT_S = 20.0
+DRIVER_TIMEOUT_S = 10.0
+ENVIRONMENT_FRESH_S = 3600.0  # a host's `pip freeze` younger than this is not taken again
+SIMULATED_MARK = " [simulated]"  # after a GPU model, so a simulated GPU never reads as real
+
+SUBMIT_COLUMNS = (
+    "code_hash",
+    "code_root",
+    "git_head",
+    "git_dirty",
+    "git_diff_hash",
+    "command",
+    "config",
+    "env",
+    "submitted_at",
+)
+DISPATCH_COLUMNS = (
+    "host",
+    "gpus",
+    "gpu_models",
+    "driver",
+    "python",
+    "pip_freeze_hash",
+    "command",
+    "dispatched_at",
+)
+
+# (catalog path, host) -> GPU driver version seen on the host's current connection. The
+# catalog has no column for it and the agent does not report it; only the engine that holds
+# the connection dispatches there, so its own memory is enough.
+_drivers: dict[tuple[str, str], str] = {}
 
 
+# -- submit half --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GitState:
+    """A code dir's git state; all None when it is not a work tree (or git is missing)."""
+
+    head: str | None = None  # `git rev-parse HEAD`
+    dirty: bool | None = None  # tracked files of the code dir differ from HEAD
+    diff: bytes | None = None  # `git diff HEAD --binary` of the code dir, when dirty
+
+
+def _git(code_dir: str | Path, *args: str) -> bytes | None:
+    """stdout of one git command in code_dir, or None when it fails or git is missing."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(code_dir), *args],
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def read_git_state(code_dir: str | Path) -> GitState:
+    """HEAD, dirty flag and diff of a code dir: two git calls, none of them fatal."""
+    head = _git(code_dir, "rev-parse", "--verify", "--quiet", "HEAD")
+    if not head:
+        return GitState()
+    # `-- .` keeps the diff to the code dir (the files shipped); paths stay relative to the
+    # top of the work tree, and the options undo user settings, so `git apply` works there.
+    diff = _git(
+        code_dir,
+        "diff",
+        "HEAD",
+        "--binary",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+        "--",
+        ".",
+    )
+    commit = head.decode("ascii", "replace").strip()
+    if diff is None:
+        return GitState(head=commit)
+    return GitState(head=commit, dirty=bool(diff), diff=diff or None)
+
+
+def submit_half(
+    catalog: Catalog,
+    blobs: BlobStore,
+    runs: Sequence[Mapping[str, Any]],
+    specs: Sequence[RunSpec],
+) -> list[dict[str, Any]]:
+    """The submit half of each run about to be queued: code, git state, command, config, env.
+
+    git runs once per distinct code dir, however many runs share it; a dirty tree's diff goes
+    to the content store. Write the rows with write_submit_half once the runs are inserted.
+    """
+    states: dict[str, tuple[str, GitState, str | None]] = {}
+    rows = []
+    now = time.time()
+    for run, spec in zip(runs, specs, strict=True):
+        if spec.code_dir not in states:
+            root = str(Path(spec.code_dir).resolve())
+            git = read_git_state(root)
+            diff_hash = None
+            if git.diff is not None:
+                diff_hash = blobs.put_bytes(git.diff)
+                catalog.record_blobs([(diff_hash, len(git.diff))], "diff")
+            states[spec.code_dir] = (root, git, diff_hash)
+        root, git, diff_hash = states[spec.code_dir]
+        rows.append(
+            {
+                "run_id": run["id"],
+                "code_hash": run.get("code_hash"),
+                "code_root": root,
+                "git_head": git.head,
+                "git_dirty": None if git.dirty is None else int(git.dirty),
+                "git_diff_hash": diff_hash,
+                "command": json.dumps(run["command"]),
+                "config": json.dumps(dict(spec.config)),
+                "env": json.dumps(dict(spec.env)),
+                "submitted_at": now,
+            }
+        )
+    return rows
+
+
+def write_submit_half(catalog: Catalog, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Upsert the submit columns; a dispatch half already written (a fast engine) is kept."""
+    if not rows:
+        return
+    names = ("run_id", *SUBMIT_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in SUBMIT_COLUMNS if c != "command")
+    with catalog._write() as conn:
+        conn.executemany(
+            f"INSERT INTO run_provenance ({', '.join(names)})"  # noqa: S608 (fixed names)
+            f" VALUES ({', '.join('?' * len(names))})"
+            # The command rendered at dispatch is the more exact one: keep it if it is there.
+            f" ON CONFLICT (run_id) DO UPDATE SET {updates},"
+            " command = COALESCE(run_provenance.command, excluded.command)",
+            [tuple(row.get(c) for c in names) for row in rows],
+        )
+
+
+def provenance(catalog: Catalog, run_id: str) -> dict[str, Any] | None:
+    """A run's provenance row, JSON columns decoded; None when none was recorded."""
+    with catalog._read() as conn:
+        cursor = conn.execute("SELECT * FROM run_provenance WHERE run_id = ?", (run_id,))
+        names = [d[0] for d in cursor.description]
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    row = dict(zip(names, found, strict=True))
+    for column in ("command", "config", "env", "gpus", "gpu_models"):
+        if row[column] is not None:
+            row[column] = json.loads(row[column])
+    return row
+
+
+# -- dispatch half ------------------------------------------------------------------------
 def record_dispatch(
     catalog: Catalog,
     run: dict[str, Any],
@@ -18,6 +191,238 @@ def record_dispatch(
     placement: Placement,
     command: str | Sequence[str],
 ) -> None:
-    """The host half of a run's provenance and its file manifest, once it has started."""
+    """The host half of a run's provenance and its file manifest, once it has started.
+
+    Never raises: a run that started keeps running whatever its bookkeeping does.
+    """
+    try:
+        _record_dispatch(catalog, run, session, placement, command)
+    except Exception:
+        log.exception("run %s: provenance not recorded", run.get("id"))
+
+
+def _record_dispatch(
+    catalog: Catalog,
+    run: dict[str, Any],
+    session: HostSession,
+    placement: Placement,
+    command: str | Sequence[str],
+) -> None:
+    run_id = run["id"]
     if run.get("code_hash"):
-        catalog.write_run_manifest(run["id"], run["code_hash"])
+        catalog.write_run_manifest(run_id, run["code_hash"])
+    host = placement.host
+    names: dict[int, str] = {}
+    backend = None
+    if session.latest is not None:
+        backend = session.latest.backend
+        names = {g.index: g.name for g in session.latest.gpus}
+    if any(i not in names for i in placement.gpus):
+        stored = catalog.gpu_models()
+        names.update({i: stored[(host, i)] for i in placement.gpus if (host, i) in stored})
+    if backend is None and session.hello is not None:
+        backend = session.hello.backend
+    mark = SIMULATED_MARK if backend == BACKEND_SIMULATED else ""
+    models = [f"{names[i]}{mark}" if i in names else None for i in placement.gpus]
+    python = session.hello.python if session.hello is not None else None
+    now = time.time()
+    freeze = fresh_pip_freeze(catalog, host, python, now)
+    row = {
+        "run_id": run_id,
+        "host": host,
+        "gpus": json.dumps(list(placement.gpus)),
+        "gpu_models": json.dumps(models),
+        "driver": host_driver(catalog, host),
+        "python": python,
+        "pip_freeze_hash": freeze,
+        "command": json.dumps(command if isinstance(command, str) else list(command)),
+        "dispatched_at": now,
+    }
+    submit_half = _submit_half_for(catalog, run)
+    names_all = ("run_id", *DISPATCH_COLUMNS, *(c for c in SUBMIT_COLUMNS if c != "command"))
+    values = [row.get(c, submit_half.get(c)) for c in names_all]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in DISPATCH_COLUMNS)
+    with catalog._write() as conn:
+        conn.execute(
+            f"INSERT INTO run_provenance ({', '.join(names_all)})"  # noqa: S608 (fixed names)
+            f" VALUES ({', '.join('?' * len(names_all))})"
+            f" ON CONFLICT (run_id) DO UPDATE SET {updates}",
+            values,
+        )
+
+
+def _submit_half_for(catalog: Catalog, run: Mapping[str, Any]) -> dict[str, Any]:
+    """Submit columns for a run that has none yet: a retry takes its first attempt's.
+
+    Only used when the row is new; an existing row keeps what submit wrote.
+    """
+    with catalog._read() as conn:
+        if conn.execute("SELECT 1 FROM run_provenance WHERE run_id = ?", (run["id"],)).fetchone():
+            return {}
+        cursor = conn.execute(
+            "SELECT p.* FROM run_provenance p JOIN runs r ON r.id = p.run_id"
+            " WHERE r.name = ? AND r.submitted = ? AND r.id != ? AND p.submitted_at IS NOT NULL"
+            " ORDER BY r.attempt LIMIT 1",
+            (run.get("name"), run.get("submitted"), run["id"]),
+        )
+        names = [d[0] for d in cursor.description]
+        found = cursor.fetchone()
+        if found is not None:
+            earlier = dict(zip(names, found, strict=True))
+            return {c: earlier[c] for c in SUBMIT_COLUMNS}
+        root = None
+        if run.get("code_hash"):
+            hit = conn.execute(
+                "SELECT root FROM snapshots WHERE hash = ?", (run["code_hash"],)
+            ).fetchone()
+            root = hit[0] if hit else None
+    spec = run.get("spec") or {}
+    return {
+        "code_hash": run.get("code_hash"),
+        "code_root": root,
+        "config": json.dumps(run.get("config") or {}),
+        "env": json.dumps(spec.get("env") or {}),
+    }
+
+
+# -- host environment ---------------------------------------------------------------------
+def host_environment(catalog: Catalog, host: str) -> dict[str, Any] | None:
+    """The host_environments row of a host, or None."""
+    with catalog._read() as conn:
+        cursor = conn.execute("SELECT * FROM host_environments WHERE host = ?", (host,))
+        names = [d[0] for d in cursor.description]
+        found = cursor.fetchone()
+    return None if found is None else dict(zip(names, found, strict=True))
+
+
+def fresh_pip_freeze(catalog: Catalog, host: str, python: str | None, now: float) -> str | None:
+    """The blob of the host's `pip freeze` when one of this python was taken within the hour."""
+    env = host_environment(catalog, host)
+    if env is None or env["python"] != python or now - env["taken"] >= ENVIRONMENT_FRESH_S:
+        return None
+    hash_ = env["pip_freeze_hash"]
+    return None if hash_ is None else str(hash_)
+
+
+def store_host_environment(
+    catalog: Catalog,
+    host: str,
+    python: str | None,
+    freeze_hash: str | None,
+    reason: str | None,
+    *,
+    taken: float,
+    since: float,
+) -> None:
+    """Upsert a host's environment; runs dispatched there since `since` get its freeze."""
+    with catalog._write() as conn:
+        conn.execute(
+            "INSERT INTO host_environments (host, python, pip_freeze_hash, reason, taken)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET python = excluded.python,"
+            " pip_freeze_hash = excluded.pip_freeze_hash, reason = excluded.reason,"
+            " taken = excluded.taken",
+            (host, python, freeze_hash, reason, taken),
+        )
+        if freeze_hash is not None:
+            # Runs started while the freeze was being taken (it runs in the background).
+            conn.execute(
+                "UPDATE run_provenance SET pip_freeze_hash = ? WHERE host = ?"
+                " AND pip_freeze_hash IS NULL AND python IS ? AND dispatched_at >= ?",
+                (freeze_hash, host, python, since),
+            )
+
+
+async def capture_host_environment(
+    catalog: Catalog, session: HostSession, conn: asyncssh.SSHClientConnection
+) -> None:
+    """Once per connection, in the background: the GPU driver and the interpreter's packages.
+
+    `pip freeze` is skipped when the catalog has one of the same python younger than an hour.
+    Never raises (but lets itself be cancelled): dispatch never waits on it.
+    """
+    hello = session.hello
+    if hello is None:
+        return
+    name = session.host.name
+    key = (str(catalog.path), name)
+    since = time.time()
+    try:
+        if hello.backend in (BACKEND_NVML, BACKEND_NVIDIA_SMI):
+            driver = await driver_version(conn)
+            if driver:
+                _drivers[key] = driver
+        else:
+            _drivers.pop(key, None)
+        env = host_environment(catalog, name)
+        if (
+            env is not None
+            and env["python"] == hello.python
+            and since - env["taken"] < ENVIRONMENT_FRESH_S
+        ):
+            return
+        freeze, reason = await pip_freeze(conn, session.host.python)
+        freeze_hash = None
+        if freeze is not None:
+            from cvtui.repro.blobstore import BlobStore
+
+            freeze_hash = BlobStore.in_home(catalog.path.parent).put_bytes(freeze)
+            catalog.record_blobs([(freeze_hash, len(freeze))], "pip_freeze")
+        store_host_environment(
+            catalog, name, hello.python, freeze_hash, reason, taken=time.time(), since=since
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the connection went away, or the catalog is busy
+        log.info("host %s: environment not recorded: %r", name, exc)
+
+
+async def pip_freeze(
+    conn: asyncssh.SSHClientConnection, python: str
+) -> tuple[bytes | None, str | None]:
+    """(output, None) of `python -m pip freeze --all`, or (None, why not).
+
+    asyncssh.Error other than a timeout (the connection is gone) propagates: that says
+    nothing about the host.
+    """
+    import asyncssh
+
+    command = shlex.join([python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"])
+    try:
+        done = await conn.run(
+            command, encoding=None, stdin=asyncssh.DEVNULL, timeout=PIP_FREEZE_TIMEOUT_S
+        )
+    except asyncssh.TimeoutError:
+        return None, f"pip freeze took over {PIP_FREEZE_TIMEOUT_S:g} s"
+    if done.exit_status == 0:
+        out = done.stdout
+        return (out if isinstance(out, bytes) else str(out or "").encode()), None
+    err = done.stderr
+    text = err.decode(errors="replace") if isinstance(err, bytes) else str(err or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    why = lines[-1] if lines else f"exit status {done.exit_status}"
+    return None, f"pip freeze failed: {why}"
+
+
+async def driver_version(conn: asyncssh.SSHClientConnection) -> str | None:
+    """The NVIDIA driver version from nvidia-smi, or None when it cannot be read."""
+    import asyncssh
+
+    try:
+        done = await conn.run(
+            "nvidia-smi --query-gpu=driver_version --format=csv,noheader",
+            encoding=None,
+            stdin=asyncssh.DEVNULL,
+            timeout=DRIVER_TIMEOUT_S,
+        )
+    except asyncssh.TimeoutError:
+        return None
+    if done.exit_status != 0 or not isinstance(done.stdout, bytes):
+        return None
+    versions = sorted({v.strip() for v in done.stdout.decode(errors="replace").splitlines()})
+    versions = [v for v in versions if v]
+    return ",".join(versions) or None
+
+
+def host_driver(catalog: Catalog, host: str) -> str | None:
+    """The GPU driver version this process saw on host's current connection, if any."""
+    return _drivers.get((str(catalog.path), host))
