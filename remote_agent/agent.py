@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any, Callable, Dict, NoReturn
 
 from remote_agent.doctor import hash_algorithms, python_version, run_checks
+from remote_agent.environment import EnvironmentOps
 from remote_agent.files import FileOps
 from remote_agent.gpus import GpuBackend, open_backend
 from remote_agent.hoststats import HostStats, expand_root
@@ -190,6 +191,7 @@ class Agent:
         self.files = FileOps(options.root, self.send)
         self.ops.update(self.files.ops)
         self.ops.update(WorkspaceOps().ops)  # `cvtui components sync`
+        self.ops.update(EnvironmentOps(self._driver_version).ops)  # run provenance
 
     # --- output ---
 
@@ -281,6 +283,10 @@ class Agent:
             self._interval_s = interval_s
             self._cond.notify_all()
         return {}
+
+    def _driver_version(self) -> str | None:
+        version = getattr(self.backend, "driver_version", None)
+        return version() if version is not None else None
 
     def _op_shutdown(self, message: dict[str, Any]) -> dict[str, Any]:
         self.stop(0)  # the reader sends the reply, then stops reading

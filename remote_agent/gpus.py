@@ -30,6 +30,7 @@ class GpuBackend(Protocol):
     name: str  # BACKEND_*
 
     def sample(self) -> list[GpuSample]: ...
+    def driver_version(self) -> str | None: ...
 
     def close(self) -> None: ...
 
@@ -173,6 +174,9 @@ class NvmlBackend:
             )
         return samples
 
+    def driver_version(self) -> str | None:
+        return _text(_nvml_value(self._nvml.nvmlSystemGetDriverVersion))
+
     def close(self) -> None:
         _nvml_value(self._nvml.nvmlShutdown)
 
@@ -290,6 +294,10 @@ class NvidiaSmiBackend:
             for gpu in gpus
         ]
 
+    def driver_version(self) -> str | None:
+        lines = self._query("--query-gpu=driver_version").split()
+        return lines[0] if lines else None
+
     def close(self) -> None:
         pass
 
@@ -301,6 +309,9 @@ class NoGpuBackend:
 
     def sample(self) -> list[GpuSample]:
         return []
+
+    def driver_version(self) -> str | None:
+        return None
 
     def close(self) -> None:
         pass

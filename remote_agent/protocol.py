@@ -21,6 +21,9 @@ OP_SNAPSHOT = "snapshot"  # -> {"telemetry": Telemetry} sampled now
 OP_SET_INTERVAL = "set_interval"  # {"interval": seconds} -> {}
 OP_CHECK = "check"  # -> {"checks": [Check, ...]} for `cvtui doctor`
 OP_SHUTDOWN = "shutdown"  # -> {} then the agent exits 0
+# -> {python, executable, driver, packages, packages_reason}: for run provenance; `packages`
+# is `name==version` lines (as pip freeze), None with a reason when they cannot be listed.
+OP_ENVIRONMENT = "environment"
 
 # Unsolicited events.
 EVENT_HELLO = "hello"  # first line the agent writes; fields of Hello

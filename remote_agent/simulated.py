@@ -98,6 +98,9 @@ class SimulatedBackend:
         self._foreign_key: tuple[int, int, int] | None = None  # mtime ns, size, inode
         self._foreign: list[_Foreign] = []
 
+    def driver_version(self) -> str:
+        return "simulated"
+
     @classmethod
     def from_config(cls, config: dict[str, Any], root: str, hostname: str) -> SimulatedBackend:
         """Build from the inventory's `simulate:` mapping; ValueError says what is wrong."""

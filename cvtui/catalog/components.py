@@ -103,13 +103,15 @@ def migration_5_reproducibility(db: Database) -> None:
         " submitted_at REAL,"  # unix seconds: the submit half was written
         " dispatched_at REAL)"  # unix seconds: the host half was written
     )
-    # `pip freeze` of each host's interpreter, taken at most once per connection.
+    # Installed packages (as `pip freeze` lists them) of each host's interpreter and its GPU
+    # driver, read at most once per connection and hour.
     db.execute(
         "CREATE TABLE host_environments ("
         " host TEXT PRIMARY KEY,"
         " python TEXT,"
         " pip_freeze_hash TEXT,"  # blob, NULL when pip is missing
         " reason TEXT,"  # why there is no freeze
+        " driver TEXT,"  # GPU driver version; NULL without NVIDIA GPUs ('simulated' in the lab)
         " taken REAL NOT NULL)"  # unix seconds
     )
     db.execute(

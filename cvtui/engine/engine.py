@@ -115,8 +115,8 @@ class HostSession:
             if hello.protocol == protocol.PROTOCOL_VERSION:
                 self.hello = hello
                 self.engine.agent_started(self.host.name, hello, bundle.hash)
-                # pip freeze and driver version for provenance, off the dispatch path.
-                self.engine.runs.spawn(capture_host_environment(self.engine.catalog, self, conn))
+                # Packages and GPU driver for provenance, off the dispatch path.
+                self.engine.runs.spawn(capture_host_environment(self.engine.catalog, self))
                 return client
             await client.close()
         raise HostConnectError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shlex
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -13,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from remote_agent.protocol import BACKEND_NVIDIA_SMI, BACKEND_NVML, BACKEND_SIMULATED
+from remote_agent import protocol
+from remote_agent.protocol import BACKEND_SIMULATED, RemoteError
 
 if TYPE_CHECKING:
-    import asyncssh
-
     from cvtui.catalog import Catalog
     from cvtui.engine.engine import HostSession
     from cvtui.engine.scheduler import Placement
@@ -27,9 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cvtui.repro.provenance")
 
 GIT_TIMEOUT_S = 20.0
-PIP_FREEZE_TIMEOUT_S = 20.0
-DRIVER_TIMEOUT_S = 10.0
-ENVIRONMENT_FRESH_S = 3600.0  # a host's `pip freeze` younger than this is not taken again
+ENVIRONMENT_TIMEOUT_S = 30.0  # the agent gives its package listing 20 s
+ENVIRONMENT_FRESH_S = 3600.0  # a host's environment younger than this is not read again
 SIMULATED_MARK = " [simulated]"  # after a GPU model, so a simulated GPU never reads as real
 
 SUBMIT_COLUMNS = (
@@ -53,11 +50,6 @@ DISPATCH_COLUMNS = (
     "command",
     "dispatched_at",
 )
-
-# (catalog path, host) -> GPU driver version seen on the host's current connection. The
-# catalog has no column for it and the agent does not report it; only the engine that holds
-# the connection dispatches there, so its own memory is enough.
-_drivers: dict[tuple[str, str], str] = {}
 
 
 # -- submit half --------------------------------------------------------------------------
@@ -226,15 +218,15 @@ def _record_dispatch(
     models = [f"{names[i]}{mark}" if i in names else None for i in placement.gpus]
     python = session.hello.python if session.hello is not None else None
     now = time.time()
-    freeze = fresh_pip_freeze(catalog, host, python, now)
+    env = fresh_environment(catalog, host, python, now)
     row = {
         "run_id": run_id,
         "host": host,
         "gpus": json.dumps(list(placement.gpus)),
         "gpu_models": json.dumps(models),
-        "driver": host_driver(catalog, host),
+        "driver": env.get("driver"),
         "python": python,
-        "pip_freeze_hash": freeze,
+        "pip_freeze_hash": env.get("pip_freeze_hash"),
         "command": json.dumps(command if isinstance(command, str) else list(command)),
         "dispatched_at": now,
     }
@@ -295,13 +287,14 @@ def host_environment(catalog: Catalog, host: str) -> dict[str, Any] | None:
     return None if found is None else dict(zip(names, found, strict=True))
 
 
-def fresh_pip_freeze(catalog: Catalog, host: str, python: str | None, now: float) -> str | None:
-    """The blob of the host's `pip freeze` when one of this python was taken within the hour."""
+def fresh_environment(
+    catalog: Catalog, host: str, python: str | None, now: float
+) -> dict[str, Any]:
+    """The host_environments row when it was taken for this python within the hour, else {}."""
     env = host_environment(catalog, host)
     if env is None or env["python"] != python or now - env["taken"] >= ENVIRONMENT_FRESH_S:
-        return None
-    hash_ = env["pip_freeze_hash"]
-    return None if hash_ is None else str(hash_)
+        return {}
+    return env
 
 
 def store_host_environment(
@@ -311,48 +304,42 @@ def store_host_environment(
     freeze_hash: str | None,
     reason: str | None,
     *,
+    driver: str | None = None,
     taken: float,
     since: float,
 ) -> None:
-    """Upsert a host's environment; runs dispatched there since `since` get its freeze."""
+    """Upsert a host's environment; runs dispatched there since `since` get its freeze and
+    driver."""
     with catalog._write() as conn:
         conn.execute(
-            "INSERT INTO host_environments (host, python, pip_freeze_hash, reason, taken)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET python = excluded.python,"
-            " pip_freeze_hash = excluded.pip_freeze_hash, reason = excluded.reason,"
-            " taken = excluded.taken",
-            (host, python, freeze_hash, reason, taken),
+            "INSERT INTO host_environments (host, python, pip_freeze_hash, reason, driver, taken)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET"
+            " python = excluded.python, pip_freeze_hash = excluded.pip_freeze_hash,"
+            " reason = excluded.reason, driver = excluded.driver, taken = excluded.taken",
+            (host, python, freeze_hash, reason, driver, taken),
         )
-        if freeze_hash is not None:
-            # Runs started while the freeze was being taken (it runs in the background).
-            conn.execute(
-                "UPDATE run_provenance SET pip_freeze_hash = ? WHERE host = ?"
-                " AND pip_freeze_hash IS NULL AND python IS ? AND dispatched_at >= ?",
-                (freeze_hash, host, python, since),
-            )
+        # Runs started while the environment was being read (it is read in the background).
+        conn.execute(
+            "UPDATE run_provenance SET pip_freeze_hash = coalesce(pip_freeze_hash, ?),"
+            " driver = coalesce(driver, ?) WHERE host = ? AND python IS ? AND dispatched_at >= ?",
+            (freeze_hash, driver, host, python, since),
+        )
 
 
-async def capture_host_environment(
-    catalog: Catalog, session: HostSession, conn: asyncssh.SSHClientConnection
-) -> None:
+async def capture_host_environment(catalog: Catalog, session: HostSession) -> None:
     """Once per connection, in the background: the GPU driver and the interpreter's packages.
 
-    `pip freeze` is skipped when the catalog has one of the same python younger than an hour.
-    Never raises (but lets itself be cancelled): dispatch never waits on it.
+    Asked of the agent (OP_ENVIRONMENT: a child interpreter lists the installed distributions
+    like `pip freeze`, about 0.1 s); skipped when the catalog has an answer for the same python
+    younger than an hour. Never raises (but lets itself be cancelled): dispatch never waits.
     """
     hello = session.hello
-    if hello is None:
+    client = session.client
+    if hello is None or client is None:
         return
     name = session.host.name
-    key = (str(catalog.path), name)
     since = time.time()
     try:
-        if hello.backend in (BACKEND_NVML, BACKEND_NVIDIA_SMI):
-            driver = await driver_version(conn)
-            if driver:
-                _drivers[key] = driver
-        else:
-            _drivers.pop(key, None)
         env = host_environment(catalog, name)
         if (
             env is not None
@@ -360,69 +347,30 @@ async def capture_host_environment(
             and since - env["taken"] < ENVIRONMENT_FRESH_S
         ):
             return
-        freeze, reason = await pip_freeze(conn, session.host.python)
+        try:
+            reply = await client.call(protocol.OP_ENVIRONMENT, timeout_s=ENVIRONMENT_TIMEOUT_S)
+        except RemoteError as exc:  # an agent from before the op: say so, keep going
+            reply = {"packages": None, "packages_reason": exc.message}
+        packages = reply.get("packages")
         freeze_hash = None
-        if freeze is not None:
+        if isinstance(packages, str):
             from cvtui.repro.blobstore import BlobStore
 
-            freeze_hash = BlobStore.in_home(catalog.path.parent).put_bytes(freeze)
-            catalog.record_blobs([(freeze_hash, len(freeze))], "pip_freeze")
+            data = packages.encode()
+            freeze_hash = BlobStore.in_home(catalog.path.parent).put_bytes(data)
+            catalog.record_blobs([(freeze_hash, len(data))], "pip_freeze")
+        driver = reply.get("driver")
         store_host_environment(
-            catalog, name, hello.python, freeze_hash, reason, taken=time.time(), since=since
+            catalog,
+            name,
+            hello.python,
+            freeze_hash,
+            None if freeze_hash else str(reply.get("packages_reason") or "no package list"),
+            driver=str(driver) if driver else None,
+            taken=time.time(),
+            since=since,
         )
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the connection went away, or the catalog is busy
         log.info("host %s: environment not recorded: %r", name, exc)
-
-
-async def pip_freeze(
-    conn: asyncssh.SSHClientConnection, python: str
-) -> tuple[bytes | None, str | None]:
-    """(output, None) of `python -m pip freeze --all`, or (None, why not).
-
-    asyncssh.Error other than a timeout (the connection is gone) propagates: that says
-    nothing about the host.
-    """
-    import asyncssh
-
-    command = shlex.join([python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"])
-    try:
-        done = await conn.run(
-            command, encoding=None, stdin=asyncssh.DEVNULL, timeout=PIP_FREEZE_TIMEOUT_S
-        )
-    except asyncssh.TimeoutError:
-        return None, f"pip freeze took over {PIP_FREEZE_TIMEOUT_S:g} s"
-    if done.exit_status == 0:
-        out = done.stdout
-        return (out if isinstance(out, bytes) else str(out or "").encode()), None
-    err = done.stderr
-    text = err.decode(errors="replace") if isinstance(err, bytes) else str(err or "")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    why = lines[-1] if lines else f"exit status {done.exit_status}"
-    return None, f"pip freeze failed: {why}"
-
-
-async def driver_version(conn: asyncssh.SSHClientConnection) -> str | None:
-    """The NVIDIA driver version from nvidia-smi, or None when it cannot be read."""
-    import asyncssh
-
-    try:
-        done = await conn.run(
-            "nvidia-smi --query-gpu=driver_version --format=csv,noheader",
-            encoding=None,
-            stdin=asyncssh.DEVNULL,
-            timeout=DRIVER_TIMEOUT_S,
-        )
-    except asyncssh.TimeoutError:
-        return None
-    if done.exit_status != 0 or not isinstance(done.stdout, bytes):
-        return None
-    versions = sorted({v.strip() for v in done.stdout.decode(errors="replace").splitlines()})
-    versions = [v for v in versions if v]
-    return ",".join(versions) or None
-
-
-def host_driver(catalog: Catalog, host: str) -> str | None:
-    """The GPU driver version this process saw on host's current connection, if any."""
-    return _drivers.get((str(catalog.path), host))
