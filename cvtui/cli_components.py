@@ -91,6 +91,7 @@ def scan(settings: Settings, directory: str, excludes: tuple[str, ...], as_json:
             "new_versions": [_entry_json(e) for e in result.new_versions],
             "reactivated": [_entry_json(e) for e in result.reactivated],
             "removed": list(result.removed),
+            "skipped": list(result.skipped),
             "elapsed_ms": round(result.elapsed_s * 1000, 1),
         }
         click.echo(json.dumps(report, indent=2))
@@ -113,6 +114,8 @@ def scan(settings: Settings, directory: str, excludes: tuple[str, ...], as_json:
         [f"{e.hash[:HASH_SHOWN_CHARS]}  {_printable(e.path)}" for e in result.reactivated],
     )
     _echo_paths("gone", [f"{'-' * HASH_SHOWN_CHARS}  {_printable(p)}" for p in result.removed])
+    if result.skipped:
+        _echo_paths("left out (name not UTF-8)", [_printable(p) for p in result.skipped])
 
 
 @components.command("list")

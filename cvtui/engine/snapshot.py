@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -17,6 +18,8 @@ from typing import BinaryIO
 import xxhash
 
 from cvtui.errors import CvtuiError
+
+log = logging.getLogger("cvtui.snapshot")
 
 # Directories never worth shipping; virtualenvs are also recognised by their pyvenv.cfg.
 SKIPPED_DIRS = frozenset(
@@ -160,11 +163,31 @@ def _excluded(path: str, exclude: Sequence[str]) -> bool:
 
 
 def code_files(code_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
-    """Relative paths of the files to ship: `git ls-files` in a work tree, else a filtered walk."""
+    """Relative paths of the files to ship: `git ls-files` in a work tree, else a filtered walk.
+
+    A name that is not UTF-8 cannot be recorded in the catalog: it is left out, with a warning.
+    """
+    return split_code_files(code_dir, exclude)[0]
+
+
+def split_code_files(code_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(files to ship, names left out because they are not UTF-8, shown escaped)."""
     names = _git_files(code_dir)
     if names is None:
         names = _walk_files(code_dir)
-    return [n for n in names if not _excluded(n, exclude)]
+    kept, odd = [], []
+    for name in names:
+        if _excluded(name, exclude):
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            log.warning("%s: %s is left out: its name is not UTF-8", code_dir, shown)
+            odd.append(shown)
+            continue
+        kept.append(name)
+    return kept, odd
 
 
 def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot:

@@ -35,7 +35,16 @@ LIST_KEYS = {
     "changed",
 }
 HISTORY_KEYS = {"root", "path", "hash", "created", "size", "executable", "source", "active", "runs"}
-SCAN_KEYS = {"root", "files", "hashed", "new_versions", "reactivated", "removed", "elapsed_ms"}
+SCAN_KEYS = {
+    "root",
+    "files",
+    "hashed",
+    "new_versions",
+    "reactivated",
+    "removed",
+    "skipped",
+    "elapsed_ms",
+}
 FILES = {
     "train.py": "import models.resnet\nprint('train')\n",
     "models/resnet.py": "class ResNet:\n    depth = 50\n",
@@ -409,3 +418,27 @@ def test_scan_text_lists_at_most_twenty_paths(tmp_path: Path, home: Path) -> Non
     assert lines[-1] == "  ... and 4 more"
     missing = cli(home, "components", "scan", str(tmp_path / "nowhere"))
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("use_git", [True, False], ids=["git", "plain"])
+def test_a_name_that_is_not_utf8_is_left_out_with_a_warning_not_a_crash(
+    tmp_path: Path, home: Path, use_git: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    code = make_code(tmp_path / "code", use_git=use_git)
+    odd = os.fsencode(code) + b"/caf\xe9.txt"
+    with open(odd, "wb") as fh:
+        fh.write(b"latin-1 name\n")
+    age(code)
+    report = scan(home, code)
+    assert report["skipped"] == ["caf\\xe9.txt"]
+    assert set(FILES) <= set(new_paths(report))
+    assert not [p for p in new_paths(report) if "caf" in p]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "odd", "command": "true", "code": str(code)}))
+    with Catalog.open_home(home) as catalog:
+        [run_id] = submit(catalog, home, load_run_config(config))
+        run = catalog.get_run(run_id)
+        assert run is not None
+        manifest = catalog.snapshot_manifest(run["code_hash"])
+        assert manifest is not None and {e.path for e in manifest} == set(new_paths(report))
+    assert "caf\\xe9.txt is left out: its name is not UTF-8" in caplog.text
