@@ -10,14 +10,12 @@ import click
 
 from cvtui.cli_sync import printable
 from cvtui.errors import CvtuiError, HostError
+from cvtui.repro.sync_plan import DECISIONS, STRATEGIES
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.cli import Settings
 
-# The same names as cvtui.engine.components_sync (imported lazily: it loads asyncssh).
-STRATEGIES = ("server-authoritative", "local-priority", "interactive", "dry-run")
-DECISIONS = ("store", "host", "skip")
 EXPLAIN = {
     "store_only": "in the store, missing on the host",
     "store_newer": "the host has an older version",
