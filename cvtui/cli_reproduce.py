@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -29,11 +28,9 @@ def reproduce(
     Every file version it ran with must still be in the content store, intact: otherwise
     nothing is queued and the missing or corrupt file is named. Prints the new run id.
     """
-    import asyncio
 
     from cvtui.actions import resolve_run
     from cvtui.catalog import Catalog
-    from cvtui.local_engine import drive
     from cvtui.repro.reproduce import describe, plan_reproduction, queue_reproduction
 
     inventory = settings.inventory() if host is not None or not dry_run else None
@@ -53,37 +50,9 @@ def reproduce(
         assert inventory is not None
         run_id = queue_reproduction(catalog, home, plan)
         click.echo(f"{run_id}  {plan.row['name']}")
-        if not follow:
+        from cvtui.cli_runs import wait_or_follow
 
-            def dispatched(engine: Any) -> bool:
-                row = catalog.get_run(run_id)
-                return row is None or row["state"] not in ("queued", "dispatching")
-
-            asyncio.run(drive(inventory, catalog, home, dispatched))
-            return
-        import threading
-
-        from cvtui.cli_runs import follow_attempts, follow_logs
-
-        followed = [run_id]
-        stop = threading.Event()
-        printer = threading.Thread(
-            target=follow_logs, args=(catalog, home, followed, stop), kwargs={"prefix": False}
-        )
-        printer.start()
-        try:
-            asyncio.run(
-                drive(inventory, catalog, home, lambda e: follow_attempts(catalog, home, followed))
-            )
-        finally:
-            stop.set()
-            printer.join()
-        last = catalog.get_run(followed[-1]) or {}  # the last attempt decides the exit code
-        code = last.get("exit_code")
-        if code:
-            sys.exit(code if 0 < code < 256 else 1)
-        if last.get("state") != "succeeded":
-            sys.exit(1)
+        wait_or_follow(inventory, catalog, home, [run_id], follow=follow)
 
 
 def register(main: click.Group) -> None:

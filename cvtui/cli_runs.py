@@ -16,6 +16,7 @@ from cvtui.report import short_age
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.cli import Settings
+    from cvtui.inventory import Inventory
 
 ACTIVE = ("queued", "dispatching", "running")
 RECENT_S = 3600.0  # `cvtui ps` without --all also shows runs that ended this long ago
@@ -188,10 +189,8 @@ def run(
 
     Prints the run ids. Runs keep going on the hosts after this command exits.
     """
-    import asyncio
 
     from cvtui.catalog import Catalog
-    from cvtui.local_engine import drive
     from cvtui.submit import prepare_runs, submit
 
     inventory = settings.inventory()
@@ -215,41 +214,52 @@ def run(
             for run_id, spec in zip(run_ids, specs, strict=True):
                 click.echo(f"{run_id}  {spec.name}")
 
-        def dispatched(engine: Any) -> bool:
-            return all(
-                (r := catalog.get_run(i)) is None or r["state"] not in ("queued", "dispatching")
-                for i in run_ids
-            )
+        wait_or_follow(inventory, catalog, home, run_ids, follow=follow)
 
-        if not follow:
-            asyncio.run(drive(inventory, catalog, home, dispatched))
-            return
-        import threading
 
-        followed = list(run_ids)
-        stop = threading.Event()
-        printer = threading.Thread(
-            target=follow_logs,
-            args=(catalog, home, followed, stop),
-            kwargs={"prefix": len(run_ids) > 1},
+def wait_or_follow(
+    inventory: Inventory, catalog: Catalog, home: Path, run_ids: list[str], *, follow: bool
+) -> None:
+    """Drive an engine until the runs left the queue; with follow, print their output until
+    the last attempt of each ends, then exit with the first failure's code (1 if none)."""
+    import asyncio
+    import threading
+
+    from cvtui.local_engine import drive
+
+    def dispatched(engine: Any) -> bool:
+        return all(
+            (r := catalog.get_run(i)) is None or r["state"] not in ("queued", "dispatching")
+            for i in run_ids
         )
-        printer.start()
-        try:
-            asyncio.run(
-                drive(inventory, catalog, home, lambda e: follow_attempts(catalog, home, followed))
-            )
-        finally:
-            stop.set()
-            printer.join()
-        last = {}  # the last attempt of each submitted run decides the exit code
-        for run_id in followed:
-            run_row = catalog.get_run(run_id) or {}
-            last[(run_row.get("name"), run_row.get("submitted"))] = run_row
-        failed = [r.get("exit_code") for r in last.values() if r.get("exit_code")]
-        if failed:
-            sys.exit(failed[0] if 0 < failed[0] < 256 else 1)
-        if any(r.get("state") != "succeeded" for r in last.values()):
-            sys.exit(1)
+
+    if not follow:
+        asyncio.run(drive(inventory, catalog, home, dispatched))
+        return
+    followed = list(run_ids)
+    stop = threading.Event()
+    printer = threading.Thread(
+        target=follow_logs,
+        args=(catalog, home, followed, stop),
+        kwargs={"prefix": len(run_ids) > 1},
+    )
+    printer.start()
+    try:
+        asyncio.run(
+            drive(inventory, catalog, home, lambda e: follow_attempts(catalog, home, followed))
+        )
+    finally:
+        stop.set()
+        printer.join()
+    last = {}  # the last attempt of each submitted run decides the exit code
+    for run_id in followed:
+        run_row = catalog.get_run(run_id) or {}
+        last[(run_row.get("name"), run_row.get("submitted"))] = run_row
+    failed = [r.get("exit_code") for r in last.values() if r.get("exit_code")]
+    if failed:
+        sys.exit(failed[0] if 0 < failed[0] < 256 else 1)
+    if any(r.get("state") != "succeeded" for r in last.values()):
+        sys.exit(1)
 
 
 @click.command()

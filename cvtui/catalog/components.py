@@ -128,6 +128,18 @@ def migration_5_reproducibility(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN reproduces TEXT")  # the run this one reproduces
 
 
+def blobs_among(conn: sqlite3.Connection, hashes: Iterable[str]) -> set[str]:
+    """The hashes the blobs table holds, out of these (queried 500 at a time)."""
+    wanted = list(set(hashes))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT hash FROM blobs WHERE hash IN ({marks})"  # noqa: S608 (placeholders)
+        found.update(r[0] for r in conn.execute(query, chunk))
+    return found
+
+
 def split_component(path: str) -> tuple[str, str]:
     """(category, name) of a relative path: its first directory and its stem."""
     parts = path.split("/")
@@ -167,20 +179,8 @@ class ComponentsMixin:
             )
 
     def known_blobs(self, hashes: Iterable[str]) -> set[str]:
-        wanted = list(set(hashes))
-        found: set[str] = set()
         with self._read() as conn:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT hash FROM blobs WHERE hash IN ({marks})",  # noqa: S608
-                        chunk,
-                    )
-                )
-        return found
+            return blobs_among(conn, hashes)
 
     # -- components -----------------------------------------------------------------------
     def record_versions(

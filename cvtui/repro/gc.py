@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cvtui.catalog.components import blobs_among
 from cvtui.repro.blobstore import BlobStore, hash_file
 from cvtui.repro.models import MODEL_KIND
 
@@ -299,7 +300,7 @@ def collect_garbage(
     with catalog._write() as conn:
         hashes = [b.hash for b in plan.blobs]
         now_referenced = referenced_among(conn, hashes)
-        now_indexed = _indexed_among(conn, hashes)
+        now_indexed = blobs_among(conn, hashes)
         for blob in plan.blobs:
             if blob.hash in now_referenced or (not blob.indexed and blob.hash in now_indexed):
                 kept.append(blob)
@@ -318,21 +319,6 @@ def collect_garbage(
                 chunk,
             )
     return GcResult(tuple(removed), tuple(removed_temp), tuple(kept), tuple(failed))
-
-
-def _indexed_among(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(hashes), CHUNK):
-        chunk = hashes[start : start + CHUNK]
-        marks = ",".join("?" * len(chunk))
-        found.update(
-            r[0]
-            for r in conn.execute(
-                f"SELECT hash FROM blobs WHERE hash IN ({marks})",  # noqa: S608
-                chunk,
-            )
-        )
-    return found
 
 
 def _stat(path: Path) -> os.stat_result | None:
