@@ -127,15 +127,6 @@ def _number(cell: str) -> float | int | None:
     return float(cell)  # SQLite integers are 64-bit; this may be inf, still a number
 
 
-def _cell_row(step: float | int, key: str, cell: str) -> MetricRow:
-    number = _number(cell)
-    if number is None:
-        return MetricRow(step, key, None, cell[:MAX_TEXT_CHARS])
-    if isinstance(number, float) and math.isnan(number):
-        return MetricRow(step, key, None, cell)  # SQLite would store NaN as NULL anyway
-    return MetricRow(step, key, float(number), None)
-
-
 def _header(cells: list[str]) -> tuple[str, ...]:
     """Column names: blanks become colN and repeats get .1, .2 (as pandas does)."""
     names: list[str] = []
@@ -157,8 +148,14 @@ def _is_new_header(cells: list[str], columns: tuple[str, ...]) -> bool:
     return set(columns) <= set(stripped)
 
 
+def _header_for(columns: tuple[str, ...], width: int) -> tuple[str, ...]:
+    """Column names for a row wider than the header: the extra cells are colN."""
+    return columns + tuple(f"col{i}" for i in range(len(columns), width))
+
+
 def _parse_csv(state: ParseState, lines: list[str]) -> tuple[list[MetricRow], ParseState]:
     rows: list[MetricRow] = []
+    append = rows.append
     columns = state.columns
     step_index = state.step_column
     count = state.rows
@@ -185,14 +182,23 @@ def _parse_csv(state: ParseState, lines: list[str]) -> tuple[list[MetricRow], Pa
             given = _number(cells[step_index].strip())
             if given is not None and not (isinstance(given, float) and math.isnan(given)):
                 step = given
+        keys = columns if len(cells) <= len(columns) else _header_for(columns, len(cells))
         for index, cell in enumerate(cells):
             if index == step_index:
                 continue
-            cell = cell.strip()
-            if not cell:
-                continue  # a sparse column (e.g. val_acc once per epoch)
-            key = columns[index] if index < len(columns) else f"col{index}"
-            rows.append(_cell_row(step, key, cell))
+            # The hot loop of parsing: float() first (no exception for a number), then
+            # whitespace and text only for what is not one.
+            try:
+                value = float(cell)
+            except ValueError:
+                cell = cell.strip()
+                if cell:  # else a sparse column (e.g. val_acc once per epoch)
+                    rows.append(MetricRow(step, keys[index], None, cell[:MAX_TEXT_CHARS]))
+                continue
+            if value != value:  # NaN: SQLite would store it as NULL; keep the text
+                rows.append(MetricRow(step, keys[index], None, cell.strip()))
+            else:
+                append(MetricRow(step, keys[index], value, None))
         count += 1
     return rows, _replace(state, rows=count, columns=columns, bad_lines=bad)
 
