@@ -248,6 +248,7 @@ E_RUN_EXISTS = "run_exists"  # start refused: the run dir is already there (neve
 E_GPU_BUSY = "gpu_busy"  # start refused: a GPU lease is held by another run
 E_NO_SUCH_RUN = "no_such_run"
 E_NOT_OURS = "not_ours"  # cancel refused: the status was not written by our supervisor
+E_CODE_CHANGED = "code_changed"  # start refused: the unpacked snapshot was edited; upload again
 
 RUN_STARTING = "starting"  # supervisor forked, command not yet started
 RUN_RUNNING = "running"

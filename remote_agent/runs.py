@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict
 
 from remote_agent.protocol import (
     E_BAD_REQUEST,
+    E_CODE_CHANGED,
     E_GPU_BUSY,
     E_INTERNAL,
     E_NO_SUCH_RUN,
@@ -218,9 +219,12 @@ class RunOps:
         try:
             os.chmod(run_dir, 0o700)  # mkdir applied the umask
             if snapshot is not None:
-                from remote_agent.snapshots import copy_snapshot  # see _remove_tree
+                from remote_agent.snapshots import CodeChanged, copy_snapshot  # see _remove_tree
 
-                copy_snapshot(snapshot, run_dir)
+                try:
+                    copy_snapshot(snapshot, run_dir)
+                except CodeChanged as exc:
+                    raise RemoteError(E_CODE_CHANGED, str(exc)) from None
             with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(request.config_yaml)
         except BaseException:

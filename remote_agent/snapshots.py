@@ -7,14 +7,22 @@ import os
 import shutil
 import stat
 import tarfile
+import time
 
 from remote_agent.rundir import CODE_HASH
 
 COPY_CHUNK_BYTES = 1 << 20
 
 
+SEAL_SUFFIX = ".sealed"  # <root>/code/<hash>.sealed: when the snapshot was made read-only
+
+
 class UnsafeArchive(ValueError):
     """A tar member that would land outside the snapshot, or is not a file, dir or link."""
+
+
+class CodeChanged(Exception):
+    """A snapshot was changed on the host after it was unpacked; it has been set aside."""
 
 
 def code_dir(root: str) -> str:
@@ -149,10 +157,47 @@ def unpack_code(root: str, code_hash: str, archive: str) -> str:
         except OSError:
             if not os.path.isdir(final):
                 raise
+        else:
+            _write_seal(final)
     finally:
         remove_tree(tmp)  # a no-op once renamed; removes a refused or losing extraction
     _remove_file(archive_path)
     return final
+
+
+def _write_seal(snapshot: str) -> int:
+    """Record the newest ctime of the read-only tree; any ctime after it is an edit.
+
+    The file system's own clock is the reference (an NFS server's may differ from ours).
+    """
+    sealed_ns = os.lstat(snapshot).st_ctime_ns
+    for dirpath, dirnames, filenames in os.walk(snapshot):
+        for name in dirnames + filenames:
+            sealed_ns = max(sealed_ns, os.lstat(os.path.join(dirpath, name)).st_ctime_ns)
+    tmp = f"{snapshot}{SEAL_SUFFIX}.{os.getpid()}"
+    with open(tmp, "w") as out:
+        out.write(str(sealed_ns))
+    os.replace(tmp, snapshot + SEAL_SUFFIX)
+    return sealed_ns
+
+
+def _seal_time(snapshot: str) -> int:
+    """When the snapshot was sealed; one unpacked before seals existed is sealed now."""
+    try:
+        with open(snapshot + SEAL_SUFFIX) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return _write_seal(snapshot)
+
+
+def _set_aside(snapshot: str, what: str) -> CodeChanged:
+    """Move a changed snapshot out of the way (the edits are kept there) and say so."""
+    aside = f"{snapshot}.changed-{time.time_ns()}"
+    os.rename(snapshot, aside)
+    _remove_file(snapshot + SEAL_SUFFIX)
+    return CodeChanged(
+        f"{what} was changed on the host after it was unpacked; set aside as {aside}"
+    )
 
 
 def _remove_file(path: str) -> None:
@@ -161,7 +206,14 @@ def _remove_file(path: str) -> None:
 
 
 def copy_snapshot(snapshot: str, run_dir: str) -> None:
-    """Copy a snapshot's tree into an existing run dir, writable again (0644/0755)."""
+    """Copy a snapshot's tree into an existing run dir, writable again (0644/0755).
+
+    Raises CodeChanged when any entry changed (ctime) since the snapshot was sealed: a run
+    must get exactly the code its hash names.
+    """
+    sealed_ns = _seal_time(snapshot)
+    if os.lstat(snapshot).st_ctime_ns > sealed_ns:
+        raise _set_aside(snapshot, f"code snapshot {os.path.basename(snapshot)}")
     for dirpath, dirnames, filenames in os.walk(snapshot):
         rel = os.path.relpath(dirpath, snapshot)
         target_dir = run_dir if rel == "." else os.path.join(run_dir, rel)
@@ -169,6 +221,11 @@ def copy_snapshot(snapshot: str, run_dir: str) -> None:
             src = os.path.join(dirpath, name)
             dst = os.path.join(target_dir, name)
             st = os.lstat(src)
+            if st.st_ctime_ns > sealed_ns:
+                name_shown = os.path.relpath(src, snapshot)
+                raise _set_aside(
+                    snapshot, f"{name_shown} of code snapshot {os.path.basename(snapshot)}"
+                )
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(src), dst)  # os.walk does not descend into it
             elif stat.S_ISDIR(st.st_mode):

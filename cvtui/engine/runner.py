@@ -239,6 +239,8 @@ class RunController:
                 if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule
                     for index in placement.gpus:
                         self.refused[(placement.host, index)] = session.latest_at
+                if exc.code == protocol.E_CODE_CHANGED:  # set aside there: the next try uploads
+                    session.known_code.discard(run["code_hash"])
                 self.requeue(run_id, f"start on {placement.host} refused: {exc.message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:

@@ -333,3 +333,27 @@ async def test_exec_goes_through_a_warm_engine(lab: Lab, home: Path) -> None:
 def catalog_commands(catalog: Catalog) -> list[dict]:
     rows = catalog.db.execute("select id from commands order by id").fetchall()
     return [catalog.get_command(row[0]) for row in rows]
+
+
+def test_code_edited_on_the_host_is_uploaded_again_not_run(
+    lab: Lab, home: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path)
+    first = cvtui(lab, home, "run", str(config), "--host", "gpu-01", "--follow")
+    assert first.returncode == 0, first.stderr
+    run_id = first.stdout.split()[0]
+    with Catalog.open_home(home) as catalog:
+        code_hash = catalog.get_run(run_id)["code_hash"]
+    snapshot = lab.host_dir("gpu-01") / "root" / "code" / code_hash
+    (snapshot / "train.py").chmod(0o644)  # a fix made in place on the host
+    (snapshot / "train.py").write_text("print('edited on the host')\n")
+    second = cvtui(lab, home, "run", str(config), "--host", "gpu-01", "--follow")
+    assert second.returncode == 0, second.stderr
+    assert "edited on the host" not in second.stdout
+    assert "start --lr 0.1" in second.stdout  # the code its hash names, uploaded again
+    [aside] = snapshot.parent.glob(f"{code_hash}.changed-*")
+    assert (aside / "train.py").read_text() == "print('edited on the host')\n"
+    with Catalog.open_home(home) as catalog:
+        second_id = second.stdout.split()[0]
+        details = [e["detail"] or "" for e in catalog.run_events(second_id)]
+    assert any("was changed on the host" in d for d in details), details

@@ -12,7 +12,7 @@ import pytest
 from remote_agent_harness import AgentProcess
 from run_harness import kill_runs, start, wait_state
 
-from remote_agent.protocol import E_BAD_REQUEST, OP_UNPACK_CODE, RUN_SUCCEEDED
+from remote_agent.protocol import E_BAD_REQUEST, E_CODE_CHANGED, OP_UNPACK_CODE, RUN_SUCCEEDED
 
 HASH = "0123456789abcdef0123456789abcdef"
 Member = Callable[[tarfile.TarFile], None]
@@ -89,7 +89,7 @@ def test_unpack_makes_a_read_only_snapshot_once(agent: AgentProcess, root: Path)
     assert agent.request(OP_UNPACK_CODE, hash=HASH, archive=again)["path"] == str(snapshot)
     assert not (root / again).exists()
     assert (snapshot / "train.py").read_text() == "print('v1')\n"
-    assert sorted(p.name for p in (root / "code").iterdir()) == [HASH]
+    assert sorted(p.name for p in (root / "code").iterdir()) == [HASH, HASH + ".sealed"]
 
 
 def test_a_run_works_on_its_own_writable_copy_of_the_code(agent: AgentProcess, root: Path) -> None:
@@ -123,6 +123,38 @@ def test_a_start_needing_code_that_is_not_unpacked_is_refused(
     assert reply["error"]["code"] == E_BAD_REQUEST
     assert "code snapshot feedfeedfeedfeed is not unpacked" in reply["error"]["message"]
     assert not (root / "runs" / reply["run_id"]).exists()
+
+
+@pytest.mark.parametrize("change", ["edit", "new file"])
+def test_a_snapshot_edited_on_the_host_is_set_aside_not_run(
+    agent: AgentProcess, root: Path, change: str
+) -> None:
+    archive = _upload(root, _file("train.py", b"print('v1')\n"), _file("pkg/model.py", b"W = 1\n"))
+    agent.request(OP_UNPACK_CODE, hash=HASH, archive=archive)
+    snapshot = root / "code" / HASH
+    first = start(agent, "cat train.py", code_hash=HASH)
+    assert wait_state(agent, first["run_id"])["state"] == RUN_SUCCEEDED
+    # Someone fixes a bug in place: it takes a chmod first, which is what gives it away.
+    if change == "edit":
+        (snapshot / "pkg/model.py").chmod(0o644)
+        (snapshot / "pkg/model.py").write_text("W = 2\n")
+    else:
+        (snapshot / "pkg").chmod(0o755)
+        (snapshot / "pkg/extra.py").write_text("X = 1\n")
+    refused = start(agent, "cat train.py", code_hash=HASH)
+    assert refused["error"]["code"] == E_CODE_CHANGED
+    assert "was changed on the host after it was unpacked" in refused["error"]["message"]
+    assert not (root / "runs" / refused["run_id"]).exists()
+    assert not snapshot.exists()
+    [aside] = (root / "code").glob(f"{HASH}.changed-*")
+    edited = "pkg/model.py" if change == "edit" else "pkg/extra.py"
+    assert (aside / edited).exists()  # the edit is kept for whoever made it
+    # The controller uploads again; the run gets exactly the code of its hash.
+    again = _upload(root, _file("train.py", b"print('v1')\n"), _file("pkg/model.py", b"W = 1\n"))
+    agent.request(OP_UNPACK_CODE, hash=HASH, archive=again)
+    second = start(agent, "cat pkg/model.py; ls pkg", code_hash=HASH)
+    assert wait_state(agent, second["run_id"])["state"] == RUN_SUCCEEDED
+    assert Path(second["run_dir"], "output.log").read_text() == "W = 1\nmodel.py\n"
 
 
 HOSTILE: dict[str, list[Member]] = {
