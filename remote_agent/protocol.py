@@ -395,6 +395,9 @@ OP_WORKSPACE_LIST = "workspace_list"  # {dir, algo?, after?, skip_dirs?, skip_su
 #   -> WorkspaceListing fields: one page of files sorted by path; ask again with after=next
 OP_WORKSPACE_PUT = "workspace_put"  # {dir, upload, path, algo, hash, executable, replaces} -> {}
 #   replaces: the hash the file has now (as listed), or null when it must not exist yet
+OP_WORKSPACE_PUT_MANY = "workspace_put_many"  # {dir, upload, algo, items: [{path, hash,
+#   executable, replaces}]} -> {errors: [null | why, ...]}: upload is a tar whose member "N" is
+#   the content of items[N]; each file is checked and placed on its own
 OP_WORKSPACE_DELETE = "workspace_delete"  # {dir, path, algo, hash} -> {}: only if still `hash`
 
 E_WORKSPACE_CHANGED = "workspace_changed"  # the file is no longer what the controller listed

@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import os
 import re
+import shutil
 import stat
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Tuple
@@ -22,6 +23,7 @@ from remote_agent.protocol import (
     OP_WORKSPACE_DELETE,
     OP_WORKSPACE_LIST,
     OP_WORKSPACE_PUT,
+    OP_WORKSPACE_PUT_MANY,
     WORKSPACE_UPLOAD_PREFIX,
     RemoteError,
     SkippedFile,
@@ -41,6 +43,13 @@ HEX_DIGEST = re.compile(r"[0-9a-f]{16,128}\Z")
 Op = Callable[[Dict[str, Any]], Dict[str, Any]]
 # realpath, dev, inode, size, mtime_ns, algo -> hex digest
 HashKey = Tuple[str, int, int, int, int, str]
+
+
+def _upload_name(message: dict[str, Any]) -> str:
+    name = message.get("upload")
+    if not isinstance(name, str) or not UPLOAD_NAME.match(name):
+        raise RemoteError(E_BAD_REQUEST, f'"upload" must be {WORKSPACE_UPLOAD_PREFIX}<hex>')
+    return name
 
 
 def resolve_dir(value: Any) -> str:
@@ -101,6 +110,7 @@ class WorkspaceOps:
         self.ops: dict[str, Op] = {
             OP_WORKSPACE_LIST: self.op_list,
             OP_WORKSPACE_PUT: self.op_put,
+            OP_WORKSPACE_PUT_MANY: self.op_put_many,
             OP_WORKSPACE_DELETE: self.op_delete,
         }
 
@@ -235,40 +245,93 @@ class WorkspaceOps:
     def op_put(self, message: dict[str, Any]) -> dict[str, Any]:
         """Rename an uploaded file to path if the file there is still what was listed."""
         top = self.existing_dir(message)
-        upload_name = message.get("upload")
-        if not isinstance(upload_name, str) or not UPLOAD_NAME.match(upload_name):
-            raise RemoteError(E_BAD_REQUEST, f'"upload" must be {WORKSPACE_UPLOAD_PREFIX}<hex>')
-        upload = os.path.join(top, upload_name)
+        upload = os.path.join(top, _upload_name(message))
         try:
             rel = check_relpath(message.get("path"))
-            algo = self.algo(message)
-            digest = _digest(message, "hash")
-            replaces = _digest(message, "replaces", optional=True)
-            executable = message.get("executable", False)
-            if not isinstance(executable, bool):
-                raise RemoteError(E_BAD_REQUEST, '"executable" must be true or false')
-            current = self.current_hash(top, rel, algo)
-            if current != replaces:
-                now = "absent" if current is None else f"{current[:12]}"
-                raise RemoteError(E_WORKSPACE_CHANGED, f"{rel[:200]} changed on the host ({now})")
-            try:
-                st = os.lstat(upload)
-            except FileNotFoundError:
-                raise RemoteError(E_NO_SUCH_FILE, f"no upload {upload_name}") from None
-            if not stat.S_ISREG(st.st_mode):
-                raise RemoteError(E_UNSAFE_PATH, f"upload {upload_name} is not a regular file")
-            got = hash_path(upload, algo)
-            if got != digest:
-                raise RemoteError(E_BAD_REQUEST, f"upload hashes to {got[:12]}, not {digest}")
-            parent = os.path.dirname(os.path.join(top, rel))
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-            self.current_hash(top, rel, algo)  # the dirs just made are checked once more
-            os.chmod(upload, 0o755 if executable else 0o644)
-            os.replace(upload, os.path.join(top, rel))
+            self._place(top, upload, rel, self.algo(message), message)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(upload)
         return {"path": rel}
+
+    def op_put_many(self, message: dict[str, Any]) -> dict[str, Any]:
+        """op_put for many files sent as one uploaded tar (members "0", "1", ... in order).
+
+        Each file is checked and placed on its own: {"errors": [null or why, ...]}.
+        """
+        top = self.existing_dir(message)
+        upload = os.path.join(top, _upload_name(message))
+        items = message.get("items")
+        errors: list[str | None] = []
+        try:
+            algo = self.algo(message)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise RemoteError(E_BAD_REQUEST, '"items" must be a list of objects')
+            import tarfile  # only this op reads archives
+
+            try:
+                archive = tarfile.open(upload, "r:")  # noqa: SIM115 (closed by the with below)
+            except FileNotFoundError:
+                raise RemoteError(E_NO_SUCH_FILE, "no upload") from None
+            except tarfile.TarError as exc:
+                raise RemoteError(E_BAD_REQUEST, f"upload is not a tar: {exc}") from None
+            with archive:
+                members = {m.name: m for m in archive.getmembers() if m.isreg()}
+                for index, item in enumerate(items):
+                    errors.append(self._place_member(top, archive, members, index, item, algo))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(upload)
+        return {"errors": errors}
+
+    def _place_member(
+        self, top: str, archive: Any, members: dict[str, Any], index: int, item: Any, algo: str
+    ) -> str | None:
+        member = members.get(str(index))
+        part = os.path.join(top, f"{WORKSPACE_UPLOAD_PREFIX}{os.urandom(8).hex()}")
+        try:
+            rel = check_relpath(item.get("path"))
+            if member is None:
+                raise RemoteError(E_BAD_REQUEST, f"no member {index} in the upload")
+            stream = archive.extractfile(member)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with stream, os.fdopen(os.open(part, flags, 0o600), "wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
+            self._place(top, part, rel, algo, item)
+        except RemoteError as exc:
+            return exc.message
+        except OSError as exc:
+            return f"{exc.strerror or exc}"
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+        return None
+
+    def _place(self, top: str, upload: str, rel: str, algo: str, fields: dict[str, Any]) -> None:
+        """Check an uploaded file against its hash and the listed one, then rename it to rel."""
+        digest = _digest(fields, "hash")
+        replaces = _digest(fields, "replaces", optional=True)
+        executable = fields.get("executable", False)
+        if not isinstance(executable, bool):
+            raise RemoteError(E_BAD_REQUEST, '"executable" must be true or false')
+        current = self.current_hash(top, rel, algo)
+        if current != replaces:
+            now = "absent" if current is None else f"{current[:12]}"
+            raise RemoteError(E_WORKSPACE_CHANGED, f"{rel[:200]} changed on the host ({now})")
+        try:
+            st = os.lstat(upload)
+        except FileNotFoundError:
+            raise RemoteError(E_NO_SUCH_FILE, f"no upload {os.path.basename(upload)}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise RemoteError(E_UNSAFE_PATH, f"upload {os.path.basename(upload)} is not a file")
+        got = hash_path(upload, algo)
+        if got != digest:
+            raise RemoteError(E_BAD_REQUEST, f"upload hashes to {got[:12]}, not {digest}")
+        parent = os.path.dirname(os.path.join(top, rel))
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        self.current_hash(top, rel, algo)  # the dirs just made are checked once more
+        os.chmod(upload, 0o755 if executable else 0o644)
+        os.replace(upload, os.path.join(top, rel))
 
     def op_delete(self, message: dict[str, Any]) -> dict[str, Any]:
         """Remove path if it is still what was listed; directories it leaves empty go too."""

@@ -52,6 +52,24 @@ CONNECT_WAIT_S = 30.0  # how long a command waits for its host to connect
 LIST_TIMEOUT_S = 300.0  # one page of a listing hashes up to 256 MiB on the host
 PUT_TIMEOUT_S = 120.0
 PARALLEL = 16  # imports and writes in flight: hides the round trips of many small files
+BATCH_MIN_FILES = 8  # from this many files to write, they travel as tars
+BATCH_MAX_FILES = 2000
+BATCH_MAX_BYTES = 64 << 20
+
+
+def batches(items: list[PlanItem]) -> list[list[PlanItem]]:
+    """Items cut into tars of at most BATCH_MAX_FILES files and about BATCH_MAX_BYTES."""
+    found: list[list[PlanItem]] = [[]]
+    size = 0
+    for item in items:
+        weight = item.store.size if item.store else 0
+        if found[-1] and (len(found[-1]) >= BATCH_MAX_FILES or size + weight > BATCH_MAX_BYTES):
+            found.append([])
+            size = 0
+        found[-1].append(item)
+        size += weight
+    return [b for b in found if b]
+
 
 # xxh3_128 -> blake2b-128 of store blobs, for hosts without xxhash (content never changes).
 _blake2b_of: dict[str, str] = {}
@@ -230,10 +248,18 @@ class WorkspaceSync:
         done = {i.path: i for i in await self.each(importing, self.import_version)}
         items = [done.get(i.path, i) for i in items]
         imported = sum(1 for i in importing if i.path not in self.errors)
-        if any(i.action == WRITE_HOST for i in items):
+        writes = [i for i in items if i.action == WRITE_HOST and i.path not in self.errors]
+        if writes:
             sftp = await self.session.sftp()
             await sftp.makedirs(self.top, exist_ok=True)
-        await self.each([i for i in items if i.path not in self.errors], self.apply)
+        if len(writes) >= BATCH_MIN_FILES:  # many files: one tar per batch, not one put each
+            for batch in batches(writes):
+                await self.write_host_batch(batch)
+            written = {i.path for i in writes}
+            items_left = [i for i in items if i.path not in written]
+        else:
+            items_left = items
+        await self.each([i for i in items_left if i.path not in self.errors], self.apply)
         result = {
             "host": self.name,
             "root": self.root,
@@ -383,6 +409,69 @@ class WorkspaceSync:
             with contextlib.suppress(OSError, asyncssh.Error):
                 await sftp.remove(f"{self.top}/{upload}")  # the agent removes it on refusal
             raise
+
+    async def write_host_batch(self, batch: list[PlanItem]) -> None:
+        """Upload a batch of store versions as one tar; the agent checks and places each file."""
+        missing = [i for i in batch if i.store is None or not self.blobs.has(i.store.hash)]
+        for item in missing:
+            self.errors[item.path] = f"blob {item.store.hash if item.store else '?'} is missing"
+        batch = [i for i in batch if i not in missing]
+        if not batch:
+            return
+        versions = [i.store for i in batch if i.store is not None]
+        tar_path, digests = await asyncio.to_thread(self.batch_tar, versions)
+        sftp = await self.session.sftp()
+        upload = f"{protocol.WORKSPACE_UPLOAD_PREFIX}{secrets.token_hex(8)}"
+        try:
+            await sftp.put(tar_path, f"{self.top}/{upload}")
+            reply = await self.client.call(
+                protocol.OP_WORKSPACE_PUT_MANY,
+                timeout_s=PUT_TIMEOUT_S + len(batch) * 0.05,
+                dir=self.top,
+                upload=upload,
+                algo=self.algo,
+                items=[
+                    {
+                        "path": item.path,
+                        "hash": digest,
+                        "executable": version.executable,
+                        "replaces": item.host.digest if item.host else None,
+                    }
+                    for item, version, digest in zip(batch, versions, digests, strict=True)
+                ],
+            )
+        except RemoteError as exc:
+            for item in batch:
+                self.errors[item.path] = exc.message
+            return
+        except (CvtuiError, OSError, asyncssh.Error) as exc:
+            for item in batch:
+                self.errors[item.path] = str(exc)
+            with contextlib.suppress(OSError, asyncssh.Error):
+                await sftp.remove(f"{self.top}/{upload}")
+            return
+        finally:
+            await asyncio.to_thread(Path(tar_path).unlink, missing_ok=True)
+        for item, error in zip(batch, reply.get("errors") or [], strict=False):
+            if error:
+                self.errors[item.path] = str(error)
+
+    def batch_tar(self, versions: list[StoreFile]) -> tuple[str, list[str]]:
+        """A temp tar of the blobs (member "N" is versions[N]) and their digests for the host."""
+        import tarfile
+
+        digests = []
+        handle, tar_path = tempfile.mkstemp(prefix="cvtui-workspace-", suffix=".tar")
+        os.close(handle)
+        with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for index, version in enumerate(versions):
+                tar.add(str(self.blobs.path(version.hash)), arcname=str(index), recursive=False)
+                digests.append(
+                    blake2b_of(self.blobs, version.hash)
+                    if self.algo == ALGO_BLAKE2B
+                    else version.hash
+                )
+        return tar_path, digests
 
     def write_local(self, path: str, version: StoreFile | None) -> None:
         """Make the local code dir's file this version (None: remove it), atomically.

@@ -189,6 +189,38 @@ def test_put_refuses_an_upload_name_that_is_not_ours(tree: Path) -> None:
     assert (tree / "train.py").exists()
 
 
+def test_put_many_places_each_file_of_one_tar_on_its_own(tree: Path) -> None:
+    import tarfile
+
+    files = [
+        ("pkg/a.py", b"A = 1\n", False, None),
+        ("bin/run.sh", b"#!/bin/sh\necho\n", True, None),
+        ("train.py", b"v2\n", False, b2(b"print('train')\n")),  # replaces what was listed
+        ("run.sh", b"new\n", False, None),  # exists already: changed since listing, refused
+        ("../escape.py", b"pwned\n", False, None),  # never written outside
+    ]
+    name = ".cvtui-upload-feedfacefeedface"
+    before = set(tree.glob(".cvtui-upload-*"))
+    with tarfile.open(tree / name, "w") as tar:
+        for index, (_path, data, _x, _r) in enumerate(files):
+            info = tarfile.TarInfo(str(index))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    items = [{"path": p, "hash": b2(d), "executable": x, "replaces": r} for p, d, x, r in files]
+    items.append({"path": "ghost.py", "hash": b2(b"?"), "executable": False, "replaces": None})
+    reply = WorkspaceOps().op_put_many(
+        {"dir": str(tree), "upload": name, "algo": "blake2b-128", "items": items}
+    )
+    errors = reply["errors"]
+    assert errors[:3] == [None, None, None]
+    assert "changed on the host" in errors[3] and errors[4] and "no member 5" in errors[5]
+    assert (tree / "pkg/a.py").read_bytes() == b"A = 1\n"
+    assert os.access(tree / "bin/run.sh", os.X_OK) and (tree / "train.py").read_bytes() == b"v2\n"
+    assert (tree / "run.sh").read_bytes() != b"new\n"
+    assert not (tree.parent / "escape.py").exists()
+    assert set(tree.glob(".cvtui-upload-*")) == before, "the tar and every part are removed"
+
+
 def test_delete_removes_only_the_listed_content_and_empty_dirs(tree: Path) -> None:
     ops = WorkspaceOps()
     base = {"dir": str(tree), "algo": "blake2b-128"}

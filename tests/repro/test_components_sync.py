@@ -461,3 +461,23 @@ def test_unknown_and_unreachable_hosts_are_named(lab: Lab, tmp_path: Path) -> No
     proj.host, proj.code = BLAKE_HOST, unscanned
     refused = proj.sync()
     assert refused.exit_code == 1 and "components scan" in refused.output
+
+
+@pytest.mark.parametrize("host", [BLAKE_HOST, XXH3_HOST])
+def test_many_files_travel_in_tars_and_arrive_whole(
+    lab: Lab, daemon_home: Path, tmp_path: Path, host: str
+) -> None:
+    code = tmp_path / f"many-{host}"
+    for index in range(300):  # over BATCH_MIN_FILES: sent as tars, checked one by one there
+        path = code / f"pkg{index % 7}" / f"mod{index}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"VALUE = {index}\n" * (1 + index % 50))
+    (code / "pkg0" / "mod0.py").chmod(0o755)
+    proj = Project(lab, daemon_home, code, host)
+    proj.scan()
+    result = proj.sync_json()
+    assert len(result["items"]) == 300 and not [i for i in result["items"] if i.get("error")]
+    assert tree(proj.workspace) == tree(code)
+    again = proj.sync_json()
+    assert again["same"] == 300 and again["items"] == []
+    assert not list(proj.workspace.glob(".cvtui-upload-*"))
