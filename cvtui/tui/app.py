@@ -23,7 +23,6 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.worker import get_current_worker
 
-from cvtui.actions import cancel_runs, set_priority, shift_priority
 from cvtui.catalog import Catalog
 from cvtui.engine.lock import lock_holder
 from cvtui.errors import CvtuiError
@@ -32,16 +31,14 @@ from cvtui.tui.commands import DashboardCommands
 from cvtui.tui.messages import CatalogNotices, CatalogUpdated, WorkerResult
 from cvtui.tui.model import CatalogReader, CatalogView, Clock, Notice
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
-from cvtui.tui.screens.hosts import HostsScreen
-from cvtui.tui.screens.queue import QueueScreen
-from cvtui.tui.screens.runs import RunsScreen
-from cvtui.tui.screens.stats import StatsScreen
+from cvtui.tui.screens.modes import MODE_SCREENS, import_screens
 from cvtui.tui.widgets.navbar import SCREENS
 
 if TYPE_CHECKING:
     from cvtui.engine.engine import Engine
 
 CLOCK_REFRESH_S = 2.0  # re-read without a commit too: host staleness comes from the clock
+FIRST_READ_WAIT_S = 0.5  # how long the first frame waits for the first read, at most
 LIGHT_DARK = ("textual-dark", "textual-light")
 
 
@@ -49,12 +46,7 @@ class DashboardApp(App[int]):
     """Hosts, Queue, Runs and Stats as modes (1-4, tab); each keeps its own stack of details."""
 
     CSS_PATH = "app.tcss"
-    MODES: ClassVar[dict[str, Any]] = {
-        "hosts": HostsScreen,
-        "queue": QueueScreen,
-        "runs": RunsScreen,
-        "stats": StatsScreen,
-    }
+    MODES: ClassVar[dict[str, Any]] = dict(MODE_SCREENS)
     COMMANDS = App.COMMANDS | {DashboardCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "show_screen('hosts')", "Hosts", show=False),
@@ -111,6 +103,7 @@ class DashboardApp(App[int]):
         self._wake = threading.Event()
         self._force_read = True
         self._quitting = False
+        self._instant_switch = False
         # The first read overlaps Textual's start-up, so the first frame can show data.
         self._first_read: tuple[CatalogView, list[Notice]] | None = None
         self._prefetch = threading.Thread(target=self._read_first, daemon=True)
@@ -124,13 +117,31 @@ class DashboardApp(App[int]):
     async def on_mount(self) -> None:
         if self.engine is not None:
             self._engine_task = asyncio.create_task(self.engine.run(self._stop))
-        await self.switch_mode(self.first_screen)
+        # Textual drops every frame drawn before its start-up is over (on_mount included):
+        # the first screen composes and draws after it, once.
+        self.call_later(self._show_first_screen)
         self.watch_catalog()
         if self.duration_s:
             self.set_timer(self.duration_s, self.action_quit)
+
+    def _show_first_screen(self) -> None:
+        # The first read started with the app and is (nearly) done by now: with it the first
+        # frame shows the catalog, instead of an empty table drawn and then drawn again.
+        self._prefetch.join(FIRST_READ_WAIT_S)
+        if self._first_read is not None and self.view is None:
+            self.view = self._first_read[0]
+        self._instant_switch = True  # nothing on screen yet to hide the switch from
+        try:
+            self.switch_mode(self.first_screen)
+        finally:
+            self._instant_switch = False
+        self.call_after_refresh(self._after_first_frame)
+
+    def _after_first_frame(self) -> None:
         # What start-up allocated lives as long as the app: keep it out of the collector's
         # full passes, which otherwise stall the UI for tens of milliseconds.
         gc.freeze()
+        threading.Thread(target=import_screens, name="import-screens", daemon=True).start()
 
     def describe_engine(self) -> str:
         """Who runs the engine, for the nav bar: this process, a daemon, or nobody."""
@@ -150,7 +161,11 @@ class DashboardApp(App[int]):
         if self._first_read is not None:
             last_read = time.monotonic()
             self._force_read = False
-            self.post_message(CatalogUpdated(self._first_read[0]))
+            view, notices = self._first_read
+            if self.view is not view:  # on_mount did not get to show it
+                self.post_message(CatalogUpdated(view))
+            if notices:
+                self.post_message(CatalogNotices(notices))
         while not worker.is_cancelled:
             self._wake.wait(self.poll_s)
             self._wake.clear()
@@ -232,7 +247,7 @@ class DashboardApp(App[int]):
         if not isinstance(self.screen, DashboardScreen):
             return  # a dialog is open: it is answered first
         if self.current_mode != name:
-            await self.switch_mode(name)
+            await self.show_mode(name)
 
     async def action_next_screen(self, step: int) -> None:
         if not isinstance(self.screen, DashboardScreen):
@@ -244,7 +259,24 @@ class DashboardApp(App[int]):
             return
         names = [name for name, _ in SCREENS]
         current = names.index(self.current_mode) if self.current_mode in names else 0
-        await self.switch_mode(names[(current + step) % len(names)])
+        await self.show_mode(names[(current + step) % len(names)])
+
+    async def show_mode(self, name: str) -> None:
+        """Switch to a screen, shown at the next frame (a new one once it is composed)."""
+        self._instant_switch = True
+        try:
+            # Textual's switch_mode holds every frame back 50 ms so a new screen composes
+            # unseen. Ours are composed once and kept: only a new one needs hiding, and
+            # only while it composes, which switch_mode's result waits for.
+            with self.batch_update():
+                await self.switch_mode(name)
+        finally:
+            self._instant_switch = False
+        self.screen.refresh()  # a frame made during the batch was dropped
+
+    def delay_update(self, delay: float = 0.05) -> None:
+        if not self._instant_switch:
+            super().delay_update(delay)
 
     def action_help(self) -> None:
         from cvtui.tui.screens.help import HelpScreen
@@ -280,12 +312,15 @@ class DashboardApp(App[int]):
         self.request_read()
 
     def shift_priority(self, run_id: str, steps: int) -> None:
+        from cvtui.actions import shift_priority
+
         def act(catalog: Catalog) -> str:
             return f"now {shift_priority(catalog, run_id, steps)}"
 
         self.perform("Priority", act)
 
     def pick_priority(self, run: dict[str, Any]) -> None:
+        from cvtui.actions import set_priority
         from cvtui.tui.screens.priority import PriorityScreen
 
         def chosen(priority: str | None) -> None:
@@ -301,6 +336,7 @@ class DashboardApp(App[int]):
         self.push_screen(PriorityScreen(run["name"], run["priority"]), chosen)
 
     def confirm_cancel(self, runs: Iterable[dict[str, Any]]) -> None:
+        from cvtui.actions import cancel_runs
         from cvtui.tui.screens.confirm import ConfirmScreen
 
         chosen = [r for r in runs if r["state"] in ("queued", "dispatching", "running")]

@@ -15,6 +15,7 @@ from cvtui.tui.screens.hosts import HostsScreen
 from cvtui.tui.screens.queue import QueueScreen
 from cvtui.tui.screens.runs import RunsScreen
 from cvtui.tui.screens.stats import StatsScreen
+from cvtui.tui.widgets.filter_bar import FilterBar
 from cvtui.tui.widgets.gpu_tables import GpuTable, ProcessTable
 from cvtui.tui.widgets.hosts_table import HostsTable
 from cvtui.tui.widgets.runs_table import QueueTable, RunsTable
@@ -79,9 +80,11 @@ async def test_hosts_expand_filter_sort_and_open(make_app: MakeApp) -> None:
         await pilot.press("e")  # collapse all
         assert row_keys(table) == [f"host:gpu-0{i}" for i in range(1, 5)]
 
+        assert not app.screen.query(FilterBar)  # mounted by the first `/`, not before
         await pilot.press("slash", *"tag:3090", "enter")
         assert row_keys(table) == ["host:gpu-02"]
         await pilot.press("slash", "escape")  # clear the filter
+        assert len(app.screen.query(FilterBar)) == 1
         await pilot.press("s")  # by free GPUs
         assert row_keys(table) == ["host:gpu-02", "host:gpu-01", "host:gpu-04", "host:gpu-03"]
 

@@ -14,12 +14,12 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from cvtui.tui.model import CatalogView
-from cvtui.tui.widgets.filter_bar import FilterBar
 from cvtui.tui.widgets.key_hints import KeyHints
 from cvtui.tui.widgets.navbar import NavBar
 
 if TYPE_CHECKING:
     from cvtui.tui.app import DashboardApp
+    from cvtui.tui.widgets.filter_bar import FilterBar
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ class DashboardScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
+        # A new screen starts a CSS generation behind the app's, so Textual re-parses every
+        # stylesheet (twice) the first time it shows one: tens of milliseconds at start-up
+        # and on a screen's first key. This screen is styled from the app's current, parsed
+        # stylesheet when it mounts, so it starts current. (Private Textual state, hence
+        # the guard: without it the screen shows as before, only slower.)
+        try:
+            generation = getattr(self.app, "_css_update_count", None)
+        except RuntimeError:  # made outside a running app: nothing to catch up with
+            generation = None
+        if isinstance(generation, int) and hasattr(self, "_css_update_count"):
+            self._css_update_count = generation
         self.query_text = ""
         self._info_shown: Text | str | None = None
         self._shown_version = -1  # the catalog view this screen last drew
@@ -55,8 +66,8 @@ class DashboardScreen(Screen[None]):
         yield NavBar(self.NAV)
         yield from self.compose_body()
         yield Static("", id="info", classes="info")
-        if self.FILTER_HINT:
-            yield FilterBar(self.FILTER_HINT)
+        # The filter bar (an Input) is mounted on the first `/`: hidden until then, it would
+        # still be composed, and styled again on every switch to this screen.
         yield KeyHints()
 
     def compose_body(self) -> ComposeResult:
@@ -101,8 +112,15 @@ class DashboardScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action == "open_filter" and not self.FILTER_HINT)
 
-    def action_open_filter(self) -> None:
-        bar = self.query_one(FilterBar)
+    async def action_open_filter(self) -> None:
+        from cvtui.tui.widgets.filter_bar import FilterBar
+
+        bars = self.query(FilterBar)
+        if bars:
+            bar = bars.first()
+        else:
+            bar = FilterBar(self.FILTER_HINT)
+            await self.mount(bar, before=self.query_one(KeyHints))
         bar.open()
 
     def on_filter_bar_applied(self, message: FilterBar.Applied) -> None:

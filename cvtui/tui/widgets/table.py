@@ -10,92 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import pairwise
 from typing import Any, ClassVar
 
-from rich.cells import cell_len, set_cell_size
-from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Span, Text
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from cvtui.tui.widgets.cell_segments import PADDING, row_segments
+
 Column = tuple[str, str, int | None]  # key, label, width (None: what the others leave)
 Row = tuple[str, Any]  # key, the row's data: cells are built from it only when it is drawn
 MIN_FILL = 8  # the filling column never gets narrower than this
-PADDING = 1  # blank cells on each side of a column
-
-
-def fit_plain(text: str, width: int) -> str:
-    """text padded or cut (with an ellipsis) to exactly width cells."""
-    if cell_len(text) <= width:
-        return text + " " * (width - cell_len(text))
-    return set_cell_size(text, width - 1) + "…"
-
-
-def row_segments(
-    cells: Sequence[Any], widths: Sequence[int], base: Style, console: Console
-) -> list[Segment]:
-    """One table row as segments over the base style; plain strings are never read as markup.
-
-    A str or single-style Text becomes one segment, without Rich's text layout: most cells
-    are like that, and rows are drawn often.
-    """
-    pad = Segment(" " * PADDING, base)
-    segments: list[Segment] = []
-    for cell, width in zip(cells, widths, strict=False):
-        segments.append(pad)
-        if isinstance(cell, Text) and cell.spans:
-            segments.extend(styled_segments(cell, width, base, console))
-        elif isinstance(cell, Text):
-            style = base + console.get_style(cell.style) if cell.style else base
-            segments.append(Segment(fit_plain(cell.plain, width), style))
-        else:
-            segments.append(Segment(fit_plain(str(cell), width), base))
-        segments.append(pad)
-    return segments
-
-
-def styled_segments(text: Text, width: int, base: Style, console: Console) -> tuple[Segment, ...]:
-    """A Text with spans as segments exactly width cells wide (cached: cells recur a lot)."""
-    return _styled(text.plain, tuple(text.spans), text.style, width, base, console)
-
-
-@lru_cache(maxsize=16384)
-def _styled(
-    plain: str,
-    text_spans: tuple[Span, ...],
-    text_style: str | Style,
-    width: int,
-    base: Style,
-    console: Console,
-) -> tuple[Segment, ...]:
-    # Rich's own rendering lays text out (wrapping, justifying) and costs ~60 us a cell; a
-    # table cell is one short line, so styles are resolved per span boundary instead.
-    if cell_len(plain) > width or "\n" in plain:
-        cut = Text(plain, style=text_style, spans=list(text_spans), end="")
-        cut.truncate(width, overflow="ellipsis", pad=True)
-        cut.stylize_before(base)
-        return tuple(cut.render(console))
-    own = base + console.get_style(text_style) if text_style else base
-    spans = [(s.start, s.end, console.get_style(s.style)) for s in text_spans if s.end > s.start]
-    cuts = sorted({0, len(plain), *(p for s in spans for p in s[:2] if p < len(plain))})
-    segments = []
-    for start, end in pairwise(cuts):
-        style = own
-        for s_start, s_end, span_style in spans:
-            if s_start <= start and end <= s_end:
-                style = style + span_style
-        segments.append(Segment(plain[start:end], style))
-    if cell_len(plain) < width:
-        segments.append(Segment(" " * (width - cell_len(plain)), own))
-    return tuple(segments)
+SCROLLBAR = 2  # cells at the right where the table draws its scroll bar
 
 
 class LiveTable(ScrollView, can_focus=True):
@@ -119,8 +50,11 @@ class LiveTable(ScrollView, can_focus=True):
         "live-table--cursor",
         "live-table--cursor-blurred",
     }
+    # overflow-y hidden: the table draws its scroll bar in its own lines. Textual's ScrollBar
+    # widget repaints all its lines each time its screen comes back (a third of a screen
+    # switch); this bar costs one segment on lines that are drawn anyway.
     DEFAULT_CSS = """
-    LiveTable { height: 1fr; overflow-x: hidden; background: $surface; }
+    LiveTable { height: 1fr; overflow-x: hidden; overflow-y: hidden; background: $surface; }
     LiveTable > .live-table--header { background: $panel; color: $text; text-style: bold; }
     LiveTable > .live-table--cursor { background: $block-cursor-background; }
     LiveTable > .live-table--cursor-blurred { background: $block-cursor-blurred-background; }
@@ -148,6 +82,10 @@ class LiveTable(ScrollView, can_focus=True):
         self._strips: dict[tuple[str, int], Strip] = {}  # (key, look) -> rendered line
         self._cursor = 0
         self._last_rows: Sequence[Row] = ()
+        self._base: Style | None = None  # rich_style walks the DOM: once per style change
+        self._looks: tuple[Style, ...] = ()  # the styles the cached strips were drawn with
+        self._bar_styles = (Style(), Style())  # scroll bar track and thumb
+        self._header_strip: Strip | None = None
 
     # -- columns ------------------------------------------------------------------------
     def columns_for(self, width: int) -> list[Column]:
@@ -165,7 +103,7 @@ class LiveTable(ScrollView, can_focus=True):
     def resolved_columns(self, width: int) -> list[Column]:
         spec = self.columns_for(width)
         fixed = sum(w for _, _, w in spec if w is not None)
-        padding = 2 * PADDING * len(spec) + 2  # +2: the vertical scrollbar
+        padding = 2 * PADDING * len(spec) + SCROLLBAR
         fill = max(MIN_FILL, width - fixed - padding)
         return [(key, label, fill if w is None else w) for key, label, w in spec]
 
@@ -181,6 +119,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     def _set_columns(self, columns: Sequence[Column]) -> None:
         self._column_spec = list(columns)
+        self._header_strip = None
         self._strips.clear()
         self._rows = []
         self._index = {}
@@ -220,38 +159,129 @@ class LiveTable(ScrollView, can_focus=True):
         if not self._column_spec:
             return  # not mounted yet: on_mount sets the columns, then redraw shows these
         current = self.current_key
-        old = dict(self._rows)
+        before = self._rows
+        old = dict(before)
         self._rows = list(rows)
         self._index = {key: i for i, (key, _) in enumerate(self._rows)}
-        changed = [key for key, data in self._rows if key in old and old[key] != data]
+        changed = {key for key, data in self._rows if key in old and old[key] != data}
         for key in [*changed, *(old.keys() - self._index.keys())]:
             for look in (0, 1, 2):
                 self._strips.pop((key, look), None)
-        self.virtual_size = Size(self.size.width, len(self._rows) + 1)
+        cursor_before = self._cursor
         if current in self._index:
             self._cursor = self._index[current]
         self._cursor = max(0, min(self._cursor, len(self._rows) - 1))
         if self.current_key != current:
             self.post_message(self.Highlighted(self, self.current_key))
-        self.refresh()
+        height = len(self._rows) + 1
+        if self.virtual_size != Size(self.size.width, height):
+            self.virtual_size = Size(self.size.width, height)
+            self.refresh()  # the scroll range changed: lines may have moved
+            return
+        # Repaint only the lines on screen whose row is new, moved or changed: the others
+        # keep Textual's rendered lines, which is most of a frame's cost.
+        top = self.scroll_offset.y
+        stale = []
+        for y in range(1, max(1, self.size.height)):
+            number = top + y - 1
+            new_key = self._rows[number][0] if number < len(self._rows) else None
+            old_key = before[number][0] if number < len(before) else None
+            cursor_moved = cursor_before != self._cursor and number in (
+                cursor_before,
+                self._cursor,
+            )
+            if new_key != old_key or new_key in changed or cursor_moved:
+                stale.append(y)
+        self._refresh_lines(stale)
+
+    def _refresh_lines(self, lines: Sequence[int]) -> None:
+        """Repaint these lines of the widget (0 is the header), in as few regions as runs."""
+        width = self.size.width
+        if not lines or not width:
+            return
+        if len(lines) * 2 > self.size.height:
+            self.refresh()
+            return
+        regions = []
+        start = previous = lines[0]
+        for y in [*lines[1:], -1]:
+            if y != previous + 1:
+                regions.append(Region(0, start, width, previous - start + 1))
+                start = y
+            previous = y
+        self.refresh(*regions)
 
     # -- drawing ------------------------------------------------------------------------
+    @property
+    def base_style(self) -> Style:
+        """The table's own style (background, colour) that every cell is drawn over."""
+        if self._base is None:
+            # Textual re-applies CSS to every node of a screen each time it comes back, and
+            # says so here whether or not anything changed: drop the drawn rows only when
+            # their colours really did.
+            looks = (
+                self.rich_style,
+                self.get_component_rich_style("live-table--header"),
+                self.get_component_rich_style("live-table--cursor"),
+                self.get_component_rich_style("live-table--cursor-blurred"),
+            )
+            if looks != self._looks:
+                self._looks = looks
+                self._strips.clear()
+                self._header_strip = None
+            self._bar_styles = self._scrollbar_styles()
+            self._base = looks[0]
+        return self._base
+
+    def _scrollbar_styles(self) -> tuple[Style, Style]:
+        """Track and thumb, in the scrollbar colours of the CSS, as Textual draws them."""
+        styles = self.styles
+        track = styles.scrollbar_background
+        if track.a < 1:
+            track = self.background_colors[0] + track
+        thumb = track + styles.scrollbar_color
+        return Style(bgcolor=track.rich_color), Style(bgcolor=thumb.rich_color)
+
+    @property
+    def allow_vertical_scroll(self) -> bool:
+        # The mouse wheel scrolls whenever there is more to see (overflow-y is hidden only
+        # because the bar is drawn here).
+        return not self.disabled and self.max_scroll_y > 0
+
+    def _scrollbar(self, y: int, blank: Style) -> Segment:
+        """The scroll bar's cells on line y (1 is the first row's line); blank: no bar."""
+        visible = self.size.height - 1
+        total = len(self._rows)
+        if total <= visible or visible < 1:
+            return Segment(" " * SCROLLBAR, blank)
+        thumb = max(1, round(visible * visible / total))
+        start = round(self.scroll_offset.y * (visible - thumb) / (total - visible))
+        track, lit = self._bar_styles
+        return Segment(" " * SCROLLBAR, lit if start <= y - 1 < start + thumb else track)
+
     def render_line(self, y: int) -> Strip:
         width = self.size.width
+        base = self.base_style  # first: it drops the cached lines if the colours changed
         if y == 0:
             return self._header(width)
+        inner = max(0, width - SCROLLBAR)
         number = self.scroll_offset.y + y - 1
-        if number >= len(self._rows):
-            return Strip.blank(width, self.rich_style)
+        row = self._row(number, inner) if number < len(self._rows) else Strip.blank(inner, base)
+        segments = list(row)
+        # Without a bar its cells continue the row's background (the cursor's, too).
+        end = segments[-1].style if segments else None
+        blank = base + Style(bgcolor=end.bgcolor) if end and end.bgcolor else base
+        return Strip([*segments, self._scrollbar(y, blank)], inner + SCROLLBAR)
+
+    def _row(self, number: int, width: int) -> Strip:
+        """Row number drawn width cells wide, lit when under the cursor (cached by key)."""
         key = self._rows[number][0]
         look = 0 if number != self._cursor else (1 if self.has_focus else 2)
         strip = self._strips.get((key, look))
         if strip is None:
             plain = self._strips.get((key, 0))
             if plain is None:
-                cells = self.cells(key, self._rows[number][1])
-                segments = row_segments(cells, self.widths, self.rich_style, self.app.console)
-                plain = Strip(segments).crop_extend(0, width, self.rich_style)
+                plain = self._row_strip(self.cells(key, self._rows[number][1]), width)
                 self._strips[(key, 0)] = plain
             strip = plain
             if look:
@@ -262,21 +292,41 @@ class LiveTable(ScrollView, can_focus=True):
             self._strips[(key, look)] = strip
         return strip
 
+    def _row_strip(self, cells: Sequence[Any], width: int, style: Style | None = None) -> Strip:
+        """Cells as one line exactly width cells wide."""
+        base = self.base_style if style is None else style
+        segments = row_segments(cells, self.widths, base, self.app.console)
+        used = sum(self.widths) + 2 * PADDING * len(self.widths)
+        if used > width:
+            return Strip(segments).crop_extend(0, width, base)
+        if used < width:
+            segments.append(Segment(" " * (width - used), base))
+        return Strip(segments, width)
+
     def _header(self, width: int) -> Strip:
-        style = self.rich_style + self.get_component_rich_style("live-table--header")
-        labels = [label for _, label, _ in self._column_spec]
-        segments = row_segments(labels, self.widths, style, self.app.console)
-        return Strip(segments).crop_extend(0, width, style)
+        header = self._header_strip
+        if header is None or header.cell_length != width:
+            style = self.base_style + self.get_component_rich_style("live-table--header")
+            labels = [label for _, label, _ in self._column_spec]
+            header = self._header_strip = self._row_strip(labels, width, style)
+        return header
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        self._strips.clear()
+        self._base = None  # base_style compares the new colours with the drawn ones
 
     def on_focus(self) -> None:
-        self.refresh()
+        self._refresh_rows(self._cursor)
 
     def on_blur(self) -> None:
-        self.refresh()
+        self._refresh_rows(self._cursor)
+
+    def _refresh_rows(self, *numbers: int) -> None:
+        """Repaint the lines of these rows, where they are on screen."""
+        top = self.scroll_offset.y
+        self._refresh_lines(
+            sorted({n - top + 1 for n in numbers if 0 <= n - top < self.size.height - 1})
+        )
 
     # -- moving -------------------------------------------------------------------------
     def move_cursor(self, row: int) -> None:
@@ -284,9 +334,9 @@ class LiveTable(ScrollView, can_focus=True):
             return
         row = max(0, min(row, len(self._rows) - 1))
         if row != self._cursor:
+            self._refresh_rows(self._cursor, row)
             self._cursor = row
             self.post_message(self.Highlighted(self, self.current_key))
-            self.refresh()
         self._scroll_to_cursor()
 
     def _scroll_to_cursor(self) -> None:
