@@ -198,6 +198,20 @@ class Inventory:
 _Pairs = dict[str, tuple[yaml.Node, yaml.Node]]  # key text -> (key node, value node)
 
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)  # libyaml: about 15x faster to compose
+
+
+def compose_yaml(text: str) -> yaml.Node | None:
+    """yaml.compose, with libyaml when PyYAML has it. On any error the pure-Python loader
+    composes again, so error messages read the same with or without libyaml."""
+    if _FAST_LOADER is not None:
+        try:
+            return yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 class _Parser:
     """Walks composed YAML nodes, so every value keeps the line and column it came from."""
 
@@ -500,7 +514,7 @@ class _Parser:
 def parse_inventory(text: str, path: str = "<string>") -> Inventory:
     """The inventory in text; path names the file in errors and anchors relative key paths."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_yaml(text)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(path, exc) from exc
     except yaml.reader.ReaderError as exc:

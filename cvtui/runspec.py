@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from cvtui.errors import ConfigError
-from cvtui.inventory import _Pairs, _Parser, _syntax_error
+from cvtui.inventory import _Pairs, _Parser, _syntax_error, compose_yaml
 
 PRIORITIES = ("urgent", "high", "normal", "low")  # rank 0..3: PRIORITIES.index(priority)
 DEFAULT_OUTPUTS = ("*.csv", "*.jsonl", "*.yaml", "*.log", "*.pt", "*.pth", "*.ckpt")
@@ -320,7 +320,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], object]:
         )
     keys = tuple(key.strip().split("."))
     try:
-        node = yaml.compose(raw, Loader=yaml.SafeLoader)
+        node = compose_yaml(raw)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(
@@ -699,7 +699,7 @@ def parse_run_config(
     """
     parsed = [(*parse_override(text), text) for text in overrides]
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_yaml(text)
     except yaml.MarkedYAMLError as exc:
         located = _syntax_error(path, exc)
         raise ConfigError(path, located.line, located.column, located.problem) from exc
