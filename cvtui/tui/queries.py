@@ -132,7 +132,27 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     for name in ("gpus", "command", "params", "config", "spec", "resources"):
         if isinstance(run.get(name), str):
             run[name] = json.loads(run[name])
+    run["provenance"] = run_provenance(conn, run_id)
     return run
+
+
+def run_provenance(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
+    """What the run was made of (git state, host software), or None before it was recorded."""
+    try:
+        cursor = conn.execute(
+            "SELECT code_root, git_head, git_dirty, git_diff_hash, host, gpu_models, driver,"
+            " python, pip_freeze_hash FROM run_provenance WHERE run_id = ?",
+            (run_id,),
+        )
+    except sqlite3.OperationalError:  # a catalog from before reproducibility
+        return None
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    found = dict(zip([d[0] for d in cursor.description], row, strict=True))
+    if isinstance(found["gpu_models"], str):
+        found["gpu_models"] = json.loads(found["gpu_models"])
+    return found
 
 
 def host_extras(conn: sqlite3.Connection, features: Features) -> dict[str, dict[str, Any]]:

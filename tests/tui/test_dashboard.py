@@ -334,6 +334,37 @@ async def test_metrics_tab_says_so_when_the_catalog_has_none(
         await wait_for(lambda: "no metrics synced yet" in str(caption.render()))
 
 
+async def test_config_tab_shows_what_the_run_was_made_of(
+    make_app: MakeApp, lab_catalog: Catalog
+) -> None:
+    from textual.widgets import Static
+
+    from cvtui.tui.screens.run_detail import RunDetailScreen
+
+    with lab_catalog._write() as conn:  # as dispatch records it (cvtui.repro.provenance)
+        conn.execute(
+            "INSERT INTO run_provenance (run_id, code_root, git_head, git_dirty, host,"
+            " gpu_models, driver, python) VALUES (?, ?, ?, 1, 'gpu-01', ?, '550.54.15', '3.11.7')",
+            (RUN_IDS["resnet"], "/home/ada/resnet", "a" * 40, '["A100-SXM4-80GB"]'),
+        )
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        app.open_run(RUN_IDS["resnet"])
+        await pilot.pause()
+        for _ in range(2):  # log -> metrics -> config
+            await pilot.press("right_square_bracket")
+        assert isinstance(app.screen, RunDetailScreen)
+        shown = app.screen.query_one("#config-text", Static)
+
+        def text() -> str:
+            return str(getattr(shown.content, "code", ""))
+
+        await wait_for(lambda: "provenance:" in text())
+        assert "git: aaaaaaaaaaaa (dirty)" in text() and "driver: 550.54.15" in text()
+        assert "- A100-SXM4-80GB" in text() and "code dir: /home/ada/resnet" in text()
+
+
 def test_submit_path_completion(tmp_path) -> None:
     from cvtui.tui.screens.submit import complete_path
 

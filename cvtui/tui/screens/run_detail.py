@@ -64,6 +64,23 @@ def config_text(run: dict[str, Any]) -> str:
         "attempt": run.get("attempt"),
         "config": run.get("config") or {},
     }
+    if run.get("reproduces"):
+        shown["reproduces"] = run["reproduces"]
+    made_of = run.get("provenance")
+    if made_of:
+        git = None
+        if made_of.get("git_head"):
+            git = made_of["git_head"][:12] + (" (dirty)" if made_of.get("git_dirty") else "")
+        shown["provenance"] = {
+            "code dir": made_of.get("code_root"),
+            "git": git,
+            "diff blob": (made_of.get("git_diff_hash") or "")[:12] or None,
+            "host": made_of.get("host"),
+            "gpus": made_of.get("gpu_models"),
+            "driver": made_of.get("driver"),
+            "python": made_of.get("python"),
+            "packages blob": (made_of.get("pip_freeze_hash") or "")[:12] or None,
+        }
     return yaml.safe_dump(shown, sort_keys=False, allow_unicode=True, width=200)
 
 
