@@ -48,7 +48,20 @@ def migration_6_metric_series(db: Database) -> None:
         " texts TEXT,"  # JSON array of the cells that are not plain numbers; NULL when none
         " UNIQUE (series, seq))"
     )
-    old = db.execute("SELECT run_id, file, step, key, value, text FROM metrics").fetchall()
+    # Move the rows of an older catalog over, one (run, file) at a time to bound memory.
+    group: tuple[str, str] | None = None
+    rows: list[MetricRowLike] = []
+    old = db.conn.execute(
+        "SELECT run_id, file, step, key, value, text FROM metrics ORDER BY run_id, file, rowid"
+    )
+    for run_id, file, step, key, value, text in old:
+        if group != (run_id, file):
+            if group is not None:
+                append_points(db.conn, group[0], group[1], rows)
+            group, rows = (run_id, file), []
+        rows.append((step, key, value, text))
+    if group is not None:
+        append_points(db.conn, group[0], group[1], rows)
     db.execute("DROP TABLE metrics")
     db.execute(
         "CREATE VIEW metrics AS SELECT s.run_id AS run_id, s.file AS file,"
@@ -58,11 +71,6 @@ def migration_6_metric_series(db: Database) -> None:
         " ELSE json_extract(c.texts, '$[' || e.key || ']') END AS text"
         " FROM metric_series s JOIN metric_chunks c ON c.series = s.id, json_each(c.steps) e"
     )
-    grouped: dict[tuple[str, str], list[MetricRowLike]] = {}
-    for run_id, file, step, key, value, text in old:
-        grouped.setdefault((run_id, file), []).append((step, key, value, text))
-    for (run_id, file), rows in grouped.items():
-        append_points(db.conn, run_id, file, rows)
 
 
 MetricRowLike = tuple[Any, str, Any, Any]  # (step, key, value, text), as MetricRow
