@@ -83,6 +83,11 @@ class Syncer:
         self.commands: set[int] = set()  # sync commands being served
         self.progress = Progress()
         self.reports: dict[str, PassReport] = {}
+        # Passes begun and ended per run (they run one at a time): a command waits for the end
+        # of the first pass that began after its request, not for the run to go quiet.
+        self.passes_begun: dict[str, int] = {}
+        self.passes_ended: dict[str, int] = {}
+        self._pass_ended = asyncio.Event()  # set (and replaced) whenever a pass or task ends
 
     # -- what the engine hears -------------------------------------------------------------
 
@@ -131,10 +136,11 @@ class Syncer:
         if run_id not in self.tasks:
             task = asyncio.create_task(self._drain(run_id), name=f"sync-{run_id}")
             self.tasks[run_id] = task
-            task.add_done_callback(lambda _t: self.tasks.pop(run_id, None))
+            task.add_done_callback(lambda _t: self._task_done(run_id))
 
     async def _drain(self, run_id: str) -> None:
         while (request := self.pending.pop(run_id, None)) is not None:
+            self.passes_begun[run_id] = self.passes_begun.get(run_id, 0) + 1
             try:
                 self.reports[run_id] = await self._pass(run_id, request)
             except HostGone as exc:
@@ -152,6 +158,18 @@ class Syncer:
                 self._set_run_status(run_id, "outdated")
                 log.exception("run %s: sync failed", run_id)
                 return
+            finally:
+                self.passes_ended[run_id] = self.passes_begun[run_id]
+                self._wake()
+
+    def _task_done(self, run_id: str) -> None:
+        self.tasks.pop(run_id, None)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake whoever waits for a pass to end (they look again at what they wait for)."""
+        ended, self._pass_ended = self._pass_ended, asyncio.Event()
+        ended.set()
 
     async def _pass(self, run_id: str, request: SyncRequest) -> PassReport:
         run = self.catalog.get_run(run_id)
@@ -231,14 +249,18 @@ class Syncer:
             else:
                 wanted.append(run)
         await self._wait_connected({r["host"] for r in wanted})
+        served: dict[str, int] = {}
         for run in wanted:
             final = run["state"] in protocol.RUN_FINAL_STATES
+            # Whatever pass begins next takes this request (pending requests merge).
+            served[run["id"]] = self.passes_begun.get(run["id"], 0) + 1
             self.request(run["id"], SyncRequest(full=True, verify=verify, final=final))
         for run in wanted:
-            while run["id"] in self.tasks:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.tasks[run["id"]])
-            report = self.reports.get(run["id"]) or PassReport(error="not synced")
+            # A running run's watch keeps asking for passes: wait for ours, not for quiet.
+            run_id = run["id"]
+            while self.passes_ended.get(run_id, 0) < served[run_id] and run_id in self.tasks:
+                await self._pass_ended.wait()
+            report = self.reports.get(run_id) or PassReport(error="not synced")
             outcome[run["id"]] = report.to_json()
         ok = all(o["error"] is None for o in outcome.values())
         self.catalog.finish_command(command["id"], ok=ok, result=outcome)

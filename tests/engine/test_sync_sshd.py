@@ -236,3 +236,39 @@ def test_odd_files_over_ssh_get_clear_states(lab_factory, home: Path, tmp_path: 
     assert metrics.stdout.splitlines() == ["step,name", "1,caf\ufffd", "2,ok"]
     with Catalog.open_home(home) as catalog:
         assert catalog.integrity_ok()
+
+
+BUSY_WRITER = """
+import time
+with open("busy.log", "a") as out:
+    for i in range(3000):  # a minute of a line every 20 ms: the watch never goes quiet
+        out.write(f"line {i}\\n")
+        out.flush()
+        time.sleep(0.02)
+"""
+
+
+def test_sync_of_a_busy_running_run_returns_after_its_own_pass(
+    lab_factory, home: Path, tmp_path: Path
+) -> None:
+    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
+    config = write_config(tmp_path, BUSY_WRITER, "python3 job.py")
+    done = cvtui(lab, home, "run", str(config))
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[0]
+    busy = run_dir(lab, "gpu-01", run_id) / "busy.log"
+    deadline = time.monotonic() + 30
+    while not busy.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    synced = cvtui(lab, home, "sync", run_id, "--json", timeout=45)
+    assert synced.returncode == 0, synced.stderr
+    assert time.monotonic() - started < 40  # not held until the run ends (a minute)
+    outcome = json.loads(synced.stdout)[run_id]
+    assert outcome["error"] is None
+    with Catalog.open_home(home) as catalog:
+        assert catalog.get_run(run_id)["state"] == "running"
+    local = (home / "runs" / run_id / "busy.log").read_text().splitlines()
+    assert local and local == [f"line {i}" for i in range(len(local))]  # a clean prefix
+    cvtui(lab, home, "cancel", run_id)
