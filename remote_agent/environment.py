@@ -7,6 +7,7 @@ the metadata machinery and stays small.
 
 import subprocess
 import sys
+import threading
 from typing import Any, Callable, Dict, Optional
 
 from remote_agent.protocol import OP_ENVIRONMENT
@@ -46,24 +47,48 @@ def list_packages(python: str = sys.executable) -> Dict[str, Any]:
 
 
 class EnvironmentOps:
-    """OP_ENVIRONMENT, answered once per agent process (the environment does not move much)."""
+    """OP_ENVIRONMENT, read once per agent process in a thread of its own.
+
+    Listing packages takes a child interpreter 0.1 s to seconds on a busy host; the request
+    thread must not wait for it (starts and cancels queue behind it), so the first asks get
+    {"pending": true} and the controller asks again.
+    """
 
     def __init__(self, driver: Callable[[], Optional[str]]) -> None:
         self._driver = driver
         self._cached: Optional[Dict[str, Any]] = None
+        self._lock = threading.Lock()
+        self._reader: Optional[threading.Thread] = None
         self.ops = {OP_ENVIRONMENT: self.environment}
 
     def environment(self, message: Dict[str, Any]) -> Dict[str, Any]:
-        if self._cached is None:
-            found: Dict[str, Any] = {
-                "python": sys.version.split()[0],
-                "executable": sys.executable,
-            }
-            try:
-                found["driver"] = self._driver()
-            except Exception as exc:  # a driver query must not fail the whole answer
-                found["driver"] = None
-                found["driver_reason"] = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            if self._cached is not None:
+                return dict(self._cached)
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read, name="environment", daemon=True)
+                self._reader.start()
+        return {"pending": True}
+
+    def wait(self, timeout_s: float) -> None:
+        """For tests and callers on a thread of their own: until the answer is ready."""
+        reader = self._reader
+        if reader is not None:
+            reader.join(timeout_s)
+
+    def _read(self) -> None:
+        found: Dict[str, Any] = {
+            "python": sys.version.split()[0],
+            "executable": sys.executable,
+        }
+        try:
+            found["driver"] = self._driver()
+        except Exception as exc:  # a driver query must not fail the whole answer
+            found["driver"] = None
+            found["driver_reason"] = f"{type(exc).__name__}: {exc}"
+        try:
             found.update(list_packages())
+        except Exception as exc:
+            found.update(packages=None, packages_reason=f"{type(exc).__name__}: {exc}")
+        with self._lock:
             self._cached = found
-        return dict(self._cached)

@@ -23,6 +23,7 @@ OP_CHECK = "check"  # -> {"checks": [Check, ...]} for `cvtui doctor`
 OP_SHUTDOWN = "shutdown"  # -> {} then the agent exits 0
 # -> {python, executable, driver, packages, packages_reason}: for run provenance; `packages`
 # is `name==version` lines (as pip freeze), None with a reason when they cannot be listed.
+# While the agent is still reading them the reply is {pending: true}: ask again later.
 OP_ENVIRONMENT = "environment"
 
 # Unsolicited events.

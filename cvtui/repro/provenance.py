@@ -26,6 +26,7 @@ log = logging.getLogger("cvtui.repro.provenance")
 
 GIT_TIMEOUT_S = 20.0
 ENVIRONMENT_TIMEOUT_S = 30.0  # the agent gives its package listing 20 s
+ENVIRONMENT_POLL_S = 0.25  # how often the agent is asked again while it reads
 ENVIRONMENT_FRESH_S = 3600.0  # a host's environment younger than this is not read again
 SIMULATED_MARK = " [simulated]"  # after a GPU model, so a simulated GPU never reads as real
 
@@ -347,8 +348,16 @@ async def capture_host_environment(catalog: Catalog, session: HostSession) -> No
             and since - env["taken"] < ENVIRONMENT_FRESH_S
         ):
             return
+        reply: dict[str, Any] = {"pending": True}
+        deadline = time.monotonic() + ENVIRONMENT_TIMEOUT_S
         try:
-            reply = await client.call(protocol.OP_ENVIRONMENT, timeout_s=ENVIRONMENT_TIMEOUT_S)
+            while reply.get("pending"):
+                if time.monotonic() > deadline:
+                    reply = {"packages": None, "packages_reason": "the host took too long"}
+                    break
+                reply = await client.call(protocol.OP_ENVIRONMENT, timeout_s=10)
+                if reply.get("pending"):
+                    await asyncio.sleep(ENVIRONMENT_POLL_S)
         except RemoteError as exc:  # an agent from before the op: say so, keep going
             reply = {"packages": None, "packages_reason": exc.message}
         packages = reply.get("packages")

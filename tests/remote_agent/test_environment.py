@@ -46,8 +46,10 @@ def test_the_op_answers_once_and_a_failing_driver_query_is_reported() -> None:
         raise OSError("nvidia-smi: not found on PATH")
 
     ops = EnvironmentOps(driver)
-    first = ops.ops["environment"]({"id": 1, "op": "environment"})
-    again = ops.ops["environment"]({"id": 2, "op": "environment"})
+    assert ops.ops["environment"]({"id": 1, "op": "environment"}) == {"pending": True}
+    ops.wait(30)  # read in a thread: the request thread never waits for a child python
+    first = ops.ops["environment"]({"id": 2, "op": "environment"})
+    again = ops.ops["environment"]({"id": 3, "op": "environment"})
     assert first == again and len(calls) == 1  # cached for the agent's life
     assert first["driver"] is None and "not found on PATH" in first["driver_reason"]
     assert first["python"] == sys.version.split()[0] and first["executable"] == sys.executable
