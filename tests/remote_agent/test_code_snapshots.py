@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 from remote_agent_harness import AgentProcess
-from run_harness import kill_runs, start, wait_state
+from run_harness import start, wait_state
 
 from remote_agent.protocol import E_BAD_REQUEST, E_CODE_CHANGED, OP_UNPACK_CODE, RUN_SUCCEEDED
 
 HASH = "0123456789abcdef0123456789abcdef"
 Member = Callable[[tarfile.TarFile], None]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "root"
-    yield path
-    kill_runs(path)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 from remote_agent_harness import AgentProcess, find_python
 from run_harness import (
     gone,
-    kill_runs,
     new_run_id,
     run_status,
     start,
@@ -60,13 +59,6 @@ PYTHONS = [
 @pytest.fixture(params=PYTHONS)
 def python(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "root"
-    yield path
-    kill_runs(path)
 
 
 @pytest.fixture

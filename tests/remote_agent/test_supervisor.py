@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from remote_agent_harness import AgentProcess
-from run_harness import gone, kill_runs, run_status, start, wait_state, wait_until
+from run_harness import gone, run_status, start, wait_state, wait_until
 
 from remote_agent.protocol import RUN_CANCELLED, RUN_FAILED, RUN_SUCCEEDED, StartRequest
 from remote_agent.rundir import process_alive, process_stat, read_status, write_status
@@ -110,13 +110,6 @@ def test_status_files_are_replaced_whole(tmp_path: Path) -> None:
 
 
 # --- real runs ---
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "root"
-    yield path
-    kill_runs(path)
 
 
 @pytest.fixture
