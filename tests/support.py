@@ -1,10 +1,14 @@
-"""Helpers for async tests: polling for a condition, running an engine in the background."""
+"""Helpers for tests: polling for a condition, running an engine in the background, runs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cvtui.catalog import Catalog
 
 
 async def wait_for(
@@ -31,3 +35,28 @@ async def running(coro_factory: Callable[[asyncio.Event], object]) -> AsyncItera
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+def add_finished_run(
+    catalog: Catalog, run_id: str, name: str, spec: dict[str, Any] | None = None
+) -> None:
+    """A run that ran on gpu-01 and succeeded, as the engine leaves it."""
+    catalog.insert_runs(
+        [
+            {
+                "id": run_id,
+                "name": name,
+                "project": "p",
+                "user": "me",
+                "priority": "normal",
+                "command": "python3 train.py",
+                "params": {},
+                "config": {},
+                "spec": spec or {},
+                "resources": {},
+                "retries": 0,
+            }
+        ]
+    )
+    catalog.transition_run(run_id, "running", expect=["queued"], host="gpu-01")
+    catalog.transition_run(run_id, "succeeded", expect=["running"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from support import add_finished_run
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
@@ -44,25 +45,7 @@ def _catalogs_intact(tmp_path: Path) -> Iterator[None]:
 
 def add_run(catalog: Catalog, run_id: str, name: str) -> None:
     """A run that ran on gpu-01 and succeeded, as the engine leaves it."""
-    catalog.insert_runs(
-        [
-            {
-                "id": run_id,
-                "name": name,
-                "project": "p",
-                "user": "me",
-                "priority": "normal",
-                "command": "python3 train.py",
-                "params": {},
-                "config": {},
-                "spec": {},
-                "resources": {},
-                "retries": 0,
-            }
-        ]
-    )
-    catalog.transition_run(run_id, "running", expect=["queued"], host="gpu-01")
-    catalog.transition_run(run_id, "succeeded", expect=["running"])
+    add_finished_run(catalog, run_id, name)
 
 
 def sync_file(

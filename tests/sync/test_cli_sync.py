@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support import add_finished_run
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
@@ -22,25 +23,7 @@ OTHER_RUN = "02hzzsync0test0run0000000b"
 
 
 def add_run(catalog: Catalog, run_id: str, name: str) -> None:
-    catalog.insert_runs(
-        [
-            {
-                "id": run_id,
-                "name": name,
-                "project": "p",
-                "user": "me",
-                "priority": "normal",
-                "command": "python3 train.py",
-                "params": {},
-                "config": {},
-                "spec": {"outputs": ["*.csv", "*.log"]},
-                "resources": {},
-                "retries": 0,
-            }
-        ]
-    )
-    catalog.transition_run(run_id, "running", expect=["queued"], host="gpu-01")
-    catalog.transition_run(run_id, "succeeded", expect=["running"])
+    add_finished_run(catalog, run_id, name, {"outputs": ["*.csv", "*.log"]})
 
 
 def fill(home: Path, source: InProcessSource, run_id: str, csv_text: str, name: str) -> None:
