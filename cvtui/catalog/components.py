@@ -279,16 +279,6 @@ class ComponentsMixin:
             return [dict(zip(names, row, strict=True)) for row in cursor]
 
     # -- scan cache -----------------------------------------------------------------------
-    def scan_cache(self, root: str) -> dict[str, tuple[int, int, str]]:
-        """path -> (size bytes, mtime_ns, hash) as the last scan of root saw it."""
-        with self._read() as conn:
-            return {
-                path: (size, mtime_ns, hash_)
-                for path, size, mtime_ns, hash_ in conn.execute(
-                    "SELECT path, size, mtime_ns, hash FROM component_scan WHERE root = ?", (root,)
-                )
-            }
-
     def update_scan_cache(
         self, root: str, rows: Sequence[tuple[str, int, int, str]], gone: Sequence[str]
     ) -> None:
@@ -307,7 +297,8 @@ class ComponentsMixin:
             )
 
     def scan_state(self, root: str) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
-        """(scan cache as scan_cache gives it, path -> active hash) of root, in one read."""
+        """(path -> (size bytes, mtime_ns, hash) as the last scan saw it, path -> active hash)
+        of root, in one read."""
         with self._read() as conn:
             cache = {
                 path: (size, mtime_ns, hash_)
@@ -371,8 +362,7 @@ class ComponentsMixin:
     def runs_using_version(self, root: str, path: str, hash_: str) -> list[dict[str, Any]]:
         """Runs (id, name, state) dispatched with this version of root/path, oldest first.
 
-        Narrower than runs_using: the same content at another path, or in another code dir,
-        does not count.
+        The same content at another path, or in another code dir, does not count.
         """
         with self._read() as conn:
             return [
@@ -444,16 +434,6 @@ class ComponentsMixin:
                     (run_id,),
                 )
             )
-
-    def runs_using(self, hash_: str) -> list[str]:
-        """Ids of the runs whose manifest holds this blob, oldest first."""
-        with self._read() as conn:
-            return [
-                r[0]
-                for r in conn.execute(
-                    "SELECT run_id FROM run_manifests WHERE hash = ? ORDER BY run_id", (hash_,)
-                )
-            ]
 
 
 def _activate(conn: sqlite3.Connection, root: str, path: str, hash_: str) -> None:

@@ -162,16 +162,12 @@ def _excluded(path: str, exclude: Sequence[str]) -> bool:
     )
 
 
-def code_files(code_dir: Path, exclude: Sequence[str] = ()) -> list[str]:
-    """Relative paths of the files to ship: `git ls-files` in a work tree, else a filtered walk.
-
-    A name that is not UTF-8 cannot be recorded in the catalog: it is left out, with a warning.
-    """
-    return split_code_files(code_dir, exclude)[0]
-
-
 def split_code_files(code_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """(files to ship, names left out because they are not UTF-8, shown escaped)."""
+    """(files to ship, names left out because they are not UTF-8, shown escaped).
+
+    Files to ship are `git ls-files` in a work tree, else a filtered walk. A name that is not
+    UTF-8 cannot be recorded in the catalog: it is left out, with a warning.
+    """
     names = _git_files(code_dir)
     if names is None:
         names = _walk_files(code_dir)
@@ -197,7 +193,7 @@ def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot
         raise CvtuiError(f"code dir {root} does not exist")
     files = []
     total = 0
-    for name in code_files(root, exclude):
+    for name in split_code_files(root, exclude)[0]:
         path = root / name
         try:
             st = path.stat()

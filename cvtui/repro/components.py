@@ -192,11 +192,6 @@ def root_containing(catalog: Catalog, directory: str | os.PathLike[str]) -> str 
     return best
 
 
-def hash_of(path: str | os.PathLike[str]) -> str:
-    """xxh3_128 of a file, as the store names it."""
-    return hash_file(path)[0]
-
-
 def check_prefix(prefix: str) -> str:
     """A hash or hash prefix as typed, lowercased; at least MIN_PREFIX_CHARS hex digits."""
     wanted = prefix.strip().lower()
