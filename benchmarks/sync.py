@@ -189,7 +189,7 @@ HOST_PYTHONS = (
 async def copies(lab: Lab, work: Path, size: int, options: Options) -> list[Row]:
     """A fresh copy against ssh cat (scp, rsync in the notes), then a 1% change against rsync;
     once per host interpreter, since the host's hash (blake2b or xxh3) weighs on both."""
-    run_dir = lab.host_dir(HOST) / "root" / "runs" / RUN_ID
+    run_dir = lab.host_dir(HOST) / "root" / "runs" / RUN_ID / "work"  # the run's work dir
     run_dir.mkdir(parents=True, mode=0o700)
     remote = run_dir / "model.pt"
     write_random(remote, size)
@@ -264,7 +264,7 @@ async def copies(lab: Lab, work: Path, size: int, options: Options) -> list[Row]
 
 async def appends(lab: Lab, work: Path) -> Row:
     """Wire bytes of syncing a CSV that grew by 1 kB and by 1 MB: per-byte cost and fixed cost."""
-    run_dir = lab.host_dir(HOST) / "root" / "runs" / RUN_ID
+    run_dir = lab.host_dir(HOST) / "root" / "runs" / RUN_ID / "work"  # the run's work dir
     csv_path = run_dir / "metrics.csv"
     rng = random.Random(3)
 

@@ -125,7 +125,7 @@ def plan_submission(
     hosts: Sequence[str] = (),
 ) -> Submission:
     """Expand ``config`` as `cvtui run` would and describe it; nothing is queued yet."""
-    from cvtui.dry_run import describe_dry_run
+    from cvtui.dry_run import describe_dry_run, plan_dry_run
     from cvtui.submit import prepare_runs
 
     path = Path(config).expanduser()
@@ -136,7 +136,8 @@ def plan_submission(
     )
     if not specs:
         raise CvtuiError(f"{path} expands to no runs")
-    return Submission(path, tuple(specs), describe_dry_run(specs, inventory, catalog))
+    plan = plan_dry_run(specs, inventory, catalog)
+    return Submission(path, tuple(specs), describe_dry_run(plan))
 
 
 def submit_runs(catalog: Catalog, home: Path, submission: Submission) -> list[str]:

@@ -66,7 +66,7 @@ class CvtuiGroup(click.Group):
     "inventory_option",
     metavar="PATH",
     envvar=None,
-    help="inventory.yaml to use (default ./inventory.yaml, then $CVTUI_INVENTORY, "
+    help="inventory.yaml to use (default $CVTUI_INVENTORY, then ./inventory.yaml, "
     "then the user config dir).",
 )
 @click.option(

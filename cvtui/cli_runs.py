@@ -57,7 +57,12 @@ def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]
 
 
 def print_runs(runs: list[dict[str, Any]], now: float) -> None:
-    click.echo(f"{'ID':12}  {'NAME':32} {'STATE':11} {'HOST':10} {'GPUS':7} {'PROGRESS':9} AGE")
+    from cvtui.run_names import display_names
+
+    names = display_names(runs)
+    width = min(max([32, *(len(n) for n in names.values())]), 60)  # the names as shown fit
+    header = f"{'ID':12}  {'NAME':{width}} {'STATE':11} {'HOST':10} {'GPUS':7} {'PROGRESS':9} AGE"
+    click.echo(header)
     for run in runs:
         gpus = ",".join(str(g) for g in run["gpus"] or []) or "-"
         progress = "-" if run["progress"] is None else f"{run['progress']:.0f}%"
@@ -66,7 +71,7 @@ def print_runs(runs: list[dict[str, Any]], now: float) -> None:
         age = short_age(now - run["submitted"])
         host = (run["host"] or "-")[:10]
         click.echo(
-            f"{run['id'][:12]}  {run['name'][:32]:32} {run['state']:11} {host:10} "
+            f"{run['id'][:12]}  {names[run['id']][:width]:{width}} {run['state']:11} {host:10} "
             f"{gpus:7} {progress:9} {age}"
         )
 
@@ -78,7 +83,7 @@ def follow_logs(
 
     run_ids may grow while this runs (retries join the followed runs).
     """
-    from cvtui.engine.runner import mirror_dir
+    from cvtui.engine.mirror import run_log_path
 
     offsets: dict[str, int] = {}
     names: dict[str, str] = {}
@@ -89,7 +94,7 @@ def follow_logs(
             if run_id not in names:
                 offsets[run_id] = 0
                 names[run_id] = (catalog.get_run(run_id) or {}).get("name", run_id)
-            path = mirror_dir(home, run_id) / "output.log"
+            path = run_log_path(home, run_id)
             try:
                 with open(path, "rb") as fh:
                     fh.seek(offsets[run_id])
@@ -125,7 +130,7 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
 
     Retries found on the way are appended to run_ids.
     """
-    from cvtui.engine.runner import mirror_dir
+    from cvtui.engine.mirror import run_log_path
 
     for run_id in list(run_ids):
         run = catalog.get_run(run_id)
@@ -133,7 +138,7 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
             continue
         if run["state"] in ACTIVE:
             return False
-        log = mirror_dir(home, run_id) / "output.log"
+        log = run_log_path(home, run_id)
         if (log.stat().st_size if log.exists() else 0) < (run["log_size"] or 0):
             return False
         retrying = run["state"] in ("failed", "lost") and run["attempt"] <= run["retries"]
@@ -152,7 +157,11 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
 @click.option(
     "--host", "hosts", multiple=True, metavar="HOST", help="Run only on this host (repeatable)."
 )
-@click.option("--gpus", type=click.IntRange(min=0), help="GPUs per run (overrides resources.gpus).")
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=0),
+    help="GPUs per run (overrides resources.gpus; default 1, 0: CPU only).",
+)
 @click.option(
     "--priority", type=click.Choice(["urgent", "high", "normal", "low"]), help="Queue priority."
 )
@@ -173,6 +182,12 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
     help="Stream the output until the runs end; exit with the run's code.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the submitted runs as JSON.")
+@click.option(
+    "--max-runs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Allow a grid of up to N runs (default: the inventory's policy.max_grid).",
+)
 @click.pass_obj
 def run(
     settings: Settings,
@@ -184,6 +199,7 @@ def run(
     dry_run: bool,
     follow: bool,
     as_json: bool,
+    max_runs: int | None,
 ) -> None:
     """Queue the runs of CONFIG (a grid becomes many runs) and dispatch them.
 
@@ -195,14 +211,21 @@ def run(
 
     inventory = settings.inventory()
     specs = prepare_runs(
-        config, inventory, overrides=overrides, gpus=gpus, priority=priority, hosts=hosts
+        config,
+        inventory,
+        overrides=overrides,
+        gpus=gpus,
+        priority=priority,
+        hosts=hosts,
+        max_runs=max_runs,
     )
     home = settings.home()
     if dry_run:
-        from cvtui.dry_run import describe_dry_run
+        from cvtui.dry_run import describe_dry_run, plan_dry_run
 
         with Catalog.open_home(home) as catalog:
-            click.echo(describe_dry_run(specs, inventory, catalog))
+            plan = plan_dry_run(specs, inventory, catalog)
+        click.echo(json.dumps(plan, indent=2) if as_json else describe_dry_run(plan))
         return
     with Catalog.open_home(home) as catalog:
         run_ids = submit(catalog, home, specs)
@@ -246,7 +269,16 @@ def wait_or_follow(
     printer.start()
     try:
         asyncio.run(
-            drive(inventory, catalog, home, lambda e: follow_attempts(catalog, home, followed))
+            drive(
+                inventory,
+                catalog,
+                home,
+                # Until each run ended and its outputs are in: the final syncs finished.
+                lambda e: (
+                    follow_attempts(catalog, home, followed)
+                    and (e is None or not any(i in e.runs.pulls for i in followed))
+                ),
+            )
         )
     finally:
         stop.set()
@@ -297,16 +329,16 @@ def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
 def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> None:
     """Output of RUN (stdout and stderr as the run wrote them)."""
     from cvtui.catalog import Catalog
-    from cvtui.engine.runner import mirror_dir
+    from cvtui.engine.mirror import run_log_path
 
     home = settings.home()
     with Catalog.open_home(home) as catalog:
         run_row = resolve_run(catalog, run_ref)
         settle_runs(settings, catalog, [run_row])
-        path = mirror_dir(home, run_row["id"]) / "output.log"
+        path = run_log_path(home, run_row["id"])
         data = path.read_bytes() if path.exists() else b""
         if tail is not None:
-            lines = data.splitlines(keepends=True)
+            lines = last_states(data)
             data = b"".join(lines[-tail:]) if tail else b""
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -334,10 +366,24 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
                 printer.join()
 
 
-def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None:
-    from cvtui.engine.runner import mirror_dir
+def last_states(data: bytes) -> list[bytes]:
+    """The log's lines as a terminal ends up showing them: a line redrawn with \r (a tqdm
+    bar) is its last state, not every redraw joined; the unfinished last line is kept."""
+    lines = []
+    for line in data.split(b"\n"):
+        body = line[:-1] if line.endswith(b"\r") else line  # a \r\n line ending
+        lines.append(body.rsplit(b"\r", 1)[-1] + b"\n")
+    if lines and lines[-1] == b"\n":
+        lines.pop()  # the log ended with a newline: no unfinished line after it
+    elif lines:
+        lines[-1] = lines[-1][:-1]
+    return lines
 
-    path = mirror_dir(home, run_id) / "output.log"
+
+def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None:
+    from cvtui.engine.mirror import run_log_path
+
+    path = run_log_path(home, run_id)
     while True:
         if path.exists():
             with open(path, "rb") as fh:

@@ -189,15 +189,21 @@ def files(settings: Settings, run_ref: str, as_json: bool) -> None:
     """Files of RUN: path, size on the host, synced size, state, hash."""
     from cvtui.catalog import Catalog
     from cvtui.catalog.metrics import file_view
+    from cvtui.outputs_note import outputs_note
 
     with Catalog.open_home(settings.home()) as catalog:
         run = resolve_runs(catalog, [run_ref])[0]
         rows = [file_view(r) for r in catalog.files_of(run["id"])]
+    note = outputs_note(run, rows)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
+        if note:
+            click.echo(f"note: {note}", err=True)
         return
     if not rows:
-        click.echo(f"no files synced for {run['id'][:12]} yet (cvtui sync {run['id'][:12]})")
+        click.echo(
+            note or f"no files synced for {run['id'][:12]} yet (cvtui sync {run['id'][:12]})"
+        )
         return
     click.echo(f"{'STATE':9} {'SIZE':>10} {'SYNCED':>10} {'STRATEGY':8} {'HASH':14} PATH")
     for row in rows:
@@ -209,6 +215,8 @@ def files(settings: Settings, run_ref: str, as_json: bool) -> None:
         if row["reason"] and row["state"] != "synced":
             line += f"  ({row['reason']})"
         click.echo(line)
+    if note:
+        click.echo(f"note: {note}")
 
 
 def metric_table(
@@ -250,15 +258,20 @@ def metrics(
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
+    from cvtui.outputs_note import outputs_note
+
     with Catalog.open_home(settings.home()) as catalog:
         run = resolve_runs(catalog, [run_ref])[0]
         rows = catalog.metric_rows(run["id"], list(keys) or None)
         known = catalog.metric_keys(run["id"]) if keys else []
+        note = outputs_note(run, catalog.files_of(run["id"])) if not rows else None
     missing = [k for k in keys if k not in known]
     if missing:
         listing = ", ".join(known[:20]) or "none yet"
         raise CvtuiError(f"no metric {missing[0]!r} in run {run['id'][:12]} (keys: {listing})")
     columns, table = metric_table(rows)
+    if note and (as_json or as_csv):
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json.dumps(table, indent=2))
     elif as_csv:
@@ -267,7 +280,7 @@ def metrics(
         for record in table:
             writer.writerow([record["step"], *(record.get(c, "") for c in columns)])
     elif not table:
-        click.echo(f"no metrics for {run['id'][:12]} yet (cvtui sync {run['id'][:12]})")
+        click.echo(note or f"no metrics for {run['id'][:12]} yet (cvtui sync {run['id'][:12]})")
     else:
         cells = [[cell(r["step"]), *(cell(r.get(c)) for c in columns)] for r in table]
         header = ["step", *columns]
@@ -295,6 +308,7 @@ def compare(
     Best is the lowest value for keys that name a loss or an error, else the highest.
     """
     from cvtui.catalog import Catalog
+    from cvtui.run_names import display_names
 
     if len(run_refs) < 2:
         raise click.UsageError("name at least two runs to compare")
@@ -310,7 +324,8 @@ def compare(
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
-    header = ["key", *(f"{r['id'][:12]} {r['name']}"[:32] for r in runs)]
+    names = display_names(runs)
+    header = ["key", *(f"{r['id'][:12]} {names[r['id']]}"[:48] for r in runs)]
     lines = [header]
     for key in all_keys:
         bests = [figures.get(r["id"], {}).get(key, {}).get("best") for r in runs]

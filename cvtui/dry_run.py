@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+import shlex
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +14,8 @@ from cvtui.engine.snapshot import take_snapshot
 from cvtui.inventory import Inventory
 from cvtui.report import human_bytes
 from cvtui.runspec import RunSpec
+
+SCRIPT_SUFFIXES = (".py", ".sh", ".bash")
 
 
 def host_states_from_report(
@@ -41,6 +45,7 @@ def host_states_from_report(
             scheduler.HostState(
                 name=host.name,
                 healthy=entry["state"] == "healthy",
+                condition=entry["state"] or "unknown",
                 tags=host.tags,
                 max_runs=host.max_runs,
                 allowed_gpus=host.gpus,
@@ -54,6 +59,8 @@ def host_states_from_report(
 def describe_resources(spec: RunSpec) -> str:
     res = spec.resources
     parts = [f"{res.gpus} GPU{'s' if res.gpus != 1 else ''}"]
+    if not res.gpus:
+        parts[0] += " (CPU only)"
     if res.min_free_mem:
         parts.append(f">= {human_bytes(res.min_free_mem)} free each")
     if res.hosts:
@@ -63,7 +70,28 @@ def describe_resources(spec: RunSpec) -> str:
     return ", ".join(parts) + f" · priority {spec.priority}"
 
 
-def describe_dry_run(specs: Sequence[RunSpec], inventory: Inventory, catalog: Catalog) -> str:
+def named_scripts(command: str | Sequence[str]) -> list[str]:
+    """Relative paths of scripts a command names (`python main.py`, `./run.sh`, `bash x.sh`)."""
+    if isinstance(command, str):
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return []
+    else:
+        words = list(command)
+    found = []
+    for word in words:
+        if word.startswith(("-", "/", "~", "$")) or "{" in word or "=" in word:
+            continue
+        if word.endswith(SCRIPT_SUFFIXES):
+            found.append(posixpath.normpath(word))
+    return found
+
+
+def plan_dry_run(
+    specs: Sequence[RunSpec], inventory: Inventory, catalog: Catalog
+) -> dict[str, Any]:
+    """What a submit would do, as data: runs with placement, code snapshots, warnings."""
     now = time.time()
     policy = inventory.policy
     report = catalog.hosts_report(
@@ -91,34 +119,81 @@ def describe_dry_run(specs: Sequence[RunSpec], inventory: Inventory, catalog: Ca
     )
     placed = {p.run_id: p for p in plan.placements}
     seen = [h["last_seen"] for h in report if h["last_seen"]]
-    basis = (
-        f"placement from telemetry {now - max(seen):.0f}s old"
-        if seen
-        else "placement unknown: no telemetry yet (run `cvtui hosts` or start the daemon)"
-    )
-    lines = [
-        f"{len(specs)} run{'s' if len(specs) != 1 else ''} (dry run: nothing started; {basis})"
-    ]
+    runs = []
     for i, spec in enumerate(specs):
         placement = placed.get(f"#{i}")
-        where = (
-            f"{placement.host} GPU {','.join(map(str, placement.gpus)) or '-'}"
-            if placement
-            else f"waits: {plan.waiting.get(f'#{i}', 'not placed')}"
-        )
         gpus = placement.gpus if placement else ()
-        command = spec.render_command(run_id="<run_id>", run_dir="<run_dir>", gpus=gpus)
-        shown = command if isinstance(command, str) else " ".join(command)
-        lines += [
-            f"  {spec.name}",
-            f"    command:   {shown}",
-            f"    resources: {describe_resources(spec)}",
-            f"    placement: {where}",
-        ]
+        command = spec.render_command(
+            run_id="<run_id>", run_dir="<run_dir>", config_file="<config_file>", gpus=gpus
+        )
+        runs.append(
+            {
+                "name": spec.name,
+                "command": command if isinstance(command, str) else list(command),
+                "gpus": spec.resources.gpus,
+                "resources": describe_resources(spec),
+                "priority": spec.priority,
+                "params": dict(spec.params),
+                "placement": (
+                    {"host": placement.host, "gpus": list(placement.gpus)} if placement else None
+                ),
+                "waits": None if placement else plan.waiting.get(f"#{i}", "not placed"),
+            }
+        )
+    code = []
+    warnings = []
     for code_dir, exclude in dict.fromkeys((s.code_dir, s.exclude) for s in specs):
         snap = take_snapshot(code_dir, exclude)
-        lines.append(
-            f"  code: {code_dir} ({len(snap.files)} files, {human_bytes(snap.size)}, "
-            f"snapshot {snap.hash[:12]})"
+        shipped = {f.path for f in snap.files}
+        code.append(
+            {"dir": code_dir, "files": len(snap.files), "size": snap.size, "snapshot": snap.hash}
         )
+        mine = [s for s in specs if (s.code_dir, s.exclude) == (code_dir, exclude)]
+        named = [script for s in mine for script in named_scripts(s.command)]
+        linked = {name for s in mine for name in s.links}
+        for script in dict.fromkeys(named):
+            if script not in shipped and not any(script.startswith(f"{n}/") for n in linked):
+                warnings.append(
+                    f"the command runs {script}, which is not in the code snapshot of {code_dir} "
+                    "(set `code:` to the folder that holds it, or check `exclude:`)"
+                )
+    return {
+        "runs": runs,
+        "code": code,
+        "warnings": warnings,
+        "telemetry_age_s": round(now - max(seen), 1) if seen else None,
+    }
+
+
+def describe_dry_run(plan: dict[str, Any]) -> str:
+    """The plan as text for a terminal."""
+    runs = plan["runs"]
+    age = plan["telemetry_age_s"]
+    basis = (
+        f"placement from telemetry {age:.0f}s old"
+        if age is not None
+        else "placement unknown: no telemetry yet (run `cvtui hosts` or start the daemon)"
+    )
+    lines = [f"{len(runs)} run{'s' if len(runs) != 1 else ''} (dry run: nothing started; {basis})"]
+    for run in runs:
+        placement = run["placement"]
+        where = (
+            f"{placement['host']} GPU {','.join(map(str, placement['gpus'])) or '-'}"
+            if placement
+            else f"waits: {run['waits']}"
+        )
+        command = run["command"]
+        shown = command if isinstance(command, str) else " ".join(command)
+        lines += [
+            f"  {run['name']}",
+            f"    command:   {shown}",
+            f"    resources: {run['resources']}",
+            f"    placement: {where}",
+        ]
+    for snap in plan["code"]:
+        lines.append(
+            f"  code: {snap['dir']} ({snap['files']} files, {human_bytes(snap['size'])}, "
+            f"snapshot {snap['snapshot'][:12]})"
+        )
+    lines += [f"  warning: {warning}" for warning in plan["warnings"]]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cvtui.errors import InventoryError, UnknownHostError
+from cvtui.run_env import RunEnv, parse_links, parse_run_env
 
 if TYPE_CHECKING:
     import asyncio
@@ -24,13 +25,31 @@ FOREIGN_PROCESS_MODES = ("avoid", "share")
 MAX_SIMULATED_GPUS = 64
 DEFAULT_SIMULATED_MEMORY = 24 * 2**30  # bytes per GPU when the model name does not say
 
-_DEFAULT_KEYS = ("user", "port", "identity", "python", "root", "leases_dir", "known_hosts")
+_DEFAULT_KEYS = (
+    "user",
+    "port",
+    "identity",
+    "python",
+    "root",
+    "leases_dir",
+    "known_hosts",
+    "run_env",
+    "links",
+)
 _HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate")
-_POLICY_KEYS = ("interval", "stale_after", "disconnected_after", "host_keys", "foreign_processes")
+_POLICY_KEYS = (
+    "interval",
+    "stale_after",
+    "disconnected_after",
+    "host_keys",
+    "foreign_processes",
+    "max_grid",
+)
 _SIMULATE_KEYS = ("gpus", "model", "memory")
 _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
 _NULLABLE_KEYS = {"user", "identity", "known_hosts", "gpus", "max_runs", "gpu_order", "simulate"}
+_NULLABLE_KEYS |= {"run_env", "links"}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
@@ -111,6 +130,7 @@ class Policy:
     disconnected_after_s: float = 30.0
     host_keys: str = "strict"  # one of HOST_KEY_MODES
     foreign_processes: str = "avoid"  # one of FOREIGN_PROCESS_MODES: GPUs others use are avoided
+    max_grid: int = 10_000  # runs one config may queue unless `cvtui run --max-runs` says more
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,9 @@ class Host:
     max_runs: int | None = None  # None: no limit beyond free GPUs
     gpu_order: tuple[int, ...] | None = None  # preferred placement order of GPU indexes
     simulate: SimulateSpec | None = None
+    # What runs before a run's command there (setup lines, PATH, python); see cvtui.run_env.
+    run_env: RunEnv | None = None
+    links: tuple[tuple[str, str], ...] = ()  # (name in a run's work dir, host path) pairs
     line: int = field(default=0, compare=False)  # 1-based line of the host's key in the file
 
     def __post_init__(self) -> None:
@@ -382,6 +405,10 @@ class _Parser:
             return () if self.is_null(node) else self.tags(node)
         if key == "simulate":
             return self.simulate(node)
+        if key == "run_env":
+            return parse_run_env(self, node, "run_env")
+        if key == "links":
+            return tuple(parse_links(self, node, "links").items())
         return self.string(node, key)  # address, user, python, root, leases_dir
 
     def host(self, key: yaml.Node, body: yaml.Node, defaults: dict[str, Any]) -> Host:
@@ -396,7 +423,13 @@ class _Parser:
         pairs = {} if self.is_null(body) else self.mapping(body, f"host {name!r}")
         self.check_keys(pairs, _HOST_KEYS, f"host {name!r}")
         for setting_key, (_, node) in pairs.items():
-            settings[setting_key] = self.setting(setting_key, node)
+            value = self.setting(setting_key, node)
+            if setting_key == "links" and value is not None:
+                # A host's links add to the defaults' (the host's win on a shared name).
+                value = tuple({**dict(settings.get("links") or ()), **dict(value)}.items())
+            settings[setting_key] = value
+        if settings.get("links") is None:
+            settings.pop("links", None)
         simulate = settings.get("simulate")
         for setting_key in ("gpus", "gpu_order"):
             if simulate is None or settings.get(setting_key) is None:
@@ -421,6 +454,8 @@ class _Parser:
                 values[key] = self.choice(value, "policy.host_keys", HOST_KEY_MODES)
             elif key == "foreign_processes":
                 values[key] = self.choice(value, "policy.foreign_processes", FOREIGN_PROCESS_MODES)
+            elif key == "max_grid":
+                values[key] = self.integer(value, "policy.max_grid", "an integer >= 1", 1)
             else:
                 values[f"{key}_s"] = self.duration(value, f"policy.{key}")
         policy = Policy(**values)
@@ -569,15 +604,16 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
 
 def default_inventory_path(explicit: str | None = None) -> pathlib.Path:
-    """explicit, else ./inventory.yaml if it exists, else $CVTUI_INVENTORY, else the config dir."""
+    """explicit (--inventory), else $CVTUI_INVENTORY, else ./inventory.yaml if it exists, else
+    the user config dir's: the more deliberate choice wins, as with KUBECONFIG."""
     if explicit:
         return pathlib.Path(explicit).expanduser()
-    local = pathlib.Path.cwd() / "inventory.yaml"
-    if local.is_file():
-        return local
     from_env = os.environ.get("CVTUI_INVENTORY")
     if from_env:
         return pathlib.Path(from_env).expanduser()
+    local = pathlib.Path.cwd() / "inventory.yaml"
+    if local.is_file():
+        return local
     import platformdirs
 
     return pathlib.Path(platformdirs.user_config_dir("cvtui")) / "inventory.yaml"

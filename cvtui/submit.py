@@ -17,7 +17,8 @@ from cvtui.inventory import Inventory
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.components import store_snapshot
 from cvtui.repro.provenance import submit_half, write_submit_half
-from cvtui.runspec import RunSpec, load_run_config, with_overrides
+from cvtui.run_config import load_run_config
+from cvtui.runspec import RunSpec, with_overrides
 
 
 def prepare_runs(
@@ -28,14 +29,21 @@ def prepare_runs(
     gpus: int | None = None,
     priority: str | None = None,
     hosts: Sequence[str] = (),
+    max_runs: int | None = None,
 ) -> list[RunSpec]:
-    """Expand a config with the CLI's overrides; unknown host names are an error here."""
+    """Expand a config with the CLI's overrides; unknown host names are an error here.
+
+    A grid over max_runs (default: the inventory's policy.max_grid) is refused before any
+    run is made."""
     known = inventory.names()
     for name in hosts:
         if name not in known:
             raise UnknownHostError(name, known)
     specs = load_run_config(
-        str(config), overrides=overrides, command_template=inventory.command_template
+        str(config),
+        overrides=overrides,
+        command_template=inventory.command_template,
+        max_runs=max_runs or inventory.policy.max_grid,
     )
     if gpus is not None or priority is not None or hosts:
         specs = [
@@ -61,13 +69,18 @@ def save_snapshot(home: Path, snapshot: Snapshot) -> Path:
 
 
 def run_rows(
-    specs: Sequence[RunSpec], home: Path, catalog: Catalog | None = None
+    specs: Sequence[RunSpec],
+    home: Path,
+    catalog: Catalog | None = None,
+    snapshots: dict[tuple[str, tuple[str, ...]], Snapshot] | None = None,
 ) -> list[dict[str, Any]]:
     """Catalog rows for specs: one snapshot per distinct code dir, ids in grid order.
 
-    With a catalog, each snapshot's files also go to the content store (`cvtui components`).
+    With a catalog, each snapshot's files also go to the content store (`cvtui components`);
+    snapshots, when given, gets each snapshot by (code dir, excludes).
     """
-    snapshots: dict[tuple[str, tuple[str, ...]], Snapshot] = {}
+    if snapshots is None:
+        snapshots = {}
     rows = []
     user = getpass.getuser()
     now = time.time()
@@ -100,8 +113,10 @@ def run_rows(
 
 def submit(catalog: Catalog, home: Path, specs: Sequence[RunSpec]) -> list[str]:
     """Queue specs; each run's provenance (code, git state, command, config, env) is kept."""
-    rows = run_rows(specs, home, catalog)
-    provenance = submit_half(catalog, BlobStore.in_home(home), rows, specs)
+    snapshots: dict[tuple[str, tuple[str, ...]], Snapshot] = {}
+    rows = run_rows(specs, home, catalog, snapshots)
+    untracked = {code_dir: bool(snap.untracked) for (code_dir, _), snap in snapshots.items()}
+    provenance = submit_half(catalog, BlobStore.in_home(home), rows, specs, untracked)
     run_ids = catalog.insert_runs(rows)
     write_submit_half(catalog, provenance)
     return run_ids

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any, Callable, Dict, NoReturn
 
 from remote_agent.doctor import hash_algorithms, python_version, run_checks
-from remote_agent.environment import EnvironmentOps
+from remote_agent.environment import EnvironmentOps, RunPythonOps
 from remote_agent.files import FileOps
 from remote_agent.gpus import GpuBackend, open_backend
 from remote_agent.hoststats import HostStats, expand_root
@@ -168,7 +168,10 @@ class Agent:
         self.backend_errors = backend_errors
         self.host = HostStats(options.root)
         self.leases = LeaseWatcher(options.leases_dir)
-        self.runs = RunOps(options.root, options.leases_dir, user_name())
+        self._gpu_uuids: dict[int, str] = {}  # of the last sample
+        self.runs = RunOps(
+            options.root, options.leases_dir, user_name(), lambda: dict(self._gpu_uuids)
+        )
         self._out = out
         self._write_lock = threading.Lock()
         self._sample_lock = threading.Lock()
@@ -192,6 +195,7 @@ class Agent:
         self.ops.update(self.files.ops)
         self.ops.update(WorkspaceOps().ops)  # `cvtui components sync`
         self.ops.update(EnvironmentOps(self._driver_version).ops)  # run provenance
+        self.ops.update(RunPythonOps(options.root).ops)
 
     # --- output ---
 
@@ -220,6 +224,8 @@ class Agent:
                     self._last_sample_error = said
                     sys.stderr.write(f"cvtui agent: GPU sample failed: {said}\n")
             self._gpu_count = max(self._gpu_count, len(gpus))
+            if gpus:
+                self._gpu_uuids = {g.index: g.uuid for g in gpus if g.uuid}
             try:
                 gpus = self.leases.annotate(gpus)
             except Exception as exc:  # leases are an annotation: never lose the sample for them
@@ -245,6 +251,7 @@ class Agent:
             gpu_count=self._gpu_count,
             hash_algorithms=tuple(hash_algorithms()),
             root=self.options.root,
+            home=os.path.expanduser("~"),
         )
 
     # --- requests ---

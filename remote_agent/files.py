@@ -6,6 +6,7 @@ The block hash tree is remote_agent/blocktree.py, names and listings remote_agen
 from __future__ import annotations
 
 import base64
+import fnmatch
 import os
 import stat
 import threading
@@ -25,7 +26,7 @@ from remote_agent.blocktree import (
     valid_block_size,
 )
 from remote_agent.doctor import hash_algorithms
-from remote_agent.outputs import check_relpath, list_files, open_in_run_dir, stat_key
+from remote_agent.outputs import check_relpath, list_files, matches, open_in_run_dir, stat_key
 from remote_agent.protocol import (
     E_BAD_REQUEST,
     E_NO_SUCH_FILE,
@@ -34,15 +35,19 @@ from remote_agent.protocol import (
     OP_FILES_LIST,
     OP_FILES_SIGNATURE,
     OP_FILES_WATCH,
+    OWN_FILES_PREFIX,
     SIGNATURE_CHANGED,
     SIGNATURE_HASHING,
     SIGNATURE_READY,
+    WORK_DIR,
     FileEntry,
     FileListing,
     RemoteError,
     event,
+    host_relpath,
 )
-from remote_agent.rundir import RUN_ID
+from remote_agent.rundir import LOG_FILE, OWN_FILES, RUN_ID
+from remote_agent.workdir import read_snapshot_record
 
 MAX_GLOBS = 100
 MAX_GROUPS_PER_REPLY = 16384  # 256 KiB of digests
@@ -52,6 +57,8 @@ MAX_HASH_RANGE_BYTES = 64 << 20  # per files_hash request, all ranges together
 MAX_WAIT_S = 2.0
 DEFAULT_WAIT_S = 0.3
 CACHED_SIGNATURES = 16
+COMPARE_MAX_BYTES = 1 << 20  # a rewritten code file up to this size is compared with its source
+OWN_OUTPUTS = (LOG_FILE,)  # cvtui's files that sync as outputs, under OWN_FILES_PREFIX
 WATCH_TICK_S = 0.2  # known files are stat'ed this often
 RESCAN_S = 1.0  # the whole run dir is listed again (new files) this often, at most
 RESCAN_COST_FACTOR = 20  # ... and only after 20 times as long as the last listing took
@@ -111,17 +118,66 @@ class _Watch:
     def __init__(self, globs: list[str], listing: FileListing) -> None:
         self.globs = globs
         self.known = {f.path: f for f in listing.files}
+        self.base = listing.base
         self.scanned = time.monotonic()
         self.rescan_s = RESCAN_S  # grows for a run dir so big that listing it costs much
 
 
-def _rescan(run_dir: str, watch: _Watch) -> dict[str, FileEntry]:
-    started = time.monotonic()
-    found = {f.path: f for f in list_files(run_dir, watch.globs).files}
-    watch.scanned = time.monotonic()
-    # Listing at most ~5% of the time: a code snapshot of 10,000 files is walked less often.
-    watch.rescan_s = max(RESCAN_S, RESCAN_COST_FACTOR * (watch.scanned - started))
-    return found
+class _RunOutputs:
+    """What of a run dir is an output: the work dir's files matching the globs, less the code
+    files the run left as shipped and the links made for it, plus cvtui's own output.log."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.base = WORK_DIR if os.path.isdir(os.path.join(run_dir, WORK_DIR)) else ""
+        self.code_hash, self.shipped, self.links = read_snapshot_record(run_dir)
+
+    def listing(self, globs: list[str], compared: dict[Any, bool], code_root: str) -> FileListing:
+        own = [g[len(OWN_FILES_PREFIX) :] for g in globs if g.startswith(OWN_FILES_PREFIX)]
+        mine = [g for g in globs if not g.startswith(OWN_FILES_PREFIX)]
+        top = os.path.join(self.run_dir, self.base) if self.base else self.run_dir
+        found = list_files(top, mine) if mine else FileListing(base=self.base)
+        files = [f for f in found.files if self._is_output(f, compared, code_root)]
+        skipped = [s for s in found.skipped if s.path.split("/")[0] not in self.links]
+        for name in OWN_OUTPUTS:
+            if any(fnmatch.fnmatchcase(name, g) for g in own):
+                try:
+                    st = os.stat(os.path.join(self.run_dir, name))
+                except OSError:
+                    continue
+                path = OWN_FILES_PREFIX + name
+                files.append(FileEntry(path, st.st_size, st.st_mtime_ns, st.st_ino))
+        unmatched = tuple(g for g in mine if not any(matches(f.path, [g]) for f in files))
+        return FileListing(tuple(files), tuple(skipped), found.truncated, self.base, unmatched)
+
+    def _is_output(self, entry: FileEntry, compared: dict[Any, bool], code_root: str) -> bool:
+        if not self.base and "/" not in entry.path and entry.path in OWN_FILES:
+            return False  # an older run dir: cvtui's files sat beside the outputs
+        if entry.path.split("/")[0] in self.links:
+            return False
+        shipped = self.shipped.get(entry.path)
+        if not shipped or shipped[0] != entry.size:
+            return True
+        if shipped[1] == entry.mtime_ns:
+            return False
+        if entry.size > COMPARE_MAX_BYTES or not self.code_hash:
+            return True
+        key = (self.run_dir, entry.path, entry.size, entry.mtime_ns, entry.ino)
+        if key not in compared:
+            source = os.path.join(code_root, self.code_hash, entry.path)
+            here = os.path.join(self.run_dir, self.base, entry.path)
+            compared[key] = _same_bytes(source, here)
+            while len(compared) > 4096:
+                compared.pop(next(iter(compared)))
+        return not compared[key]
+
+
+def _same_bytes(one: str, other: str) -> bool:
+    try:
+        with open(one, "rb") as a, open(other, "rb") as b:
+            return a.read(COMPARE_MAX_BYTES + 1) == b.read(COMPARE_MAX_BYTES + 1)
+    except OSError:
+        return False
 
 
 class FileOps:
@@ -129,6 +185,8 @@ class FileOps:
 
     def __init__(self, root: str, send: Callable[[dict[str, Any]], bool]) -> None:
         self.runs_dir = os.path.join(root, "runs")
+        self.code_root = os.path.join(root, "code")
+        self._compared: dict[Any, bool] = {}  # rewritten code files: same bytes as shipped?
         self.send = send
         self.algorithms = hash_algorithms()
         self._lock = threading.Lock()
@@ -175,7 +233,7 @@ class FileOps:
 
     def op_list(self, message: dict[str, Any]) -> dict[str, Any]:
         _, run_dir = self.run_dir(message)
-        return list_files(run_dir, self.globs(message)).to_wire()
+        return self._listing(run_dir, self.globs(message)).to_wire()
 
     def op_watch(self, message: dict[str, Any]) -> dict[str, Any]:
         """Start (or stop, with watch: false) pushing EVENT_FILES for a run; reply the listing."""
@@ -186,7 +244,7 @@ class FileOps:
             return {}
         run_id, run_dir = self.run_dir(message)
         globs = self.globs(message)
-        listing = list_files(run_dir, globs)
+        listing = self._listing(run_dir, globs)
         with self._lock:
             self._watched[run_id] = _Watch(globs, listing)
             if self._watcher is None:
@@ -221,12 +279,12 @@ class FileOps:
                 with self._lock:
                     self._watched.pop(run_id, None)
                 return None
-            current = _rescan(run_dir, watch)
+            current = self._rescan(run_dir, watch)
         else:
             current = {}
             for path, known in watch.known.items():
                 try:
-                    st = os.stat(os.path.join(run_dir, path))
+                    st = os.stat(os.path.join(run_dir, host_relpath(path, watch.base)))
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
@@ -240,6 +298,23 @@ class FileOps:
             return None
         files = [f.__dict__ for f in changed]
         return event(EVENT_FILES, run_id=run_id, files=files, removed=removed)
+
+    def _listing(self, run_dir: str, globs: list[str]) -> FileListing:
+        return _RunOutputs(run_dir).listing(globs, self._compared, self.code_root)
+
+    def _rescan(self, run_dir: str, watch: _Watch) -> dict[str, FileEntry]:
+        started = time.monotonic()
+        found = {f.path: f for f in self._listing(run_dir, watch.globs).files}
+        watch.scanned = time.monotonic()
+        # Listing at most ~5% of the time: a code snapshot of 10,000 files is walked less often.
+        watch.rescan_s = max(RESCAN_S, RESCAN_COST_FACTOR * (watch.scanned - started))
+        return found
+
+    def _open(self, run_dir: str, path: str) -> tuple[int, os.stat_result, str]:
+        base = WORK_DIR if os.path.isdir(os.path.join(run_dir, WORK_DIR)) else ""
+        if path.startswith(OWN_FILES_PREFIX) and path[len(OWN_FILES_PREFIX) :] not in OWN_OUTPUTS:
+            raise RemoteError(E_NO_SUCH_FILE, f"{path[:200]} is not a file of cvtui's")
+        return open_in_run_dir(run_dir, host_relpath(path, base))
 
     # --- hashing ---
 
@@ -255,7 +330,7 @@ class FileOps:
         wait_s = message.get("wait", DEFAULT_WAIT_S)
         if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)):
             raise RemoteError(E_BAD_REQUEST, '"wait" must be a number of seconds')
-        fd, st, real = open_in_run_dir(run_dir, path)
+        fd, st, real = self._open(run_dir, path)
         block_size = message.get("block_size") or block_size_for(st.st_size)
         if not valid_block_size(block_size):
             os.close(fd)
@@ -325,7 +400,7 @@ class FileOps:
             raise RemoteError(E_BAD_REQUEST, '"ranges" must be a list of [offset, length] pairs')
         if sum(r[1] for r in ranges) > MAX_HASH_RANGE_BYTES:
             raise RemoteError(E_BAD_REQUEST, f"at most {MAX_HASH_RANGE_BYTES} bytes per request")
-        fd, st, _ = open_in_run_dir(run_dir, path)
+        fd, st, _ = self._open(run_dir, path)
         read_ns = time.time_ns()
         try:
             digests = [

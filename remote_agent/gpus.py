@@ -18,7 +18,7 @@ from remote_agent.simulated import SimulatedBackend
 
 NVIDIA_SMI_GPU_FIELDS = (
     "index,uuid,name,utilization.gpu,memory.used,memory.total,"
-    "temperature.gpu,power.draw,power.limit,fan.speed"
+    "temperature.gpu,power.draw,power.limit,fan.speed,pci.bus_id"
 )
 NVIDIA_SMI_APP_FIELDS = "gpu_uuid,pid,used_memory"
 NVIDIA_SMI_TIMEOUT_S = 10.0
@@ -81,16 +81,19 @@ class NvmlBackend:
     def __init__(self, nvml: Any) -> None:
         self._nvml = nvml
         self._reader = ProcessReader()
-        # (index, handle or None, uuid, name); these never change while the driver is loaded.
-        self._devices: list[tuple[int, Any, str, str]] = []
+        # (index, handle or None, uuid, name, PCI bus id); these never change while the driver
+        # is loaded.
+        self._devices: list[tuple[int, Any, str, str, str | None]] = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = _nvml_value(nvml.nvmlDeviceGetHandleByIndex, index)
-            uuid = name = None
+            uuid = name = bus = None
             if handle is not None:
                 uuid = _text(_nvml_value(nvml.nvmlDeviceGetUUID, handle))
                 name = _text(_nvml_value(nvml.nvmlDeviceGetName, handle))
+                pci = _nvml_value(getattr(nvml, "nvmlDeviceGetPciInfo", None), handle)
+                bus = _text(getattr(pci, "busId", None))
             self._devices.append(
-                (index, handle, uuid or f"GPU-unknown-{index}", name or "unknown NVIDIA GPU")
+                (index, handle, uuid or f"GPU-unknown-{index}", name or "unknown NVIDIA GPU", bus)
             )
 
     @classmethod
@@ -142,10 +145,12 @@ class NvmlBackend:
     def sample(self) -> list[GpuSample]:
         nvml = self._nvml
         samples = []
-        for index, handle, uuid, name in self._devices:
+        for index, handle, uuid, name, bus in self._devices:
             if handle is None:
                 samples.append(
-                    GpuSample(index, uuid, name, None, None, None, None, None, None, None)
+                    GpuSample(
+                        index, uuid, name, None, None, None, None, None, None, None, pci_bus_id=bus
+                    )
                 )
                 continue
             rates = _nvml_value(nvml.nvmlDeviceGetUtilizationRates, handle)
@@ -170,6 +175,7 @@ class NvmlBackend:
                     power_limit=_milli(limit),
                     fan=_number(fan),
                     processes=_processes(self._running(handle), self._reader),
+                    pci_bus_id=bus,
                 )
             )
         return samples
@@ -212,12 +218,12 @@ def parse_gpu_csv(text: str) -> list[GpuSample]:
     samples = []
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.split(",")]
-        if len(cells) < 10:
+        if len(cells) < 11:
             continue
-        extra = len(cells) - 10  # a comma inside the GPU name
+        extra = len(cells) - 11  # a comma inside the GPU name
         name = ", ".join(cells[2 : 3 + extra])
         index, uuid = cells[0], cells[1]
-        util, used, total, temp, power, limit, fan = cells[3 + extra :]
+        util, used, total, temp, power, limit, fan, bus = cells[3 + extra :]
         if not index.isdigit():
             continue
         samples.append(
@@ -232,6 +238,7 @@ def parse_gpu_csv(text: str) -> list[GpuSample]:
                 power=_smi_float(power),
                 power_limit=_smi_float(limit),
                 fan=_smi_float(fan),
+                pci_bus_id=bus if bus and not bus.startswith("[") else None,
             )
         )
     return samples

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: run dirs hold cvtui's files, the command runs in <run_dir>/work
 MIN_PYTHON = (3, 8)
 
 # Requests the agent understands.
@@ -83,6 +83,7 @@ class GpuSample:
     fan: float | None  # percent, fan.speed
     processes: tuple[GpuProcess, ...] = ()
     leased_by: str | None = None  # run id holding this GPU's lease file ("?" if unreadable)
+    pci_bus_id: str | None = None  # e.g. "00000000:3B:00.0", nvidia-smi pci.bus_id
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Hello:
     gpu_count: int = 0
     hash_algorithms: tuple[str, ...] = ()  # e.g. ("xxh3_128", "blake2b-128")
     root: str = ""  # the agent's root as an absolute path on the host
+    home: str = ""  # the login user's home on the host: a run env's `~` means this
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +244,10 @@ OP_START = "start"  # StartRequest fields -> {run_dir, supervisor_pid}
 OP_RUNS = "runs"  # {run_ids?: [..]} -> {runs: [RunStatus, ...]} for reconcile
 OP_CANCEL = "cancel"  # {run_id, grace} -> {state, signalled}
 OP_WATCH = "watch"  # {run_ids: [..]} -> {}: push EVENT_RUN for these runs when they change
+# {run_id} -> {python, executable, env_key, packages, packages_reason}: the interpreter the run's
+# environment resolves (after its setup), listed once per environment; {pending: true} while
+# the agent is still reading it, {python: null, reason} when it cannot be known.
+OP_RUN_PYTHON = "run_python"
 
 EVENT_RUN = "run"  # fields of RunStatus, pushed when a watched run's status changes
 
@@ -250,6 +256,27 @@ E_GPU_BUSY = "gpu_busy"  # start refused: a GPU lease is held by another run
 E_NO_SUCH_RUN = "no_such_run"
 E_NOT_OURS = "not_ours"  # cancel refused: the status was not written by our supervisor
 E_CODE_CHANGED = "code_changed"  # start refused: the unpacked snapshot was edited; upload again
+E_BAD_LINK = "bad_link"  # start refused: a link's target is missing on the host (nothing started)
+
+# A run dir <root>/runs/<run_id>/ holds cvtui's own files (status.json, output.log, config.yaml,
+# ...); the command runs in its WORK_DIR, which is the user's: code copy, links and outputs.
+WORK_DIR = "work"
+# Output paths in file ops are relative to the work dir; this prefix names cvtui's own files
+# instead (the run's log is f"{OWN_FILES_PREFIX}output.log"), so a script's own output.log
+# never collides with it, on the host or in the local mirror.
+OWN_FILES_PREFIX = ".cvtui/"
+RUN_LOG = OWN_FILES_PREFIX + "output.log"  # the run's stdout and stderr, as file ops name it
+
+
+def host_relpath(path: str, base: str) -> str:
+    """Where an output path (as file ops and the mirror name it) is, relative to the run dir."""
+    if path.startswith(OWN_FILES_PREFIX):
+        return path[len(OWN_FILES_PREFIX) :]
+    return f"{base}/{path}" if base else path
+
+
+RECORDED_BY_SUPERVISOR = "supervisor"  # the final state is the supervisor's record of the exit
+RECORDED_BY_AGENT = "agent"  # inferred by the agent (lost, or cancelled with no supervisor)
 
 RUN_STARTING = "starting"  # supervisor forked, command not yet started
 RUN_RUNNING = "running"
@@ -280,12 +307,23 @@ class StartRequest:
 
     run_id: str
     command: list[str] | str  # argv (exec'd directly) or a string for `/bin/sh -c`
-    gpus: tuple[int, ...] = ()  # GPU indexes to lease and expose as CUDA_VISIBLE_DEVICES
+    gpus: tuple[int, ...] = ()  # GPU indexes to lease; the run sees exactly these GPUs
     env: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # exported as CVTUI_PARAMS (JSON)
-    code_hash: str | None = None  # snapshot in <root>/code/<hash>, copied into the run dir
+    code_hash: str | None = None  # snapshot in <root>/code/<hash>, copied into the work dir
     config_yaml: str = ""  # written to <run_dir>/config.yaml
     grace_s: float = 10.0  # SIGTERM -> SIGKILL delay on cancel
+    # The run environment: shell lines run (bash -e, in the work dir) before the command, whose
+    # environment the command then gets; absolute dirs put first on PATH after them; and the
+    # interpreter whose version and packages are the run's provenance (resolved on that PATH).
+    setup: list[str] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    python: str = "python3"
+    env_key: str = ""  # names this environment (setup, path, python) in caches
+    links: dict[str, str] = field(default_factory=dict)  # work-dir name -> absolute host path
+    # The run's output globs: code files matching them are recorded at the copy, so a file the
+    # run left as the snapshot shipped it is not taken for an output.
+    outputs: list[str] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -316,6 +354,8 @@ class RunStatus:
     progress_msg: str | None = None
     reason: str | None = None  # why failed/cancelled/lost, in words
     log_size: int = 0  # bytes in output.log
+    work_dir: str = ""  # the command's working directory (absolute, on the host)
+    recorded_by: str | None = None  # RECORDED_BY_*: who wrote the final state
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,7 +390,7 @@ SIGNATURE_CHANGED = "changed"  # the file changed while it was hashed: ask again
 class FileEntry:
     """One regular file of a run dir (a symlink is followed only when it stays inside)."""
 
-    path: str  # relative to the run dir
+    path: str  # relative to the work dir, or OWN_FILES_PREFIX + a name of cvtui's (host_relpath)
     size: int  # bytes
     mtime_ns: int
     ino: int  # a new inode means the file was replaced, not appended to
@@ -370,6 +410,10 @@ class FileListing:
     files: tuple[FileEntry, ...] = ()
     skipped: tuple[SkippedFile, ...] = ()
     truncated: bool = False  # more files matched than one listing carries
+    # Where output paths are, relative to the run dir: WORK_DIR, or "" for a run from before
+    # work dirs (see host_relpath).
+    base: str = WORK_DIR
+    unmatched: tuple[str, ...] = ()  # output globs that matched no output file
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -381,6 +425,8 @@ class FileListing:
                 files=tuple(FileEntry(**f) for f in data.get("files", ())),
                 skipped=tuple(SkippedFile(**s) for s in data.get("skipped", ())),
                 truncated=bool(data.get("truncated", False)),
+                base=str(data.get("base", WORK_DIR)),
+                unmatched=tuple(str(g) for g in data.get("unmatched", ())),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"bad file listing: {exc}") from exc

@@ -1,4 +1,10 @@
-"""A run dir's files (status.json, output.log, ...) and the processes its status names."""
+"""A run dir's files (status.json, output.log, ...) and the processes its status names.
+
+A run dir <root>/runs/<run_id>/ (0700) holds cvtui's own files; the command runs in its work
+dir (protocol.WORK_DIR), which holds the code copy, the links and whatever the run writes, so a
+script's own status.json or config.yaml never meets ours. Runs started before protocol 2 have
+no work dir: their command ran in the run dir itself.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import time
 from typing import Any
 
 from remote_agent.hoststats import read_environ
-from remote_agent.protocol import RUN_LOST, ProtocolError, RunStatus
+from remote_agent.protocol import RUN_LOST, WORK_DIR, ProtocolError, RunStatus
 
 RUN_ID = re.compile(r"[0-9a-z]{10,64}\Z")  # also a safe directory name
 CODE_HASH = re.compile(r"[0-9a-f]{8,128}\Z")  # names <root>/code/<hash>
@@ -21,6 +27,20 @@ LOG_FILE = "output.log"
 CANCEL_FILE = "cancel"
 SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own stderr
 CONFIG_FILE = "config.yaml"
+SNAPSHOT_RECORD = "snapshot.json"  # the code files copied into the work dir that are outputs
+PYTHON_RECORD = "python.json"  # the interpreter the run environment resolves, for provenance
+# cvtui's files in a run dir; in a run dir from before work dirs they are not outputs either.
+OWN_FILES = frozenset(
+    {
+        STATUS_FILE,
+        LOG_FILE,
+        CANCEL_FILE,
+        SUPERVISOR_LOG,
+        CONFIG_FILE,
+        SNAPSHOT_RECORD,
+        PYTHON_RECORD,
+    }
+)
 # Run variables the agent's own environment must not pass to a supervisor or a run: the
 # simulated GPU backend counts the topmost process carrying them.
 RUN_ENV_KEYS = frozenset(
@@ -31,8 +51,15 @@ RUN_ENV_KEYS = frozenset(
         "CVTUI_RUN_ID",
         "CVTUI_RUN_DIR",
         "CVTUI_PARAMS",
+        "CVTUI_GPUS",
     }
 )
+
+
+def work_dir_of(run_dir: str) -> str:
+    """Where the run's command runs: its work dir, or the run dir itself for an older run."""
+    work = os.path.join(run_dir, WORK_DIR)
+    return work if os.path.isdir(work) else run_dir
 
 
 def process_stat(pid: int) -> tuple[str, int, int] | None:

@@ -25,6 +25,7 @@ from remote_agent.protocol import (
     OP_START,
     OP_UNPACK_CODE,
     OP_WATCH,
+    RECORDED_BY_AGENT,
     RUN_CANCELLED,
     RUN_FINAL_STATES,
     RUN_LOST,
@@ -145,6 +146,16 @@ def _validate_start(request: StartRequest) -> None:
         raise bad_request("grace_s must be a number of seconds, 0 or more")
     if not isinstance(request.config_yaml, str):
         raise bad_request("config_yaml must be a string")
+    for name in ("setup", "path", "outputs"):
+        value = getattr(request, name)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise bad_request(f"{name} must be a list of strings")
+    if not all(os.path.isabs(os.path.expanduser(entry)) for entry in request.path):
+        raise bad_request("path entries must be absolute directories")
+    if not isinstance(request.python, str) or not request.python.strip():
+        raise bad_request("python must be a non-empty string")
+    if not isinstance(request.env_key, str):
+        raise bad_request("env_key must be a string")
 
 
 @dataclass
@@ -160,8 +171,15 @@ class _Watch:
 class RunOps:
     """Run ops over <root>/runs/<run_id>/ run dirs; `ops` is merged into the agent's ops."""
 
-    def __init__(self, root: str, leases_dir: str, user: str) -> None:
+    def __init__(
+        self,
+        root: str,
+        leases_dir: str,
+        user: str,
+        gpu_uuids: Callable[[], dict[int, str]] = dict,
+    ) -> None:
         self.root = root
+        self.gpu_uuids = gpu_uuids  # index -> UUID of the host's GPUs, from the last sample
         self.runs_dir = os.path.join(root, "runs")
         self.leases_dir = leases_dir
         self.user = user
@@ -200,6 +218,9 @@ class RunOps:
         except ProtocolError as exc:
             raise bad_request(str(exc)) from exc
         _validate_start(request)
+        from remote_agent import workdir  # see _remove_tree
+
+        links = workdir.link_pairs(request.links)  # checked before anything exists
         snapshot = None
         if request.code_hash is not None:
             snapshot = os.path.join(self.root, "code", request.code_hash)
@@ -218,23 +239,45 @@ class RunOps:
             ) from None
         try:
             os.chmod(run_dir, 0o700)  # mkdir applied the umask
+            work = workdir.make_work_dir(run_dir)
             if snapshot is not None:
                 from remote_agent.snapshots import CodeChanged, copy_snapshot  # see _remove_tree
 
                 try:
-                    copy_snapshot(snapshot, run_dir)
+                    recorded = copy_snapshot(
+                        snapshot, work, workdir.record_predicate(request.outputs)
+                    )
                 except CodeChanged as exc:
                     raise RemoteError(E_CODE_CHANGED, str(exc)) from None
+            else:
+                recorded = {}
+            made_links = workdir.make_links(work, links)
+            workdir.write_snapshot_record(
+                run_dir, request.code_hash, recorded, [name for name, _ in links]
+            )
             with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(request.config_yaml)
         except BaseException:
             _remove_tree(run_dir)  # nothing ran: the id may be used again
             raise
-        pid = self._launch(request, run_dir)
+        uuids = self._uuids(request.gpus)
+        pid = self._launch(request, run_dir, uuids)
         self.watch([request.run_id])
-        return {"run_dir": run_dir, "supervisor_pid": pid}
+        return {
+            "run_dir": run_dir,
+            "work_dir": work,
+            "supervisor_pid": pid,
+            "links": made_links,
+            "gpu_uuids": uuids,
+        }
 
-    def _launch(self, request: StartRequest, run_dir: str) -> int:
+    def _uuids(self, gpus: tuple[int, ...]) -> list[str]:
+        """The GPUs' UUIDs in the order leased, or [] when one of them has none."""
+        known = self.gpu_uuids()
+        found = [known.get(index, "") for index in gpus]
+        return found if all(found) else []
+
+    def _launch(self, request: StartRequest, run_dir: str, gpu_uuids: list[str]) -> int:
         """Start the supervisor (double fork, new session) and wait for its first word."""
         import socket  # see _remove_tree
         import subprocess
@@ -269,6 +312,7 @@ class RunOps:
             ours.settimeout(START_TIMEOUT_S)
             start = {"request": request.to_wire(), "run_dir": run_dir}
             start["leases_dir"] = self.leases_dir
+            start["gpu_uuids"] = gpu_uuids
             try:
                 ours.sendall(json.dumps(start).encode())
                 ours.shutdown(socket.SHUT_WR)
@@ -314,7 +358,12 @@ class RunOps:
             data = read_status(run_dir) or data
             status = status_from(data, run_id, run_dir)
             if status.state in (RUN_STARTING, RUN_RUNNING):
-                data.update(state=RUN_LOST, reason=LOST_REASON, ended=time.time())
+                data.update(
+                    state=RUN_LOST,
+                    reason=LOST_REASON,
+                    ended=time.time(),
+                    recorded_by=RECORDED_BY_AGENT,
+                )
                 if data.get("writer") == WRITER and data.get("uid") == os.getuid():
                     write_status(run_dir, data)  # stays lost, whoever asks next
                 status = status_from(data, run_id, run_dir)
@@ -386,7 +435,9 @@ class RunOps:
         ).start()
         data = read_status(status.run_dir) or status.to_wire()
         reason = f"cancelled by {by} (its supervisor was gone)"
-        data.update(state=RUN_CANCELLED, reason=reason, ended=time.time())
+        data.update(
+            state=RUN_CANCELLED, reason=reason, ended=time.time(), recorded_by=RECORDED_BY_AGENT
+        )
         write_status(status.run_dir, data)
         return {"state": RUN_CANCELLED, "signalled": True}
 

@@ -88,6 +88,8 @@ class SimulatedBackend:
         # Several simulated hosts share one machine in the demo: the root tells them apart.
         tag = f"{zlib.crc32(self.root.encode('utf-8', 'replace')):08x}"
         self.uuids = [f"GPU-sim-{hostname}-{tag}-{i}" for i in range(gpus)]
+        # As NVML gives them: one bus per GPU, distinct (17 and 256 share no factor).
+        self.bus_ids = [f"00000000:{(0x18 + 0x11 * i) % 0x100:02X}:00.0" for i in range(gpus)]
         self._uuid_index = {uuid: i for i, uuid in enumerate(self.uuids)}
         self._phase = int(tag, 16) % 628 / 100.0
         self._uid = os.getuid()
@@ -213,6 +215,7 @@ class SimulatedBackend:
                     # SXM boards report no fan through NVML either.
                     fan=None if "SXM" in self.model.upper() else round(30.0 + 0.5 * util, 1),
                     processes=tuple(proc for proc, _ in held[index]),
+                    pci_bus_id=self.bus_ids[index],
                 )
             )
         return samples

@@ -8,6 +8,7 @@ import shutil
 import stat
 import tarfile
 import time
+from typing import Callable
 
 from remote_agent.rundir import CODE_HASH
 
@@ -205,12 +206,16 @@ def _remove_file(path: str) -> None:
         os.unlink(path)
 
 
-def copy_snapshot(snapshot: str, run_dir: str) -> None:
-    """Copy a snapshot's tree into an existing run dir, writable again (0644/0755).
+def copy_snapshot(
+    snapshot: str, run_dir: str, record: Callable[[str], bool] | None = None
+) -> dict[str, list[int]]:
+    """Copy a snapshot's tree into an existing dir, writable again (0644/0755).
 
-    Raises CodeChanged when any entry changed (ctime) since the snapshot was sealed: a run
-    must get exactly the code its hash names.
+    Returns {path: [size, mtime_ns]} of the copies of the regular files whose '/'-separated
+    path `record` accepts. Raises CodeChanged when any entry changed (ctime) since the
+    snapshot was sealed: a run must get exactly the code its hash names.
     """
+    recorded: dict[str, list[int]] = {}
     sealed_ns = _seal_time(snapshot)
     if os.lstat(snapshot).st_ctime_ns > sealed_ns:
         raise _set_aside(snapshot, f"code snapshot {os.path.basename(snapshot)}")
@@ -234,3 +239,8 @@ def copy_snapshot(snapshot: str, run_dir: str) -> None:
             elif stat.S_ISREG(st.st_mode):
                 shutil.copyfile(src, dst, follow_symlinks=False)
                 os.chmod(dst, 0o755 if st.st_mode & 0o111 else 0o644)
+                path = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                if record is not None and record(path):
+                    copied = os.stat(dst)
+                    recorded[path] = [copied.st_size, copied.st_mtime_ns]
+    return recorded

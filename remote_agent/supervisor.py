@@ -17,6 +17,7 @@ from typing import Any
 
 from remote_agent.leases import LeaseBusy, release_leases, take_leases
 from remote_agent.protocol import (
+    RECORDED_BY_SUPERVISOR,
     RUN_CANCELLED,
     RUN_FAILED,
     RUN_RUNNING,
@@ -27,11 +28,20 @@ from remote_agent.protocol import (
 from remote_agent.rundir import (
     CANCEL_FILE,
     LOG_FILE,
-    RUN_ENV_KEYS,
     WRITER,
     group_members,
     process_stat,
+    work_dir_of,
     write_status,
+)
+from remote_agent.runenv import (
+    SETUP_FAILED,
+    EnvReader,
+    base_env,
+    command_argv,
+    setup_argv,
+    with_path,
+    write_python_record,
 )
 
 TICK_S = 0.25  # how often output.log is read for progress (and the child polled, besides SIGCHLD)
@@ -42,32 +52,122 @@ READ_CHUNK_BYTES = 1 << 16
 READ_PER_TICK_BYTES = 8 << 20  # so a flood of output never delays noticing the child's exit
 TAIL_KEEP_BYTES = 4096  # of a line still without its end, only this much is kept
 PROGRESS_MSG_CHARS = 200
+MAX_TRACKED_BARS = 64  # distinct tqdm bars a run's progress keeps apart
 SETTLE_AFTER_KILL_S = 1.0  # how long SIGKILLed processes get to disappear before the status
 _PROGRESS = re.compile(rb"\[PROGRESS:\s*(\d+(?:\.\d+)?)\s*:([^\]\r\n]*)\]")
 _TQDM = re.compile(rb"(\d+(?:\.\d+)?)%\|")
+_TQDM_TOTAL = re.compile(rb"\s*\d+(?:\.\d+)?[a-zA-Z]*/(\d+(?:\.\d+)?)")  # after the bar: n/total
+_EPOCH = re.compile(rb"\bepoch\b\s*[:=#]?\s*[\[(]?\s*(\d+)\s*(?:/|of)\s*(\d+)", re.IGNORECASE)
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+_DIGITS = re.compile(rb"\d+")
+
+
+class _Bar:
+    """One tqdm bar, told apart from others by its description (digits aside) and total."""
+
+    __slots__ = ("enclosing", "msg", "order", "pct", "restarts")
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.pct = 0.0
+        self.msg = ""
+        self.restarts = 0  # times its percentage went down: a bar started anew
+        self.enclosing = False  # went on while another bar restarted: an outer bar
 
 
 class ProgressParser:
-    """Finds the latest progress in a stream of output, in bounded memory."""
+    """Finds a run's progress in a stream of output, in bounded memory.
+
+    `[PROGRESS:pct:msg]` lines win: once one was seen, nothing else counts. Else `Epoch k/N`
+    lines (or bar descriptions) give the epoch, and the bar that follows it the part of that
+    epoch done, so a framework that restarts its tqdm bar every epoch still shows the run's
+    progress. Without epochs, the outermost bar counts: one that went on while another
+    restarted (nested bars); with no such bar, the newest bar.
+    """
 
     def __init__(self) -> None:
         self._tail = b""  # the line (or \r segment) not yet ended, its last TAIL_KEEP_BYTES
+        self._marked = False
+        self._epoch: tuple[int, int] | None = None  # (k, N) as printed
+        self._zero_based = False  # an `Epoch 0/N` was seen: k counts from 0
+        self._within: tuple[float, str] | None = None  # the bar since the epoch line
+        self._bars: dict[tuple[bytes, bytes], _Bar] = {}
+        self._last: tuple[float, str] | None = None  # the newest bar (or mark)
 
     def feed(self, data: bytes) -> tuple[float, str] | None:
-        """(percent, message) of the newest progress in data, None when it has none."""
+        """(percent, message) after data, None when data holds no progress."""
         buf = self._tail + data
         cut = max(buf.rfind(b"\n"), buf.rfind(b"\r"))
         self._tail = buf[cut + 1 :][-TAIL_KEEP_BYTES:]
-        if b"[PROGRESS:" not in buf and b"%|" not in buf:
+        if b"[PROGRESS:" not in buf and b"%|" not in buf and b"poch" not in buf.lower():
             return None
-        # tqdm redraws with \r, so segments split at \r as well as \n; the newest wins, and the
-        # unfinished last segment is the bar on screen now.
-        for segment in reversed(re.split(rb"[\r\n]", buf)):
-            found = parse_progress(segment)
-            if found is not None:
-                return found
-        return None
+        found = False
+        # tqdm redraws with \r, so segments split at \r as well as \n; the unfinished last
+        # segment is the bar on screen now (fed again with the next data, which is harmless).
+        for segment in re.split(rb"[\r\n]", buf):
+            found = self._segment(segment) or found
+        return self.progress() if found else None
+
+    def _segment(self, segment: bytes) -> bool:
+        marks = _PROGRESS.findall(segment)
+        if marks:
+            pct, msg = marks[-1]
+            self._marked = True
+            self._last = (_clamp(float(pct)), _text(msg))
+            return True
+        if self._marked:
+            return False
+        clean = _ANSI.sub(b"", segment)
+        epoch = _EPOCH.search(clean)
+        seen = False
+        if epoch is not None:
+            k, n = int(epoch.group(1)), int(epoch.group(2))
+            if n > 0 and k <= n:
+                self._zero_based = self._zero_based or k == 0
+                if (k, n) != self._epoch:
+                    self._epoch, self._within = (k, n), None
+                seen = True
+        bar = parse_progress(clean)
+        match = _TQDM.search(clean)
+        if bar is not None and match is not None:
+            total = _TQDM_TOTAL.match(clean, clean.find(b"|", match.end()) + 1)
+            key = (
+                _DIGITS.sub(b"#", clean[: match.start()].strip()),
+                total.group(1) if total else b"",
+            )
+            self._track(key, bar)
+            if self._epoch is not None:
+                self._within = bar
+            seen = True
+        return seen
+
+    def _track(self, key: tuple[bytes, bytes], bar: tuple[float, str]) -> None:
+        known = self._bars.get(key)
+        if known is None:
+            if len(self._bars) >= MAX_TRACKED_BARS:
+                return
+            known = self._bars[key] = _Bar(len(self._bars))
+        if bar[0] + 0.5 < known.pct:
+            known.restarts += 1
+            for other_key, other in self._bars.items():
+                if other_key != key and other.restarts == 0 and other.pct < 100.0:
+                    other.enclosing = True
+        known.pct, known.msg = bar
+        self._last = bar
+
+    def progress(self) -> tuple[float, str] | None:
+        if self._marked or self._epoch is None:
+            outer = [(b.order, k) for k, b in self._bars.items() if b.enclosing and not b.restarts]
+            if not self._marked and outer:
+                bar = self._bars[min(outer)[1]]
+                return bar.pct, bar.msg
+            return self._last
+        k, n = self._epoch
+        done = (k if self._zero_based else k - 1) + (self._within[0] / 100 if self._within else 0)
+        msg = f"epoch {k}/{n}"
+        if self._within and self._within[1]:
+            msg = f"{msg} · {self._within[1]}"
+        return _clamp(round(100.0 * done / n, 2)), msg[:PROGRESS_MSG_CHARS]
 
 
 def parse_progress(segment: bytes) -> tuple[float, str] | None:
@@ -94,17 +194,6 @@ def _text(raw: bytes) -> str:
     return _ANSI.sub(b"", raw).decode("utf-8", "replace").strip()[:PROGRESS_MSG_CHARS]
 
 
-def command_env(base: dict[str, str], request: StartRequest, run_dir: str) -> dict[str, str]:
-    """The run's environment: the agent's, the request's, then the variables cvtui sets."""
-    env = {k: v for k, v in base.items() if k not in RUN_ENV_KEYS}
-    env.update({str(k): str(v) for k, v in request.env.items()})
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in request.gpus)
-    env["CVTUI_RUN_ID"] = request.run_id
-    env["CVTUI_RUN_DIR"] = run_dir
-    env["CVTUI_PARAMS"] = json.dumps(request.params, sort_keys=True)
-    return env
-
-
 def exit_reason(returncode: int) -> str:
     if returncode < 0:
         return f"killed by signal {-returncode}"
@@ -114,10 +203,15 @@ def exit_reason(returncode: int) -> str:
 class Supervisor:
     """One run: start the command, follow it, record it, cancel it on request."""
 
-    def __init__(self, request: StartRequest, run_dir: str) -> None:
+    def __init__(
+        self, request: StartRequest, run_dir: str, gpu_uuids: list[str] | None = None
+    ) -> None:
         self.request = request
         self.run_dir = run_dir
+        self.work_dir = work_dir_of(run_dir)
+        self.gpu_uuids = gpu_uuids or []
         self.log_path = os.path.join(run_dir, LOG_FILE)
+        self.env_reader: EnvReader | None = None  # the environment after the setup lines
         start = process_stat(os.getpid())
         self.status: dict[str, Any] = RunStatus(
             run_id=request.run_id,
@@ -127,6 +221,7 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             supervisor_start=start[2] if start else None,
             uid=os.getuid(),
+            work_dir=self.work_dir,
         ).to_wire()
         self.status["writer"] = WRITER
         self.proc: subprocess.Popen[bytes] | None = None
@@ -198,8 +293,18 @@ class Supervisor:
     def start_command(self) -> None:
         """Start the command (state running) or record why it could not start (failed)."""
         request = self.request
-        argv = ["/bin/sh", "-c", request.command] if isinstance(request.command, str) else None
-        argv = argv or [str(arg) for arg in request.command]
+        env = base_env(dict(os.environ), request, self.work_dir, self.gpu_uuids)
+        pass_fds: tuple[int, ...] = ()
+        if request.setup:
+            env_r, env_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            os.set_blocking(env_w, True)
+            self.env_reader = EnvReader(env_r)
+            argv = setup_argv(request, env_w)
+            pass_fds = (env_w,)
+        else:
+            env = with_path(env, request.path)
+            argv = command_argv(request)
+            self._record_python(env)
         out = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._log_fd = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
         self.status["started"] = time.time()
@@ -211,21 +316,41 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                cwd=self.run_dir,
-                env=command_env(dict(os.environ), request, self.run_dir),
+                cwd=self.work_dir,
+                env=env,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=pass_fds,
             )
         except (OSError, ValueError) as exc:
             os.write(out, f"cvtui: cannot start {argv[0]!r}: {exc}\n".encode())
             self.status.update(
-                state=RUN_FAILED, ended=time.time(), reason=f"cannot start {argv[0]!r}: {exc}"
+                state=RUN_FAILED,
+                ended=time.time(),
+                reason=f"cannot start {argv[0]!r}: {exc}",
+                recorded_by=RECORDED_BY_SUPERVISOR,
             )
         finally:
             os.close(out)
+            for fd in pass_fds:
+                os.close(fd)  # the child holds the write end now: its end is our EOF
         if self.proc is not None:
             self.status.update(pid=self.proc.pid, pgid=self.proc.pid)
         self.write(durable=True)
+
+    def _record_python(self, env: dict[str, str]) -> None:
+        try:
+            write_python_record(self.run_dir, self.request, env)
+        except (OSError, ValueError) as exc:  # provenance only: the run goes on
+            sys.stderr.write(f"cvtui supervisor: cannot record the run's python: {exc}\n")
+
+    def _take_env(self) -> None:
+        """The setup's environment, once the launcher sent it."""
+        reader = self.env_reader
+        if reader is None or reader.closed:
+            return
+        if reader.read() and reader.env:
+            self._record_python(reader.env)
 
     def _begin_cancel(self, who: str, grace_s: float) -> None:
         if self._cancel_by is not None or self.proc is None:
@@ -279,12 +404,14 @@ class Supervisor:
             if self._kill_at is not None and now >= self._kill_at and not self._killed:
                 self._signal_group(signal.SIGKILL)
                 self._killed = True
+            self._take_env()
             self._tail_log()
             since_write = now - self._last_write
             if since_write >= (PROGRESS_WRITE_S if self._dirty else HEARTBEAT_S):
                 self.write()
             if returncode is None:
                 self._wait(self._until_kill(TICK_S))
+        self._take_env()
         self._tail_log(limit=1 << 62)
         self._finish(returncode)
 
@@ -294,10 +421,19 @@ class Supervisor:
         if self._cancel_by is not None:
             self._empty_group(pgid)
             state, reason = RUN_CANCELLED, f"cancelled by {self._cancel_by}"
+        elif self.env_reader is not None and self.env_reader.env is None:
+            state, reason = RUN_FAILED, f"{SETUP_FAILED} ({exit_reason(returncode)})"
+            _append_line(self.log_path, f"cvtui: {reason}")
         else:
             state = RUN_SUCCEEDED if returncode == 0 else RUN_FAILED
             reason = None if returncode == 0 else exit_reason(returncode)
-        self.status.update(state=state, exit_code=returncode, ended=time.time(), reason=reason)
+        self.status.update(
+            state=state,
+            exit_code=returncode,
+            ended=time.time(),
+            reason=reason,
+            recorded_by=RECORDED_BY_SUPERVISOR,
+        )
         self.write(durable=True)
         if self._cancel_by is None and group_members(pgid):
             # What the command left running would hold its GPUs with no lease: end it too.
@@ -323,6 +459,15 @@ class Supervisor:
                 if now > settle_until:
                     return
             self._wait(self._until_kill(GROUP_POLL_S))
+
+
+def _append_line(path: str, line: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            os.write(fd, line.encode("utf-8", "replace") + b"\n")
+        finally:
+            os.close(fd)
 
 
 def _answer(sock: socket.socket | None, line: str) -> None:
@@ -368,7 +513,9 @@ def main(argv: list[str]) -> int:
         else:
             _answer(sock, f"error cannot lease GPUs: {exc}")
         return 0
-    supervisor = Supervisor(request, run_dir)
+    uuids = message.get("gpu_uuids")
+    uuids = [str(u) for u in uuids] if isinstance(uuids, list) else []
+    supervisor = Supervisor(request, run_dir, uuids)
     supervisor.install_signals()
     supervisor.start_command()
     _answer(sock, f"ok {os.getpid()}")

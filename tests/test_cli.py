@@ -19,7 +19,8 @@ HOST_KEYS = {
     "mem_total", "disk_free", "gpus",
 }  # fmt: skip
 GPU_KEYS = {
-    "index", "uuid", "name", "util", "mem_used", "mem_total", "temperature", "power", "processes",
+    "index", "uuid", "pci_bus_id", "name", "util", "mem_used", "mem_total", "temperature", "power",
+    "processes",
 }  # fmt: skip
 PROCESS_KEYS = {"pid", "user", "command", "container", "mem", "run_id"}
 

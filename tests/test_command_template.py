@@ -23,7 +23,7 @@ def test_experiment_config_takes_the_inventory_template(tmp_path: Path) -> None:
     specs = prepare_runs(config, parse_inventory(INVENTORY))
     assert len(specs) == 2
     assert [s.config["model"]["lr"] for s in specs] == [0.1, 0.01]
-    rendered = specs[0].render_command(run_id="r1", run_dir="/runs/r1", gpus=[0])
+    rendered = specs[0].render_command(run_id="r1", run_dir="/runs/r1/work", gpus=[0])
     assert rendered == "python main.py --config /runs/r1/config.yaml"
 
 

@@ -23,6 +23,7 @@ from cvtui.inventory import (
     parse_size,
     watch_inventory,
 )
+from cvtui.run_env import RunEnv
 
 GiB = 2**30
 
@@ -440,6 +441,36 @@ MALFORMED = [  # (id, text, line:column, phrase of the message)
         "1:12",
         "invalid YAML: unacceptable character #x0001",
     ),
+    (
+        "run-env-unknown-key",
+        L("hosts:", "  a: {run_env: {setpu: x}}"),
+        "2:17",
+        "unknown key 'setpu' in run_env (did you mean 'setup'?)",
+    ),
+    (
+        "run-env-relative-path",
+        L("hosts:", "  a: {run_env: {path: [bin]}}"),
+        "2:24",
+        "run_env.path: 'bin' is not an absolute path (or one under ~/)",
+    ),
+    (
+        "link-outside",
+        L("hosts:", "  a: {links: {../up: /data}}"),
+        "2:15",
+        "links: '../up' must be a relative name in the run's work dir",
+    ),
+    (
+        "link-relative-target",
+        L("hosts:", "  a: {links: {data: datasets}}"),
+        "2:21",
+        "links.data: 'datasets' is not an absolute host path",
+    ),
+    (
+        "max-grid",
+        L("policy: {max_grid: 0}", "hosts: {a: }"),
+        "1:20",
+        "policy.max_grid: expected an integer >= 1, got 0",
+    ),
 ]
 
 
@@ -603,11 +634,11 @@ def test_default_inventory_path_order(tmp_path: Path, monkeypatch: pytest.Monkey
         assert config == tmp_path / "xdg/cvtui/inventory.yaml"
     assert default_inventory_path() == config
 
-    monkeypatch.setenv("CVTUI_INVENTORY", str(tmp_path / "env.yaml"))
-    assert default_inventory_path() == tmp_path / "env.yaml"
-
     (work / "inventory.yaml").write_text("hosts: {a: }\n")
-    assert default_inventory_path() == work / "inventory.yaml"  # ./inventory.yaml beats the env
+    assert default_inventory_path() == work / "inventory.yaml"  # ./inventory.yaml beats config
+
+    monkeypatch.setenv("CVTUI_INVENTORY", str(tmp_path / "env.yaml"))
+    assert default_inventory_path() == tmp_path / "env.yaml"  # the env beats ./inventory.yaml
 
     assert default_inventory_path("other.yaml") == Path("other.yaml")  # explicit beats all
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -752,3 +783,31 @@ async def test_watch_needs_an_existing_directory(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match="cannot watch: no such directory"):
         await watch_inventory(missing, recorder.on_change, recorder.on_error)
     assert not missing.parent.exists()
+
+
+def test_run_env_and_links_per_host_over_the_defaults() -> None:
+    inventory = parse_inventory(
+        L(
+            "defaults:",
+            "  run_env: {setup: source ~/venvs/cv/bin/activate, path: [~/bin]}",
+            "  links: {data: /mnt/datasets, cache: /scratch/cache}",
+            "hosts:",
+            "  a: {links: {data: /ssd/datasets}}",
+            "  b:",
+            "    run_env:",
+            "      setup: [module load cuda/12.1, conda activate cv]",
+            "      python: ~/miniconda3/envs/cv/bin/python",
+        )
+    )
+    a, b = inventory.hosts
+    assert a.run_env == RunEnv(setup=("source ~/venvs/cv/bin/activate",), path=("~/bin",))
+    assert dict(a.links) == {"data": "/ssd/datasets", "cache": "/scratch/cache"}  # merged
+    assert b.run_env == RunEnv(  # a host's run_env replaces the defaults' whole
+        setup=("module load cuda/12.1", "conda activate cv"),
+        python="~/miniconda3/envs/cv/bin/python",
+    )
+    assert dict(b.links) == {"data": "/mnt/datasets", "cache": "/scratch/cache"}
+    config = RunEnv(setup=("export A=1",), path=("/opt/x",), python=None)
+    assert a.run_env.plus(config) == RunEnv(
+        setup=("source ~/venvs/cv/bin/activate", "export A=1"), path=("/opt/x", "~/bin")
+    )

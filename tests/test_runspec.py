@@ -17,15 +17,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cvtui.errors import ConfigError, InventoryError
+from cvtui.grid import expand_grid
+from cvtui.run_config import load_run_config, parse_override, parse_run_config
 from cvtui.runspec import (
     DEFAULT_OUTPUTS,
     PRIORITIES,
     Resources,
     RunSpec,
-    expand_grid,
-    load_run_config,
-    parse_override,
-    parse_run_config,
     with_overrides,
 )
 
@@ -94,6 +92,7 @@ def test_defaults_for_a_minimal_config(tmp_path: Path) -> None:
     assert spec.command == ("python", "train.py")
     assert spec.params == {}
     assert spec.resources == Resources()
+    assert spec.resources.gpus == 1  # a run trains on a GPU unless it says gpus: 0
     assert spec.priority == "normal"
     assert spec.outputs == DEFAULT_OUTPUTS
     assert spec.exclude == ()
@@ -251,9 +250,10 @@ params: {lr: "{odd}"}
         "{{lr}}={{odd}}",
         "{{}}",
     )
-    assert spec.render_command(run_id="20240101-ab", run_dir="/w/runs/x", gpus=[0, 2]) == (
+    rendered = spec.render_command(run_id="20240101-ab", run_dir="/w/runs/x/work", gpus=[0, 2])
+    assert rendered == (
         "20240101-ab",
-        "/w/runs/x",
+        "/w/runs/x/work",
         "/w/runs/x/config.yaml",
         "gpus=0,2",
         "{lr}={odd}",
@@ -280,27 +280,30 @@ def test_any_value_is_one_shell_word(value: str) -> None:
 
 def test_cvlab_kit_style_config_with_a_command_template(tmp_path: Path) -> None:
     text = """\
-name: cvlab
+name: cvlab                       # the experiment's own key: passed through untouched
 model: {name: resnet, depth: [18, 50]}
 optimizer: {name: sgd, lr: [0.1, 0.01]}
-milestones: [[30, 60]]            # a list of lists is a value
+milestones: [[30, 60]]            # a list of lists: an axis whose one value is a list
 transforms: [flip, crop]          # kept whole by keep_lists
-keep_lists: [transforms]
-resources: {gpus: 2}
+cvtui:
+  name: sweep
+  keep_lists: [transforms]
+  resources: {gpus: 2}
 """
     specs = parse(text, tmp_path, command_template=TEMPLATE)
     assert len(specs) == 4
     assert [spec.command for spec in specs] == [TEMPLATE] * 4
-    assert specs[2].name == "cvlab[model.depth=50,optimizer.lr=0.1]"
+    assert specs[2].name == "sweep[model.depth=50,optimizer.lr=0.1,milestones=[30,60]]"
     assert specs[2].config == {
+        "name": "cvlab",
         "model": {"name": "resnet", "depth": 50},
         "optimizer": {"name": "sgd", "lr": 0.1},
-        "milestones": [[30, 60]],
+        "milestones": [30, 60],
         "transforms": ["flip", "crop"],
     }
     assert specs[2].params["model.depth"] == 50
     assert specs[2].resources.gpus == 2
-    assert specs[2].render_command(run_id="r", run_dir="/runs/r", gpus=[0, 1]) == (
+    assert specs[2].render_command(run_id="r", run_dir="/runs/r/work", gpus=[0, 1]) == (
         "python main.py --config /runs/r/config.yaml"
     )
     # --set reaches the experiment keys.
@@ -318,8 +321,13 @@ def test_cvlab_kit_style_config_with_its_own_command(tmp_path: Path) -> None:
 
 
 def test_template_is_the_command_of_a_config_without_one(tmp_path: Path) -> None:
-    specs = parse("params: {lr: [1, 2]}\n", tmp_path, command_template="t --lr {lr}")
-    assert [spec.command for spec in specs] == ["t --lr 1", "t --lr 2"]
+    # Without `command:` the whole file is the experiment: `params` is one of its keys.
+    template = "t --config {config_file} --lr {params.lr}"
+    specs = parse("params: {lr: [1, 2]}\n", tmp_path, command_template=template)
+    assert [spec.command for spec in specs] == [
+        "t --config {config_file} --lr 1",
+        "t --config {config_file} --lr 2",
+    ]
     with pytest.raises(ConfigError, match=r"^sweep.yaml: command template 't \{x\}'"):
         parse("params: {lr: 1}\n", tmp_path, command_template="t {x}")
 
@@ -346,13 +354,13 @@ BAD_CONFIGS = [
     pytest.param(
         "command: echo hi\nresources: {gpus: -1}\n",
         "2:19",
-        "resources.gpus: expected an integer >= 0, got -1",
+        "resources.gpus: expected an integer >= 0 (0: CPU only), got -1",
         id="negative-gpus",
     ),
     pytest.param(
         "command: echo hi\nresources: {gpus: two}\n",
         "2:19",
-        "resources.gpus: expected an integer >= 0, got 'two'",
+        "resources.gpus: expected an integer >= 0 (0: CPU only), got 'two'",
         id="gpus-not-int",
     ),
     pytest.param(
@@ -436,14 +444,32 @@ BAD_CONFIGS = [
     pytest.param(
         "name: x\nparams: {lr: 1}\n",
         "1:1",
-        "missing 'command': give one (a string or a list), or use a command template",
+        "missing 'command'; an experiment config (no 'command:' at the top) runs with a command",
         id="no-command-no-template",
     ),
     pytest.param(
-        "name: x\nmodel: {depth: [18, 50]}\n",
+        "command: python t.py\nmodel: {depth: [18, 50]}\n",
         "2:1",
         "unknown key 'model' in the top level; allowed: name, project, command",
-        id="cvlab-without-template",
+        id="experiment-keys-beside-a-command-without-config-file",
+    ),
+    pytest.param(
+        "model: {depth: 1}\ncvtui: {nmae: x}\n",
+        "2:9",
+        "unknown key 'nmae' in cvtui (did you mean 'name'?)",
+        id="cvtui-block-unknown-key",
+    ),
+    pytest.param(
+        "model: {depth: 1}\ncvtui:\n  command: x --c {config_file}\n  resources: {gpus: -1}\n",
+        "4:21",
+        "cvtui.resources.gpus: expected an integer >= 0 (0: CPU only), got -1",
+        id="cvtui-block-negative-gpus",
+    ),
+    pytest.param(
+        "command: x\ncvtui: {name: y}\n",
+        "2:1",
+        "cvtui: a config with a top-level 'command' takes its settings at the top level",
+        id="cvtui-block-beside-a-command",
     ),
     pytest.param(
         "command: echo hi\nparams: {lr: [1, 2}\n",
@@ -472,7 +498,7 @@ BAD_CONFIGS = [
     pytest.param(
         "- command\n",
         "1:1",
-        "expected a mapping with a 'command' at the top, got a list",
+        "expected a mapping (a 'command' and params, or an experiment), got a list",
         id="top-not-mapping",
     ),
     pytest.param("\n", "1:1", "the run config is empty", id="empty-file"),
@@ -496,11 +522,22 @@ def test_bad_configs_are_located(tmp_path: Path, text: str, where: str, phrase: 
     assert caught.value.exit_code == 2
 
 
-def test_cvlab_errors_need_a_template_that_takes_the_config_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^sweep.yaml:1:1: unknown key 'model'.*config_file"):
+def test_experiment_configs_need_a_command_that_takes_the_config_file(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^sweep.yaml: command template 'python main.py': does not take"
+    ):
         parse("model: {depth: 1}\n", tmp_path, command_template="python main.py")
-    with pytest.raises(ConfigError, match=r"^sweep.yaml:2:1: params: not used in a CVLab-Kit"):
-        parse("model: {depth: 1}\nparams: {lr: 1}\n", tmp_path, command_template=TEMPLATE)
+    with pytest.raises(ConfigError, match=r"^sweep.yaml:2:18: cvtui.command: does not take"):
+        parse("model: {depth: 1}\ncvtui: {command: python main.py}\n", tmp_path)
+    # Beside a top-level command, params and experiment keys do not mix.
+    with pytest.raises(ConfigError, match=r"^sweep.yaml:3:1: params: not used with experiment"):
+        parse(
+            "command: m {config_file}\nmodel: {depth: 1}\nparams: {lr: 1}\n",
+            tmp_path,
+        )
+    # Without one, `params` is just one more key of the experiment.
+    (spec,) = parse("model: {depth: 1}\nparams: {lr: 1}\n", tmp_path, command_template=TEMPLATE)
+    assert spec.config == {"model": {"depth": 1}, "params": {"lr": 1}}
 
 
 def test_config_error_is_an_inventory_style_error() -> None:
@@ -630,3 +667,41 @@ def test_expand_grid_keeps_lists_of_lists_and_named_lists() -> None:
     ]
     assert expand_grid({"x": []}) == []
     assert expand_grid({}) == [{}]
+
+
+def test_gpus_zero_is_the_explicit_cpu_only_run(tmp_path: Path) -> None:
+    (spec,) = parse("command: x\nresources: {gpus: 0}\n", tmp_path)
+    assert spec.resources.gpus == 0
+    assert with_overrides(spec, gpus=2).resources.gpus == 2
+
+
+def test_the_code_dir_defaults_to_the_work_tree_holding_the_config(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    subprocess.run(["git", "-C", str(project), "init", "-q"], check=True)
+    config = project / "config" / "x.yaml"
+    config.write_text("command: python main.py\n")
+    (spec,) = load_run_config(config)
+    assert spec.code_dir == str(project.resolve())
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "x.yaml").write_text("command: python main.py\n")
+    (spec,) = load_run_config(plain / "x.yaml")
+    assert spec.code_dir == str(plain.resolve())  # no work tree: the config's folder
+
+
+def test_a_configs_run_env_and_links(tmp_path: Path) -> None:
+    text = """\
+command: "{python} train.py"
+run_env: {setup: conda activate cv, path: [/opt/cuda/bin], python: ~/envs/cv/bin/python}
+links: {data: /mnt/datasets, weights/imagenet: ~/weights}
+"""
+    (spec,) = parse(text, tmp_path)
+    assert spec.run_env.setup == ("conda activate cv",)
+    assert spec.run_env.python == "~/envs/cv/bin/python"
+    assert dict(spec.links) == {"data": "/mnt/datasets", "weights/imagenet": "~/weights"}
+    assert RunSpec.from_json(spec.to_json()) == spec
+    rendered = spec.render_command(
+        run_id="r", run_dir="/h/runs/r/work", gpus=[0], python="/home/u/envs/cv/bin/python"
+    )
+    assert rendered == "/home/u/envs/cv/bin/python train.py"

@@ -53,6 +53,7 @@ def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> Tele
             g.fan,
             latest.backend,
             received,
+            g.pci_bus_id,
         )
         for g in latest.gpus
     ]
@@ -96,11 +97,13 @@ def build_hosts_report(
             }
         )
     gpus: dict[str, list[dict[str, Any]]] = {}
-    for host, idx, uuid, name, util, mem_used, mem_total, temperature, power in gpu_rows:
+    for row in gpu_rows:
+        host, idx, uuid, name, util, mem_used, mem_total, temperature, power, bus = row
         gpus.setdefault(host, []).append(
             {
                 "index": idx,
                 "uuid": uuid,
+                "pci_bus_id": bus,
                 "name": name,
                 "util": util,
                 "mem_used": mem_used,

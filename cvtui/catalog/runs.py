@@ -11,6 +11,9 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
 RUN_STATES = ("queued", "dispatching", "running", "succeeded", "failed", "cancelled", "lost")
 ACTIVE_STATES = ("queued", "dispatching", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
@@ -49,8 +52,13 @@ RUN_COLUMNS = (
     "log_size",
     "sync_status",
     "updated",
+    "work_dir",
+    "final_by",
+    "outputs_unmatched",
 )
-JSON_COLUMNS = frozenset({"gpus", "command", "params", "config", "spec", "resources"})
+JSON_COLUMNS = frozenset(
+    {"gpus", "command", "params", "config", "spec", "resources", "outputs_unmatched"}
+)
 REQUIRED_ON_INSERT = (
     "id",
     "name",
@@ -93,6 +101,24 @@ def priority_rank(priority: str) -> int:
         return PRIORITIES.index(priority)
     except ValueError:
         raise ValueError(f"unknown priority {priority!r}; expected one of {PRIORITIES}") from None
+
+
+def migration_7_work_dirs(db: Database) -> None:
+    """Run dirs split into cvtui's files and the command's work dir; who recorded the end;
+    which output globs matched nothing; the python a run's environment really used."""
+    db.execute("ALTER TABLE runs ADD COLUMN work_dir TEXT")  # the command's cwd on the host
+    # protocol.RECORDED_BY_*: a final state the supervisor recorded is the authoritative one
+    db.execute("ALTER TABLE runs ADD COLUMN final_by TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN outputs_unmatched TEXT")  # JSON list of globs
+    for column in (
+        "python_executable TEXT",  # the interpreter resolved after the run environment's setup
+        "env_key TEXT",  # names that environment: runs sharing it share its package listing
+        "links TEXT",  # JSON: [{name, target, size, mtime}] linked into the work dir
+        "gpu_uuids TEXT",  # JSON: the UUIDs the run saw in CUDA_VISIBLE_DEVICES
+    ):
+        db.execute(f"ALTER TABLE run_provenance ADD COLUMN {column}")
+    # e.g. 00000000:3B:00.0 (nvidia-smi pci.bus_id): tells GPUs apart as CUDA orders them
+    db.execute("ALTER TABLE gpus ADD COLUMN pci_bus_id TEXT")
 
 
 class RunsMixin:

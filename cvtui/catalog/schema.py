@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from cvtui.catalog.components import migration_5_reproducibility
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
+from cvtui.catalog.runs import migration_7_work_dirs
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_4_sync,  # cvtui/catalog/metrics.py (its `blobs` became `signatures` in 5)
     migration_5_reproducibility,  # cvtui/catalog/components.py
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
+    migration_7_work_dirs,  # cvtui/catalog/runs.py
 )
 
 

@@ -20,6 +20,7 @@ import xxhash
 
 from cvtui.errors import CvtuiError
 from remote_agent.blocktree import leaf_digests, new_hasher
+from remote_agent.protocol import RUN_LOG
 
 FICLONE = 0x40049409  # linux/fs.h: share the blocks of a file (btrfs, xfs) instead of copying
 COPY_CHUNK_BYTES = 64 << 20
@@ -43,6 +44,19 @@ def path_parts(rel: str) -> list[str]:
 
 def mirror_dir(home: Path, run_id: str) -> Path:
     return home / "runs" / run_id
+
+
+def run_log_path(home: Path, run_id: str) -> Path:
+    """The mirrored output.log of a run (stdout and stderr), beside its outputs.
+
+    Runs synced before work dirs kept it at the top of their mirror, where a run's own
+    output.log now goes.
+    """
+    mirror = mirror_dir(home, run_id)
+    current = mirror.joinpath(*RUN_LOG.split("/"))
+    if not current.parent.exists() and (mirror / "output.log").exists():
+        return mirror / "output.log"
+    return current
 
 
 class Mirror:

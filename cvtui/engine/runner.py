@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
-import yaml
 
 from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
 from cvtui.engine.mirror import mirror_dir as mirror_dir  # re-exported: `cvtui logs` reads there
+from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
-from cvtui.repro.provenance import record_dispatch
+from cvtui.repro.provenance import capture_run_python, record_dispatch
 from cvtui.runspec import RunSpec
 from remote_agent import protocol
-from remote_agent.protocol import GpuSample, RemoteError, RunStatus, StartRequest
+from remote_agent.protocol import GpuSample, RemoteError, RunStatus
 
 if TYPE_CHECKING:
     from cvtui.engine.engine import Engine, HostSession
@@ -35,6 +35,7 @@ START_TIMEOUT_S = 30.0
 # How long after a run ended its lease and processes in telemetry are taken for gone: its
 # supervisor releases the lease right after the end state, and a start waits that out.
 LEASE_RELEASE_S = 3.0
+RECHECK_LOST_S = 7 * 86400.0  # lost runs this recent are asked about again at each reconnect
 
 
 def snapshot_archive(home: Path, code_hash: str) -> Path:
@@ -118,10 +119,14 @@ class RunController:
             gpus: tuple[scheduler.GpuState, ...] = ()
             if sample is not None:
                 gpus = tuple(self.gpu_state(name, g, session.latest_at, held) for g in sample.gpus)
+            condition = "connecting" if sample is None else "stale"
+            if session.client is None:
+                condition = "disconnected" if sample is not None else "connecting"
             states.append(
                 scheduler.HostState(
                     name=name,
                     healthy=fresh,
+                    condition=condition,
                     drained=name in drained,
                     tags=host.tags,
                     max_runs=host.max_runs,
@@ -218,23 +223,16 @@ class RunController:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await self.ensure_code(session, run["code_hash"])
-            run_dir = f"{session.hello.root}/runs/{run_id}"
-            command = spec.render_command(run_id=run_id, run_dir=run_dir, gpus=placement.gpus)
-            request = StartRequest(
-                run_id=run_id,
-                command=command if isinstance(command, str) else list(command),
-                gpus=placement.gpus,
-                env=dict(spec.env),
-                params=dict(spec.params),
-                code_hash=run["code_hash"],
-                config_yaml=yaml.safe_dump(dict(spec.config), sort_keys=False),
-            )
+            request = start_request(run, spec, session.host, session.hello, placement.gpus)
+            command = request.command
             reply = await client.call(
                 protocol.OP_START, timeout_s=START_TIMEOUT_S, **request.to_wire()
             )
         except RemoteError as exc:
             if exc.code == protocol.E_RUN_EXISTS:
                 await self.reconcile(session, [run_id])  # an earlier start got there after all
+            elif exc.code == protocol.E_BAD_LINK:
+                self.refuse(run, f"cannot start on {placement.host}: {exc.message}")
             else:
                 if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule
                     for index in placement.gpus:
@@ -247,16 +245,85 @@ class RunController:
             # The start may or may not have reached the host: reconnecting reconciles it.
             log.warning("run %s: start on %s interrupted: %r", run_id, placement.host, exc)
             return
-        record_dispatch(self.catalog, run, session, placement, command)
+        record_dispatch(
+            self.catalog,
+            run,
+            session,
+            placement,
+            command,
+            links=reply.get("links") or [],
+            gpu_uuids=reply.get("gpu_uuids") or [],
+            env_key=request.env_key,
+        )
         self.catalog.transition_run(
             run_id,
             "running",
             expect=["dispatching"],
             detail=f"supervisor pid {reply.get('supervisor_pid')}",
             run_dir=reply.get("run_dir"),
+            work_dir=reply.get("work_dir"),
             supervisor_pid=reply.get("supervisor_pid"),
             started=time.time(),
         )
+        self.spawn(capture_run_python(self.catalog, session, run_id))
+
+    def refuse(self, run: dict[str, Any], reason: str) -> None:
+        """A start the host refused for good (a link target missing): the run failed there,
+        nothing of it started; no retry would find the host different."""
+        if self.catalog.transition_run(
+            run["id"],
+            "failed",
+            expect=["dispatching"],
+            detail=reason,
+            reason=reason,
+            ended=time.time(),
+        ):
+            log.warning(
+                "run %s: %s", run["id"], reason, extra={"event": "refused", "run": run["id"]}
+            )
+            self.run_ended(run["id"])
+
+    def correct(self, run: dict[str, Any], status: RunStatus) -> None:
+        """A final state the supervisor recorded (from the command's own exit) replaces an
+        earlier one that was inferred (lost, a run dir missing) or read from a file not
+        written by the supervisor."""
+        if (
+            status.recorded_by != protocol.RECORDED_BY_SUPERVISOR
+            or run["state"] not in protocol.RUN_FINAL_STATES
+            or run["final_by"] == protocol.RECORDED_BY_SUPERVISOR
+            or (run["state"], run["exit_code"]) == (status.state, status.exit_code)
+        ):
+            return
+        detail = (
+            f"corrected from {run['state']} (exit {run['exit_code']}): the supervisor "
+            f"recorded {status.state} ({status.reason or 'exit code 0'})"
+        )
+        if not self.catalog.transition_run(
+            run["id"],
+            status.state,
+            expect=[run["state"]],
+            detail=detail,
+            exit_code=status.exit_code,
+            ended=status.ended or run["ended"],
+            reason=status.reason,
+            final_by=status.recorded_by,
+        ):
+            return
+        log.warning("run %s: %s", run["id"], detail, extra={"event": "corrected", "run": run["id"]})
+        if status.state not in (protocol.RUN_FAILED, protocol.RUN_LOST):
+            for other in self.catalog.find_runs(run["name"]):  # a retry no longer due
+                if (
+                    other["state"] == "queued"
+                    and other["submitted"] == run["submitted"]
+                    and other["attempt"] == run["attempt"] + 1
+                ):
+                    self.catalog.transition_run(
+                        other["id"],
+                        "cancelled",
+                        expect=["queued"],
+                        reason=f"not needed: {run['id']} {status.state}",
+                        ended=time.time(),
+                    )
 
     def retry(self, run: dict[str, Any], why: str) -> str | None:
         """Queue the next attempt of a failed or lost run while its `retries` allow one.
@@ -342,6 +409,8 @@ class RunController:
                 ended=status.ended or time.time(),
                 reason=status.reason,
                 run_dir=status.run_dir or run["run_dir"],
+                work_dir=status.work_dir or run["work_dir"],
+                final_by=status.recorded_by,
                 pgid=status.pgid,
                 **fields,
             )
@@ -349,6 +418,8 @@ class RunController:
                 self.run_ended(status.run_id)
             if ended and status.state in (protocol.RUN_FAILED, protocol.RUN_LOST):
                 self.retry(run, status.reason or status.state)
+            if not ended:
+                self.correct(run, status)
             self.wake.set()  # GPUs are free again
         elif status.state == protocol.RUN_RUNNING and run["state"] == "dispatching":
             self.catalog.transition_run(
@@ -356,6 +427,7 @@ class RunController:
                 "running",
                 expect=["dispatching"],
                 run_dir=status.run_dir,
+                work_dir=status.work_dir or None,
                 supervisor_pid=status.supervisor_pid,
                 pgid=status.pgid,
                 started=status.started,
@@ -379,6 +451,14 @@ class RunController:
         if run_ids is None:
             active = self.catalog.list_runs(states=["dispatching", "running"], host=name)
             run_ids = [r["id"] for r in active]
+            # Runs taken for lost (their supervisor looked gone, their run dir missing): the
+            # host may have the supervisor's own record of how they ended by now.
+            since = time.time() - RECHECK_LOST_S
+            run_ids += [
+                r["id"]
+                for r in self.catalog.list_runs(states=["lost"], host=name)
+                if r["final_by"] != protocol.RECORDED_BY_SUPERVISOR and (r["ended"] or 0) > since
+            ]
         if not run_ids:
             self.reconciled.add(name)
             return
@@ -393,7 +473,7 @@ class RunController:
                 self.on_run_status(name, status)
                 continue
             run = self.catalog.get_run(run_id)
-            if run is None:
+            if run is None or run["state"] == "lost":
                 continue
             if run["state"] == "dispatching":
                 self.requeue(run_id, f"the start never reached {name}")

@@ -55,6 +55,7 @@ class HostState:
     name: str
     healthy: bool
     drained: bool = False
+    condition: str = "unhealthy"  # what a host that is not healthy is: stale, disconnected...
     tags: tuple[str, ...] = ()
     max_runs: int | None = None  # None: no limit beyond free GPUs
     running: int = 0  # runs of ours active there
@@ -522,7 +523,7 @@ class _PassState:
                 return f"no host {among}matches tags {tags}" if run.tags else "no hosts"
             if len(matched) == 1:
                 host = names[matched[0]]
-                return f"host {host.name} is {'unhealthy' if not host.healthy else 'drained'}"
+                return f"host {host.name} is {host.condition if not host.healthy else 'drained'}"
             what = "undrained host" if any(names[p].healthy for p in matched) else "host"
             if run.tags:
                 return f"no healthy {what} {among}matches tags {tags}"

@@ -56,6 +56,7 @@ class Snapshot:
     root: Path
     files: tuple[SnapshotFile, ...]
     hash: str
+    untracked: tuple[str, ...] = ()  # shipped files that git does not track (a work tree only)
 
     @property
     def size(self) -> int:
@@ -116,8 +117,9 @@ def _file_hash(path: Path, st: os.stat_result) -> str:
     return cached
 
 
-def _git_files(code_dir: Path) -> list[str] | None:
-    """Files git would ship (tracked + untracked-not-ignored), or None if not a work tree."""
+def _git_files(code_dir: Path) -> tuple[list[str], set[str]] | None:
+    """(files git would ship: tracked + untracked-not-ignored, the untracked ones among
+    them), or None if code_dir is not a work tree. One git call: -t tags each name."""
     try:
         done = subprocess.run(
             [
@@ -126,6 +128,7 @@ def _git_files(code_dir: Path) -> list[str] | None:
                 str(code_dir),
                 "ls-files",
                 "-z",
+                "-t",
                 "--cached",
                 "--others",
                 "--exclude-standard",
@@ -137,8 +140,16 @@ def _git_files(code_dir: Path) -> list[str] | None:
         return None
     if done.returncode != 0:
         return None
-    names = {n.decode("utf-8", "surrogateescape") for n in done.stdout.split(b"\0") if n}
-    return sorted(names)
+    names: set[str] = set()
+    untracked: set[str] = set()
+    for entry in done.stdout.split(b"\0"):
+        if len(entry) < 3:
+            continue
+        name = entry[2:].decode("utf-8", "surrogateescape")  # "<tag> <name>"
+        names.add(name)
+        if entry[:1] == b"?":
+            untracked.add(name)
+    return sorted(names), untracked
 
 
 def _walk_files(code_dir: Path) -> list[str]:
@@ -162,15 +173,17 @@ def _excluded(path: str, exclude: Sequence[str]) -> bool:
     )
 
 
-def split_code_files(code_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """(files to ship, names left out because they are not UTF-8, shown escaped).
+def code_files(
+    code_dir: Path, exclude: Sequence[str] = ()
+) -> tuple[list[str], list[str], set[str]]:
+    """(files to ship, names left out because they are not UTF-8 (shown escaped), the shipped
+    files git does not track).
 
     Files to ship are `git ls-files` in a work tree, else a filtered walk. A name that is not
     UTF-8 cannot be recorded in the catalog: it is left out, with a warning.
     """
-    names = _git_files(code_dir)
-    if names is None:
-        names = _walk_files(code_dir)
+    listed = _git_files(code_dir)
+    names, untracked = listed if listed is not None else (_walk_files(code_dir), set())
     kept, odd = [], []
     for name in names:
         if _excluded(name, exclude):
@@ -183,6 +196,12 @@ def split_code_files(code_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[
             odd.append(shown)
             continue
         kept.append(name)
+    return kept, odd, untracked & set(kept)
+
+
+def split_code_files(code_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(files to ship, names left out because they are not UTF-8); see code_files."""
+    kept, odd, _ = code_files(code_dir, exclude)
     return kept, odd
 
 
@@ -193,7 +212,8 @@ def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot
         raise CvtuiError(f"code dir {root} does not exist")
     files = []
     total = 0
-    for name in split_code_files(root, exclude)[0]:
+    names, _, untracked = code_files(root, exclude)
+    for name in names:
         path = root / name
         try:
             st = path.stat()
@@ -209,4 +229,5 @@ def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot
             )
         executable = bool(st.st_mode & stat.S_IXUSR)
         files.append(SnapshotFile(name, st.st_size, executable, _file_hash(path, st)))
-    return Snapshot(root, tuple(files), snapshot_hash(files))
+    shipped = {f.path for f in files}
+    return Snapshot(root, tuple(files), snapshot_hash(files), tuple(sorted(untracked & shipped)))

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cvtui.engine.sync")
 
 DEFAULT_OUTPUTS = ("*.csv", "*.jsonl", "*.yaml", "*.log", "*.pt", "*.pth", "*.ckpt")
-ALWAYS_SYNCED = ("output.log",)
+ALWAYS_SYNCED = (protocol.RUN_LOG,)
 FILES_IN_PARALLEL = 3
 
 
@@ -68,10 +68,12 @@ class RunSync(TransferMixin):
         run_id: str,
         globs: Sequence[str],
         progress: Progress | None = None,
+        base: str = protocol.WORK_DIR,
     ) -> None:
         self.catalog = catalog
         self.source = source
         self.run_id = run_id
+        self.base = base  # a listing says where outputs are; until one came, the caller
         self.globs = list(globs)
         self.mirror = Mirror(home, run_id)
         self.progress = progress or Progress()
@@ -85,6 +87,12 @@ class RunSync(TransferMixin):
         reply = await self._call(protocol.OP_FILES_LIST, run_id=self.run_id, globs=self.globs)
         return FileListing.from_wire(reply)
 
+    def _note_listing(self, listing: FileListing) -> None:
+        self.base = listing.base
+        unmatched = list(listing.unmatched)
+        with contextlib.suppress(Exception):  # a note for `cvtui files`: never stops a sync
+            self.catalog.update_run(self.run_id, outputs_unmatched=unmatched)
+
     async def run(
         self,
         *,
@@ -97,6 +105,7 @@ class RunSync(TransferMixin):
         if changed is None:
             listing = listing or await self.listing()
             entries: Sequence[FileEntry] = listing.files
+            self._note_listing(listing)
             self._record_listing(listing)
         else:
             entries = changed

@@ -179,8 +179,11 @@ class Syncer:
         if session is None:
             raise HostGone(f"host {run['host']!r} is not in the inventory")
         source = SshSource(session)
+        # A run dir from before work dirs (a run dir but no work dir recorded) has its
+        # outputs at its top; a listing, when one comes, says so itself.
+        base = protocol.WORK_DIR if run["work_dir"] or not run["run_dir"] else ""
         sync = RunSync(
-            self.catalog, self.home, source, run_id, output_globs(run["spec"]), self.progress
+            self.catalog, self.home, source, run_id, output_globs(run["spec"]), self.progress, base
         )
         self._set_run_status(run_id, "syncing")
         listing = None

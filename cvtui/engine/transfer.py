@@ -31,7 +31,7 @@ from cvtui.engine.host_files import (
 )
 from cvtui.engine.mirror import clone_into, file_leaves, open_part
 from remote_agent.blocktree import DIGEST_BYTES, block_size_for, leaf_count
-from remote_agent.protocol import FileEntry
+from remote_agent.protocol import FileEntry, host_relpath
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
@@ -89,6 +89,7 @@ class TransferMixin:
         algo: str
         fetched: int
         fetched_by_path: dict[str, int]
+        base: str  # where output paths are in the run dir on the host (host_relpath)
 
         def _local_intact(self, path: str, row: dict[str, Any]) -> bool: ...
         async def _signature(self, path: str) -> Signature: ...
@@ -270,7 +271,10 @@ class TransferMixin:
             self.progress.fetched(count)
 
         opened = remote is None
-        handle = await self.source.open(self.run_id, path) if remote is None else remote
+        if remote is None:
+            handle = await self.source.open(self.run_id, host_relpath(path, self.base))
+        else:
+            handle = remote
         try:
             chunk = min(CHUNK_BYTES, self.source.chunk_bytes)
             await fetch_ranges(handle, chunk, ranges, sink, counted)
@@ -292,7 +296,7 @@ class TransferMixin:
             return found
         segments = delta.chunks(ranges, max(SEGMENT_BYTES, block_size))
         limit = asyncio.Semaphore(SEGMENTS_IN_FLIGHT)
-        remote = await self.source.open(self.run_id, path)
+        remote = await self.source.open(self.run_id, host_relpath(path, self.base))
 
         def write(offset: int, data: bytes) -> None:
             os.pwrite(fd, data, offset)

@@ -46,11 +46,13 @@ DISPATCH_COLUMNS = (
     "gpus",
     "gpu_models",
     "driver",
-    "python",
-    "pip_freeze_hash",
     "command",
     "dispatched_at",
+    "links",
+    "gpu_uuids",
+    "env_key",
 )
+RUN_PYTHON_TIMEOUT_S = 60.0  # the run's setup may take a while before its python is known
 
 
 # -- submit half --------------------------------------------------------------------------
@@ -108,11 +110,14 @@ def submit_half(
     blobs: BlobStore,
     runs: Sequence[Mapping[str, Any]],
     specs: Sequence[RunSpec],
+    untracked: Mapping[str, bool] | None = None,
 ) -> list[dict[str, Any]]:
     """The submit half of each run about to be queued: code, git state, command, config, env.
 
     git runs once per distinct code dir, however many runs share it; a dirty tree's diff goes
-    to the content store. Write the rows with write_submit_half once the runs are inserted.
+    to the content store. A code dir whose snapshot ships files git does not track (untracked,
+    by code dir) is dirty too: HEAD alone does not give that code. Write the rows with
+    write_submit_half once the runs are inserted.
     """
     states: dict[str, tuple[str, GitState, str | None]] = {}
     rows = []
@@ -121,6 +126,8 @@ def submit_half(
         if spec.code_dir not in states:
             root = str(Path(spec.code_dir).resolve())
             git = read_git_state(root)
+            if git.head is not None and (untracked or {}).get(spec.code_dir):
+                git = GitState(head=git.head, dirty=True, diff=git.diff)
             diff_hash = None
             if git.diff is not None:
                 diff_hash = blobs.put_bytes(git.diff)
@@ -170,7 +177,7 @@ def provenance(catalog: Catalog, run_id: str) -> dict[str, Any] | None:
     if found is None:
         return None
     row = dict(zip(names, found, strict=True))
-    for column in ("command", "config", "env", "gpus", "gpu_models"):
+    for column in ("command", "config", "env", "gpus", "gpu_models", "links", "gpu_uuids"):
         if row[column] is not None:
             row[column] = json.loads(row[column])
     return row
@@ -183,13 +190,21 @@ def record_dispatch(
     session: HostSession,
     placement: Placement,
     command: str | Sequence[str],
+    *,
+    links: Sequence[Mapping[str, Any]] = (),
+    gpu_uuids: Sequence[str] = (),
+    env_key: str | None = None,
 ) -> None:
     """The host half of a run's provenance and its file manifest, once it has started.
 
-    Never raises: a run that started keeps running whatever its bookkeeping does.
+    The python and its packages are the run's own, recorded by capture_run_python once the
+    run environment is set up. Never raises: a run that started keeps running whatever its
+    bookkeeping does.
     """
     try:
-        _record_dispatch(catalog, run, session, placement, command)
+        _record_dispatch(
+            catalog, run, session, placement, command, list(links), list(gpu_uuids), env_key
+        )
     except Exception:
         log.exception("run %s: provenance not recorded", run.get("id"))
 
@@ -200,6 +215,9 @@ def _record_dispatch(
     session: HostSession,
     placement: Placement,
     command: str | Sequence[str],
+    links: list[Mapping[str, Any]],
+    gpu_uuids: list[str],
+    env_key: str | None,
 ) -> None:
     run_id = run["id"]
     if run.get("code_hash"):
@@ -217,19 +235,19 @@ def _record_dispatch(
         backend = session.hello.backend
     mark = SIMULATED_MARK if backend == BACKEND_SIMULATED else ""
     models = [f"{names[i]}{mark}" if i in names else None for i in placement.gpus]
-    python = session.hello.python if session.hello is not None else None
     now = time.time()
-    env = fresh_environment(catalog, host, python, now)
+    env = fresh_environment(catalog, host, session.hello.python if session.hello else None, now)
     row = {
         "run_id": run_id,
         "host": host,
         "gpus": json.dumps(list(placement.gpus)),
         "gpu_models": json.dumps(models),
         "driver": env.get("driver"),
-        "python": python,
-        "pip_freeze_hash": env.get("pip_freeze_hash"),
         "command": json.dumps(command if isinstance(command, str) else list(command)),
         "dispatched_at": now,
+        "links": json.dumps(links),
+        "gpu_uuids": json.dumps(gpu_uuids),
+        "env_key": env_key,
     }
     submit_half = _submit_half_for(catalog, run)
     names_all = ("run_id", *DISPATCH_COLUMNS, *(c for c in SUBMIT_COLUMNS if c != "command"))
@@ -309,8 +327,8 @@ def store_host_environment(
     taken: float,
     since: float,
 ) -> None:
-    """Upsert a host's environment; runs dispatched there since `since` get its freeze and
-    driver."""
+    """Upsert a host's environment (the agent's python and the GPU driver); runs dispatched
+    there since `since` get its driver (their python and packages are their own)."""
     with catalog._write() as conn:
         conn.execute(
             "INSERT INTO host_environments (host, python, pip_freeze_hash, reason, driver, taken)"
@@ -321,9 +339,9 @@ def store_host_environment(
         )
         # Runs started while the environment was being read (it is read in the background).
         conn.execute(
-            "UPDATE run_provenance SET pip_freeze_hash = coalesce(pip_freeze_hash, ?),"
-            " driver = coalesce(driver, ?) WHERE host = ? AND python IS ? AND dispatched_at >= ?",
-            (freeze_hash, driver, host, python, since),
+            "UPDATE run_provenance SET driver = coalesce(driver, ?)"
+            " WHERE host = ? AND dispatched_at >= ?",
+            (driver, host, since),
         )
 
 
@@ -383,3 +401,41 @@ async def capture_host_environment(catalog: Catalog, session: HostSession) -> No
         raise
     except Exception as exc:  # the connection went away, or the catalog is busy
         log.info("host %s: environment not recorded: %r", name, exc)
+
+
+async def capture_run_python(catalog: Catalog, session: HostSession, run_id: str) -> None:
+    """The interpreter a run's environment resolved (after its setup), its version and its
+    packages, into the run's provenance. The agent lists them once per environment.
+
+    Never raises (but lets itself be cancelled): a run's bookkeeping never stops it.
+    """
+    client = session.client
+    if client is None:
+        return
+    try:
+        reply: dict[str, Any] = {"pending": True}
+        deadline = time.monotonic() + RUN_PYTHON_TIMEOUT_S
+        while reply.get("pending"):
+            if time.monotonic() > deadline:
+                return
+            reply = await client.call(protocol.OP_RUN_PYTHON, run_id=run_id, timeout_s=10)
+            if reply.get("pending"):
+                await asyncio.sleep(ENVIRONMENT_POLL_S)
+        packages = reply.get("packages")
+        freeze_hash = None
+        if isinstance(packages, str):
+            from cvtui.repro.blobstore import BlobStore
+
+            data = packages.encode()
+            freeze_hash = BlobStore.in_home(catalog.path.parent).put_bytes(data)
+            catalog.record_blobs([(freeze_hash, len(data))], "pip_freeze")
+        with catalog._write() as conn:
+            conn.execute(
+                "UPDATE run_provenance SET python = ?, python_executable = ?,"
+                " pip_freeze_hash = ? WHERE run_id = ?",
+                (reply.get("python"), reply.get("executable"), freeze_hash, run_id),
+            )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the connection went away, an old agent, a busy catalog
+        log.info("run %s: its python not recorded: %r", run_id, exc)

@@ -129,7 +129,7 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     run = dict(zip([d[0] for d in cursor.description], row, strict=True))
-    for name in ("gpus", "command", "params", "config", "spec", "resources"):
+    for name in ("gpus", "command", "params", "config", "spec", "resources", "outputs_unmatched"):
         if isinstance(run.get(name), str):
             run[name] = json.loads(run[name])
     run["provenance"] = run_provenance(conn, run_id)

@@ -93,6 +93,9 @@ def test_insert_then_get_round_trips_json_and_fills_defaults(catalog: Catalog) -
         "log_size": 0,
         "sync_status": None,
         "updated": 1_000.0,
+        "work_dir": None,
+        "final_by": None,
+        "outputs_unmatched": None,
     }
     other = catalog.get_run("r2")
     assert other is not None

@@ -132,6 +132,7 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
                 {
                     "index": 0,
                     "uuid": "GPU-00000000",
+                    "pci_bus_id": None,
                     "name": "A100-SXM4-80GB",
                     "util": 97.5,
                     "mem_used": 31 * GIB,
@@ -160,6 +161,7 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
                 {
                     "index": 1,
                     "uuid": "GPU-00000001",
+                    "pci_bus_id": None,
                     "name": "A100-SXM4-80GB",
                     "util": None,
                     "mem_used": None,

@@ -43,7 +43,7 @@ start = time.time()
 time.sleep(float(os.environ.get("SLEEP", "0.3")))
 with open("ran.jsonl", "a") as fh:
     fh.write(json.dumps({"run": os.environ["CVTUI_RUN_ID"], "dir": os.environ["CVTUI_RUN_DIR"],
-                         "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                         "gpus": os.environ.get("CVTUI_GPUS", ""),
                          "start": start, "end": time.time()}) + "\n")
 """
 
@@ -90,7 +90,7 @@ def records(lab: Lab) -> list[dict[str, Any]]:
     """Every line any run wrote, on every host of the lab, with the host it ran on."""
     found = []
     for host in lab.servers:
-        for path in sorted((lab.host_dir(host) / "root" / "runs").glob("*/ran.jsonl")):
+        for path in sorted((lab.host_dir(host) / "root" / "runs").glob("*/work/ran.jsonl")):
             for line in path.read_text().splitlines():
                 found.append({**json.loads(line), "host": host})
     return found
@@ -408,9 +408,9 @@ def test_kill_9_during_dispatch_then_restart_runs_each_run_once(
     until(lambda: all_final(home, run_ids), 60, 0.2)
     assert states(home, run_ids) == ["succeeded"] * 10
     for run_id in run_ids:
-        ran = lab.host_dir("gpu-01") / "root" / "runs" / run_id / "ran.jsonl"
+        ran = lab.host_dir("gpu-01") / "root" / "runs" / run_id / "work" / "ran.jsonl"
         if not ran.exists():
-            ran = lab.host_dir("gpu-02") / "root" / "runs" / run_id / "ran.jsonl"
+            ran = lab.host_dir("gpu-02") / "root" / "runs" / run_id / "work" / "ran.jsonl"
         assert len(ran.read_text().splitlines()) == 1, run_id
     found = records(lab)
     assert len(found) == 10
@@ -445,6 +445,6 @@ async def test_notify_of_a_failed_run_and_of_a_host_going_down_and_back(
             await wait_for(lambda: kinds() == ["run_failed", "host_down", "host_up"], 15)
     failed, down, up = (json.loads(line) for line in told.read_text().splitlines())
     assert failed["run"]["id"] == run_id and failed["run"]["exit_code"] == 3
-    assert "failed on gpu-01 with exit code 3" in failed["text"]
+    assert "failed on gpu-01 (GPU 0) with exit code 3" in failed["text"]
     assert (down["host"], down["state"]) == ("gpu-01", "disconnected")
     assert up["text"].startswith("cvtui: host gpu-01 is back after ")

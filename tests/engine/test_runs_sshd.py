@@ -28,7 +28,7 @@ print("[PROGRESS:50:half way]", flush=True)
 time.sleep(float(os.environ.get("SLEEP", "0.2")))
 end = time.time()
 with open("times.jsonl", "a") as fh:
-    fh.write(json.dumps({"args": args, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    fh.write(json.dumps({"args": args, "gpus": os.environ.get("CVTUI_GPUS"),
                          "run": os.environ.get("CVTUI_RUN_ID"), "start": start, "end": end}) + "\n")
 print("done", flush=True)
 sys.exit(int(os.environ.get("EXIT", "0")))
@@ -70,7 +70,7 @@ def runs_json(lab: Lab, home: Path) -> list[dict]:
 
 def times(lab: Lab, host: str) -> list[dict]:
     records = []
-    for path in sorted((lab.host_dir(host) / "root" / "runs").glob("*/times.jsonl")):
+    for path in sorted((lab.host_dir(host) / "root" / "runs").glob("*/work/times.jsonl")):
         records += [json.loads(line) for line in path.read_text().splitlines()]
     return records
 
@@ -280,7 +280,7 @@ async def test_sshd_down_mid_run_then_back_reconciles_without_a_second_start(
         events = [e["state"] for e in catalog.run_events(run_id)]
         assert events.count("dispatching") == 1 and events.count("running") == 1
     assert len(times(lab, "gpu-01")) == 1  # started exactly once
-    log = (home / "runs" / run_id / "output.log").read_text()
+    log = (home / "runs" / run_id / ".cvtui" / "output.log").read_text()
     assert log == "start --lr 0.1\n[PROGRESS:50:half way]\ndone\n"
 
 

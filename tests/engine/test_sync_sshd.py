@@ -74,7 +74,7 @@ def write_config(tmp_path: Path, script: str, command: str) -> Path:
 
 
 def run_dir(lab: Lab, host: str, run_id: str) -> Path:
-    return lab.host_dir(host) / "root" / "runs" / run_id
+    return lab.host_dir(host) / "root" / "runs" / run_id / "work"
 
 
 def csv_rows(text: str) -> list[tuple[float, str, float]]:
@@ -118,9 +118,11 @@ async def test_metrics_survive_a_cut_link_exactly_once(
                 30,
             )
         remote = run_dir(lab, "gpu-01", run_id)
-        for name in ("grow.csv", "rewrite.csv", "header.csv", "events.jsonl", "output.log"):
+        for name in ("grow.csv", "rewrite.csv", "header.csv", "events.jsonl"):
             local = home / "runs" / run_id / name
             assert local.read_bytes() == (remote / name).read_bytes(), name
+        log = (home / "runs" / run_id / ".cvtui" / "output.log").read_bytes()
+        assert log == (remote.parent / "output.log").read_bytes()
         for name in ("grow.csv", "rewrite.csv", "header.csv"):
             assert stored(catalog, run_id, name) == csv_rows((remote / name).read_text()), name
         assert catalog.metric_count(run_id, "grow.csv") == 600  # 300 rows x (loss, acc)

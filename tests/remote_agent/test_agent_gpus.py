@@ -34,11 +34,11 @@ GIB = 1 << 30
 # boards: an A100 (no fan), a consumer card, and one whose sensors say nothing.
 GPU_CSV = (
     "0, GPU-5c4b8a2e-1f0e-7d3a-9c61-2b8e4f0a1d11, NVIDIA A100-SXM4-80GB,"
-    " 87, 40213, 81920, 61, 312.45, 400.00, [N/A]\n"
+    " 87, 40213, 81920, 61, 312.45, 400.00, [N/A], 00000000:07:00.0\n"
     "1, GPU-0b7e3c1a-22d4-4f6b-8e0a-7d9c5b3a1e22, NVIDIA GeForce RTX 3090,"
-    " 0, 1, 24576, 34, 21.50, 350.00, 30\n"
+    " 0, 1, 24576, 34, 21.50, 350.00, 30, 00000000:3B:00.0\n"
     "2, GPU-9f8e7d6c-5b4a-3c2d-1e0f-a1b2c3d4e5f6, NVIDIA A100-SXM4-80GB,"
-    " [N/A], [N/A], 81920, [N/A], [Not Supported], [Not Supported], [Unknown Error]\n"
+    " [N/A], [N/A], 81920, [N/A], [Not Supported], [Not Supported], [Unknown Error], [N/A]\n"
 )
 APPS_CSV = """\
 GPU-5c4b8a2e-1f0e-7d3a-9c61-2b8e4f0a1d11, 12345, 40200
@@ -60,8 +60,10 @@ def test_parse_gpu_csv_converts_units_and_missing_values() -> None:
         power=312.45,
         power_limit=400.0,
         fan=None,
+        pci_bus_id="00000000:07:00.0",
     )
     assert (rtx.index, rtx.fan, rtx.mem_used, rtx.mem_total) == (1, 30.0, MIB, 24 * GIB)
+    assert (rtx.pci_bus_id, silent.pci_bus_id) == ("00000000:3B:00.0", None)
     assert silent.index == 2 and silent.mem_total == 80 * GIB
     assert (silent.util, silent.mem_used, silent.temperature) == (None, None, None)
     assert (silent.power, silent.power_limit, silent.fan) == (None, None, None)
@@ -71,12 +73,13 @@ def test_parse_gpu_csv_skips_noise_and_keeps_commas_in_names() -> None:
     text = (
         "No devices were found\n"
         "\n"
-        "0, GPU-x, Weird, Board, 5, 1, 2, 3, 4.5, 6.5, 7\n"
-        "x, GPU-y, Not an index, 1, 1, 1, 1, 1, 1, 1\n"
+        "0, GPU-x, Weird, Board, 5, 1, 2, 3, 4.5, 6.5, 7, 00000000:AF:00.0\n"
+        "x, GPU-y, Not an index, 1, 1, 1, 1, 1, 1, 1, 00000000:B0:00.0\n"
         "0, GPU-z, too few\n"
     )
     (only,) = parse_gpu_csv(text)
     assert (only.uuid, only.name, only.util, only.fan) == ("GPU-x", "Weird, Board", 5.0, 7.0)
+    assert only.pci_bus_id == "00000000:AF:00.0"
 
 
 def test_parse_apps_csv() -> None:
@@ -159,6 +162,7 @@ def test_nvml_reads_real_gpus() -> None:  # pragma: no cover - runs on GPU hosts
         assert samples, "NVML initialised but listed no GPU"
         for gpu in samples:
             assert gpu.uuid.startswith(("GPU-", "MIG-"))
+            assert gpu.pci_bus_id is not None and gpu.pci_bus_id.count(":") == 2
             assert gpu.mem_total is not None and gpu.mem_total > GIB
             assert gpu.mem_used is not None and 0 <= gpu.mem_used <= gpu.mem_total
             assert gpu.util is None or 0 <= gpu.util <= 100
@@ -209,6 +213,10 @@ class FakeNvml:
     def nvmlDeviceGetName(self, handle: int) -> str:
         return "NVIDIA H100 80GB HBM3"
 
+    def nvmlDeviceGetPciInfo(self, handle: int) -> _Values:
+        self._only_zero(handle)
+        return _Values(busId=b"00000000:3B:00.0", domain=0, bus=0x3B)
+
     def _only_zero(self, handle: int) -> None:
         if handle != 0:
             raise _NvmlError(3)  # Not Supported
@@ -257,6 +265,7 @@ def test_nvml_backend_isolates_each_failing_field() -> None:
     backend = NvmlBackend(nvml)
     good, poor, lost = backend.sample()
     assert (good.uuid, good.name) == ("GPU-fake-0", "NVIDIA H100 80GB HBM3")
+    assert (good.pci_bus_id, poor.pci_bus_id) == ("00000000:3B:00.0", None)
     assert (good.util, good.temperature, good.fan) == (97.0, 71.0, None)
     assert (good.power, good.power_limit) == (512.3, 700.0)  # watts
     assert (good.mem_used, good.mem_total) == (GIB, 80 * GIB)

@@ -99,14 +99,17 @@ def test_a_run_works_on_its_own_writable_copy_of_the_code(agent: AgentProcess, r
     )
     status = wait_state(agent, reply["run_id"])
     run_dir = Path(reply["run_dir"])
+    work = Path(reply["work_dir"])
     assert status["state"] == RUN_SUCCEEDED, (run_dir / "output.log").read_text()
     assert (run_dir / "output.log").read_text() == "print('v1')\nprint('v1')\nran\n"
-    assert (run_dir / "pkg/model.py").read_text() == "W = 1\nW = 2\n"
+    assert (work / "pkg/model.py").read_text() == "W = 1\nW = 2\n"
     assert (root / "code" / HASH / "pkg/model.py").read_text() == "W = 1\n"  # snapshot as it was
-    assert stat.S_IMODE((run_dir / "train.py").stat().st_mode) == 0o644
-    assert stat.S_IMODE((run_dir / "run.sh").stat().st_mode) == 0o755
-    assert stat.S_IMODE((run_dir / "pkg").stat().st_mode) == 0o755
-    assert (run_dir / "link.py").is_symlink()
+    assert stat.S_IMODE((work / "train.py").stat().st_mode) == 0o644
+    assert stat.S_IMODE((work / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((work / "pkg").stat().st_mode) == 0o755
+    assert (work / "link.py").is_symlink()
+    # cvtui's own files sit beside the work dir, never in it.
+    assert not (work / "output.log").exists() and not (work / "status.json").exists()
 
 
 def test_a_start_needing_code_that_is_not_unpacked_is_refused(

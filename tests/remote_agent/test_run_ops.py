@@ -136,17 +136,25 @@ def test_a_run_gets_its_environment_params_config_and_own_session(
         )
         status = wait_state(agent, reply["run_id"])
     run_dir = reply["run_dir"]
+    work_dir = reply["work_dir"]
+    assert work_dir == f"{run_dir}/work"
     assert status["state"] == RUN_SUCCEEDED and status["exit_code"] == 0, _log(run_dir)
+    assert status["work_dir"] == work_dir
     seen = json.loads(_log(run_dir))
+    uuids = reply["gpu_uuids"]
+    assert len(set(uuids)) == 2 and all(u.startswith("GPU-sim-") for u in uuids)
     assert seen["env"] == {
-        "CUDA_VISIBLE_DEVICES": "1,0",  # in the order asked: CUDA device 0 is GPU 1
+        # In the order asked (CUDA device 0 is GPU 1), by UUID: exact whatever CUDA's order.
+        "CUDA_VISIBLE_DEVICES": ",".join(uuids),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "CVTUI_GPUS": "1,0",
         "CVTUI_RUN_ID": reply["run_id"],
-        "CVTUI_RUN_DIR": run_dir,
+        "CVTUI_RUN_DIR": work_dir,
         "CVTUI_PARAMS": json.dumps({"lr": 0.1, "model": "resnet"}, sort_keys=True),
         "CVTUI_SIM_MEM": "1024",
         "EXTRA": "yes",
     }
-    assert seen["cwd"] == run_dir
+    assert seen["cwd"] == work_dir
     assert seen["stdin"] == "/dev/null"
     assert seen["pgid"] == seen["sid"] == seen["pid"] == status["pid"]
     # No lease fd (nor anything else of the supervisor's) leaked into the command.
@@ -335,7 +343,7 @@ def test_progress_comes_from_progress_lines_and_tqdm_bars(agent: AgentProcess) -
             return status["progress"], status["progress_msg"]
 
         wait_until(lambda: progress() == expected, what=f"progress {expected}")  # noqa: B023
-        (Path(reply["run_dir"]) / "go").touch()
+        (Path(reply["work_dir"]) / "go").touch()
         status = wait_state(agent, reply["run_id"])
         assert (status["state"], status["progress"]) == (RUN_SUCCEEDED, expected[0])
 
@@ -345,7 +353,7 @@ def test_started_runs_are_watched_and_watch_adds_more(agent: AgentProcess) -> No
     run_id = reply["run_id"]
     first = _run_events(agent, run_id, (RUN_RUNNING,))
     assert first[-1].run_dir == reply["run_dir"]
-    (Path(reply["run_dir"]) / "go").touch()
+    (Path(reply["work_dir"]) / "go").touch()
     rest = _run_events(agent, run_id, RUN_FINAL_STATES)
     assert rest[-1].state == RUN_SUCCEEDED
     assert rest[-1].log_size == len(b"hello\nbye\n")

@@ -16,10 +16,10 @@ from run_harness import gone, run_status, start, wait_state, wait_until
 
 from remote_agent.protocol import RUN_CANCELLED, RUN_FAILED, RUN_SUCCEEDED, StartRequest
 from remote_agent.rundir import process_alive, process_stat, read_status, write_status
+from remote_agent.runenv import base_env
 from remote_agent.supervisor import (
     TAIL_KEEP_BYTES,
     ProgressParser,
-    command_env,
     exit_reason,
     parse_progress,
 )
@@ -52,6 +52,63 @@ def test_the_parser_follows_carriage_returns_and_chunk_boundaries() -> None:
     assert parser.feed(b"more plain output\n") is None  # nothing new: progress stays put
 
 
+def bar(desc: str, done: int, total: int) -> bytes:
+    """A tqdm line as it lands in a log file (no terminal: \r before each redraw)."""
+    pct = 100 * done // total
+    filled = "#" * (pct // 10)
+    return f"\r{desc}{pct:3d}%|{filled:10}| {done}/{total} [00:01<00:02, 9.5it/s]".encode()
+
+
+def test_a_bar_restarted_every_epoch_gives_the_runs_progress_not_the_epochs() -> None:
+    parser = ProgressParser()
+    seen = []
+    for epoch in (1, 2, 3, 4):
+        for step in (1, 5, 10):  # 10%, 50%, 100% of each epoch
+            found = parser.feed(bar(f"Epoch {epoch}/4: ", step, 10))
+            assert found is not None
+            seen.append(found[0])
+        parser.feed(b"\n")
+    # Without epochs this read 10, 50, 100, 10, 50, 100, ...: now it only grows.
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert seen[:4] == [2.5, 12.5, 25.0, 27.5]
+    found = parser.feed(bar("Epoch 3/4: ", 5, 10))
+    assert found is not None and found[1].startswith("epoch 3/4 · Epoch 3/4 5/10")
+
+
+def test_epoch_lines_around_a_bar_without_a_description() -> None:
+    parser = ProgressParser()
+    assert parser.feed(b"Epoch [2/10]\n") == (10.0, "epoch 2/10")
+    found = parser.feed(bar("", 50, 100))
+    assert found is not None and found[0] == 15.0
+    assert parser.feed(b"\nepoch 3 of 10 loss=0.5\n") == (20.0, "epoch 3/10")
+    zero = ProgressParser()  # counted from 0: epoch 0/10 is the first
+    assert zero.feed(b"epoch: 0/10\n") == (0.0, "epoch 0/10")
+    assert zero.feed(b"epoch: 1/10\n") == (10.0, "epoch 1/10")
+    # Numbers that are no epoch count (k > N, N = 0) are not taken for one.
+    assert ProgressParser().feed(b"epoch 12/10\nepoch 1/0\n") is None
+
+
+def test_nested_bars_follow_the_outer_one() -> None:
+    parser = ProgressParser()
+    for epoch in range(3):
+        parser.feed(bar("epochs: ", epoch, 10) + b"\n")
+        for step in (10, 60, 100):
+            found = parser.feed(bar("  batch: ", step, 100))
+    # The inner bar restarted while the outer one went on: the outer one is the run's.
+    assert found is not None and found[0] == 20.0 and "2/10" in found[1]
+    # A bar seen once (an evaluation at the end) does not take over.
+    found = parser.feed(b"\n" + bar("eval: ", 5, 10))
+    assert found is not None and found[0] == 20.0
+
+
+def test_progress_marks_win_over_bars_for_good() -> None:
+    parser = ProgressParser()
+    assert parser.feed(bar("Epoch 1/2: ", 5, 10)) is not None
+    assert parser.feed(b"\n[PROGRESS:70:stage b]\n") == (70.0, "stage b")
+    assert parser.feed(bar("Epoch 2/2: ", 9, 10)) is None
+    assert parser.feed(b"\n[PROGRESS:90:stage c]\n") == (90.0, "stage c")
+
+
 def test_the_parser_survives_invalid_utf8_and_never_holds_a_long_line() -> None:
     parser = ProgressParser()
     assert parser.feed(b"\xff\xfe[PROGRESS:3:caf\xc3\x28]\n") == (3.0, "caf\ufffd(")
@@ -62,7 +119,7 @@ def test_the_parser_survives_invalid_utf8_and_never_holds_a_long_line() -> None:
     assert parser.feed(b"[PROGRESS:9:end of a long line]\n") == (9.0, "end of a long line")
 
 
-def test_command_env_keeps_the_agents_gpu_and_run_variables_out(tmp_path: Path) -> None:
+def test_run_env_keeps_the_agents_gpu_and_run_variables_out(tmp_path: Path) -> None:
     base = {
         "PATH": "/usr/bin",
         "CUDA_VISIBLE_DEVICES": "7",
@@ -72,19 +129,32 @@ def test_command_env_keeps_the_agents_gpu_and_run_variables_out(tmp_path: Path) 
     request = StartRequest(
         "abcdefghij", "true", gpus=(2,), env={"CUDA_VISIBLE_DEVICES": "9", "A": "b"}
     )
-    env = command_env(base, request, str(tmp_path))
+    env = base_env(base, request, str(tmp_path), [])
     assert env == {
         "PATH": "/usr/bin",
         "A": "b",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "CUDA_VISIBLE_DEVICES": "2",
+        "CVTUI_GPUS": "2",
         "CVTUI_RUN_ID": "abcdefghij",
         "CVTUI_RUN_DIR": str(tmp_path),
         "CVTUI_PARAMS": "{}",
     }
-    no_gpus = command_env(base, StartRequest("abcdefghij", "true"), str(tmp_path))
+    no_gpus = base_env(base, StartRequest("abcdefghij", "true"), str(tmp_path), [])
     assert no_gpus["CUDA_VISIBLE_DEVICES"] == ""
     assert exit_reason(3) == "exit code 3"
     assert exit_reason(-9) == "killed by signal 9"
+
+
+def test_gpus_are_named_by_uuid_when_every_leased_one_has_one(tmp_path: Path) -> None:
+    request = StartRequest("abcdefghij", "true", gpus=(3, 1))
+    env = base_env({}, request, str(tmp_path), ["GPU-c", "GPU-a"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-c,GPU-a"
+    assert env["CVTUI_GPUS"] == "3,1"
+    # One UUID short: indexes, in the PCI bus order NVML counts in.
+    partial = base_env({}, request, str(tmp_path), ["GPU-c"])
+    assert partial["CUDA_VISIBLE_DEVICES"] == "3,1"
+    assert partial["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
 def test_process_alive_tells_reused_pids_and_zombies_apart() -> None:
@@ -156,7 +226,7 @@ def test_hostile_output_reaches_the_log_byte_for_byte_in_bounded_memory(
     peak = _peak_rss(loud["supervisor_pid"])
     assert peak - baseline < 4 * MIB, (peak, baseline)
     for reply in (quiet, loud):
-        (Path(reply["run_dir"]) / "go").touch()
+        (Path(reply["work_dir"]) / "go").touch()
     status = wait_state(agent, loud["run_id"])
     assert status["state"] == RUN_SUCCEEDED
     assert status["log_size"] == len(expected)
@@ -217,7 +287,7 @@ def test_status_json_tracks_the_run_while_it_runs(agent: AgentProcess) -> None:
     assert me is not None and written["supervisor_start"] == me[2]
     # OP_RUNS reports the log's real size, between the supervisor's heartbeats too.
     wait_until(lambda: run_status(agent, reply["run_id"])["log_size"] == 3, what="log_size")
-    (run_dir / "go").touch()
+    (Path(reply["work_dir"]) / "go").touch()
     final = wait_state(agent, reply["run_id"])
     assert json.loads((run_dir / "status.json").read_text())["exit_code"] == 0
     assert final["heartbeat"] >= final["started"]

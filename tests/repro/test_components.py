@@ -20,7 +20,7 @@ from cvtui.catalog import Catalog
 from cvtui.cli import main
 from cvtui.repro.blobstore import BlobStore, hash_bytes
 from cvtui.repro.components import RACY_WINDOW_NS
-from cvtui.runspec import load_run_config
+from cvtui.run_config import load_run_config
 from cvtui.submit import submit
 
 LIST_KEYS = {

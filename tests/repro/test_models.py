@@ -318,7 +318,7 @@ def test_a_synced_checkpoint_registered_downloaded_then_collected(
     started = cli(lab, home, "run", str(config))
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.split()[0]
-    remote = lab.host_dir("gpu-01") / "root" / "runs" / run_id
+    remote = lab.host_dir("gpu-01") / "root" / "runs" / run_id / "work"
     wait_until(lambda: (remote / "last.ckpt").exists())
     first = (remote / "last.ckpt").read_bytes()
 
@@ -333,7 +333,7 @@ def test_a_synced_checkpoint_registered_downloaded_then_collected(
     assert (tmp_path / "dl" / "last.ckpt").read_bytes() == first
 
     (remote / "go").write_text("")  # the run saves its next checkpoint over last.ckpt and ends
-    wait_until(lambda: b"done" in (remote / "output.log").read_bytes())
+    wait_until(lambda: b"done" in (remote.parent / "output.log").read_bytes())
     synced = cli(lab, home, "sync", run_id)
     assert synced.returncode == 0, synced.stderr
     second = (remote / "last.ckpt").read_bytes()

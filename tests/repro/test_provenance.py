@@ -29,7 +29,7 @@ from cvtui.repro.provenance import (
     read_git_state,
     record_dispatch,
 )
-from cvtui.runspec import load_run_config
+from cvtui.run_config import load_run_config
 from cvtui.submit import prepare_runs, submit
 
 FINAL = ("succeeded", "failed", "cancelled", "lost")
@@ -90,6 +90,10 @@ def test_submit_calls_git_once_per_code_dir(
     (plain / "train.py").write_text("print(3)\n")
     grid = {"params": {"lr": [0.1, 0.2, 0.3, 0.4, 0.5], "seed": [1, 2, 3, 4]}}
     configs = [write_config(d, **grid) for d in (dirty, clean, plain)]
+    git(clean, "add", "run.yaml")
+    git(clean, "commit", "-q", "-m", "the sweep")
+    fresh = make_repo(tmp_path / "fresh", {"train.py": "print(4)\n"})
+    configs.append(write_config(fresh, **grid))  # only the new config is not committed
     (dirty / "lib/model.py").write_text("A = 2\n")  # a tracked file edited, not committed
     (dirty / "notes.txt").write_text("untracked\n")  # shipped, but not part of `git diff`
     expected_diff = git(dirty, "diff", "HEAD", "--binary")
@@ -97,19 +101,20 @@ def test_submit_calls_git_once_per_code_dir(
     monkeypatch.setenv("PATH", f"{log.parent / 'shim'}{os.pathsep}{os.environ['PATH']}")
 
     specs = [s for c in configs for s in load_run_config(str(c))]
-    assert len(specs) == 60
+    assert len(specs) == 80
     with Catalog.open_home(home) as catalog:
         run_ids = submit(catalog, home, specs)
         rows = [provenance(catalog, i) for i in run_ids]
 
     calls = [line.split() for line in log.read_text().splitlines()]
     per_dir = Counter((c[1], c[2]) for c in calls)  # (code dir, git subcommand)
-    for code in (dirty, clean, plain):
-        # one listing of the files to ship, one HEAD, one diff: not one per run
+    for code in (dirty, clean, plain, fresh):
+        # One listing of the files to ship, one diff, and two rev-parse (the work tree's top,
+        # the default code dir, when the config is read; HEAD at submit): not one per run.
         assert per_dir[(str(code), "ls-files")] == 1
-        assert per_dir[(str(code), "rev-parse")] == 1
-    assert per_dir[(str(dirty), "diff")] == 1 and per_dir[(str(clean), "diff")] == 1
-    assert len(calls) == 3 + 3 + 2  # plain: no work tree, so no diff is asked for
+        assert per_dir[(str(code), "rev-parse")] == 2
+    assert all(per_dir[(str(code), "diff")] == 1 for code in (dirty, clean, fresh))
+    assert len(calls) == 4 * 3 + 4 * 1 - 1  # plain: no work tree, so no diff is asked for
 
     by_dir: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -119,6 +124,7 @@ def test_submit_calls_git_once_per_code_dir(
         str(dirty): 20,
         str(clean): 20,
         str(plain): 20,
+        str(fresh): 20,
     }
     first = by_dir[str(dirty)][0]
     assert first["git_head"] == git(dirty, "rev-parse", "HEAD").decode().strip()
@@ -133,6 +139,9 @@ def test_submit_calls_git_once_per_code_dir(
     tidy = by_dir[str(clean)][0]
     assert tidy["git_head"] == git(clean, "rev-parse", "HEAD").decode().strip()
     assert (tidy["git_dirty"], tidy["git_diff_hash"]) == (0, None)
+    # Nothing tracked changed, but the snapshot ships a file HEAD lacks: not clean.
+    new_file = by_dir[str(fresh)][0]
+    assert (new_file["git_dirty"], new_file["git_diff_hash"]) == (1, None)
     untracked = by_dir[str(plain)][0]
     assert (untracked["git_head"], untracked["git_dirty"], untracked["git_diff_hash"]) == (
         None,
@@ -187,12 +196,15 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
     document = yaml.safe_load(lab.inventory_path.read_text())
     document["policy"]["interval"] = "0.5s"
     document["hosts"]["nopip"]["python"] = str(venv / "bin" / "python")
+    # ... and its runs use that venv: the run environment's python is what their
+    # provenance names, not the python that runs the agent.
+    document["hosts"]["nopip"]["run_env"] = {"python": str(venv / "bin" / "python")}
     lab.inventory_path.write_text(yaml.safe_dump(document, sort_keys=False))
     inventory = load_inventory(lab.inventory_path)
 
     code = make_repo(tmp_path / "project", {"train.py": TRAIN})
     (code / "train.py").write_text(TRAIN + "print('edited')\n")
-    config = write_config(code, command="python3 train.py", params={}, resources={"gpus": 1})
+    config = write_config(code, command="{python} train.py", params={}, resources={"gpus": 1})
     expected_diff = git(code, "diff", "HEAD", "--binary")
     head = git(code, "rev-parse", "HEAD").decode().strip()
 
@@ -205,7 +217,11 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
             ended = all(
                 (catalog.get_run(i) or {}).get("state") in FINAL for i in (on_gpu01, on_nopip)
             )
-            return ended and all(host_environment(catalog, h) for h in hosts)
+            captured = all(
+                (provenance(catalog, i) or {}).get("python_executable")
+                for i in (on_gpu01, on_nopip)
+            )
+            return ended and captured and all(host_environment(catalog, h) for h in hosts)
 
         assert asyncio.run(drive(inventory, catalog, home, done, timeout_s=60))
         first_env = {h: host_environment(catalog, h) for h in hosts}
@@ -238,7 +254,10 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
     assert row["host"] == "gpu-01" and row["gpus"] == run["gpus"] and len(row["gpus"]) == 1
     assert row["gpu_models"] == ["A100-SXM4-80GB" + SIMULATED_MARK]
     assert row["driver"] == "simulated"  # the simulated backend's "driver", labelled so
-    assert row["python"] == python["gpu-01"] and row["python"].count(".") == 2
+    # gpu-01 names no run environment: its runs' {python} is python3 on the host's PATH.
+    assert Path(row["python_executable"]).name == "python3"
+    assert Path(row["python_executable"]).is_absolute()
+    assert row["python"] == platform_version(row["python_executable"])
     assert row["command"] == "python3 train.py"
     assert row["config"] == run["config"] and row["env"] == {}
     assert row["submitted_at"] <= row["dispatched_at"] <= time.time()
@@ -247,7 +266,7 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
 
     freeze_env = first_env["gpu-01"]
     assert freeze_env is not None and freeze_env["reason"] is None
-    assert row["pip_freeze_hash"] == freeze_env["pip_freeze_hash"]
+    assert python["gpu-01"] == freeze_env["python"]  # the agent's own, kept per host
     frozen = BlobStore.in_home(home).read(row["pip_freeze_hash"]).decode()
     assert "pip==" in frozen  # --all lists pip itself
 
@@ -255,13 +274,25 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
     nopip_env = first_env["nopip"]
     assert other is not None and nopip_env is not None
     assert other["gpu_models"] == ["RTX-3090-24GB" + SIMULATED_MARK]
-    assert other["pip_freeze_hash"] == nopip_env["pip_freeze_hash"] is not None
-    assert nopip_env["reason"] is None
+    assert other["command"] == f"{venv / 'bin' / 'python'} train.py"
+    assert other["python_executable"] == str(venv / "bin" / "python")
+    assert other["pip_freeze_hash"] is not None and nopip_env["reason"] is None
     assert "pip==" not in BlobStore.in_home(home).read(other["pip_freeze_hash"]).decode()
     with Catalog.open_home(home) as catalog:
         kinds = dict(catalog.db.execute("SELECT hash, kind FROM blobs").fetchall())
     assert kinds[row["pip_freeze_hash"]] == "pip_freeze"
     assert kinds[row["git_diff_hash"]] == "diff"
+
+
+def platform_version(python: str | None) -> str:
+    assert python is not None
+    done = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def test_retry_takes_its_first_attempts_submit_half(tmp_path: Path, home: Path) -> None:

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.engine.runner import mirror_dir, snapshot_archive
+from cvtui.engine.mirror import run_log_path
+from cvtui.engine.runner import snapshot_archive
 from cvtui.lab import Lab, LabHostSpec, free_port
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.provenance import provenance
@@ -27,7 +28,7 @@ from cvtui.repro.reproduce import (
     queue_reproduction,
     reproduces,
 )
-from cvtui.runspec import load_run_config
+from cvtui.run_config import load_run_config
 from cvtui.submit import submit
 
 # Prints the sha256 of its own source: which version of the file ran is in the log.
@@ -208,7 +209,7 @@ def test_reproduce_runs_the_first_version_after_an_edit(
     assert again.returncode == 0, again.stdout + again.stderr
     copy = run_id_of(again)
     assert f"sha256 {first_hash}" in again.stdout and second_hash not in again.stdout
-    assert (mirror_dir(home, copy) / "output.log").read_text() == f"sha256 {first_hash}\n"
+    assert run_log_path(home, copy).read_text() == f"sha256 {first_hash}\n"
 
     # gpu-02 never received this code, and the local tar is gone: it is rebuilt from the
     # content store, byte for byte, and shipped.

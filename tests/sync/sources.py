@@ -11,6 +11,7 @@ from typing import Any
 from cvtui.engine.host_files import RemoteFileMissing
 from remote_agent.doctor import hash_algorithms
 from remote_agent.files import FileOps
+from remote_agent.protocol import WORK_DIR
 
 RUN_ID = "01hzzsync0test0run0000000a"
 
@@ -60,7 +61,8 @@ class InProcessSource:
         return True
 
     def run_dir(self, run_id: str = RUN_ID) -> Path:
-        path = self.root / "runs" / run_id
+        """The run's work dir, where its outputs are (cvtui's own files sit one level up)."""
+        path = self.root / "runs" / run_id / WORK_DIR
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -69,4 +71,5 @@ class InProcessSource:
         return await asyncio.to_thread(self.ops.ops[op], {"id": 1, "op": op, **args})
 
     async def open(self, run_id: str, path: str) -> LocalFile:
+        """path: relative to the run dir, as SFTP is asked (protocol.host_relpath)."""
         return LocalFile(self.root / "runs" / run_id / path, self)

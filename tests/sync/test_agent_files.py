@@ -31,8 +31,10 @@ from remote_agent.protocol import (
     E_NO_SUCH_FILE,
     E_UNSAFE_PATH,
     EVENT_FILES,
+    RUN_LOG,
     SIGNATURE_CHANGED,
     SIGNATURE_READY,
+    WORK_DIR,
     FileListing,
     RemoteError,
 )
@@ -68,13 +70,14 @@ class Sent:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    (tmp_path / "root" / "runs" / RUN).mkdir(parents=True)
+    (tmp_path / "root" / "runs" / RUN / WORK_DIR).mkdir(parents=True)
     return tmp_path / "root"
 
 
 @pytest.fixture
 def run_dir(root: Path) -> Path:
-    return root / "runs" / RUN
+    """The run's work dir: output paths are relative to it."""
+    return root / "runs" / RUN / WORK_DIR
 
 
 @pytest.fixture
@@ -274,8 +277,9 @@ def test_watch_pushes_growth_new_files_and_removals(
 
 def test_the_served_agent_answers_file_ops(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    (root / "runs" / RUN).mkdir(parents=True)
+    (root / "runs" / RUN / WORK_DIR).mkdir(parents=True)
     (root / "runs" / RUN / "output.log").write_text("hello\n")
+    (root / "runs" / RUN / WORK_DIR / "output.log").write_text("the script's own\n")
     agent = subprocess.Popen(
         [sys.executable, "-m", "remote_agent", "serve", "--root", str(root), "--leases-dir",
          str(tmp_path / "leases"), "--simulate", '{"gpus": 1}', "--interval", "60"],
@@ -285,14 +289,38 @@ def test_the_served_agent_answers_file_ops(tmp_path: Path) -> None:
         assert agent.stdin is not None and agent.stdout is not None
         hello = json.loads(agent.stdout.readline())
         assert ALGO_BLAKE2B in hello["hash_algorithms"]
-        request = {"id": 7, "op": "files_list", "run_id": RUN, "globs": ["*.log"]}
+        globs = ["*.log", RUN_LOG]
+        request = {"id": 7, "op": "files_list", "run_id": RUN, "globs": globs}
         agent.stdin.write(json.dumps(request).encode() + b"\n")
         agent.stdin.flush()
         while True:
             reply = json.loads(agent.stdout.readline())
             if reply.get("id") == 7:
                 break
-        assert reply["ok"] and reply["files"][0]["path"] == "output.log"
+        # cvtui's log and the script's own output.log, apart.
+        assert reply["ok"] and reply["base"] == WORK_DIR
+        assert sorted((f["path"], f["size"]) for f in reply["files"]) == [
+            (RUN_LOG, 6),
+            ("output.log", 17),
+        ]
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_a_run_dir_from_before_work_dirs_lists_its_outputs_not_cvtuis_files(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    old = root / "runs" / RUN
+    old.mkdir(parents=True)
+    for name in ("status.json", "config.yaml", "supervisor.log", "output.log", "metrics.csv"):
+        (old / name).write_text(name)
+    ops = FileOps(str(root), lambda message: True)
+    listing = call(ops, "files_list", globs=["*.csv", "*.yaml", "*.log", RUN_LOG])
+    assert listing["base"] == ""
+    assert sorted(f["path"] for f in listing["files"]) == [RUN_LOG, "metrics.csv"]
+    digests = call(ops, "files_hash", path=RUN_LOG, algo=ALGO_BLAKE2B, ranges=[[0, 10]])
+    assert digests["size"] == len("output.log")
+    with pytest.raises(RemoteError, match="not a file of cvtui's"):
+        call(ops, "files_hash", path=".cvtui/status.json", algo=ALGO_BLAKE2B, ranges=[])

@@ -286,7 +286,7 @@ def add_runs(catalog: Catalog) -> None:
 
 
 def write_log(home: Path, run_id: str, lines: int) -> Path:
-    path = home / "runs" / run_id / "output.log"
+    path = home / "runs" / run_id / ".cvtui" / "output.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         for i in range(lines):

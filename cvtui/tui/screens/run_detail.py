@@ -15,7 +15,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from cvtui.engine.runner import mirror_dir
+from cvtui.engine.mirror import run_log_path
+from cvtui.outputs_note import outputs_note
 from cvtui.tui import cells, queries
 from cvtui.tui.messages import deliver
 from cvtui.tui.model import CatalogView
@@ -102,12 +103,19 @@ class RunDetailScreen(DashboardScreen):
         self._last_version = -1
         self._reading = False
         self._config_shown = ""
+        self._note: str | None = None  # what an ended run did not produce (outputs_note)
+
+    def header(self, run: dict[str, Any], now: float) -> Text:
+        text = run_header(run, now)
+        if self._note:  # an ended run that left no output (or no metrics) says so up front
+            text = Text.assemble(text, "\n", Text(f"note: {self._note}", style="yellow"))
+        return text
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="run-header", classes="title")
         with TabbedContent(id="run-tabs"):
             with TabPane("Log", id="log"):
-                yield LogView(mirror_dir(self.dashboard.home, self.run_id) / "output.log")
+                yield LogView(run_log_path(self.dashboard.home, self.run_id))
             with TabPane("Metrics", id="metrics"):
                 yield MetricsPanel([self.run_id], {})
             with TabPane("Config", id="config"), VerticalScroll():
@@ -126,7 +134,7 @@ class RunDetailScreen(DashboardScreen):
     def show(self, view: CatalogView) -> None:
         run = view.run(self.run_id) or self.run
         if run is not None:
-            self.query_one("#run-header", Static).update(run_header(run, view.now))
+            self.query_one("#run-header", Static).update(self.header(run, view.now))
         marked = [r for r in self.dashboard.marked if r != self.run_id]
         names = {r["id"]: r["name"] for r in view.runs}
         panel = self.query_one(MetricsPanel)
@@ -165,7 +173,10 @@ class RunDetailScreen(DashboardScreen):
             return
         self.run = run
         view = self.dashboard.view
-        self.query_one("#run-header", Static).update(run_header(run, view.now if view else 0.0))
+        if files is not None:
+            columns, rows = files
+            self._note = outputs_note(run, [dict(zip(columns, r, strict=True)) for r in rows])
+        self.query_one("#run-header", Static).update(self.header(run, view.now if view else 0.0))
         text = config_text(run)
         if text != self._config_shown:
             self._config_shown = text

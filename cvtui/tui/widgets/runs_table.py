@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.text import Text
 
+from cvtui.run_names import display_names
 from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
@@ -79,16 +80,23 @@ class RunsTable(LiveTable):
 
     def show(self, runs: Sequence[dict[str, Any]], now: float, marked: Collection[str]) -> None:
         self._last = (runs, now, marked)
+        names = display_names(runs)
         # Only active runs depend on the clock: ended ones keep equal data, so stay cached.
         self.show_rows(
-            [(r["id"], (r, now if r["state"] in ACTIVE else None, r["id"] in marked)) for r in runs]
+            [
+                (
+                    r["id"],
+                    (r, now if r["state"] in ACTIVE else None, r["id"] in marked, names[r["id"]]),
+                )
+                for r in runs
+            ]
         )
 
     def cells(self, key: str, data: Any) -> list[Any]:
-        run, now, is_marked = data
+        run, now, is_marked, shown = data
         wide = self._wide
         name = Text("● ", style="bold magenta") if is_marked else Text()
-        name.append(run["name"])
+        name.append(shown)
         row: list[Any] = [Text(run["id"][:12], style="dim")] if wide else []
         row += [
             name,
@@ -144,6 +152,7 @@ class QueueTable(LiveTable):
         self._last = (queue, now)
         rows: list[Row] = []
         position = 0
+        names = display_names(queue)
         for run in queue:
             dispatching = run["state"] == "dispatching"
             if not dispatching:
@@ -157,7 +166,7 @@ class QueueTable(LiveTable):
             if self._wide:
                 row.append(Text(run["id"][:12], style="dim"))
             row += [
-                run["name"],
+                names[run["id"]],
                 Text(run["priority"], style=cells.PRIORITY_STYLES.get(run["priority"], "")),
                 wanted_gpus(run),
                 Text(cells.duration(now - run["submitted"]), style="dim"),

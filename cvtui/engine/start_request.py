@@ -1,0 +1,58 @@
+"""What the engine asks a host to start for a run: paths, command, environment, links."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cvtui.engine.sync import output_globs
+from cvtui.run_env import DEFAULT_PYTHON, RunEnv, expand_home, merge_links, run_interpreter
+from cvtui.runspec import CONFIG_FILE_NAME, RunSpec
+from remote_agent.protocol import WORK_DIR, Hello, StartRequest
+
+if TYPE_CHECKING:
+    from cvtui.inventory import Host
+
+
+def run_paths(root: str, run_id: str) -> tuple[str, str, str]:
+    """(run dir, work dir, config file) of a run under a host's root."""
+    run_dir = f"{root.rstrip('/')}/runs/{run_id}"
+    return run_dir, f"{run_dir}/{WORK_DIR}", f"{run_dir}/{CONFIG_FILE_NAME}"
+
+
+def effective_env(host: Host, spec: RunSpec) -> RunEnv:
+    """The host's run environment with the config's added."""
+    return (host.run_env or RunEnv()).plus(spec.run_env)
+
+
+def start_request(
+    run: Mapping[str, Any], spec: RunSpec, host: Host, hello: Hello, gpus: Sequence[int]
+) -> StartRequest:
+    """OP_START's request for a run placed on host's GPUs: the command rendered for the work
+    dir, the run environment and links with `~` made the remote home."""
+    home = hello.home
+    _, work_dir, config_file = run_paths(hello.root, run["id"])
+    env = effective_env(host, spec)
+    python = expand_home(env.python or DEFAULT_PYTHON, home)
+    command = spec.render_command(
+        run_id=run["id"], run_dir=work_dir, config_file=config_file, gpus=gpus, python=python
+    )
+    argv = command if isinstance(command, str) else list(command)
+    return StartRequest(
+        run_id=run["id"],
+        command=argv,
+        gpus=tuple(gpus),
+        env=dict(spec.env),
+        params=dict(spec.params),
+        code_hash=run["code_hash"],
+        config_yaml=spec.config_yaml(),
+        setup=list(env.setup),
+        path=[expand_home(entry, home) for entry in env.path],
+        python=run_interpreter(argv, python),
+        env_key=env.key(),
+        links={
+            name: expand_home(target, home)
+            for name, target in merge_links(dict(host.links), spec.links).items()
+        },
+        outputs=output_globs(run["spec"]),
+    )

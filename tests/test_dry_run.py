@@ -1,0 +1,61 @@
+"""`cvtui run --dry-run`: GPU counts, JSON, placement wording, and a script that is not shipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from catalog.samples import InventoryHost, telemetry
+
+from cvtui.catalog import Catalog
+
+INVENTORY = """\
+policy: {interval: 1s, stale_after: 5s, disconnected_after: 30s}
+hosts:
+  gpu-01: {address: 127.0.0.1}
+"""
+
+
+def cvtui(home: Path, inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory", str(inventory)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_dry_run_json_says_gpus_stale_hosts_and_missing_scripts(tmp_path: Path, home: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    (project / "config" / "train.py").write_text("print(1)\n")
+    config = project / "config" / "sweep.yaml"
+    config.write_text(
+        "command: python main.py --lr {lr} && bash scripts/after.sh\n"
+        "params: {lr: [0.1, 0.01]}\nresources: {host: gpu-01}\n"
+    )
+    with Catalog.open_home(home) as catalog:  # gpu-01 last seen 10 s ago: stale
+        catalog.sync_hosts([InventoryHost("gpu-01")])
+        catalog.record_telemetry([("gpu-01", telemetry())], received=time.time() - 10)
+
+    done = cvtui(home, inventory, "run", str(config), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert [run["gpus"] for run in plan["runs"]] == [1, 1]  # no resources.gpus: one GPU
+    assert plan["runs"][0]["waits"] == "host gpu-01 is stale"
+    assert plan["runs"][1]["command"] == "python main.py --lr 0.01 && bash scripts/after.sh"
+    assert plan["code"][0]["dir"] == str((project / "config").resolve())  # no work tree here
+    assert plan["warnings"] == [
+        f"the command runs main.py, which is not in the code snapshot of {project / 'config'} "
+        "(set `code:` to the folder that holds it, or check `exclude:`)",
+        f"the command runs scripts/after.sh, which is not in the code snapshot of "
+        f"{project / 'config'} (set `code:` to the folder that holds it, or check `exclude:`)",
+    ]
+
+    text = cvtui(home, inventory, "run", str(config), "--dry-run", "--gpus", "0")
+    assert text.returncode == 0, text.stderr
+    assert "resources: 0 GPUs (CPU only)" in text.stdout
+    assert "warning: the command runs main.py" in text.stdout
