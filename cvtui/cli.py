@@ -135,30 +135,32 @@ def hosts(ctx: click.Context, as_json: bool, timeout: float) -> None:
 
 @hosts.command("trust")
 @click.argument("host")
-@click.option("--yes", is_flag=True, help="Record the key without asking.")
+@click.option("--yes", is_flag=True, help="Record a new key without asking.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a CHANGED key: remove the recorded one (as `ssh-keygen -R` does, keeping "
+    "FILE.old) and record the one offered now.",
+)
+@click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS", help="Per server.")
 @click.pass_obj
-def hosts_trust(settings: Settings, host: str, yes: bool) -> None:
-    """Show HOST's SSH key fingerprint and record it in known_hosts."""
-    import asyncio
+def hosts_trust(settings: Settings, host: str, yes: bool, replace: bool, timeout: float) -> None:
+    """Show the SSH key fingerprint of HOST (and of its jump hosts) and record it in known_hosts.
 
-    from cvtui.engine.connections import (
-        fetch_host_key,
-        fingerprint,
-        known_hosts_path,
-        record_host_key,
-        recorded_host_keys,
+    A key that differs from the recorded one is refused (exit 4, nothing written) unless
+    --replace is given; a key marked @revoked is always refused.
+    """
+    from cvtui.trust_command import trust_host
+
+    inventory = settings.inventory()
+    trust_host(
+        inventory.host(host),
+        inventory.policy,
+        yes=yes,
+        replace=replace,
+        interactive=sys.stdin.isatty(),
+        timeout_s=timeout,
     )
-
-    entry = settings.inventory().host(host)
-    key = asyncio.run(fetch_host_key(entry))
-    click.echo(f"{host} ({entry.address}:{entry.port}) presents {fingerprint(key)}")
-    if any(k.public_data == key.public_data for k in recorded_host_keys(entry)):
-        click.echo(f"already trusted in {known_hosts_path(entry)}")
-        return
-    if not yes and not click.confirm("Trust this key?", default=False):
-        raise CvtuiError("not trusted; nothing written")
-    path = record_host_key(entry, key)
-    click.echo(f"recorded in {path}")
 
 
 @main.command()
@@ -166,10 +168,11 @@ def hosts_trust(settings: Settings, host: str, yes: bool) -> None:
 @click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS", help="Per step.")
 @click.pass_obj
 def doctor(settings: Settings, host: str, timeout: float) -> None:
-    """Diagnose HOST step by step: network, host key, auth, python, agent, GPUs, disk."""
+    """Diagnose HOST step by step: ssh config, jump hosts, network, host key, auth, python,
+    root permissions, agent, GPUs, disk."""
     import asyncio
 
-    from cvtui.engine.doctor import diagnose
+    from cvtui.engine.doctor import WARNING_PREFIX, diagnose
 
     inventory = settings.inventory()
     entry = inventory.host(host)
@@ -178,7 +181,12 @@ def doctor(settings: Settings, host: str, timeout: float) -> None:
         all_ok = True
         async for check in diagnose(entry, inventory.policy, timeout):
             all_ok &= check.ok
-            mark = click.style(" ok ", fg="green") if check.ok else click.style("FAIL", fg="red")
+            if not check.ok:
+                mark = click.style("FAIL", fg="red")
+            elif check.detail.startswith(WARNING_PREFIX):
+                mark = click.style("WARN", fg="yellow")
+            else:
+                mark = click.style(" ok ", fg="green")
             click.echo(f"{mark} {check.name:16} {check.detail}")
         return all_ok
 

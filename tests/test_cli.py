@@ -70,7 +70,9 @@ def test_hosts_json_shape_and_exit_codes(lab: Lab, home: Path) -> None:
     assert down.returncode == 3
     states = {h["name"]: (h["state"], h["reason"]) for h in json.loads(down.stdout)}
     assert states["gpu-01"][0] == "healthy"
-    assert states["gpu-02"] == ("disconnected", "connection refused")
+    port = lab.servers["gpu-02"].port
+    refused = f"connection refused by 127.0.0.1:{port} (no sshd listening there?)"
+    assert states["gpu-02"] == ("disconnected", refused)
 
 
 @pytest.mark.sshd
@@ -85,16 +87,18 @@ def test_unknown_host_key_then_trust(lab_factory, home: Path) -> None:
         "host key unknown (run: cvtui hosts trust gpu-01)",
     )
 
+    # No terminal to confirm on (a pipe, even one saying y): nothing written, and it says
+    # what to run instead of "Aborted!".
     refused = cvtui(
-        "hosts", "trust", "gpu-01", home=home, inventory=lab.inventory_path, stdin="n\n"
+        "hosts", "trust", "gpu-01", home=home, inventory=lab.inventory_path, stdin="y\n"
     )
     assert refused.returncode == 1
     assert "SHA256:" in refused.stdout
+    assert "run: cvtui hosts trust gpu-01 --yes" in refused.stderr
+    assert "Aborted" not in refused.stdout + refused.stderr
     assert lab.known_hosts.read_text() == ""
 
-    trusted = cvtui(
-        "hosts", "trust", "gpu-01", home=home, inventory=lab.inventory_path, stdin="y\n"
-    )
+    trusted = cvtui("hosts", "trust", "gpu-01", "--yes", home=home, inventory=lab.inventory_path)
     assert trusted.returncode == 0, trusted.stderr
     assert "recorded in" in trusted.stdout
     assert cvtui("hosts", home=home, inventory=lab.inventory_path).returncode == 0

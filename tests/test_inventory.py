@@ -109,7 +109,8 @@ def test_every_documented_default() -> None:
     (host,) = inventory.hosts
     assert host == Host(name="solo")
     assert host.address == "solo"
-    assert host.port == 22
+    assert host.port is None  # unset: ~/.ssh/config decides, else 22
+    assert host.jump is None
     assert host.user is None
     assert host.identity is None
     assert host.python == "python3"
