@@ -251,7 +251,7 @@ async def connect_target(
     keys = host_keys_of(target)
     if policy.host_keys == "accept-new" and not keys.known:
         key = await fetch_server_key(name, target, tunnel, timeout_s)
-        if keys.revoked_entry(key) is None:
+        if keys.revoked_entry(key) is None and keys.trusted_entry(key) is None:
             record_key(target.record_file, target.key_name, key, hashed=target.hash_known_hosts)
             keys = host_keys_of(target)
     attempt = _Attempt(name, target, timeout_s, via, keys)

@@ -19,6 +19,7 @@ import asyncssh
 DEFAULT_SSH_PORT = 22
 MARKERS = ("cert-authority", "revoked")
 _HASH_PREFIX = "|1|"  # HMAC-SHA1, the only hash OpenSSH writes
+_PORT_NAME_RE = re.compile(r"\[(.+)\]:\d+")
 
 
 def lookup_name(hostname: str, port: int, alias: str | None = None) -> str:
@@ -126,14 +127,18 @@ class HostKeys:
     trusted: tuple[KnownHostsLine, ...] = ()
     authorities: tuple[KnownHostsLine, ...] = ()
     revoked: tuple[KnownHostsLine, ...] = ()
+    # Keys of the same host without the port: they vouch for [host]:port when they match,
+    # but a different key there does not make this one "changed" (OpenSSH's rule).
+    portless: tuple[KnownHostsLine, ...] = ()
 
     @property
     def known(self) -> bool:
-        """Whether anything vouches for this name (a key or a certificate authority)."""
+        """Whether anything is recorded under this very name (a key or an authority)."""
         return bool(self.trusted or self.authorities)
 
     def trusted_entry(self, key: asyncssh.SSHKey) -> KnownHostsLine | None:
-        return next((entry for entry in self.trusted if entry.holds(key)), None)
+        entries = (*self.trusted, *self.portless)
+        return next((entry for entry in entries if entry.holds(key)), None)
 
     def revoked_entry(self, key: asyncssh.SSHKey) -> KnownHostsLine | None:
         return next((entry for entry in self.revoked if entry.holds(key)), None)
@@ -146,23 +151,32 @@ class HostKeys:
         """
         return tuple(
             [entry.key for entry in entries if entry.key is not None]
-            for entries in (self.trusted, self.authorities, self.revoked)
+            for entries in ((*self.trusted, *self.portless), self.authorities, self.revoked)
         )
 
 
 def look_up(name: str, files: Sequence[Path]) -> HostKeys:
-    """Everything files say about name (a lookup_name), in file and line order."""
+    """Everything files say about name (a lookup_name), in file and line order.
+
+    As in OpenSSH, when nothing is recorded for `[host]:port`, the keys recorded for plain
+    `host` are consulted too (they count only if the server's key is one of them).
+    """
+    entries = [entry for path in files for entry in read_lines(path)]
     found: dict[str | None, list[KnownHostsLine]] = {None: [], "cert-authority": [], "revoked": []}
-    for path in files:
-        for entry in read_lines(path):
-            if names_match(entry.names, name):
-                found[entry.marker].append(entry)
+    for entry in entries:
+        if names_match(entry.names, name):
+            found[entry.marker].append(entry)
+    portless: list[KnownHostsLine] = []
+    plain = _PORT_NAME_RE.fullmatch(name)
+    if plain and not found[None] and not found["cert-authority"]:
+        portless = [e for e in entries if e.marker is None and names_match(e.names, plain[1])]
     return HostKeys(
         name,
         tuple(files),
         tuple(found[None]),
         tuple(found["cert-authority"]),
         tuple(found["revoked"]),
+        tuple(portless),
     )
 
 

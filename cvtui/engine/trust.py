@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class KeyCheck:
     recorded: HostKeys
     hop: int  # 1-based position on the route
     hops: int  # servers on the route, the host included
+    certified_by: KnownHostsLine | None = None  # the @cert-authority line that vouched for it
 
     @property
     def is_host(self) -> bool:
@@ -58,15 +60,18 @@ class KeyCheck:
     def status(self) -> str:
         if self.recorded.revoked_entry(self.offered) is not None:
             return REVOKED
-        if self.recorded.trusted_entry(self.offered) is not None:
+        if self.certified_by or self.recorded.trusted_entry(self.offered) is not None:
             return TRUSTED
         return CHANGED if self.recorded.trusted else UNKNOWN
 
     @property
     def entry(self) -> KnownHostsLine | None:
         """The line that trusts or revokes the offered key, if any."""
-        return self.recorded.revoked_entry(self.offered) or self.recorded.trusted_entry(
-            self.offered
+        recorded = self.recorded
+        return (
+            recorded.revoked_entry(self.offered)
+            or recorded.trusted_entry(self.offered)
+            or self.certified_by
         )
 
     @property
@@ -90,6 +95,29 @@ class KeyCheck:
         return removals
 
 
+async def _certified(
+    check: KeyCheck,
+    name: str,
+    policy: Policy,
+    tunnel: asyncssh.SSHClientConnection | None,
+    timeout_s: float,
+) -> KeyCheck:
+    """check, vouched for when the server proves a certificate from a trusted authority.
+
+    Only a full connection shows the certificate, so one is made and closed again.
+    """
+    strict = dataclasses.replace(policy, host_keys="strict")
+    try:
+        conn = await connect_target(name, check.target, strict, tunnel, timeout_s)
+    except HostConnectError as exc:
+        if exc.reason.startswith(("host key", "host certificate")):
+            return check
+        # Anything else (a refused login) comes after the key exchange accepted the key.
+    else:
+        conn.close()
+    return dataclasses.replace(check, certified_by=check.recorded.authorities[0])
+
+
 @contextlib.asynccontextmanager
 async def route_keys(
     host: Host, policy: Policy, timeout_s: float = 10.0
@@ -108,7 +136,10 @@ async def route_keys(
             tunnel = chain[-1] if chain else None
             try:
                 key = await fetch_server_key(host.name, server, tunnel, timeout_s)
-                yield KeyCheck(server, key, host_keys_of(server), index + 1, len(route))
+                check = KeyCheck(server, key, host_keys_of(server), index + 1, len(route))
+                if check.status == UNKNOWN and check.recorded.authorities:
+                    check = await _certified(check, host.name, policy, tunnel, timeout_s)
+                yield check
                 if server is not target:
                     conn = await connect_target(host.name, server, policy, tunnel, timeout_s)
                     chain.append(conn)

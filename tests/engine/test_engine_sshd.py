@@ -109,8 +109,9 @@ async def test_accept_new_records_an_unknown_key(lab: Lab, home: Path) -> None:
     name = f"[127.0.0.1]:{lab.servers['gpu-01'].port}"
     (entry,) = look_up(name, [lab.known_hosts]).trusted
     assert entry.key is not None
-    assert entry.key.export_public_key().decode().split()[:2] == (
-        lab.servers["gpu-01"].host_pub.split()[:2]
+    assert (
+        entry.key.export_public_key().decode().split()[:2]
+        == (lab.servers["gpu-01"].host_pub.split()[:2])
     )
 
 
