@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -28,6 +28,7 @@ class Settings:
 
     inventory_option: str | None
     home_option: str | None
+    _readable: list[Inventory | None] = field(default_factory=list)  # inventory_if_valid's
 
     def inventory_path(self) -> Path:
         from cvtui.inventory import default_inventory_path
@@ -38,6 +39,31 @@ class Settings:
         from cvtui.inventory import load_inventory
 
         return load_inventory(self.inventory_path())
+
+    def inventory_if_valid(self) -> Inventory | None:
+        """For commands that read the catalog (ps, logs, queue, stats): the inventory, or None
+        while its file is invalid, said once in one warning line on stderr. A missing file
+        is no news to these commands and goes unmentioned."""
+        if not self._readable:
+            from cvtui.errors import InventoryError, InventoryErrors
+
+            inventory = None
+            try:
+                inventory = self.inventory()
+            except InventoryError as error:
+                if self.inventory_path().exists():
+                    more = len(error.errors) - 1 if isinstance(error, InventoryErrors) else 0
+                    first = f"{error.path}:{error.line}:{error.column}: {error.problem}"
+                    if error.line is None:
+                        first = f"{error.path}: {error.problem}"
+                    extra = f" (and {more} more)" if more else ""
+                    click.echo(
+                        f"cvtui: warning: inventory not usable, showing the catalog as it is: "
+                        f"{first}{extra}",
+                        err=True,
+                    )
+            self._readable.append(inventory)
+        return self._readable[0]
 
     def home(self) -> Path:
         from cvtui.paths import home_dir

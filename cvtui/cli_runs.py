@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,9 @@ def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]
 
     from cvtui.local_engine import drive
 
-    inventory = settings.inventory()
+    inventory = settings.inventory_if_valid()
+    if inventory is None:
+        return  # the hosts cannot be asked; what the catalog holds is shown as it is
     hosts &= set(inventory.names())
 
     def settled(engine: Any) -> bool:
@@ -270,6 +273,7 @@ def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
     """Runs: id, name, state, host, GPUs, progress, age."""
     from cvtui.catalog import Catalog
 
+    settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(settings.home()) as catalog:
         settle_runs(settings, catalog, catalog.list_runs(states=["dispatching", "running"]))
         now = time.time()
@@ -300,6 +304,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
     from cvtui.engine.runner import mirror_dir
 
     home = settings.home()
+    settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(home) as catalog:
         run_row = resolve_run(catalog, run_ref)
         settle_runs(settings, catalog, [run_row])
@@ -315,9 +320,18 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
             import asyncio
             import threading
 
+            from cvtui.engine.lock import lock_holder
             from cvtui.local_engine import drive
 
             size = path.stat().st_size if path.exists() else 0
+            inventory = settings.inventory_if_valid()
+            if inventory is None:
+                # No hosts to reach from here: follow what a running engine brings, if any.
+                def engine_runs() -> bool:
+                    return lock_holder(home) is not None
+
+                _follow_from(catalog, home, run_row["id"], size, keep_following=engine_runs)
+                return
             printer = threading.Thread(
                 target=_follow_from, args=(catalog, home, run_row["id"], size)
             )
@@ -325,7 +339,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
             try:
                 asyncio.run(
                     drive(
-                        settings.inventory(), catalog, home,
+                        inventory, catalog, home,
                         lambda e: (catalog.get_run(run_row["id"]) or {}).get("state") not in ACTIVE
                         and (e is None or not e.runs.pulls),
                     )
@@ -334,7 +348,14 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
                 printer.join()
 
 
-def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None:
+def _follow_from(
+    catalog: Catalog,
+    home: Path,
+    run_id: str,
+    offset: int,
+    keep_following: Callable[[], bool] = lambda: True,
+) -> None:
+    """Print output.log from offset as it grows, until the run ends or keep_following() is false."""
     from cvtui.engine.runner import mirror_dir
 
     path = mirror_dir(home, run_id) / "output.log"
@@ -351,6 +372,8 @@ def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None
         if run_row is None or (
             run_row["state"] not in ACTIVE and offset >= (run_row["log_size"] or 0)
         ):
+            return
+        if not keep_following():
             return
         time.sleep(0.1)
 

@@ -160,3 +160,36 @@ def test_demo_headless_exits_zero_when_hosts_are_healthy(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gpu-01" in done.stdout and "healthy" in done.stdout
     assert "simulated" in done.stdout
+
+
+def test_every_inventory_error_listed_and_reading_commands_still_work(
+    tmp_path: Path, home: Path
+) -> None:
+    from support import add_finished_run
+
+    from cvtui.catalog import Catalog
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "defaults: {user: 7}\npolicy: {interval: soon}\nhosts:\n"
+        "  a: {port: 0, jump: 'no way'}\n  b: {tagz: [x]}\n"
+    )
+    done = cvtui("hosts", home=home, inventory=inventory)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"cvtui: {inventory}: 5 errors, in file order:"
+    located = [line.strip().removeprefix(f"{inventory}:").split(":")[:2] for line in lines[1:]]
+    assert located == [["1", "18"], ["2", "20"], ["4", "13"], ["4", "22"], ["5", "7"]]
+
+    with Catalog.open_home(home) as catalog:
+        add_finished_run(catalog, "01jrunaaaaaaaaaaaaaaaaaaaa", "exp")
+    for args in (["ps", "--all"], ["logs", "exp"], ["queue"], ["stats"]):
+        done = cvtui(*args, home=home, inventory=inventory)
+        assert done.returncode == 0, (args, done.stderr)
+        warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+        assert warnings == [
+            "cvtui: warning: inventory not usable, showing the catalog as it is: "
+            f"{inventory}:1:18: user: expected a non-empty string, got 7 (quote it to use it "
+            "as text) (and 4 more)"
+        ], (args, done.stderr)
+    assert "exp" in cvtui("ps", "--all", home=home, inventory=inventory).stdout

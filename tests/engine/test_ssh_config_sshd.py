@@ -269,3 +269,30 @@ def test_broken_config_is_the_hosts_error_with_file_and_line(world: SshWorld) ->
     state, reason = world.hosts("gpu")["gpu"]
     assert state == "error"
     assert reason is not None and f"{world.config} line 8: Invalid Port" in reason, reason
+
+
+def test_trust_walks_the_jump_hosts_first(world: SshWorld) -> None:
+    world.known_hosts.write_text("")
+    world.config.write_text(
+        world.host_block("jumpbox", "bastion")
+        + world.host_block("behind", "gpu-01", "ProxyJump jumpbox")
+    )
+    world.inventory(gpu=dict(address="behind"))
+    bastion_port = world.lab.servers["bastion"].port
+    assert world.hosts("gpu") == {
+        "gpu": (
+            "error",
+            f"jump host jumpbox failed (hop 1 of 1, 127.0.0.1:{bastion_port}): "
+            "host key unknown (run: cvtui hosts trust gpu)",
+        )
+    }
+    trust = world.cvtui("hosts", "trust", "gpu", "--yes")
+    assert trust.returncode == 0, trust.stderr
+    lines = trust.stdout.splitlines()
+    assert lines[0].startswith("jump host jumpbox (hop 1 of 1) (jumpbox = ")
+    assert lines[1] == f"  recorded in {world.known_hosts}"
+    assert lines[2].startswith("gpu (behind = ")
+    assert lines[3] == f"  recorded in {world.known_hosts}"
+    assert world.hosts("gpu") == {"gpu": ("healthy", None)}
+    done = world.ssh("behind")  # OpenSSH reads what cvtui recorded
+    assert done.returncode == 0, done.stderr
