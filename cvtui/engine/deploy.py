@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from cvtui.inventory import Host
 
 ROOT_MODE = 0o700
-AGENT_DIR = "agent"  # every root cvtui made holds it; a root without it may not be cvtui's
+# What cvtui keeps in a host root. A root holding anything else is shared with something
+# that is not cvtui, so cvtui does not change its mode (it warns instead).
+ROOT_ENTRIES = frozenset({"agent", "code", "runs", "workspace", "simulate"})
 PID_LINE = b"cvtui-agent-pid "
 EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
 START_TIMEOUT_S = 15.0
@@ -72,8 +74,9 @@ class RootCheck:
 async def secure_root(sftp: asyncssh.SFTPClient, host: Host) -> RootCheck:
     """Create the host root 0700, or tighten an existing one that cvtui owns.
 
-    A root counts as cvtui's when it holds the agent directory and is not the login
-    directory itself; any other root open to group or others is left as is, with a warning.
+    A root counts as cvtui's when it holds nothing but cvtui's own entries and is not the
+    login directory itself; any other root open to group or others is left as is, with a
+    warning.
     """
     root = remote_path(host.root)
     try:
@@ -89,7 +92,7 @@ async def secure_root(sftp: asyncssh.SFTPClient, host: Host) -> RootCheck:
     if not mode & 0o077:
         return RootCheck(host.root, mode)
     is_login_dir = root in (".", "./", "")
-    if not is_login_dir and AGENT_DIR in await sftp.listdir(root):
+    if not is_login_dir and all(_is_cvtui_entry(name) for name in await sftp.listdir(root)):
         try:
             await sftp.chmod(root, ROOT_MODE)
         except asyncssh.SFTPError:
@@ -105,6 +108,10 @@ async def secure_root(sftp: asyncssh.SFTPClient, host: Host) -> RootCheck:
             f"host: chmod 700 {host.root}"
         ),
     )
+
+
+def _is_cvtui_entry(name: str) -> bool:
+    return name in (".", "..") or name in ROOT_ENTRIES or name.startswith(".cvtui")
 
 
 async def ensure_agent(
