@@ -25,13 +25,13 @@ ROOT_MODE = 0o700
 # What cvtui keeps in a host root. A root holding anything else is shared with something
 # that is not cvtui, so cvtui does not change its mode (it warns instead).
 ROOT_ENTRIES = frozenset({"agent", "code", "runs", "workspace", "simulate"})
-PID_LINE = b"cvtui-agent-pid "
+PID_LINE = b"cvtui-pid "
 EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
 START_TIMEOUT_S = 15.0
-# The agent runs under `sh -c`, which first names its pid on stderr and then execs the agent:
-# the agent keeps that pid, and leads the process group sshd made for the session, so a start
+# Commands run under `sh -c`, which first names its pid on stderr and then execs the command:
+# the command keeps that pid and leads the process group sshd made for the session, so one
 # that hangs can be killed whole. sh also keeps the login shell's syntax (csh, fish) out of it.
-_START_SCRIPT = 'echo "cvtui-agent-pid $$" >&2; exec "$@"'
+_START_SCRIPT = 'echo "cvtui-pid $$" >&2; exec "$@"'
 
 
 def remote_path(path: str) -> str:
@@ -166,12 +166,17 @@ def agent_command(host: Host, path: str, interval_s: float) -> str:
             "--simulate",
             json.dumps({"gpus": spec.gpus, "model": spec.model, "memory": spec.memory}),
         ]
+    return killable_command(argv)
+
+
+def killable_command(argv: list[str]) -> str:
+    """A command line for exec that runs argv so that KillableProcess can stop all of it."""
     return f"exec sh -c {shlex.quote(_START_SCRIPT)} sh {shlex.join(argv)}"
 
 
 @dataclass
-class StartingAgent:
-    """An agent process whose start may still fail; it can name why, and kill what started."""
+class KillableProcess:
+    """A process started by killable_command: it can name why it died, and be killed whole."""
 
     process: asyncssh.SSHClientProcess[bytes]
     pid: int | None = None
@@ -179,7 +184,7 @@ class StartingAgent:
     _pid_read: bool = False
 
     async def read_pid(self, timeout_s: float = 1.0) -> int | None:
-        """The agent's pid from the first stderr line (the start script writes it first)."""
+        """The process's pid from the first stderr line (the start script writes it first)."""
         if not self._pid_read:
             self._pid_read = True
             with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
@@ -191,15 +196,16 @@ class StartingAgent:
         return self.pid
 
     async def stop(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Kill the agent's process group, if it still runs; best effort, never raises."""
+        """Kill the process group, if the process still runs; best effort, never raises."""
         if self.process.exit_status is not None or self.process.exit_signal is not None:
             return
         pid = await self.read_pid()
         with contextlib.suppress(asyncssh.Error, OSError):
             self.process.send_signal("KILL")  # servers that take signal requests kill it now
         if pid is not None:
-            # A process group of this session: our agent and whatever it forked, nothing else.
-            kill = f"kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; true"
+            # A process group of this session: our process and whatever it forked, nothing else.
+            # `kill -KILL -PGID`: dash, the common /bin/sh, takes no `--` before it.
+            kill = f"kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; true"
             with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
                 await asyncio.wait_for(conn.run(f"exec sh -c {shlex.quote(kill)}"), 5.0)
         self.process.close()
@@ -229,7 +235,7 @@ async def launch_agent(
     """Start the agent and read its hello. On any failure the started process is killed (a
     host `python` that never answers must not stay behind) and HostConnectError says why."""
     process = await conn.create_process(agent_command(host, path, interval_s), encoding=None)
-    starting = StartingAgent(process)
+    starting = KillableProcess(process)
     client = AgentClient(process, on_event)
     try:
         await client.handshake(timeout_s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shlex
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +18,13 @@ from cvtui.engine.connections import (
     host_keys_of,
     resolve_target,
 )
-from cvtui.engine.deploy import ensure_agent, launch_agent, secure_root
+from cvtui.engine.deploy import (
+    KillableProcess,
+    ensure_agent,
+    killable_command,
+    launch_agent,
+    secure_root,
+)
 from cvtui.engine.known_hosts import describe_entries, fingerprint
 from cvtui.engine.ssh_config import SshTarget
 from cvtui.inventory import Host, Policy
@@ -169,9 +174,21 @@ async def _on_host(
 async def _agent_checks(
     conn: asyncssh.SSHClientConnection, host: Host, policy: Policy, timeout_s: float
 ) -> AsyncIterator[Check]:
-    probe = f"{shlex.quote(host.python)} -c {shlex.quote(PYTHON_PROBE)}"
-    result = await conn.run(probe, check=False)
-    version = str(result.stdout or "").strip()
+    probe = KillableProcess(
+        await conn.create_process(
+            killable_command([host.python, "-c", PYTHON_PROBE]), encoding=None
+        )
+    )
+    try:
+        result = await asyncio.wait_for(probe.process.wait(), timeout_s)
+    except TimeoutError:
+        await probe.stop(conn)  # a `python` that hangs must not stay behind
+        yield Check(
+            "python", False, f"{host.python} did not answer within {timeout_s:g} s (stopped it)"
+        )
+        return
+    out = result.stdout or b""
+    version = (out.decode(errors="replace") if isinstance(out, bytes) else out).strip()
     parts = tuple(int(p) for p in version.split(".") if p.isdigit())
     if result.exit_status != 0 or len(parts) < 2:
         yield Check("python", False, f"no python3 >= 3.8 ({host.python}: not found)")
