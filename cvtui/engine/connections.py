@@ -204,9 +204,13 @@ class _Attempt:
             "login_timeout": self.timeout_s,
             "keepalive_interval": KEEPALIVE_INTERVAL_S,
             "keepalive_count_max": KEEPALIVE_COUNT_MAX,
-            "encryption_algs": list(ENCRYPTION_ALGS),
+            # cvtui's sessions carry programs, not a terminal: RequestTTY and X11 never apply.
+            "request_pty": False,
+            "x11_forwarding": False,
             "client_factory": lambda: self.observer,
         }
+        if target.ciphers is None:
+            options["encryption_algs"] = list(ENCRYPTION_ALGS)
         if target.identity_from_inventory:
             options["client_keys"] = list(target.identities)
         return options

@@ -51,6 +51,7 @@ class SshTarget:
     host_key_alias: str | None
     hash_known_hosts: bool  # HashKnownHosts: record new keys with hashed names
     proxy_command: str | None
+    ciphers: str | None  # the config's Ciphers; None: cvtui's own order
     jumps: tuple[SshTarget, ...]  # ProxyJump hosts, in connection order
     config_files: tuple[Path, ...]
     from_config: tuple[str, ...]  # the options that came from the config files, for doctor
@@ -208,6 +209,7 @@ def resolve(
         host_key_alias=config.get("HostKeyAlias"),
         hash_known_hosts=bool(config.get("HashKnownHosts", False)),
         proxy_command=None if jumps or not proxy_command else str(proxy_command),
+        ciphers=config.get("Ciphers"),
         jumps=jumps,
         config_files=files,
         from_config=from_config,

@@ -296,3 +296,23 @@ def test_trust_walks_the_jump_hosts_first(world: SshWorld) -> None:
     assert world.hosts("gpu") == {"gpu": ("healthy", None)}
     done = world.ssh("behind")  # OpenSSH reads what cvtui recorded
     assert done.returncode == 0, done.stderr
+
+
+async def test_config_options_reach_the_connection(
+    world: SshWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: the same files, read through $HOME; Ciphers from the config is used, and
+    without it cvtui's own order (AES-GCM first) applies."""
+    from cvtui.engine.connections import open_connection
+    from cvtui.inventory import Host, Policy
+
+    monkeypatch.setenv("HOME", str(world.home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    world.config.write_text(
+        world.host_block("plain", "gpu-01")
+        + world.host_block("picky", "gpu-01", "Ciphers aes256-ctr")
+    )
+    for alias, cipher in (("plain", "aes128-gcm@openssh.com"), ("picky", "aes256-ctr")):
+        async with await open_connection(Host(name="gpu", address=alias), Policy()) as conn:
+            assert conn.get_extra_info("send_cipher") == cipher
+            assert conn.get_extra_info("username") == (os.environ.get("USER") or "root")
