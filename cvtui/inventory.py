@@ -254,6 +254,10 @@ def compose_yaml(text: str) -> yaml.Node | None:
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
+class _Reported(Exception):
+    """A part of the file whose error is already reported: the walk skips the rest of it."""
+
+
 class _Parser:
     """Walks composed YAML nodes, so every value keeps the line and column it came from."""
 
@@ -278,6 +282,8 @@ class _Parser:
             yield
         except InventoryError as error:
             self.report(error)
+        except _Reported:
+            pass
 
     def error(self, node: yaml.Node, problem: str) -> InventoryError:
         mark = node.start_mark
@@ -334,13 +340,17 @@ class _Parser:
             explicit[key.value] = (key, value)
         return merged | explicit
 
-    def check_keys(self, pairs: _Pairs, allowed: tuple[str, ...], label: str) -> None:
+    def check_keys(self, pairs: _Pairs, allowed: tuple[str, ...], label: str) -> bool:
+        """Report each key that is not allowed; whether all were (with collect on)."""
+        known = True
         for name, (key, _) in pairs.items():
             if name not in allowed:
                 close = difflib.get_close_matches(name, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problem = f"unknown key {name!r} in {label}{hint}; allowed: {', '.join(allowed)}"
                 self.report(self.error(key, problem))
+                known = False
+        return known
 
     def integer(
         self, node: yaml.Node, label: str, expected: str, low: int, high: int | None = None
@@ -525,7 +535,8 @@ class _Parser:
             got = self.describe(node)
             raise self.error(node, f"notify: expected an entry like {example}, got {got}")
         pairs = self.mapping(node, "notify entry")
-        self.check_keys(pairs, _NOTIFY_KEYS, "notify entry")
+        if not self.check_keys(pairs, _NOTIFY_KEYS, "notify entry"):
+            raise _Reported  # which of the two it meant is anyone's guess
         if len(pairs) != 1:
             raise self.error(
                 node, f"notify: an entry needs exactly one of 'command' or 'webhook', {example}"

@@ -98,7 +98,12 @@ class HostSession:
     async def start_agent(self, conn: asyncssh.SSHClientConnection) -> AgentClient:
         bundle = self.engine.bundle
         sftp = await self.sftp()
-        self.engine.root_checked(self.host.name, await secure_root(sftp, self.host))
+        try:
+            root = await secure_root(sftp, self.host)
+        except asyncssh.SFTPError as exc:
+            reason = f"cannot use host root {self.host.root}: {exc.reason}"
+            raise HostConnectError(self.host.name, reason) from exc
+        self.engine.root_checked(self.host.name, root)
         for attempt in range(2):
             path, self.uploaded = await ensure_agent(
                 conn, self.host, bundle, force=attempt > 0, sftp=sftp

@@ -138,6 +138,13 @@ def failing_both_ways(world: SshWorld, alias: str, openssh_says: str, reason: st
 def test_alias_with_port_user_and_identity(world: SshWorld) -> None:
     world.config.write_text(world.host_block("labalias", "gpu-01"))
     healthy_both_ways(world, "labalias")
+    doctor = world.cvtui("doctor", "gpu")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    port = world.lab.servers["gpu-01"].port
+    user = os.environ.get("USER") or "root"
+    assert f" ok  ssh config       labalias -> {user}@127.0.0.1:{port} (from " in doctor.stdout
+    assert "HostName, Port, User, IdentityFile, UserKnownHostsFile)" in doctor.stdout
+    assert " ok  resolve          127.0.0.1 -> 127.0.0.1" in doctor.stdout
     # An inventory port still wins over the config, as `ssh -p` would.
     unused = free_port()
     world.inventory(gpu=dict(address="labalias", port=unused))
