@@ -107,6 +107,11 @@ def host_state(catalog: Catalog) -> str:
     return str(host["state"])
 
 
+def host_reason(catalog: Catalog) -> str:
+    [host] = catalog.hosts_report(now=time.time())
+    return str(host["reason"])
+
+
 def steps_done(progress: Path) -> int:
     try:
         return int(progress.read_text() or 0)
@@ -131,6 +136,7 @@ async def blackholed_rounds(lab: Lab, home: Path, tmp_path: Path, rounds: int) -
     inventory = load_inventory(lab.inventory_path)
     host = dataclasses.replace(inventory.host("gpu-01"), port=proxy.port)
     inventory = dataclasses.replace(inventory, hosts=(host,))
+    timed_out = f"timeout: no SSH answer from 127.0.0.1:{proxy.port} within 10 s"
     try:
         with Catalog.open_home(home) as catalog:
             [run_id] = submit(catalog, home, prepare_runs(config, inventory))
@@ -147,7 +153,8 @@ async def blackholed_rounds(lab: Lab, home: Path, tmp_path: Path, rounds: int) -
                     took_s = time.monotonic() - cut_at
                     assert took_s <= DISCONNECTED_WITHIN_S, f"disconnected after {took_s:.1f} s"
                     before = steps_done(progress)
-                    await asyncio.sleep(1.0)
+                    # Reconnecting meets a link that accepts and then says nothing: a timeout.
+                    await wait_for(lambda: host_reason(catalog).startswith(timed_out), 25)
                     assert steps_done(progress) > before  # the run goes on without us
                     assert catalog.get_run(run_id)["state"] == "running"
                     restored_at = time.monotonic()
