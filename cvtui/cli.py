@@ -28,7 +28,9 @@ class Settings:
 
     inventory_option: str | None
     home_option: str | None
-    _readable: list[Inventory | None] = field(default_factory=list)  # inventory_if_valid's
+    # What inventory_if_valid found, so that its warning is printed once per command.
+    _checked: bool = field(default=False, init=False, repr=False)
+    _valid: Inventory | None = field(default=None, init=False, repr=False)
 
     def inventory_path(self) -> Path:
         from cvtui.inventory import default_inventory_path
@@ -44,12 +46,12 @@ class Settings:
         """For commands that read the catalog (ps, logs, queue, stats): the inventory, or None
         while its file is invalid, said once in one warning line on stderr. A missing file
         is no news to these commands and goes unmentioned."""
-        if not self._readable:
+        if not self._checked:
             from cvtui.errors import InventoryError, InventoryErrors
 
-            inventory = None
+            self._checked = True
             try:
-                inventory = self.inventory()
+                self._valid = self.inventory()
             except InventoryError as error:
                 if self.inventory_path().exists():
                     more = len(error.errors) - 1 if isinstance(error, InventoryErrors) else 0
@@ -62,8 +64,7 @@ class Settings:
                         f"{first}{extra}",
                         err=True,
                     )
-            self._readable.append(inventory)
-        return self._readable[0]
+        return self._valid
 
     def home(self) -> Path:
         from cvtui.paths import home_dir
