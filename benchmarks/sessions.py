@@ -13,7 +13,7 @@ import asyncssh
 from cvtui.engine.agent_build import AgentBundle
 from cvtui.engine.agent_client import AgentClient
 from cvtui.engine.connections import open_connection
-from cvtui.engine.deploy import agent_command, ensure_agent
+from cvtui.engine.deploy import agent_command, ensure_agent, secure_root
 from cvtui.inventory import Host, Policy
 from remote_agent import protocol
 from remote_agent.protocol import Hello
@@ -68,7 +68,10 @@ async def open_agent_session(
     conn = await open_connection(host, policy)
     try:
         marks["connected"] = time.perf_counter()
-        path, uploaded = await ensure_agent(conn, host, bundle)
+        # As the engine's HostSession: one SFTP session for the root check and the deploy.
+        sftp = await conn.start_sftp_client()
+        await secure_root(sftp, host)
+        path, uploaded = await ensure_agent(conn, host, bundle, sftp=sftp)
         marks["deployed"] = time.perf_counter()
         command = agent_command(host, path, interval_s or policy.interval_s)
         process = await conn.create_process(command, encoding=None)

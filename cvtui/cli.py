@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -28,6 +28,9 @@ class Settings:
 
     inventory_option: str | None
     home_option: str | None
+    # What inventory_if_valid found, so that its warning is printed once per command.
+    _checked: bool = field(default=False, init=False, repr=False)
+    _valid: Inventory | None = field(default=None, init=False, repr=False)
 
     def inventory_path(self) -> Path:
         from cvtui.inventory import default_inventory_path
@@ -38,6 +41,30 @@ class Settings:
         from cvtui.inventory import load_inventory
 
         return load_inventory(self.inventory_path())
+
+    def inventory_if_valid(self) -> Inventory | None:
+        """For commands that read the catalog (ps, logs, queue, stats): the inventory, or None
+        while its file is invalid, said once in one warning line on stderr. A missing file
+        is no news to these commands and goes unmentioned."""
+        if not self._checked:
+            from cvtui.errors import InventoryError, InventoryErrors
+
+            self._checked = True
+            try:
+                self._valid = self.inventory()
+            except InventoryError as error:
+                if self.inventory_path().exists():
+                    more = len(error.errors) - 1 if isinstance(error, InventoryErrors) else 0
+                    first = f"{error.path}:{error.line}:{error.column}: {error.problem}"
+                    if error.line is None:
+                        first = f"{error.path}: {error.problem}"
+                    extra = f" (and {more} more)" if more else ""
+                    click.echo(
+                        f"cvtui: warning: inventory not usable, showing the catalog as it is: "
+                        f"{first}{extra}",
+                        err=True,
+                    )
+        return self._valid
 
     def home(self) -> Path:
         from cvtui.paths import home_dir
@@ -135,30 +162,32 @@ def hosts(ctx: click.Context, as_json: bool, timeout: float) -> None:
 
 @hosts.command("trust")
 @click.argument("host")
-@click.option("--yes", is_flag=True, help="Record the key without asking.")
+@click.option("--yes", is_flag=True, help="Record a new key without asking.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a CHANGED key: remove the recorded one (as `ssh-keygen -R` does, keeping "
+    "FILE.old) and record the one offered now.",
+)
+@click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS", help="Per server.")
 @click.pass_obj
-def hosts_trust(settings: Settings, host: str, yes: bool) -> None:
-    """Show HOST's SSH key fingerprint and record it in known_hosts."""
-    import asyncio
+def hosts_trust(settings: Settings, host: str, yes: bool, replace: bool, timeout: float) -> None:
+    """Show the SSH key fingerprint of HOST (and of its jump hosts) and record it in known_hosts.
 
-    from cvtui.engine.connections import (
-        fetch_host_key,
-        fingerprint,
-        known_hosts_path,
-        record_host_key,
-        recorded_host_keys,
+    A key that differs from the recorded one is refused (exit 4, nothing written) unless
+    --replace is given; a key marked @revoked is always refused.
+    """
+    from cvtui.trust_command import trust_host
+
+    inventory = settings.inventory()
+    trust_host(
+        inventory.host(host),
+        inventory.policy,
+        yes=yes,
+        replace=replace,
+        interactive=sys.stdin.isatty(),
+        timeout_s=timeout,
     )
-
-    entry = settings.inventory().host(host)
-    key = asyncio.run(fetch_host_key(entry))
-    click.echo(f"{host} ({entry.address}:{entry.port}) presents {fingerprint(key)}")
-    if any(k.public_data == key.public_data for k in recorded_host_keys(entry)):
-        click.echo(f"already trusted in {known_hosts_path(entry)}")
-        return
-    if not yes and not click.confirm("Trust this key?", default=False):
-        raise CvtuiError("not trusted; nothing written")
-    path = record_host_key(entry, key)
-    click.echo(f"recorded in {path}")
 
 
 @main.command()
@@ -166,10 +195,11 @@ def hosts_trust(settings: Settings, host: str, yes: bool) -> None:
 @click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS", help="Per step.")
 @click.pass_obj
 def doctor(settings: Settings, host: str, timeout: float) -> None:
-    """Diagnose HOST step by step: network, host key, auth, python, agent, GPUs, disk."""
+    """Diagnose HOST step by step: ssh config, jump hosts, network, host key, auth, python,
+    root permissions, agent, GPUs, disk."""
     import asyncio
 
-    from cvtui.engine.doctor import diagnose
+    from cvtui.engine.doctor import WARNING_PREFIX, diagnose
 
     inventory = settings.inventory()
     entry = inventory.host(host)
@@ -178,7 +208,12 @@ def doctor(settings: Settings, host: str, timeout: float) -> None:
         all_ok = True
         async for check in diagnose(entry, inventory.policy, timeout):
             all_ok &= check.ok
-            mark = click.style(" ok ", fg="green") if check.ok else click.style("FAIL", fg="red")
+            if not check.ok:
+                mark = click.style("FAIL", fg="red")
+            elif check.detail.startswith(WARNING_PREFIX):
+                mark = click.style("WARN", fg="yellow")
+            else:
+                mark = click.style(" ok ", fg="green")
             click.echo(f"{mark} {check.name:16} {check.detail}")
         return all_ok
 

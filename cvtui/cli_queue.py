@@ -86,6 +86,7 @@ def queue(ctx: click.Context, as_json: bool) -> None:
 
     settings: Settings = ctx.obj
     home = settings.home()
+    settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(home) as catalog:
         rows = queue_rows(catalog, time.time())
     if as_json:
@@ -210,6 +211,7 @@ def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
 
     now = time.time()
     since = None if since_s is None else now - since_s
+    settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(settings.home()) as catalog:
         report = compute_stats(catalog.run_usage(since), catalog.gpu_models(), since=since, now=now)
     if as_json:

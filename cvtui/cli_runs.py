@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,9 @@ def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]
 
     from cvtui.local_engine import drive
 
-    inventory = settings.inventory()
+    inventory = settings.inventory_if_valid()
+    if inventory is None:
+        return  # the hosts cannot be asked; what the catalog holds is shown as it is
     hosts &= set(inventory.names())
 
     def settled(engine: Any) -> bool:
@@ -302,6 +305,7 @@ def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
     """Runs: id, name, state, host, GPUs, progress, age."""
     from cvtui.catalog import Catalog
 
+    settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(settings.home()) as catalog:
         settle_runs(settings, catalog, catalog.list_runs(states=["dispatching", "running"]))
         now = time.time()
@@ -332,6 +336,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
     from cvtui.engine.mirror import run_log_path
 
     home = settings.home()
+    settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(home) as catalog:
         run_row = resolve_run(catalog, run_ref)
         settle_runs(settings, catalog, [run_row])
@@ -347,9 +352,18 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
             import asyncio
             import threading
 
+            from cvtui.engine.lock import lock_holder
             from cvtui.local_engine import drive
 
             size = path.stat().st_size if path.exists() else 0
+            inventory = settings.inventory_if_valid()
+            if inventory is None:
+                # No hosts to reach from here: follow what a running engine brings, if any.
+                def engine_runs() -> bool:
+                    return lock_holder(home) is not None
+
+                _follow_from(catalog, home, run_row["id"], size, keep_following=engine_runs)
+                return
             printer = threading.Thread(
                 target=_follow_from, args=(catalog, home, run_row["id"], size)
             )
@@ -357,7 +371,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
             try:
                 asyncio.run(
                     drive(
-                        settings.inventory(), catalog, home,
+                        inventory, catalog, home,
                         lambda e: (catalog.get_run(run_row["id"]) or {}).get("state") not in ACTIVE
                         and (e is None or not e.runs.pulls),
                     )
@@ -380,7 +394,14 @@ def last_states(data: bytes) -> list[bytes]:
     return lines
 
 
-def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None:
+def _follow_from(
+    catalog: Catalog,
+    home: Path,
+    run_id: str,
+    offset: int,
+    keep_following: Callable[[], bool] = lambda: True,
+) -> None:
+    """Print output.log from offset as it grows, until the run ends or keep_following() is false."""
     from cvtui.engine.mirror import run_log_path
 
     path = run_log_path(home, run_id)
@@ -397,6 +418,8 @@ def _follow_from(catalog: Catalog, home: Path, run_id: str, offset: int) -> None
         if run_row is None or (
             run_row["state"] not in ACTIVE and offset >= (run_row["log_size"] or 0)
         ):
+            return
+        if not keep_following():
             return
         time.sleep(0.1)
 

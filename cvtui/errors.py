@@ -23,6 +23,24 @@ class InventoryError(CvtuiError):
         super().__init__(f"{where}: {problem}")
 
 
+class InventoryErrors(InventoryError):
+    """Every problem found in one inventory file, in file order; located like the first."""
+
+    def __init__(self, errors: list[InventoryError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.line, first.column, first.problem)
+        self.errors = errors
+        lines = "".join(f"\n  {error}" for error in errors)
+        self.args = (f"{first.path}: {len(errors)} errors, in file order:{lines}",)
+
+    @staticmethod
+    def of(errors: list[InventoryError]) -> InventoryError:
+        """The one error itself, or all of them sorted by line and column."""
+        if len(errors) == 1:
+            return errors[0]
+        return InventoryErrors(sorted(errors, key=lambda e: (e.line or 0, e.column or 0)))
+
+
 class UnknownHostError(CvtuiError):
     """A host name that the inventory does not list."""
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
 import pathlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cvtui.errors import InventoryError, UnknownHostError
+from cvtui.errors import InventoryError, InventoryErrors, UnknownHostError
 from cvtui.run_env import RunEnv, parse_links, parse_run_env
 
 if TYPE_CHECKING:
@@ -26,16 +27,9 @@ MAX_SIMULATED_GPUS = 64
 DEFAULT_SIMULATED_MEMORY = 24 * 2**30  # bytes per GPU when the model name does not say
 
 _DEFAULT_KEYS = (
-    "user",
-    "port",
-    "identity",
-    "python",
-    "root",
-    "leases_dir",
-    "known_hosts",
-    "run_env",
-    "links",
-)
+    "user", "port", "identity", "python", "root", "leases_dir", "known_hosts", "jump",
+    "run_env", "links",
+)  # fmt: skip
 _HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate")
 _POLICY_KEYS = (
     "interval",
@@ -48,8 +42,10 @@ _POLICY_KEYS = (
 _SIMULATE_KEYS = ("gpus", "model", "memory")
 _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
-_NULLABLE_KEYS = {"user", "identity", "known_hosts", "gpus", "max_runs", "gpu_order", "simulate"}
-_NULLABLE_KEYS |= {"run_env", "links"}
+_NULLABLE_KEYS = {
+    "user", "port", "identity", "known_hosts", "jump", "gpus", "max_runs", "gpu_order", "simulate",
+    "run_env", "links",
+}  # fmt: skip
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
@@ -108,6 +104,41 @@ def simulated_memory_for(model: str) -> int:
     return int(match[1]) * 2**30 if match and int(match[1]) > 0 else DEFAULT_SIMULATED_MEMORY
 
 
+_JUMP_HOP_RE = re.compile(
+    r"(?:ssh://)?(?:(?P<user>[^@\s,/]+)@)?"
+    r"(?:\[(?P<bracketed>[^\]\s]+)\]|(?P<host>[^\s:@,\[\]/]+))(?::(?P<port>\d{1,5}))?/?"
+)
+
+
+@dataclass(frozen=True)
+class JumpHop:
+    """One jump host of a ProxyJump list: [user@]host[:port] (or an ssh:// URI), as written."""
+
+    host: str  # a name ~/.ssh/config may know, or an address
+    user: str | None = None
+    port: int | None = None
+
+
+def parse_jump(text: str) -> tuple[JumpHop, ...]:
+    """The hops of a ProxyJump value in connection order; none for "none".
+
+    ValueError names the part that is not [user@]host[:port].
+    """
+    if text.strip().lower() == "none":
+        return ()
+    hops = []
+    for part in text.split(","):
+        match = _JUMP_HOP_RE.fullmatch(part.strip())
+        port = int(match["port"]) if match and match["port"] else None
+        if match is None or (port is not None and not 1 <= port <= 65535):
+            raise ValueError(
+                f"expected [user@]host[:port] jump hosts separated by commas, or none; "
+                f"got {part.strip()!r}"
+            )
+        hops.append(JumpHop(match["bracketed"] or match["host"], match["user"], port))
+    return tuple(hops)
+
+
 @dataclass(frozen=True)
 class SimulateSpec:
     """Fake GPUs the agent reports instead of real ones; always labelled with backend simulated."""
@@ -138,14 +169,15 @@ class Host:
     """One GPU server of the inventory, with the defaults already applied."""
 
     name: str
-    address: str = ""  # empty means the host name
-    port: int = 22
+    address: str = ""  # empty means the host name; may be a ~/.ssh/config alias
+    port: int | None = None  # None: ~/.ssh/config's Port, else 22
     user: str | None = None  # None: ~/.ssh/config or the local login name
     identity: str | None = None  # local private key path, ~ expanded
     python: str = "python3"
     root: str = "~/.cache/cvtui"  # remote path: its ~ is the remote user's home, left as written
     leases_dir: str = "/tmp/cvtui-leases"  # remote, shared by every user of the host
-    known_hosts: str | None = None  # local path, ~ expanded; None: ~/.ssh/known_hosts
+    known_hosts: str | None = None  # local path, ~ expanded; None: as ~/.ssh/config says
+    jump: str | None = None  # ProxyJump list ("[user@]host[:port],..." or "none"); None: config
     tags: tuple[str, ...] = ()
     gpus: tuple[int, ...] | None = None  # GPU indexes cvtui may use; None: all
     max_runs: int | None = None  # None: no limit beyond free GPUs
@@ -171,6 +203,7 @@ class Host:
             self.root,
             self.leases_dir,
             self.known_hosts,
+            self.jump,
             self.simulate,
         )
 
@@ -235,14 +268,36 @@ def compose_yaml(text: str) -> yaml.Node | None:
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
+class _Reported(Exception):
+    """A part of the file whose error is already reported: the walk skips the rest of it."""
+
+
 class _Parser:
     """Walks composed YAML nodes, so every value keeps the line and column it came from."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, collect: bool = False) -> None:
         self.path = path
         # Relative key paths are relative to the inventory file, whatever the current directory.
         self.base_dir = None if path == "<string>" else pathlib.Path(path).absolute().parent
         self.loader = yaml.SafeLoader("")
+        # With collect, a problem that leaves the rest of the file readable is kept here and
+        # the walk goes on, so one pass reports every error; without it the first one raises.
+        self.problems: list[InventoryError] | None = [] if collect else None
+
+    def report(self, error: InventoryError) -> None:
+        if self.problems is None:
+            raise error
+        self.problems.append(error)
+
+    @contextlib.contextmanager
+    def gathering(self) -> Iterator[None]:
+        """One independent part of the walk: with collect on, its error is kept, not raised."""
+        try:
+            yield
+        except InventoryError as error:
+            self.report(error)
+        except _Reported:
+            pass
 
     def error(self, node: yaml.Node, problem: str) -> InventoryError:
         mark = node.start_mark
@@ -292,18 +347,24 @@ class _Parser:
                 )
             if key.value in explicit:
                 first = explicit[key.value][0].start_mark.line + 1
-                raise self.error(key, f"duplicate {what} {key.value!r} (first on line {first})")
+                self.report(
+                    self.error(key, f"duplicate {what} {key.value!r} (first on line {first})")
+                )
+                continue
             explicit[key.value] = (key, value)
         return merged | explicit
 
-    def check_keys(self, pairs: _Pairs, allowed: tuple[str, ...], label: str) -> None:
+    def check_keys(self, pairs: _Pairs, allowed: tuple[str, ...], label: str) -> bool:
+        """Report each key that is not allowed; whether all were (with collect on)."""
+        known = True
         for name, (key, _) in pairs.items():
             if name not in allowed:
                 close = difflib.get_close_matches(name, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise self.error(
-                    key, f"unknown key {name!r} in {label}{hint}; allowed: {', '.join(allowed)}"
-                )
+                problem = f"unknown key {name!r} in {label}{hint}; allowed: {', '.join(allowed)}"
+                self.report(self.error(key, problem))
+                known = False
+        return known
 
     def integer(
         self, node: yaml.Node, label: str, expected: str, low: int, high: int | None = None
@@ -409,6 +470,13 @@ class _Parser:
             return parse_run_env(self, node, "run_env")
         if key == "links":
             return tuple(parse_links(self, node, "links").items())
+        if key == "jump":
+            text = self.string(node, key)
+            try:
+                parse_jump(text)
+            except ValueError as exc:
+                raise self.error(node, f"jump: {exc}") from exc
+            return text
         return self.string(node, key)  # address, user, python, root, leases_dir
 
     def host(self, key: yaml.Node, body: yaml.Node, defaults: dict[str, Any]) -> Host:
@@ -422,24 +490,30 @@ class _Parser:
         settings = dict(defaults)
         pairs = {} if self.is_null(body) else self.mapping(body, f"host {name!r}")
         self.check_keys(pairs, _HOST_KEYS, f"host {name!r}")
+        parsed = set()
         for setting_key, (_, node) in pairs.items():
-            value = self.setting(setting_key, node)
-            if setting_key == "links" and value is not None:
-                # A host's links add to the defaults' (the host's win on a shared name).
-                value = tuple({**dict(settings.get("links") or ()), **dict(value)}.items())
-            settings[setting_key] = value
+            if setting_key in _HOST_KEYS:
+                with self.gathering():
+                    value = self.setting(setting_key, node)
+                    if setting_key == "links" and value is not None:
+                        # A host's links add to the defaults' (the host's win on a shared name).
+                        value = tuple({**dict(settings.get("links") or ()), **dict(value)}.items())
+                    settings[setting_key] = value
+                    parsed.add(setting_key)
         if settings.get("links") is None:
             settings.pop("links", None)
         simulate = settings.get("simulate")
         for setting_key in ("gpus", "gpu_order"):
-            if simulate is None or settings.get(setting_key) is None:
+            if simulate is None or setting_key not in parsed or settings[setting_key] is None:
                 continue
             for item, index in zip(pairs[setting_key][1].value, settings[setting_key], strict=True):
                 if index >= simulate.gpus:
-                    raise self.error(
-                        item,
-                        f"{setting_key}: GPU {index} does not exist; "
-                        f"simulate has {simulate.gpus} GPUs (0-{simulate.gpus - 1})",
+                    self.report(
+                        self.error(
+                            item,
+                            f"{setting_key}: GPU {index} does not exist; "
+                            f"simulate has {simulate.gpus} GPUs (0-{simulate.gpus - 1})",
+                        )
                     )
         return Host(name=name, line=key.start_mark.line + 1, **settings)
 
@@ -449,16 +523,26 @@ class _Parser:
         pairs = self.mapping(node, "policy")
         self.check_keys(pairs, _POLICY_KEYS, "policy")
         values: dict[str, Any] = {}
+        unreadable = False
         for key, (_, value) in pairs.items():
-            if key == "host_keys":
-                values[key] = self.choice(value, "policy.host_keys", HOST_KEY_MODES)
-            elif key == "foreign_processes":
-                values[key] = self.choice(value, "policy.foreign_processes", FOREIGN_PROCESS_MODES)
-            elif key == "max_grid":
-                values[key] = self.integer(value, "policy.max_grid", "an integer >= 1", 1)
-            else:
-                values[f"{key}_s"] = self.duration(value, f"policy.{key}")
+            if key not in _POLICY_KEYS:
+                continue
+            read = False
+            with self.gathering():
+                if key == "host_keys":
+                    values[key] = self.choice(value, "policy.host_keys", HOST_KEY_MODES)
+                elif key == "foreign_processes":
+                    modes = FOREIGN_PROCESS_MODES
+                    values[key] = self.choice(value, "policy.foreign_processes", modes)
+                elif key == "max_grid":
+                    values[key] = self.integer(value, "policy.max_grid", "an integer >= 1", 1)
+                else:
+                    values[f"{key}_s"] = self.duration(value, f"policy.{key}")
+                read = True
+            unreadable = unreadable or not read
         policy = Policy(**values)
+        if unreadable:
+            return policy  # the ordering checks below would compare against a default
         for shorter, longer in (("interval", "stale_after"), ("stale_after", "disconnected_after")):
             short_s = getattr(policy, f"{shorter}_s")
             long_s = getattr(policy, f"{longer}_s")
@@ -477,7 +561,8 @@ class _Parser:
             got = self.describe(node)
             raise self.error(node, f"notify: expected an entry like {example}, got {got}")
         pairs = self.mapping(node, "notify entry")
-        self.check_keys(pairs, _NOTIFY_KEYS, "notify entry")
+        if not self.check_keys(pairs, _NOTIFY_KEYS, "notify entry"):
+            raise _Reported  # which of the two it meant is anyone's guess
         if len(pairs) != 1:
             raise self.error(
                 node, f"notify: an entry needs exactly one of 'command' or 'webhook', {example}"
@@ -508,7 +593,11 @@ class _Parser:
         if self.is_null(node):
             return ()
         items = self.sequence(node, "notify", "[{command: 'my-alert'}, {webhook: 'https://...'}]")
-        return tuple(self.notify_target(item) for item in items)
+        targets = []
+        for item in items:
+            with self.gathering():
+                targets.append(self.notify_target(item))
+        return tuple(targets)
 
     def inventory(self, root: yaml.Node) -> Inventory:
         if not isinstance(root, yaml.MappingNode):
@@ -520,30 +609,54 @@ class _Parser:
         self.check_keys(pairs, _TOP_KEYS, "the top level")
         defaults: dict[str, Any] = {}
         if "defaults" in pairs and not self.is_null(pairs["defaults"][1]):
-            default_pairs = self.mapping(pairs["defaults"][1], "defaults")
-            self.check_keys(default_pairs, _DEFAULT_KEYS, "defaults")
-            defaults = {key: self.setting(key, node) for key, (_, node) in default_pairs.items()}
-        policy = self.policy(pairs["policy"][1]) if "policy" in pairs else Policy()
+            with self.gathering():
+                default_pairs = self.mapping(pairs["defaults"][1], "defaults")
+                self.check_keys(default_pairs, _DEFAULT_KEYS, "defaults")
+                for key, (_, node) in default_pairs.items():
+                    if key in _DEFAULT_KEYS:
+                        with self.gathering():
+                            defaults[key] = self.setting(key, node)
+        policy = Policy()
+        if "policy" in pairs:
+            with self.gathering():
+                policy = self.policy(pairs["policy"][1])
         example = "e.g. 'hosts: {gpu-01: {address: 10.0.0.11}}'"
+        hosts: list[Host] = []
         if "hosts" not in pairs:
-            raise self.error(root, f"missing 'hosts': list at least one host, {example}")
-        hosts_key, hosts_node = pairs["hosts"]
-        host_pairs = {} if self.is_null(hosts_node) else self.mapping(hosts_node, "hosts", "host")
-        if not host_pairs:
-            raise self.error(hosts_key, f"hosts: no hosts listed; add at least one, {example}")
-        hosts = tuple(self.host(key, body, defaults) for key, body in host_pairs.values())
-        notify = self.notify(pairs["notify"][1]) if "notify" in pairs else ()
+            # A misspelt top-level key ('host:') is already reported and says it better.
+            if not any(key not in _TOP_KEYS for key in pairs):
+                self.report(self.error(root, f"missing 'hosts': list at least one host, {example}"))
+        else:
+            hosts_key, hosts_node = pairs["hosts"]
+            with self.gathering():
+                host_pairs = (
+                    {} if self.is_null(hosts_node) else self.mapping(hosts_node, "hosts", "host")
+                )
+                if not host_pairs:
+                    problem = f"hosts: no hosts listed; add at least one, {example}"
+                    raise self.error(hosts_key, problem)
+                for host_key, host_body in host_pairs.values():
+                    with self.gathering():
+                        hosts.append(self.host(host_key, host_body, defaults))
+        notify: tuple[NotifyTarget, ...] = ()
+        if "notify" in pairs:
+            with self.gathering():
+                notify = self.notify(pairs["notify"][1])
         template = None
         if "command_template" in pairs:
-            node = pairs["command_template"][1]
-            template = self.string(node, "command_template")
-            if "{config_file}" not in template:
-                raise self.error(
-                    node,
-                    "command_template: expected a command that takes {config_file}, "
-                    "e.g. 'python main.py --config {config_file}'",
-                )
-        return Inventory(self.path, policy, hosts, notify, template)
+            with self.gathering():
+                template = self.command_template(pairs["command_template"][1])
+        return Inventory(self.path, policy, tuple(hosts), notify, template)
+
+    def command_template(self, node: yaml.Node) -> str:
+        template = self.string(node, "command_template")
+        if "{config_file}" not in template:
+            raise self.error(
+                node,
+                "command_template: expected a command that takes {config_file}, "
+                "e.g. 'python main.py --config {config_file}'",
+            )
+        return template
 
 
 def parse_inventory(text: str, path: str = "<string>") -> Inventory:
@@ -557,10 +670,16 @@ def parse_inventory(text: str, path: str = "<string>") -> Inventory:
         line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
         problem = f"invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})"
         raise InventoryError(path, line, column, problem) from exc
-    parser = _Parser(path)
+    parser = _Parser(path, collect=True)
     if root is None or parser.is_null(root):
         raise InventoryError(path, 1, 1, "the inventory is empty; expected a 'hosts' section")
-    return parser.inventory(root)
+    inventory = None
+    with parser.gathering():
+        inventory = parser.inventory(root)
+    if parser.problems:
+        raise InventoryErrors.of(parser.problems)
+    assert inventory is not None  # no problem was gathered, so the walk finished
+    return inventory
 
 
 def _syntax_error(path: str, exc: yaml.MarkedYAMLError) -> InventoryError:

@@ -119,6 +119,8 @@ class SshServer:
     port: int = 0
     host_pub: str = ""
     process: subprocess.Popen[bytes] | None = None
+    log_level: str = "ERROR"  # DEBUG logs each forwarded connection (a jump host's hops)
+    extra_config: tuple[str, ...] = ()  # more sshd_config lines (HostCertificate, ...)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,8 @@ class SshServer:
                     "MaxSessions 200",
                     "MaxStartups 200:30:400",
                     "ClientAliveInterval 0",
-                    "LogLevel ERROR",
+                    f"LogLevel {self.log_level}",
+                    *self.extra_config,
                     "",
                 ]
             )

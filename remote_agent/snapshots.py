@@ -134,6 +134,7 @@ def unpack_code(root: str, code_hash: str, archive: str) -> str:
     archive_path = os.path.normpath(os.path.join(root, archive))
     if os.path.isabs(archive) or not _inside(code_dir(root), archive_path):
         raise ValueError(f"archive {archive[:200]!r} is not a path under {code_dir(root)}")
+    _make_private(code_dir(root))
     final = snapshot_path(root, code_hash)
     if os.path.isdir(final):  # another controller unpacked it first
         _remove_file(archive_path)
@@ -152,7 +153,9 @@ def unpack_code(root: str, code_hash: str, archive: str) -> str:
         except tarfile.TarError as exc:
             raise UnsafeArchive(f"not a readable tar archive: {exc}") from exc
         _check_links(dest)
-        _set_modes(tmp, 0o444, 0o555, 0o555)  # shared by every run: nobody edits it in place
+        # Read-only: shared by every run, nobody edits it in place. Owner only: it is a lab's
+        # unpublished code, and other users of the host must not read it.
+        _set_modes(tmp, 0o400, 0o500, 0o500)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -164,6 +167,17 @@ def unpack_code(root: str, code_hash: str, archive: str) -> str:
         remove_tree(tmp)  # a no-op once renamed; removes a refused or losing extraction
     _remove_file(archive_path)
     return final
+
+
+def _make_private(directory: str) -> None:
+    """Close a directory of ours to other users (SFTP may have made it 0755).
+
+    Snapshots unpacked before they were made owner-only stay as they are (a chmod would
+    break their seal); this directory above them keeps other users out of them.
+    """
+    st = os.stat(directory)
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(directory, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 def _write_seal(snapshot: str) -> int:

@@ -1,10 +1,14 @@
-"""Helpers for tests: polling for a condition, running an engine in the background, runs."""
+"""Helpers for tests: polling a condition, an engine in the background, runs, the CLI."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,3 +64,26 @@ def add_finished_run(
     )
     catalog.transition_run(run_id, "running", expect=["queued"], host="gpu-01")
     catalog.transition_run(run_id, "succeeded", expect=["running"])
+
+
+def cvtui_process(
+    *args: str,
+    home: Path,
+    inventory: Path,
+    user_home: Path,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """`cvtui --home HOME --inventory INV ARGS` as a user runs it, with HOME=user_home (so the
+    real ~/.ssh is never read or written), no ssh-agent, and no terminal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    env.pop("SSH_AUTH_SOCK", None)
+    env["HOME"] = str(user_home)
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory", str(inventory)]
+    return subprocess.run(
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )

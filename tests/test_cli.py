@@ -71,7 +71,9 @@ def test_hosts_json_shape_and_exit_codes(lab: Lab, home: Path) -> None:
     assert down.returncode == 3
     states = {h["name"]: (h["state"], h["reason"]) for h in json.loads(down.stdout)}
     assert states["gpu-01"][0] == "healthy"
-    assert states["gpu-02"] == ("disconnected", "connection refused")
+    port = lab.servers["gpu-02"].port
+    refused = f"connection refused by 127.0.0.1:{port} (no sshd listening there?)"
+    assert states["gpu-02"] == ("disconnected", refused)
 
 
 @pytest.mark.sshd
@@ -86,16 +88,18 @@ def test_unknown_host_key_then_trust(lab_factory, home: Path) -> None:
         "host key unknown (run: cvtui hosts trust gpu-01)",
     )
 
+    # No terminal to confirm on (a pipe, even one saying y): nothing written, and it says
+    # what to run instead of "Aborted!".
     refused = cvtui(
-        "hosts", "trust", "gpu-01", home=home, inventory=lab.inventory_path, stdin="n\n"
+        "hosts", "trust", "gpu-01", home=home, inventory=lab.inventory_path, stdin="y\n"
     )
     assert refused.returncode == 1
     assert "SHA256:" in refused.stdout
+    assert "run: cvtui hosts trust gpu-01 --yes" in refused.stderr
+    assert "Aborted" not in refused.stdout + refused.stderr
     assert lab.known_hosts.read_text() == ""
 
-    trusted = cvtui(
-        "hosts", "trust", "gpu-01", home=home, inventory=lab.inventory_path, stdin="y\n"
-    )
+    trusted = cvtui("hosts", "trust", "gpu-01", "--yes", home=home, inventory=lab.inventory_path)
     assert trusted.returncode == 0, trusted.stderr
     assert "recorded in" in trusted.stdout
     assert cvtui("hosts", home=home, inventory=lab.inventory_path).returncode == 0
@@ -157,3 +161,36 @@ def test_demo_headless_exits_zero_when_hosts_are_healthy(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gpu-01" in done.stdout and "healthy" in done.stdout
     assert "simulated" in done.stdout
+
+
+def test_every_inventory_error_listed_and_reading_commands_still_work(
+    tmp_path: Path, home: Path
+) -> None:
+    from support import add_finished_run
+
+    from cvtui.catalog import Catalog
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "defaults: {user: 7}\npolicy: {interval: soon}\nhosts:\n"
+        "  a: {port: 0, jump: 'no way'}\n  b: {tagz: [x]}\n"
+    )
+    done = cvtui("hosts", home=home, inventory=inventory)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"cvtui: {inventory}: 5 errors, in file order:"
+    located = [line.strip().removeprefix(f"{inventory}:").split(":")[:2] for line in lines[1:]]
+    assert located == [["1", "18"], ["2", "20"], ["4", "13"], ["4", "22"], ["5", "7"]]
+
+    with Catalog.open_home(home) as catalog:
+        add_finished_run(catalog, "01jrunaaaaaaaaaaaaaaaaaaaa", "exp")
+    for args in (["ps", "--all"], ["logs", "exp"], ["queue"], ["stats"]):
+        done = cvtui(*args, home=home, inventory=inventory)
+        assert done.returncode == 0, (args, done.stderr)
+        warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+        assert warnings == [
+            "cvtui: warning: inventory not usable, showing the catalog as it is: "
+            f"{inventory}:1:18: user: expected a non-empty string, got 7 (quote it to use it "
+            "as text) (and 4 more)"
+        ], (args, done.stderr)
+    assert "exp" in cvtui("ps", "--all", home=home, inventory=inventory).stdout

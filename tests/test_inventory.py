@@ -14,12 +14,14 @@ from cvtui.errors import InventoryError, UnknownHostError
 from cvtui.inventory import (
     Host,
     Inventory,
+    JumpHop,
     Policy,
     SimulateSpec,
     default_inventory_path,
     load_inventory,
     parse_duration,
     parse_inventory,
+    parse_jump,
     parse_size,
     watch_inventory,
 )
@@ -110,7 +112,8 @@ def test_every_documented_default() -> None:
     (host,) = inventory.hosts
     assert host == Host(name="solo")
     assert host.address == "solo"
-    assert host.port == 22
+    assert host.port is None  # unset: ~/.ssh/config decides, else 22
+    assert host.jump is None
     assert host.user is None
     assert host.identity is None
     assert host.python == "python3"
@@ -811,3 +814,51 @@ def test_run_env_and_links_per_host_over_the_defaults() -> None:
     assert a.run_env.plus(config) == RunEnv(
         setup=("source ~/venvs/cv/bin/activate", "export A=1"), path=("/opt/x", "~/bin")
     )
+
+
+FIVE_ERRORS = L(
+    "defaults: {user: 7}",  # 1: user must be text
+    "policy: {interval: soon}",  # 2: not a duration
+    "hosts:",
+    "  a: {port: 0, jump: 'no way'}",  # 4: two errors on one line, in column order
+    "  b: {tagz: [x]}",  # 5: unknown key
+)
+
+
+def test_every_error_of_a_file_is_reported_in_file_order() -> None:
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(FIVE_ERRORS, "lab.yaml")
+    errors = caught.value.errors  # type: ignore[attr-defined]
+    where = [(e.line, e.column) for e in errors]
+    assert where == [(1, 18), (2, 20), (4, 13), (4, 22), (5, 7)]
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "lab.yaml: 5 errors, in file order:"
+    assert [line.strip() for line in lines[1:]] == [str(e) for e in errors]
+    assert "user: expected a non-empty string" in lines[1]
+    assert "policy.interval: expected a duration" in lines[2]
+    assert "port: expected an integer 1-65535, got 0" in lines[3]
+    assert "jump: expected [user@]host[:port]" in lines[4]
+    assert "unknown key 'tagz' in host 'b' (did you mean 'tags'?)" in lines[5]
+    # Located like its first error, for callers that read one place.
+    assert (caught.value.path, caught.value.line, caught.value.column) == ("lab.yaml", 1, 18)
+
+
+@pytest.mark.parametrize(
+    ("text", "hops"),
+    [
+        ("bastion", [JumpHop("bastion")]),
+        ("alice@bastion:2222,gw", [JumpHop("bastion", "alice", 2222), JumpHop("gw")]),
+        ("ssh://bob@[fe80::1]:22", [JumpHop("fe80::1", "bob", 22)]),
+        ("none", []),
+    ],
+)
+def test_jump_lists_read_as_openssh_writes_them(text: str, hops: list[JumpHop]) -> None:
+    assert list(parse_jump(text)) == hops
+    inventory = parse_inventory(f"hosts:\n  a: {{jump: '{text}'}}\n")
+    assert inventory.host("a").jump == text
+
+
+@pytest.mark.parametrize("text", ["a b", "host:99999", "@host", "a,,b", "user@"])
+def test_bad_jump_lists_are_located(text: str) -> None:
+    with pytest.raises(InventoryError, match=r"^<string>:2:13: jump: expected \[user@\]host"):
+        parse_inventory(f"hosts:\n  a: {{jump: '{text}'}}\n")

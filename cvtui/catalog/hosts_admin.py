@@ -1,4 +1,4 @@
-"""Catalog methods for what an admin sets on hosts (drain) and what stats read of them."""
+"""Catalog methods for what an admin sets on hosts (drain), host warnings, and what stats read."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from cvtui.catalog.store import HostRow
 
+# A reason with this prefix belongs to a host that works; telemetry does not clear it.
+HOST_WARNING_PREFIX = "warning: "
+
 
 class HostsAdminMixin:
     """Drained hosts and GPU model names; mixed into Catalog next to RunsMixin."""
@@ -22,6 +25,16 @@ class HostsAdminMixin:
 
         def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def set_host_warning(self, name: str, warning: str, *, now: float | None = None) -> None:
+        """A problem of a host that works (its root is open to other users, ...), shown as its
+        reason: telemetry keeps it, the next state change (reconnect, failure) replaces it."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE hosts SET reason = ?, updated = ? WHERE name = ?",
+                (f"{HOST_WARNING_PREFIX}{warning}", now, name),
+            )
 
     def set_host_drained(self, host: HostRow, drained: bool, *, now: float | None = None) -> bool:
         """Drain (no new runs are placed there) or undrain a host; False when already so.

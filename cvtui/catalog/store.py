@@ -272,7 +272,9 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             conn.executemany(
                 "UPDATE hosts SET last_seen = ?, cpu_percent = ?, load1 = ?, mem_used = ?, "
                 "mem_total = ?, disk_free = ?, disk_total = ?, backend = ?, "
-                "state = 'healthy', reason = NULL, updated = ? WHERE name = ?",
+                # A host warning (HOST_WARNING_PREFIX) outlives samples; other reasons do not.
+                "state = 'healthy', reason = CASE WHEN reason LIKE 'warning: %' THEN reason END, "
+                "updated = ? WHERE name = ?",
                 [r.host for r in kept],
             )
             names = [(r.host[-1],) for r in kept]

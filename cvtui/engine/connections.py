@@ -1,16 +1,26 @@
-"""SSH connections to inventory hosts: asyncssh with strict known_hosts, each failure named."""
+"""SSH connections to hosts: ssh config, jump hosts, strict known_hosts, failures named."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from cvtui.engine.known_hosts import (
+    HostKeys,
+    describe_entries,
+    fingerprint,
+    look_up,
+    record_key,
+)
+from cvtui.engine.ssh_config import SshConfigError, SshTarget, resolve_host
 from cvtui.errors import HostError
 
 if TYPE_CHECKING:
@@ -26,7 +36,10 @@ ENCRYPTION_ALGS = (
     "aes192-ctr",
     "aes128-ctr",
 )
-KEEPALIVE_INTERVAL_S = 5.0
+# A link that silently stops carrying packets (dropped VPN, Wi-Fi) is given up after
+# (COUNT_MAX + 1) * INTERVAL = 12 s without a packet; telemetry flows every second, so a
+# healthy link never needs a keepalive at all.
+KEEPALIVE_INTERVAL_S = 3.0
 KEEPALIVE_COUNT_MAX = 3
 BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 30.0
@@ -40,129 +53,279 @@ class HostConnectError(HostError):
         self.state = state
 
 
-def known_hosts_path(host: Host) -> Path:
-    """The known_hosts file used for host: the inventory's, else the user's OpenSSH one."""
-    if host.known_hosts:
-        return Path(host.known_hosts).expanduser()
-    return Path("~/.ssh/known_hosts").expanduser()
-
-
-def known_hosts_name(host: Host) -> str:
-    """How OpenSSH names host:port in known_hosts."""
-    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
-
-
-def recorded_host_keys(host: Host) -> list[asyncssh.SSHKey]:
-    """Keys known_hosts already lists for host (empty when the host is unknown)."""
-    path = known_hosts_path(host)
-    if not path.exists():
-        return []
+def resolve_target(host: Host) -> SshTarget:
+    """host resolved through the ssh config files; a broken config is the host's error."""
     try:
-        known = asyncssh.read_known_hosts(str(path))
-    except (OSError, ValueError):
-        return []
-    try:
-        addr = socket.gethostbyname(host.address)
-    except OSError:
-        addr = host.address
-    trusted = known.match(host.address, addr, host.port)[0]
-    return list(trusted)
+        return resolve_host(host)
+    except SshConfigError as exc:
+        raise HostConnectError(host.name, str(exc)) from exc
 
 
-def record_host_key(host: Host, key: asyncssh.SSHKey) -> Path:
-    """Append host's key to its known_hosts file (created 0600 with its directory)."""
-    path = known_hosts_path(host)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    line = f"{known_hosts_name(host)} {key.export_public_key().decode().strip()}\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a") as fh:
-        fh.write(line)
-    return path
+def host_keys_of(target: SshTarget) -> HostKeys:
+    """What the known_hosts files say about target, by OpenSSH's lookup rules."""
+    return look_up(target.key_name, target.known_hosts_files)
 
 
-def fingerprint(key: asyncssh.SSHKey) -> str:
-    return f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
+class _Observer(asyncssh.SSHClient):
+    """Notes what the server did that asyncssh's exceptions leave out: the key it offered
+    when that key is not trusted, and the login methods it offered that cvtui never uses."""
+
+    def __init__(self) -> None:
+        self.offered_key: asyncssh.SSHKey | None = None
+        self.publickey_exhausted = False
+        self.declined: set[str] = set()
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.offered_key = key
+        return False  # only known_hosts decides
+
+    def public_key_auth_requested(self) -> None:
+        self.publickey_exhausted = True  # every configured key was offered and refused
+        return None
+
+    def password_auth_requested(self) -> None:
+        self.declined.add("password")
+        return None
+
+    def kbdint_auth_requested(self) -> None:
+        self.declined.add("keyboard-interactive")
+        return None
 
 
-def connect_options(host: Host, timeout_s: float) -> dict[str, Any]:
-    """asyncssh.connect arguments for host; ~/.ssh/config and ssh-agent stay in effect."""
-    path = known_hosts_path(host)
-    options: dict[str, Any] = {
-        "port": host.port,
-        # A known_hosts file that does not exist yet trusts nobody (asyncssh would raise
-        # FileNotFoundError): the host is then reported as unknown, with the trust command.
-        "known_hosts": str(path) if path.exists() else asyncssh.import_known_hosts(""),
-        "connect_timeout": timeout_s,
-        "login_timeout": timeout_s,
-        "keepalive_interval": KEEPALIVE_INTERVAL_S,
-        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
-        "encryption_algs": list(ENCRYPTION_ALGS),
-    }
-    if host.user:
-        options["username"] = host.user
-    if host.identity:
-        options["client_keys"] = [host.identity]
-    return options
+@dataclass
+class _Attempt:
+    """One connection attempt, kept to explain its failure."""
+
+    name: str  # the inventory host it is for
+    target: SshTarget
+    timeout_s: float
+    via: SshTarget | None = None  # the jump host it goes through
+    keys: HostKeys | None = None
+    observer: _Observer = field(default_factory=_Observer)
+
+    def fail(self, reason: str, state: str = "error") -> HostConnectError:
+        return HostConnectError(self.name, reason, state)
+
+    def explain(self, exc: BaseException) -> HostConnectError:
+        """What went wrong, named as a user would look for it."""
+        if isinstance(exc, HostConnectError):
+            return exc
+        address = self.target.address
+        if self.target.proxy_command:
+            address += f" (through ProxyCommand {self.target.proxy_command})"
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            return self.fail(self.host_key_problem(str(exc)))
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return self.fail(self.auth_problem())
+        if isinstance(exc, asyncssh.ChannelOpenError) and self.via is not None:
+            return self.fail(
+                f"jump host {self.via.label} could not reach {address}: {exc.reason}",
+                "disconnected",
+            )
+        if isinstance(exc, ConnectionRefusedError):
+            return self.fail(
+                f"connection refused by {address} (no sshd listening there?)", "disconnected"
+            )
+        timed_out = isinstance(exc, TimeoutError) or (
+            isinstance(exc, asyncssh.ConnectionLost) and "timeout" in str(exc).lower()
+        )
+        if timed_out:
+            return self.fail(
+                f"timeout: no SSH answer from {address} within {self.timeout_s:g} s "
+                "(host down, firewalled or unreachable)",
+                "disconnected",
+            )
+        if isinstance(exc, socket.gaierror):
+            transient = exc.errno == socket.EAI_AGAIN
+            return self.fail(
+                f"cannot resolve {self.target.hostname} (DNS: {exc.strerror})",
+                "disconnected" if transient else "error",
+            )
+        if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return self.fail(f"no route to {address} ({exc.strerror})", "disconnected")
+        if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
+            return self.fail("connection lost", "disconnected")
+        if isinstance(exc, asyncssh.DisconnectError):
+            return self.fail(f"disconnected by server: {exc.reason}", "disconnected")
+        if isinstance(exc, OSError):
+            return self.fail(f"{address}: {exc.strerror or exc}", "disconnected")
+        return self.fail(f"{type(exc).__name__}: {exc}")
+
+    def host_key_problem(self, detail: str) -> str:
+        keys = self.keys or host_keys_of(self.target)
+        offered = self.observer.offered_key
+        if "revoked" in detail.lower():
+            return f"host key revoked ({describe_entries(keys.revoked)} is marked @revoked)"
+        if offered is None and keys.authorities:
+            return (
+                f"host certificate not accepted ({detail}); trusted authorities for "
+                f"{keys.name}: {describe_entries(keys.authorities)}"
+            )
+        if keys.trusted:
+            shown = fingerprint(offered) if offered is not None else "another key"
+            return (
+                f"host key changed: {keys.name} is recorded as {describe_entries(keys.trusted)}"
+                f" but the server offers {shown}; if the change is expected, run: "
+                f"cvtui hosts trust {self.name} --replace"
+            )
+        return f"host key unknown (run: cvtui hosts trust {self.name})"
+
+    def auth_problem(self) -> str:
+        target = self.target
+        if self.observer.publickey_exhausted:
+            keys = [Path(path).name for path in target.identities]
+            if not keys:
+                keys.append("the default keys in ~/.ssh")
+            if os.environ.get("SSH_AUTH_SOCK"):
+                keys.append("ssh-agent keys")
+            tried = f"tried publickey with {', '.join(keys)}"
+        else:
+            tried = "the server accepts no public key login"
+        text = f"auth failed as {target.user}@{target.hostname}: {tried}"
+        if self.observer.declined:
+            methods = " and ".join(sorted(self.observer.declined))
+            text += f"; the server also offers {methods}, which cvtui does not use"
+        return text
+
+    def options(self, keys: HostKeys, tunnel: asyncssh.SSHClientConnection | None) -> Any:
+        """asyncssh.connect arguments; the config files stay in effect for everything else."""
+        target = self.target
+        options: dict[str, Any] = {
+            "port": target.port,
+            "username": target.user,
+            "known_hosts": keys.for_asyncssh(),
+            "host_key_alias": target.host_key_alias,
+            "tunnel": tunnel,
+            "proxy_command": target.proxy_command,
+            "config": [str(path) for path in target.config_files],
+            "connect_timeout": self.timeout_s,
+            "login_timeout": self.timeout_s,
+            "keepalive_interval": KEEPALIVE_INTERVAL_S,
+            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+            # cvtui's sessions carry programs, not a terminal: RequestTTY and X11 never apply.
+            "request_pty": False,
+            "x11_forwarding": False,
+            "client_factory": lambda: self.observer,
+        }
+        if target.ciphers is None:
+            options["encryption_algs"] = list(ENCRYPTION_ALGS)
+        if target.identity_from_inventory:
+            options["client_keys"] = list(target.identities)
+        return options
 
 
-async def fetch_host_key(host: Host, timeout_s: float = 10.0) -> asyncssh.SSHKey:
-    """The key the server presents now, without authenticating."""
+async def fetch_server_key(
+    name: str,
+    target: SshTarget,
+    tunnel: asyncssh.SSHClientConnection | None,
+    timeout_s: float,
+) -> asyncssh.SSHKey:
+    """The key target presents now, without logging in (through tunnel when given)."""
+    attempt = _Attempt(name, target, timeout_s)
     try:
         key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(host.address, host.port), timeout_s
+            asyncssh.get_server_host_key(
+                target.alias,
+                target.port,
+                tunnel=tunnel,
+                proxy_command=target.proxy_command,
+                config=[str(path) for path in target.config_files],
+            ),
+            timeout_s,
         )
     except Exception as exc:
-        raise classify_error(host, exc) from exc
+        raise attempt.explain(exc) from exc
     if key is None:
-        raise HostConnectError(host.name, "server presented no host key")
+        raise attempt.fail("server presented no host key")
     return key
 
 
-def classify_error(host: Host, exc: BaseException) -> HostConnectError:
-    """Turn what connecting raised into a host state with a specific reason."""
-    if isinstance(exc, HostConnectError):
-        return exc
-    name = host.name
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        if recorded_host_keys(host):
-            return HostConnectError(
-                name,
-                f"host key changed (the server's key does not match {known_hosts_path(host)}; "
-                f"if the change is expected: ssh-keygen -R '{known_hosts_name(host)}' "
-                f"-f {known_hosts_path(host)} && cvtui hosts trust {name})",
-            )
-        return HostConnectError(name, f"host key unknown (run: cvtui hosts trust {name})")
-    if isinstance(exc, asyncssh.PermissionDenied):
-        return HostConnectError(name, "auth failed")
-    if isinstance(exc, ConnectionRefusedError):
-        return HostConnectError(name, "connection refused", state="disconnected")
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return HostConnectError(name, "timeout", state="disconnected")
-    if isinstance(exc, socket.gaierror):
-        return HostConnectError(name, f"cannot resolve {host.address}: {exc.strerror}")
-    if isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError | BrokenPipeError):
-        return HostConnectError(name, "connection lost", state="disconnected")
-    if isinstance(exc, asyncssh.DisconnectError):
-        return HostConnectError(name, f"disconnected by server: {exc.reason}", state="disconnected")
-    if isinstance(exc, OSError):
-        return HostConnectError(name, exc.strerror or str(exc), state="disconnected")
-    return HostConnectError(name, f"{type(exc).__name__}: {exc}")
+async def connect_target(
+    name: str,
+    target: SshTarget,
+    policy: Policy,
+    tunnel: asyncssh.SSHClientConnection | None = None,
+    timeout_s: float = 10.0,
+    via: SshTarget | None = None,
+) -> asyncssh.SSHClientConnection:
+    """Log in to one server. With policy accept-new, a server known_hosts says nothing about
+    is recorded first (trust on first use); a changed or revoked key never is."""
+    keys = host_keys_of(target)
+    if policy.host_keys == "accept-new" and not keys.known:
+        key = await fetch_server_key(name, target, tunnel, timeout_s)
+        if keys.revoked_entry(key) is None and keys.trusted_entry(key) is None:
+            record_key(target.record_file, target.key_name, key, hashed=target.hash_known_hosts)
+            keys = host_keys_of(target)
+    attempt = _Attempt(name, target, timeout_s, via, keys)
+    try:
+        return await asyncssh.connect(target.alias, **attempt.options(keys, tunnel))
+    except Exception as exc:
+        raise attempt.explain(exc) from exc
+
+
+async def open_route(
+    name: str, target: SshTarget, policy: Policy, timeout_s: float
+) -> list[asyncssh.SSHClientConnection]:
+    """Logged-in connections to each jump host in front of target, in order (empty: direct)."""
+    route = target.route()
+    chain: list[asyncssh.SSHClientConnection] = []
+    try:
+        for index, hop in enumerate(route):
+            tunnel = chain[-1] if chain else None
+            try:
+                conn = await connect_target(
+                    name, hop, policy, tunnel, timeout_s, via=route[index - 1] if index else None
+                )
+            except HostConnectError as exc:
+                where = f"hop {index + 1} of {len(route)}, {hop.address}"
+                raise HostConnectError(
+                    name, f"jump host {hop.label} failed ({where}): {exc.reason}", exc.state
+                ) from exc
+            if tunnel is not None:
+                conn.set_tunnel(tunnel)  # closing a hop closes the hops before it
+            chain.append(conn)
+    except BaseException:
+        close_route(chain)
+        raise
+    return chain
+
+
+def close_route(chain: list[asyncssh.SSHClientConnection]) -> None:
+    for conn in reversed(chain):
+        conn.close()
 
 
 async def open_connection(
     host: Host, policy: Policy, timeout_s: float = 10.0
 ) -> asyncssh.SSHClientConnection:
-    """Connect and authenticate to host, or raise HostConnectError with the reason.
+    """Connect and log in to host through its jump hosts, or raise HostConnectError naming why.
 
-    With ``policy.host_keys == "accept-new"`` an unknown host's key is recorded first (trust on
-    first use); a changed key is always an error.
+    Closing the returned connection closes the jump host connections too.
     """
-    if policy.host_keys == "accept-new" and not recorded_host_keys(host):
-        record_host_key(host, await fetch_host_key(host, timeout_s))
+    target = resolve_target(host)
+    chain = await open_route(host.name, target, policy, timeout_s)
+    via = target.route()[-1] if chain else None
     try:
-        return await asyncssh.connect(host.address, **connect_options(host, timeout_s))
-    except Exception as exc:
-        raise classify_error(host, exc) from exc
+        conn = await connect_target(
+            host.name, target, policy, chain[-1] if chain else None, timeout_s, via
+        )
+    except BaseException:
+        close_route(chain)
+        raise
+    if chain:
+        conn.set_tunnel(chain[-1])
+    return conn
+
+
+def classify_error(host: Host, exc: BaseException) -> HostConnectError:
+    """Turn what a session raised after connecting into a host state with a reason."""
+    if isinstance(exc, HostConnectError):
+        return exc
+    with contextlib.suppress(HostConnectError):
+        return _Attempt(host.name, resolve_target(host), 10.0).explain(exc)
+    return HostConnectError(host.name, f"{type(exc).__name__}: {exc}")
 
 
 @dataclass

@@ -1,18 +1,37 @@
-"""Agent deployment: content-addressed upload over SFTP, and the command that starts it."""
+"""Agent deployment: a private host root, content-addressed upload over SFTP, and the start."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import posixpath
 import secrets
 import shlex
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncssh
 
 from cvtui.engine.agent_build import AgentBundle, remote_agent_path
+from cvtui.engine.agent_client import AgentClient, AgentClosedError, EventHandler
+from cvtui.engine.connections import HostConnectError
+from remote_agent.protocol import ProtocolError, RemoteError
 
 if TYPE_CHECKING:
     from cvtui.inventory import Host
+
+ROOT_MODE = 0o700
+# What cvtui keeps in a host root. A root holding anything else is shared with something
+# that is not cvtui, so cvtui does not change its mode (it warns instead).
+ROOT_ENTRIES = frozenset({"agent", "code", "runs", "workspace", "simulate"})
+PID_LINE = b"cvtui-pid "
+EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
+START_TIMEOUT_S = 15.0
+# Commands run under `sh -c`, which first names its pid on stderr and then execs the command:
+# the command keeps that pid and leads the process group sshd made for the session, so one
+# that hangs can be killed whole. sh also keeps the login shell's syntax (csh, fish) out of it.
+_START_SCRIPT = 'echo "cvtui-pid $$" >&2; exec "$@"'
 
 
 def remote_path(path: str) -> str:
@@ -32,14 +51,88 @@ def agent_file(host: Host, bundle: AgentBundle) -> str:
     return remote_agent_path(remote_path(host.root), bundle)
 
 
+@dataclass(frozen=True)
+class RootCheck:
+    """The host root's mode, and what cvtui did about it. Other users must not read it: it
+    holds a lab's code snapshots and run outputs."""
+
+    path: str  # as the inventory writes it
+    mode: int  # permission bits now
+    tightened_from: int | None = None  # the mode before cvtui made it 0700
+    warning: str | None = None  # still open to others, and cvtui would not or could not fix it
+
+    def note(self) -> str | None:
+        """One line for the log, `cvtui hosts` and `cvtui doctor`, or None when all is well."""
+        if self.tightened_from is not None:
+            return (
+                f"host root {self.path} was open to other users (mode "
+                f"{self.tightened_from:04o}); cvtui made it 0700"
+            )
+        return self.warning
+
+
+async def secure_root(sftp: asyncssh.SFTPClient, host: Host) -> RootCheck:
+    """Create the host root 0700, or tighten an existing one that cvtui owns.
+
+    A root counts as cvtui's when it holds nothing but cvtui's own entries and is not the
+    login directory itself; any other root open to group or others is left as is, with a
+    warning.
+    """
+    root = remote_path(host.root)
+    try:
+        attrs = await sftp.stat(root)
+    except asyncssh.SFTPNoSuchFile:
+        parent = posixpath.dirname(root.rstrip("/"))
+        if parent:
+            await sftp.makedirs(parent, exist_ok=True)
+        with contextlib.suppress(asyncssh.SFTPFailure):  # another controller made it first
+            await sftp.mkdir(root, asyncssh.SFTPAttrs(permissions=ROOT_MODE))
+        attrs = await sftp.stat(root)
+    mode = (attrs.permissions or 0) & 0o7777
+    if not mode & 0o077:
+        return RootCheck(host.root, mode)
+    is_login_dir = root in (".", "./", "")
+    if not is_login_dir and all(_is_cvtui_entry(name) for name in await sftp.listdir(root)):
+        try:
+            await sftp.chmod(root, ROOT_MODE)
+        except asyncssh.SFTPError:
+            pass  # not its owner: warn below
+        else:
+            return RootCheck(host.root, ROOT_MODE, tightened_from=mode)
+    return RootCheck(
+        host.root,
+        mode,
+        warning=(
+            f"host root {host.root} is open to other users (mode {mode:04o}): they can read "
+            f"its code snapshots and run outputs; if nothing else needs that, run on the "
+            f"host: chmod 700 {host.root}"
+        ),
+    )
+
+
+def _is_cvtui_entry(name: str) -> bool:
+    return name in (".", "..") or name in ROOT_ENTRIES or name.startswith(".cvtui")
+
+
 async def ensure_agent(
-    conn: asyncssh.SSHClientConnection, host: Host, bundle: AgentBundle, *, force: bool = False
+    conn: asyncssh.SSHClientConnection,
+    host: Host,
+    bundle: AgentBundle,
+    *,
+    force: bool = False,
+    sftp: asyncssh.SFTPClient | None = None,
 ) -> tuple[str, bool]:
-    """Upload the agent unless this exact build is already there; returns (path, uploaded)."""
-    path = agent_file(host, bundle)
-    async with conn.start_sftp_client() as sftp:
+    """Upload the agent unless this exact build is already there; returns (path, uploaded).
+
+    ``sftp`` reuses an open SFTP session (one round trip less than starting another).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if sftp is None:
+            sftp = await stack.enter_async_context(conn.start_sftp_client())
+        path = agent_file(host, bundle)
         if not force and await sftp.exists(path):
             return path, False
+        await secure_root(sftp, host)  # before anything is made under it
         directory = path.rsplit("/", 1)[0]
         await sftp.makedirs(directory, exist_ok=True)
         # A name of its own: two controllers uploading at once must not write one file.
@@ -73,4 +166,96 @@ def agent_command(host: Host, path: str, interval_s: float) -> str:
             "--simulate",
             json.dumps({"gpus": spec.gpus, "model": spec.model, "memory": spec.memory}),
         ]
-    return "exec " + shlex.join(argv)
+    return killable_command(argv)
+
+
+def killable_command(argv: list[str]) -> str:
+    """A command line for exec that runs argv so that KillableProcess can stop all of it."""
+    return f"exec sh -c {shlex.quote(_START_SCRIPT)} sh {shlex.join(argv)}"
+
+
+@dataclass
+class KillableProcess:
+    """A process started by killable_command: it can name why it died, and be killed whole."""
+
+    process: asyncssh.SSHClientProcess[bytes]
+    pid: int | None = None
+    stderr_lines: list[str] = field(default_factory=list)
+    _pid_read: bool = False
+
+    async def read_pid(self, timeout_s: float = 1.0) -> int | None:
+        """The process's pid from the first stderr line (the start script writes it first)."""
+        if not self._pid_read:
+            self._pid_read = True
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                line = await asyncio.wait_for(self.process.stderr.readline(), timeout_s)
+                if line.startswith(PID_LINE) and line[len(PID_LINE) :].strip().isdigit():
+                    self.pid = int(line[len(PID_LINE) :])
+                elif line:
+                    self.stderr_lines.append(line.decode(errors="replace").strip())
+        return self.pid
+
+    async def stop(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Kill the process group, if the process still runs; best effort, never raises."""
+        if self.process.exit_status is not None or self.process.exit_signal is not None:
+            return
+        pid = await self.read_pid()
+        with contextlib.suppress(asyncssh.Error, OSError):
+            self.process.send_signal("KILL")  # servers that take signal requests kill it now
+        if pid is not None:
+            # A process group of this session: our process and whatever it forked, nothing else.
+            # `kill -KILL -PGID`: dash, the common /bin/sh, takes no `--` before it.
+            kill = f"kill -KILL -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; true"
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(conn.run(f"exec sh -c {shlex.quote(kill)}"), 5.0)
+        self.process.close()
+
+    async def exit_reason(self, host: Host, exc: Exception) -> HostConnectError:
+        """Name why an agent that exited at start did (no python, too old, crashed)."""
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self.process.wait_closed(), 2.0)
+        await self.read_pid(0.2)
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            rest = await asyncio.wait_for(self.process.stderr.read(), 1.0)
+            self.stderr_lines += rest.decode(errors="replace").strip().splitlines()
+        if self.process.exit_status == EXIT_NOT_FOUND:
+            return HostConnectError(host.name, f"no python3 >= 3.8 ({host.python}: not found)")
+        last = self.stderr_lines[-1] if self.stderr_lines else str(exc) or type(exc).__name__
+        return HostConnectError(host.name, f"agent failed to start: {last}")
+
+
+async def launch_agent(
+    conn: asyncssh.SSHClientConnection,
+    host: Host,
+    path: str,
+    interval_s: float,
+    on_event: EventHandler,
+    timeout_s: float = START_TIMEOUT_S,
+) -> AgentClient:
+    """Start the agent and read its hello. On any failure the started process is killed (a
+    host `python` that never answers must not stay behind) and HostConnectError says why."""
+    process = await conn.create_process(agent_command(host, path, interval_s), encoding=None)
+    starting = KillableProcess(process)
+    client = AgentClient(process, on_event)
+    try:
+        await client.handshake(timeout_s)
+    except RemoteError as exc:
+        await starting.stop(conn)
+        raise HostConnectError(host.name, f"no python3 >= 3.8 ({exc.message})") from exc
+    except TimeoutError as exc:
+        await starting.stop(conn)
+        raise HostConnectError(
+            host.name,
+            f"agent start timed out: {host.python} did not answer within {timeout_s:g} s "
+            "(cvtui stopped it)",
+        ) from exc
+    except (AgentClosedError, ProtocolError) as exc:
+        failure = await starting.exit_reason(host, exc)
+        await starting.stop(conn)
+        raise failure from exc
+    except BaseException:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            process.send_signal("KILL")  # cancelled: no time to wait for a kill command
+        process.close()
+        raise
+    return client

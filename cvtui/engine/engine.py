@@ -17,7 +17,7 @@ from cvtui.catalog import Catalog
 from cvtui.engine.agent_build import AgentBundle, build_agent
 from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
-from cvtui.engine.deploy import agent_command, ensure_agent
+from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_root
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
 from cvtui.engine.runner import RunController
@@ -25,13 +25,12 @@ from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
 from cvtui.repro.provenance import capture_host_environment
 from remote_agent import protocol
-from remote_agent.protocol import Hello, ProtocolError, RemoteError, RunStatus, Telemetry
+from remote_agent.protocol import Hello, ProtocolError, RunStatus, Telemetry
 
 log = logging.getLogger("cvtui.engine")
 
 FLUSH_INTERVAL_S = 0.2
 COMPACT_INTERVAL_S = 300.0
-EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
 
 
 @dataclass
@@ -98,20 +97,23 @@ class HostSession:
 
     async def start_agent(self, conn: asyncssh.SSHClientConnection) -> AgentClient:
         bundle = self.engine.bundle
+        sftp = await self.sftp()
+        try:
+            root = await secure_root(sftp, self.host)
+        except asyncssh.SFTPError as exc:
+            reason = f"cannot use host root {self.host.root}: {exc.reason}"
+            raise HostConnectError(self.host.name, reason) from exc
+        self.engine.root_checked(self.host.name, root)
         for attempt in range(2):
-            path, self.uploaded = await ensure_agent(conn, self.host, bundle, force=attempt > 0)
-            command = agent_command(self.host, path, self.policy.interval_s)
-            process = await conn.create_process(command, encoding=None)
-            client = AgentClient(process, self.on_event)
-            try:
-                hello = await client.handshake()
-            except RemoteError as exc:
-                raise HostConnectError(
-                    self.host.name, f"no python3 >= 3.8 ({exc.message})"
-                ) from exc
-            except (TimeoutError, AgentClosedError, ProtocolError) as exc:
-                await self.explain_agent_exit(process, exc)
-                raise
+            path, self.uploaded = await ensure_agent(
+                conn, self.host, bundle, force=attempt > 0, sftp=sftp
+            )
+            client = await launch_agent(
+                conn, self.host, path, self.policy.interval_s, self.on_event
+            )
+            hello = client.hello
+            assert hello is not None  # launch_agent returns after the handshake
+            spoken = hello.protocol
             if hello.protocol == protocol.PROTOCOL_VERSION:
                 self.hello = hello
                 self.engine.agent_started(self.host.name, hello, bundle.hash)
@@ -121,25 +123,8 @@ class HostSession:
             await client.close()
         raise HostConnectError(
             self.host.name,
-            f"agent speaks protocol {hello.protocol}, controller {protocol.PROTOCOL_VERSION}",
+            f"agent speaks protocol {spoken}, controller {protocol.PROTOCOL_VERSION}",
         )
-
-    async def explain_agent_exit(
-        self, process: asyncssh.SSHClientProcess[bytes], exc: Exception
-    ) -> None:
-        """Name the reason when the agent died at start (no python, too old, crashed)."""
-        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(process.wait_closed(), 2.0)
-        stderr = b""
-        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
-            stderr = await asyncio.wait_for(process.stderr.read(), 1.0)
-        detail = stderr.decode(errors="replace").strip().splitlines()
-        last = detail[-1] if detail else str(exc)
-        if process.exit_status == EXIT_NOT_FOUND:
-            raise HostConnectError(
-                self.host.name, f"no python3 >= 3.8 ({self.host.python}: not found)"
-            ) from exc
-        raise HostConnectError(self.host.name, f"agent failed to start: {last}") from exc
 
     def on_event(self, message: dict[str, Any]) -> None:
         kind = message.get("event")
@@ -202,6 +187,15 @@ class Engine:
         self.set_state(name, state, reason)
         if name in self.answered:
             self.answered[name].set()
+
+    def root_checked(self, name: str, check: RootCheck) -> None:
+        """Say when a host root was tightened or is open to other users (log and catalog)."""
+        note = check.note()
+        if note is None:
+            return
+        log.warning("host %s: %s", name, note, extra={"event": "root_mode", "host": name})
+        if name in self.sessions:
+            self.catalog.set_host_warning(name, note)
 
     def agent_started(self, name: str, hello: Hello, agent_hash: str) -> None:
         log.info(

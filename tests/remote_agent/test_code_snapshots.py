@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import stat
+import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from remote_agent_harness import AgentProcess
-from run_harness import start, wait_state
+from run_harness import kill_runs, start, wait_state
 
 from remote_agent.protocol import E_BAD_REQUEST, E_CODE_CHANGED, OP_UNPACK_CODE, RUN_SUCCEEDED
 
@@ -69,13 +73,14 @@ def test_unpack_makes_a_read_only_snapshot_once(agent: AgentProcess, root: Path)
         name: stat.S_IMODE((snapshot / name).lstat().st_mode)
         for name in ("train.py", "run.sh", "data", "data/labels.txt", ".")
     }
-    assert modes == {
-        "train.py": 0o444,
-        "run.sh": 0o555,
-        "data": 0o555,
-        "data/labels.txt": 0o444,
-        ".": 0o555,
+    assert modes == {  # read-only, and for the owner alone: a lab's unpublished code
+        "train.py": 0o400,
+        "run.sh": 0o500,
+        "data": 0o500,
+        "data/labels.txt": 0o400,
+        ".": 0o500,
     }
+    assert stat.S_IMODE((root / "code").stat().st_mode) == 0o700
     assert (snapshot / "latest").read_text() == "cat\ndog\n"
     # Another controller uploads the same snapshot: the first one stands, the upload goes.
     again = _upload(root, _file("train.py", b"print('other')\n"))
@@ -83,6 +88,39 @@ def test_unpack_makes_a_read_only_snapshot_once(agent: AgentProcess, root: Path)
     assert not (root / again).exists()
     assert (snapshot / "train.py").read_text() == "print('v1')\n"
     assert sorted(p.name for p in (root / "code").iterdir()) == [HASH, HASH + ".sealed"]
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another uid needs root")
+def test_other_users_cannot_read_a_snapshot_even_under_an_open_root() -> None:
+    """The worst case: a root that SFTP made 0755 under a directory anyone can enter."""
+    top = Path(tempfile.mkdtemp(prefix="cvtui-uid-"))
+    try:
+        top.chmod(0o755)
+        root = top / "root"
+        root.mkdir(mode=0o755)
+        root.chmod(0o755)
+        (root / "public.txt").write_text("anyone\n")
+        (root / "public.txt").chmod(0o644)
+        archive = _upload(root, _file("secret.py", b"W = 'unpublished'\n"))
+        (root / "code").chmod(0o755)
+        with AgentProcess(root, simulate={"gpus": 0}, interval_s=0.05) as proc:
+            proc.hello()
+            proc.request(OP_UNPACK_CODE, hash=HASH, archive=archive)
+
+        def read_as_nobody(path: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["cat", str(path)], user=NOBODY, group=NOBODY, capture_output=True, text=True
+            )
+
+        assert read_as_nobody(root / "public.txt").stdout == "anyone\n"  # the setup is fair
+        denied = read_as_nobody(root / "code" / HASH / "secret.py")
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    finally:
+        kill_runs(top / "root")
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_a_run_works_on_its_own_writable_copy_of_the_code(agent: AgentProcess, root: Path) -> None:
