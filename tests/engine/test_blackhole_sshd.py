@@ -171,7 +171,7 @@ async def blackholed_rounds(lab: Lab, home: Path, tmp_path: Path, rounds: int) -
                     60,
                 )
             steps = steps_done(progress)
-            output = (home / "runs" / run_id / "output.log").read_text()
+            output = (home / "runs" / run_id / ".cvtui" / "output.log").read_text()
             assert output == "".join(f"step {i}\n" for i in range(steps))  # each line once
             rows = sorted(
                 (int(step), key, value)
