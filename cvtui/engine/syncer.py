@@ -109,12 +109,19 @@ class Syncer:
         run_id = message.get("run_id")
         if not isinstance(run_id, str) or self.catalog.get_run(run_id) is None:
             return
-        try:
-            entries = {f["path"]: FileEntry(**f) for f in message.get("files", [])}
-        except (TypeError, KeyError) as exc:
-            log.warning("host %s: bad files event: %s", host, exc)
-            return
-        self.request(run_id, SyncRequest(entries=entries, full=bool(message.get("removed"))))
+        raw = message.get("files")
+        entries: dict[str, FileEntry] = {}
+        full = bool(message.get("removed"))
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                entry = FileEntry.from_wire(item)
+            except ProtocolError as exc:
+                # That entry fails alone: a full listing records it with its reason.
+                log.warning("host %s: run %s: %s", host, run_id, exc)
+                full = True
+                continue
+            entries[entry.path] = entry
+        self.request(run_id, SyncRequest(entries=entries, full=full or not isinstance(raw, list)))
 
     def host_ready(self, session: HostSession) -> None:
         """A host (re)connected: finish what earlier passes left outdated on its ended runs."""
