@@ -51,13 +51,26 @@ def fail(error: CvtuiError) -> NoReturn:
 
 
 class CvtuiGroup(click.Group):
-    """Prints CvtuiError on one line and exits with its code, never a traceback."""
+    """Prints CvtuiError on one line and exits with its code, never a traceback.
+
+    Any other exception is unexpected: its traceback goes to a crash log, and one line names
+    the problem and that file (exit status 70).
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CvtuiError as error:
             fail(error)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors, --help, Ctrl-C at a prompt: click prints those itself
+        except Exception as error:
+            from cvtui.crash_log import EXIT_INTERNAL_ERROR, one_line, write_crash_log
+
+            path = write_crash_log(error)
+            where = f"traceback in {path}" if path else "no crash log could be written"
+            click.echo(f"cvtui: internal error: {one_line(error)} ({where})", err=True)
+            sys.exit(EXIT_INTERNAL_ERROR)
 
 
 @click.group(cls=CvtuiGroup, invoke_without_command=True)
