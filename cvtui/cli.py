@@ -7,6 +7,7 @@ Heavy modules (asyncssh, textual, sqlite-utils) are imported inside the commands
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ class CvtuiGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # usage errors, --help, Ctrl-C at a prompt: click prints those itself
         except Exception as error:
+            if os.environ.get("CVTUI_TRACEBACK"):
+                raise  # developers and the test suite see the traceback itself
             from cvtui.crash_log import EXIT_INTERNAL_ERROR, one_line, write_crash_log
 
             path = write_crash_log(error)
