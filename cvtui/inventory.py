@@ -244,7 +244,7 @@ def _check_depth(root: yaml.Node | None) -> None:
             stack.extend((child, depth + 1) for pair in node.value for child in pair)
 
 
-def _deep_mark(text: str) -> yaml.Mark | None:
+def _deep_mark(text: str) -> Any:  # a yaml.Mark (pure or libyaml) or None
     """Where the document first goes deeper than MAX_YAML_DEPTH (the parser is not recursive)."""
     depth = 0
     try:

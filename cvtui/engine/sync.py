@@ -218,9 +218,10 @@ class RunSync(TransferMixin):
                     # The run ended: the whole-file digest decides (a delta if it differs).
                     result = await self._verify_appended(entry)
             if result is None:
-                result = await self._transfer(
-                    entry, row, seed=how != delta.WHOLE, trust_cache=not verify
-                )
+                # --verify compares digests with the local copy, whatever the file's kind: a
+                # small file that matches costs a signature, not a download.
+                seed = how != delta.WHOLE or (verify and intact)
+                result = await self._transfer(entry, row, seed=seed, trust_cache=not verify)
         except UnsafePathError as exc:
             result = FileResult(path, "skipped", reason=str(exc))
         except RemoteError as exc:

@@ -87,6 +87,10 @@ class Syncer:
         # of the first pass that began after its request, not for the run to go quiet.
         self.passes_begun: dict[str, int] = {}
         self.passes_ended: dict[str, int] = {}
+        # Bytes fetched per run and file by ended passes, plus the pass running now: a command
+        # reports what came for its runs while it waited, whichever pass fetched it.
+        self.fetched_done: dict[str, dict[str, int]] = {}
+        self.running_syncs: dict[str, RunSync] = {}
         self._pass_ended = asyncio.Event()  # set (and replaced) whenever a pass or task ends
 
     # -- what the engine hears -------------------------------------------------------------
@@ -189,6 +193,26 @@ class Syncer:
         sync = RunSync(
             self.catalog, self.home, source, run_id, output_globs(run["spec"]), self.progress
         )
+        self.running_syncs[run_id] = sync
+        try:
+            return await self._sync_pass(run_id, request, source, sync)
+        finally:
+            del self.running_syncs[run_id]
+            done = self.fetched_done.setdefault(run_id, {})
+            for path, count in sync.fetched_by_path.items():
+                done[path] = done.get(path, 0) + count
+
+    def fetched_so_far(self, run_id: str) -> dict[str, int]:
+        """Bytes fetched for each file of a run by this engine so far (the running pass too)."""
+        found = dict(self.fetched_done.get(run_id, {}))
+        sync = self.running_syncs.get(run_id)
+        for path, count in (sync.fetched_by_path if sync else {}).items():
+            found[path] = found.get(path, 0) + count
+        return found
+
+    async def _sync_pass(
+        self, run_id: str, request: SyncRequest, source: SshSource, sync: RunSync
+    ) -> PassReport:
         self._set_run_status(run_id, "syncing")
         listing = None
         if request.watch:
@@ -255,6 +279,7 @@ class Syncer:
                 ).to_json()
             else:
                 wanted.append(run)
+        before = {run["id"]: self.fetched_so_far(run["id"]) for run in wanted}
         await self._wait_connected({r["host"] for r in wanted})
         served: dict[str, int] = {}
         for run in wanted:
@@ -268,6 +293,20 @@ class Syncer:
             while self.passes_ended.get(run_id, 0) < served[run_id] and run_id in self.tasks:
                 await self._pass_ended.wait()
             report = self.reports.get(run_id) or PassReport(error="not synced")
+            # What came for the run while the command waited, in this pass or one before it
+            # (the watch of a running run, the final pass a reconnect asked for).
+            came = {
+                path: count - before[run_id].get(path, 0)
+                for path, count in self.fetched_so_far(run_id).items()
+                if count > before[run_id].get(path, 0)
+            }
+            report = PassReport(
+                files=report.files,
+                fetched=sum(came.values()),
+                fetched_by_file=came,
+                states=report.states,
+                error=report.error,
+            )
             outcome[run["id"]] = report.to_json()
         ok = all(o["error"] is None for o in outcome.values())
         self.catalog.finish_command(command["id"], ok=ok, result=outcome)

@@ -272,3 +272,39 @@ def test_sync_of_a_busy_running_run_returns_after_its_own_pass(
     local = (home / "runs" / run_id / "busy.log").read_text().splitlines()
     assert local and local == [f"line {i}" for i in range(len(local))]  # a clean prefix
     cvtui(lab, home, "cancel", run_id)
+
+
+BIG_THEN_WAIT = """
+import os, time
+open("part.pt", "wb").write(os.urandom(30 << 20))
+os.rename("part.pt", "model.pt")
+time.sleep(float(os.environ.get("WAIT", "0")))
+"""
+
+
+@pytest.mark.parametrize("wait", [0, 60])
+def test_sync_reports_the_bytes_that_came_for_the_run_while_it_waited(
+    lab_factory, home: Path, tmp_path: Path, wait: int
+) -> None:
+    # No engine runs: `cvtui sync` starts one, whose watch of the running run fetches the
+    # checkpoint in a pass of its own before the command's pass. The report counts those bytes.
+    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
+    config = write_config(tmp_path, BIG_THEN_WAIT, f"WAIT={wait} python3 job.py")
+    done = cvtui(lab, home, "run", str(config))
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[0]
+    checkpoint = run_dir(lab, "gpu-01", run_id) / "model.pt"
+    deadline = time.monotonic() + 30
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # with no wait, the run has ended by now
+    synced = cvtui(lab, home, "sync", run_id)
+    assert synced.returncode == 0, synced.stderr
+    line = next(li for li in synced.stdout.splitlines() if li.startswith(run_id[:12]))
+    fetched_mb = float(line.rsplit(", ", 1)[1].split()[0])
+    assert line.endswith("MB fetched") and fetched_mb >= 31.4, line  # 30 MiB and the log
+    assert (home / "runs" / run_id / "model.pt").read_bytes() == checkpoint.read_bytes()
+    again = cvtui(lab, home, "sync", run_id, "--json")
+    assert json.loads(again.stdout)[run_id]["fetched"] == 0  # nothing new: nothing counted
+    cvtui(lab, home, "cancel", run_id)
