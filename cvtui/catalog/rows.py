@@ -53,6 +53,7 @@ def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> Tele
             g.fan,
             latest.backend,
             received,
+            g.leased_by,
         )
         for g in latest.gpus
     ]
@@ -96,7 +97,7 @@ def build_hosts_report(
             }
         )
     gpus: dict[str, list[dict[str, Any]]] = {}
-    for host, idx, uuid, name, util, mem_used, mem_total, temperature, power in gpu_rows:
+    for host, idx, uuid, name, util, mem_used, mem_total, temperature, power, leased in gpu_rows:
         gpus.setdefault(host, []).append(
             {
                 "index": idx,
@@ -108,6 +109,7 @@ def build_hosts_report(
                 "temperature": temperature,
                 "power": power,
                 "processes": processes.get((host, idx), []),
+                "leased_by": leased,  # run id holding the GPU's lease on the host ("?": unknown)
             }
         )
     report = []
@@ -132,6 +134,11 @@ def build_hosts_report(
             }
         )
     return report
+
+
+def gpu_is_free(gpu: dict[str, Any]) -> bool:
+    """Whether a GPU of the hosts report could take a new run: no process, no lease."""
+    return not gpu["processes"] and gpu.get("leased_by") is None
 
 
 def derive_state(

@@ -192,6 +192,12 @@ def migration_3_queue(db: Database) -> None:
     db.execute("CREATE INDEX runs_ended ON runs (ended)")
 
 
+def migration_7_gpu_leases(db: Database) -> None:
+    """Who holds each GPU's lease on its host, so `hosts` never shows a leased GPU as free."""
+    # run id written in the held lease file, "?" when unreadable; NULL: not leased
+    db.execute("ALTER TABLE gpus ADD COLUMN leased_by TEXT")
+
+
 # Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
 MIGRATIONS: tuple[Migration, ...] = (
     migration_1_monitoring,
@@ -200,6 +206,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_4_sync,  # cvtui/catalog/metrics.py (its `blobs` became `signatures` in 5)
     migration_5_reproducibility,  # cvtui/catalog/components.py
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
+    migration_7_gpu_leases,
 )
 
 

@@ -281,8 +281,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             # OR REPLACE: a sample naming one GPU index twice must not lose the whole batch.
             conn.executemany(
                 "INSERT OR REPLACE INTO gpus (host, idx, uuid, name, util, mem_used, mem_total, "
-                "temperature, power, power_limit, fan, backend, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "temperature, power, power_limit, fan, backend, updated, leased_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [row for r in kept for row in r.gpus],
             )
             conn.executemany(
@@ -393,8 +393,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
                 (wanted,),
             ).fetchall()
             gpu_rows = conn.execute(
-                "SELECT host, idx, uuid, name, util, mem_used, mem_total, temperature, power "
-                "FROM gpus WHERE ?1 IS NULL OR host IN (SELECT value FROM json_each(?1)) "
+                "SELECT host, idx, uuid, name, util, mem_used, mem_total, temperature, power, "
+                "leased_by FROM gpus WHERE ?1 IS NULL OR host IN (SELECT value FROM json_each(?1)) "
                 "ORDER BY host, idx",
                 (wanted,),
             ).fetchall()
