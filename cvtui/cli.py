@@ -52,28 +52,13 @@ def fail(error: CvtuiError) -> NoReturn:
 
 
 class CvtuiGroup(click.Group):
-    """Prints CvtuiError on one line and exits with its code, never a traceback.
-
-    Any other exception is unexpected: its traceback goes to a crash log, and one line names
-    the problem and that file (exit status 70).
-    """
+    """Prints CvtuiError on one line and exits with its code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CvtuiError as error:
             fail(error)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise  # usage errors, --help, Ctrl-C at a prompt: click prints those itself
-        except Exception as error:
-            if os.environ.get("CVTUI_TRACEBACK"):
-                raise  # developers and the test suite see the traceback itself
-            from cvtui.crash_log import EXIT_INTERNAL_ERROR, one_line, write_crash_log
-
-            path = write_crash_log(error)
-            where = f"traceback in {path}" if path else "no crash log could be written"
-            click.echo(f"cvtui: internal error: {one_line(error)} ({where})", err=True)
-            sys.exit(EXIT_INTERNAL_ERROR)
 
 
 @click.group(cls=CvtuiGroup, invoke_without_command=True)
@@ -232,5 +217,25 @@ def _register_run_commands() -> None:
 
 _register_run_commands()
 
+
+def console_main() -> None:
+    """The `cvtui` command: main, with an unexpected exception turned into one line naming a
+    crash log that holds its traceback (exit status 70). CVTUI_TRACEBACK=1 lets it through.
+
+    Tests that call `main` in-process see the exception itself.
+    """
+    try:
+        main()
+    except Exception as error:
+        if os.environ.get("CVTUI_TRACEBACK"):
+            raise
+        from cvtui.crash_log import EXIT_INTERNAL_ERROR, one_line, write_crash_log
+
+        path = write_crash_log(error)
+        where = f"traceback in {path}" if path else "no crash log could be written"
+        click.echo(f"cvtui: internal error: {one_line(error)} ({where})", err=True)
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cvtui.lab import Lab, LabHostSpec, start_lab
-
-# A bug in a command shows its traceback in a test (not a crash log in the user's log dir);
-# tests of the crash log start the CLI without this variable.
-os.environ.setdefault("CVTUI_TRACEBACK", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
