@@ -37,10 +37,16 @@ from .workload import (
 
 pytestmark = pytest.mark.sshd
 
-ROUNDS = [
-    pytest.param(2, id="short"),
-    pytest.param(20, id="long", marks=[pytest.mark.faults, pytest.mark.timeout(900)]),
-]
+
+def variants(short: int) -> list[object]:
+    """A short variant for every run, and 20 rounds with -m faults."""
+    return [
+        pytest.param(short, id="short"),
+        pytest.param(20, id="long", marks=[pytest.mark.faults, pytest.mark.timeout(900)]),
+    ]
+
+
+ROUNDS = variants(2)  # sshd alternates a restart and a crash: two rounds show both
 
 
 def dispatches(home: Path) -> int:
@@ -48,7 +54,7 @@ def dispatches(home: Path) -> int:
     return int(rows[0][0])
 
 
-@pytest.mark.parametrize("rounds", ROUNDS)
+@pytest.mark.parametrize("rounds", variants(1))
 def test_kill_9_of_the_daemon_during_dispatch(
     lab_factory: Callable[..., Lab], tmp_path: Path, rounds: int
 ) -> None:
@@ -72,7 +78,7 @@ def test_kill_9_of_the_daemon_during_dispatch(
     print(outcome.line(f"daemon kill -9 during dispatch ({dispatches(home)} dispatches)", rounds))
 
 
-@pytest.mark.parametrize("rounds", ROUNDS)
+@pytest.mark.parametrize("rounds", variants(1))
 def test_kill_9_of_the_agent_while_runs_write(
     lab_factory: Callable[..., Lab], tmp_path: Path, rounds: int
 ) -> None:
@@ -108,7 +114,7 @@ def files_touched_after(home: Path, moment: float) -> bool:
     return bool(rows[0][0])
 
 
-@pytest.mark.parametrize("rounds", ROUNDS)
+@pytest.mark.parametrize("rounds", variants(1))
 def test_kill_9_of_cvtui_sync(lab_factory: Callable[..., Lab], tmp_path: Path, rounds: int) -> None:
     lab = lab_factory(LabHostSpec("gpu-01", gpus=2))
     home = tmp_path / "home"
@@ -153,7 +159,7 @@ def test_kill_9_of_cvtui_sync(lab_factory: Callable[..., Lab], tmp_path: Path, r
     assert settled(home, run_ids)
     outcome = check_outcome(lab, home, work, run_ids)
     print(outcome.line(f"cvtui sync kill -9 ({killed} kills)", rounds))
-    assert killed >= rounds // 2  # most rounds did kill a sync in flight
+    assert killed >= max(1, rounds // 2)  # most rounds did kill a sync in flight
 
 
 def last_seen(home: Path) -> float:
