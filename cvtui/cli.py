@@ -7,6 +7,7 @@ Heavy modules (asyncssh, textual, sqlite-utils) are imported inside the commands
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,5 +252,25 @@ def _register_run_commands() -> None:
 
 _register_run_commands()
 
+
+def console_main() -> None:
+    """The `cvtui` command: main, with an unexpected exception turned into one line naming a
+    crash log that holds its traceback (exit status 70). CVTUI_TRACEBACK=1 lets it through.
+
+    Tests that call `main` in-process see the exception itself.
+    """
+    try:
+        main()
+    except Exception as error:
+        if os.environ.get("CVTUI_TRACEBACK"):
+            raise
+        from cvtui.crash_log import EXIT_INTERNAL_ERROR, one_line, write_crash_log
+
+        path = write_crash_log(error)
+        where = f"traceback in {path}" if path else "no crash log could be written"
+        click.echo(f"cvtui: internal error: {one_line(error)} ({where})", err=True)
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
 @click.option(
     "--follow", "-f", is_flag=True, help="Stream the output until it ends; exit with its code."
 )
+@click.option(
+    "--raw", is_flag=True, help="With --follow: the output byte for byte, escapes included."
+)
 @click.pass_obj
 def reproduce(
-    settings: Settings, run_ref: str, host: str | None, dry_run: bool, follow: bool
+    settings: Settings, run_ref: str, host: str | None, dry_run: bool, follow: bool, raw: bool
 ) -> None:
     """Queue RUN again with its exact code, resolved config, command and env.
 
@@ -52,7 +55,7 @@ def reproduce(
         click.echo(f"{run_id}  {plan.row['name']}")
         from cvtui.cli_runs import wait_or_follow
 
-        wait_or_follow(inventory, catalog, home, [run_id], follow=follow)
+        wait_or_follow(inventory, catalog, home, [run_id], follow=follow, raw=raw)
 
 
 def register(main: click.Group) -> None:

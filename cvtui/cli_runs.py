@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.cli import Settings
     from cvtui.inventory import Inventory
+    from cvtui.terminal_text import SafeTerminalText
 
 ACTIVE = ("queued", "dispatching", "running")
 RECENT_S = 3600.0  # `cvtui ps` without --all also shows runs that ended this long ago
+RAW_HELP = "Print the output byte for byte, terminal escape sequences included."
 
 
 def resolve_run(catalog: Catalog, ref: str) -> dict[str, Any]:
@@ -80,16 +82,25 @@ def print_runs(runs: list[dict[str, Any]], now: float) -> None:
 
 
 def follow_logs(
-    catalog: Catalog, home: Path, run_ids: list[str], stop: Any, *, prefix: bool
+    catalog: Catalog,
+    home: Path,
+    run_ids: list[str],
+    stop: Any,
+    *,
+    prefix: bool,
+    raw: bool = False,
 ) -> None:
     """Copy the mirrored output.log of each run to stdout until stop is set (then drain).
 
-    run_ids may grow while this runs (retries join the followed runs).
+    run_ids may grow while this runs (retries join the followed runs). Escape sequences other
+    than colours are dropped unless raw.
     """
     from cvtui.engine.mirror import run_log_path
+    from cvtui.terminal_text import SafeTerminalText
 
     offsets: dict[str, int] = {}
     names: dict[str, str] = {}
+    screens: dict[str, SafeTerminalText] = {}
     out = sys.stdout.buffer
     while True:
         final = stop.is_set()
@@ -107,11 +118,14 @@ def follow_logs(
             if prefix:
                 end = data.rfind(b"\n") + 1  # whole lines only, so prefixes stay in place
                 data = data[:end]
-                lines = data.splitlines(keepends=True)
-                data = b"".join(f"[{names[run_id]}] ".encode() + line for line in lines)
                 offsets[run_id] += end
             else:
                 offsets[run_id] += len(data)
+            if not raw:
+                data = screens.setdefault(run_id, SafeTerminalText()).feed(data)
+            if prefix:
+                lines = data.splitlines(keepends=True)
+                data = b"".join(f"[{names[run_id]}] ".encode() + line for line in lines)
             if data:
                 out.write(data)
                 out.flush()
@@ -184,6 +198,7 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
     is_flag=True,
     help="Stream the output until the runs end; exit with the run's code.",
 )
+@click.option("--raw", is_flag=True, help=f"With --follow: {RAW_HELP[0].lower()}{RAW_HELP[1:]}")
 @click.option("--json", "as_json", is_flag=True, help="Print the submitted runs as JSON.")
 @click.option(
     "--max-runs",
@@ -201,6 +216,7 @@ def run(
     overrides: tuple[str, ...],
     dry_run: bool,
     follow: bool,
+    raw: bool,
     as_json: bool,
     max_runs: int | None,
 ) -> None:
@@ -240,14 +256,21 @@ def run(
             for run_id, spec in zip(run_ids, specs, strict=True):
                 click.echo(f"{run_id}  {spec.name}")
 
-        wait_or_follow(inventory, catalog, home, run_ids, follow=follow)
+        wait_or_follow(inventory, catalog, home, run_ids, follow=follow, raw=raw)
 
 
 def wait_or_follow(
-    inventory: Inventory, catalog: Catalog, home: Path, run_ids: list[str], *, follow: bool
+    inventory: Inventory,
+    catalog: Catalog,
+    home: Path,
+    run_ids: list[str],
+    *,
+    follow: bool,
+    raw: bool = False,
 ) -> None:
     """Drive an engine until the runs left the queue; with follow, print their output until
-    the last attempt of each ends, then exit with the first failure's code (1 if none)."""
+    the last attempt of each ends, then exit with the first failure's code (1 if none).
+    Escape sequences other than colours are dropped from the output unless raw."""
     import asyncio
     import threading
 
@@ -267,7 +290,7 @@ def wait_or_follow(
     printer = threading.Thread(
         target=follow_logs,
         args=(catalog, home, followed, stop),
-        kwargs={"prefix": len(run_ids) > 1},
+        kwargs={"prefix": len(run_ids) > 1, "raw": raw},
     )
     printer.start()
     try:
@@ -329,11 +352,17 @@ def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
 @click.option(
     "--tail", "tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines."
 )
+@click.option("--raw", is_flag=True, help=RAW_HELP)
 @click.pass_obj
-def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> None:
-    """Output of RUN (stdout and stderr as the run wrote them)."""
+def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None, raw: bool) -> None:
+    """Output of RUN (stdout and stderr as the run wrote them).
+
+    Colours and carriage returns are printed; other terminal escape sequences the run wrote
+    (window title, clipboard, cursor movement) are dropped unless --raw.
+    """
     from cvtui.catalog import Catalog
     from cvtui.engine.mirror import run_log_path
+    from cvtui.terminal_text import SafeTerminalText
 
     home = settings.home()
     settings.inventory_if_valid()  # only to warn while the inventory is invalid
@@ -345,7 +374,8 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
         if tail is not None:
             lines = last_states(data)
             data = b"".join(lines[-tail:]) if tail else b""
-        sys.stdout.buffer.write(data)
+        screen = None if raw else SafeTerminalText()
+        sys.stdout.buffer.write(data if screen is None else screen.feed(data))
         sys.stdout.buffer.flush()
         run_row = catalog.get_run(run_row["id"]) or run_row
         if follow and run_row["state"] in ACTIVE:
@@ -362,10 +392,10 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None) -> No
                 def engine_runs() -> bool:
                     return lock_holder(home) is not None
 
-                _follow_from(catalog, home, run_row["id"], size, keep_following=engine_runs)
+                _follow_from(catalog, home, run_row["id"], size, screen, engine_runs)
                 return
             printer = threading.Thread(
-                target=_follow_from, args=(catalog, home, run_row["id"], size)
+                target=_follow_from, args=(catalog, home, run_row["id"], size, screen)
             )
             printer.start()
             try:
@@ -399,9 +429,12 @@ def _follow_from(
     home: Path,
     run_id: str,
     offset: int,
+    screen: SafeTerminalText | None,
     keep_following: Callable[[], bool] = lambda: True,
 ) -> None:
-    """Print output.log from offset as it grows, until the run ends or keep_following() is false."""
+    """Print what the run's mirrored log gains from offset until the run ended and its log
+    is all here, or keep_following() is false; through screen (the filter for a terminal)
+    unless it is None (--raw)."""
     from cvtui.engine.mirror import run_log_path
 
     path = run_log_path(home, run_id)
@@ -412,7 +445,7 @@ def _follow_from(
                 data = fh.read()
             if data:
                 offset += len(data)
-                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.write(data if screen is None else screen.feed(data))
                 sys.stdout.buffer.flush()
         run_row = catalog.get_run(run_id)
         if run_row is None or (

@@ -186,7 +186,11 @@ def describe_outcome(result: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
 def files(settings: Settings, run_ref: str, as_json: bool) -> None:
-    """Files of RUN: path, size on the host, synced size, state, hash."""
+    """Files of RUN: path, size on the host, synced size, state, hash.
+
+    A metrics file parsed with trouble (a changed CSV header, skipped lines, steps written
+    again) carries a warning.
+    """
     from cvtui.catalog import Catalog
     from cvtui.catalog.metrics import file_view
     from cvtui.outputs_note import outputs_note
@@ -214,6 +218,8 @@ def files(settings: Settings, run_ref: str, as_json: bool) -> None:
         line += printable(row["path"])
         if row["reason"] and row["state"] != "synced":
             line += f"  ({row['reason']})"
+        if row["warnings"]:
+            line += f"  (warning: {'; '.join(row['warnings'])})"
         click.echo(line)
     if note:
         click.echo(f"note: {note}")

@@ -21,7 +21,7 @@ SCRIPT_SUFFIXES = (".py", ".sh", ".bash")
 def host_states_from_report(
     report: Sequence[dict[str, Any]], inventory: Inventory
 ) -> list[scheduler.HostState]:
-    """Scheduler input from the catalog's last known view (no leases: the hosts know those)."""
+    """Scheduler input from the catalog's last known view (leases as last seen)."""
     states = []
     hosts = {h.name: h for h in inventory.hosts}
     for entry in report:
@@ -34,7 +34,7 @@ def host_states_from_report(
                 mem_total=g["mem_total"],
                 mem_used=g["mem_used"],
                 util=g["util"],
-                leased_by=None,
+                leased_by=g.get("leased_by"),
                 foreign=any(p["run_id"] is None for p in g["processes"]),
                 ours=any(p["run_id"] is not None for p in g["processes"]),
                 telemetry_time=entry["last_seen"] or 0.0,

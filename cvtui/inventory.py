@@ -257,15 +257,63 @@ _Pairs = dict[str, tuple[yaml.Node, yaml.Node]]  # key text -> (key node, value 
 _FAST_LOADER = getattr(yaml, "CSafeLoader", None)  # libyaml: about 15x faster to compose
 
 
+MAX_YAML_DEPTH = 100  # nesting levels; deeper is refused before any recursive walk sees it
+
+
 def compose_yaml(text: str) -> yaml.Node | None:
     """yaml.compose, with libyaml when PyYAML has it. On any error the pure-Python loader
-    composes again, so error messages read the same with or without libyaml."""
+    composes again, so error messages read the same with or without libyaml. A document
+    nested deeper than MAX_YAML_DEPTH is a MarkedYAMLError at the node that goes too deep
+    (never a RecursionError from the recursive composer or the walkers after it)."""
     if _FAST_LOADER is not None:
         try:
-            return yaml.compose(text, Loader=_FAST_LOADER)
+            root = yaml.compose(text, Loader=_FAST_LOADER)
         except yaml.YAMLError:
             pass
-    return yaml.compose(text, Loader=yaml.SafeLoader)
+        else:
+            _check_depth(root)
+            return root
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise _too_deep(_deep_mark(text)) from None
+    _check_depth(root)
+    return root
+
+
+def _too_deep(mark: yaml.Mark | None) -> yaml.MarkedYAMLError:
+    return yaml.MarkedYAMLError(
+        problem=f"nested deeper than {MAX_YAML_DEPTH} levels", problem_mark=mark
+    )
+
+
+def _check_depth(root: yaml.Node | None) -> None:
+    """Refuse a composed document nested deeper than MAX_YAML_DEPTH (walked without recursion)."""
+    stack = [(root, 1)] if root is not None else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise _too_deep(node.start_mark)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+
+
+def _deep_mark(text: str) -> Any:  # a yaml.Mark (pure or libyaml) or None
+    """Where the document first goes deeper than MAX_YAML_DEPTH (the parser is not recursive)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    return event.start_mark
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return None
 
 
 class _Reported(Exception):

@@ -2,7 +2,8 @@
 
 Pure functions over bytes and a ParseState: the caller feeds the bytes that follow
 ``state.offset`` and gets the rows of every complete line plus the state to feed next time.
-Only whole lines are consumed, so a line written in two pieces is parsed once, whole.
+Only whole lines are consumed, so a line written in two pieces is parsed once, whole; a line
+longer than the caller's read window is skipped (and counted) instead of waited for forever.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ STEP_KEY = "step"
 MAX_FLATTEN_DEPTH = 3  # {"val": {"acc": 1}} -> key "val.acc"
 MAX_TEXT_CHARS = 1000  # a text cell longer than this is cut
 SQLITE_INT_LIMIT = 1 << 63
+MAX_LINE_BYTES = 16 << 20  # a line this long without its newline is skipped, never parsed
 
 
 class MetricRow(NamedTuple):
@@ -40,6 +42,9 @@ class ParseState:
     columns: tuple[str, ...] = ()  # the CSV header in force; () until it is read
     bad_lines: int = 0  # lines that are not a CSV row or not a JSON object
     not_utf8: int = 0  # lines with bytes that are not UTF-8 (kept, decoded with U+FFFD)
+    header_changes: int = 0  # CSV header lines after the first that named other columns
+    long_lines: int = 0  # lines skipped for being longer than the read window
+    in_long_line: bool = False  # offset is inside a skipped line: drop bytes up to its newline
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,6 +61,28 @@ class ParseState:
         return lowered.index(STEP_KEY) if STEP_KEY in lowered else None
 
 
+def _times(count: int, what: str) -> str:
+    return f"{count} {what}" if count == 1 else f"{count} {what}s"
+
+
+def parse_warnings(state: ParseState, replaced: int = 0) -> list[str]:
+    """What a user should know about how a file was parsed, one phrase each (`cvtui files`)."""
+    found = []
+    if state.header_changes:
+        count = _times(state.header_changes, "time")
+        found.append(f"the CSV header changed {count} (now: {','.join(state.columns)})")
+    if state.long_lines:
+        found.append(f"{_times(state.long_lines, 'line')} over {MAX_LINE_BYTES >> 20} MiB skipped")
+    if state.bad_lines:
+        what = "CSV row" if state.kind == CSV else "JSON object"
+        found.append(f"{_times(state.bad_lines, 'line')} not a {what} skipped")
+    if state.not_utf8:
+        found.append(f"{_times(state.not_utf8, 'line')} not UTF-8 (read with U+FFFD)")
+    if replaced:
+        found.append(f"{_times(replaced, 'value')} written again at a step replaced the earlier")
+    return found
+
+
 def metrics_kind(path: str) -> str | None:
     """CSV, JSONL, or None for files that hold no metrics."""
     name = path.rsplit("/", 1)[-1].lower()
@@ -67,16 +94,31 @@ def metrics_kind(path: str) -> str | None:
 
 
 def parse_new(
-    state: ParseState, data: bytes, *, final: bool = False
+    state: ParseState, data: bytes, *, final: bool = False, max_line: int = MAX_LINE_BYTES
 ) -> tuple[list[MetricRow], ParseState]:
     """Rows of the complete lines in data (the bytes after state.offset) and the next state.
 
     With ``final`` (the file will not grow again) a last line without a newline is parsed too.
+    ``max_line`` is the caller's read window: data of at least that many bytes without a
+    newline is a line too long to parse; it is skipped up to its newline (in this call or later
+    ones) and counted in ``long_lines``, so one huge line never stops the rows after it.
     """
+    skipped = 0
+    if state.in_long_line:
+        newline = data.find(b"\n")
+        if newline < 0:
+            # Still inside the skipped line (or its unterminated end when final).
+            return [], _replace(state, offset=state.offset + len(data), in_long_line=not final)
+        skipped = newline + 1
+        state = _replace(state, offset=state.offset + skipped, in_long_line=False)
+        data = data[skipped:]
     end = data.rfind(b"\n") + 1
     if final:
         end = len(data)
     if end == 0:
+        if len(data) >= max_line:
+            changes = {"long_lines": state.long_lines + 1, "in_long_line": True}
+            return [], _replace(state, offset=state.offset + len(data), **changes)
         return [], state
     chunk = data[:end]
     try:
@@ -141,11 +183,14 @@ def _header(cells: list[str]) -> tuple[str, ...]:
 
 
 def _is_new_header(cells: list[str], columns: tuple[str, ...]) -> bool:
-    """A row of names only that repeats or extends the header (a logger that gained a column)."""
+    """A row of names only that repeats or changes the header (a logger restarted, or one that
+    gained or lost columns): it shares a column name with the header in force, or has another
+    width. A row of words as wide as the header and sharing no name is data (a CSV of text).
+    """
     stripped = [c.strip() for c in cells]
     if not all(stripped) or any(_number(c) is not None for c in stripped):
         return False
-    return set(columns) <= set(stripped)
+    return len(stripped) != len(columns) or not set(columns).isdisjoint(stripped)
 
 
 def _header_for(columns: tuple[str, ...], width: int) -> tuple[str, ...]:
@@ -160,6 +205,7 @@ def _parse_csv(state: ParseState, lines: list[str]) -> tuple[list[MetricRow], Pa
     step_index = state.step_column
     count = state.rows
     bad = state.bad_lines
+    changes = state.header_changes
     try:
         records = list(csv.reader(lines))
     except csv.Error:
@@ -173,7 +219,10 @@ def _parse_csv(state: ParseState, lines: list[str]) -> tuple[list[MetricRow], Pa
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue  # blank line
         if not columns or _is_new_header(cells, columns):
-            columns = _header(cells)
+            header = _header(cells)
+            if columns and header != columns:
+                changes += 1
+            columns = header
             lowered = [c.lower() for c in columns]
             step_index = lowered.index(STEP_KEY) if STEP_KEY in lowered else None
             continue
@@ -200,7 +249,7 @@ def _parse_csv(state: ParseState, lines: list[str]) -> tuple[list[MetricRow], Pa
             else:
                 append(MetricRow(step, keys[index], value, None))
         count += 1
-    return rows, _replace(state, rows=count, columns=columns, bad_lines=bad)
+    return rows, _replace(state, rows=count, columns=columns, bad_lines=bad, header_changes=changes)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any], depth: int) -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cvtui.errors import CvtuiError
+
 
 def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """--home, else $CVTUI_HOME, else the platform's user data dir; created 0700."""
+    """--home, else $CVTUI_HOME, else the platform's user data dir; created 0700.
+
+    A home that is a file, cannot be created, or is not readable and writable by this user is
+    a CvtuiError naming it.
+    """
     if explicit:
         path = Path(explicit).expanduser()
     elif os.environ.get("CVTUI_HOME"):
@@ -16,5 +22,14 @@ def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_data_dir("cvtui"))
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CvtuiError(f"cvtui home {path} exists and is not a directory") from None
+    except OSError as exc:
+        raise CvtuiError(f"cannot create cvtui home {path}: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise CvtuiError(f"cvtui home {path} exists and is not a directory")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise CvtuiError(f"cvtui home {path} is not readable and writable by you")
     return path

@@ -6,6 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cvtui.catalog.rows import gpu_is_free
+
 BAR_CELLS = " ▏▎▍▌▋▊▉█"
 
 
@@ -64,6 +66,7 @@ def gpu_line(gpu: dict[str, Any]) -> str:
         f"  [{gpu['index']}] {gpu['name'][:22]:22} util {bar((util or 0) / 100, 6)}{util_text}"
         f"  mem {bar(mem_fraction, 6)} {human_bytes(used)}/{human_bytes(total)}{temp_text}"
         + (f"  {','.join(users)}" if users else "")
+        + (f"  leased by {leased}" if (leased := gpu.get("leased_by")) is not None else "")
     )
 
 
@@ -73,7 +76,7 @@ def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) 
     for host in report:
         state = host["state"]
         gpus = host.get("gpus", [])
-        free = sum(1 for g in gpus if not g.get("processes"))
+        free = sum(1 for g in gpus if gpu_is_free(g))
         backend = host.get("backend") or "-"
         head = f"{host['name']:14} {state:12}"
         if state in ("healthy", "stale"):

@@ -145,6 +145,7 @@ def telemetry_wire(sample: Telemetry) -> dict[str, Any]:
         return obj
 
     wire: dict[str, Any] = plain(sample)
+    del wire["problems"]  # the controller's notes on what it read, never sent
     return wire
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 PROTOCOL_VERSION = 2  # 2: run dirs hold cvtui's files, the command runs in <run_dir>/work
 MIN_PYTHON = (3, 8)
@@ -109,27 +109,20 @@ class Telemetry:
     host: HostSample
     gpus: tuple[GpuSample, ...] = ()
 
+    # What the controller refused of the sample it read (never sent): each GPU or figure named
+    # with why. Those GPUs are left out, those figures read as None.
+    problems: tuple[str, ...] = ()
+
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["problems"]
+        return data
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Telemetry:
-        try:
-            gpus = tuple(
-                GpuSample(
-                    **{k: v for k, v in g.items() if k != "processes"},
-                    processes=tuple(GpuProcess(**p) for p in g.get("processes", ())),
-                )
-                for g in data.get("gpus", ())
-            )
-            return cls(
-                time=float(data["time"]),
-                backend=str(data["backend"]),
-                host=HostSample(**data["host"]),
-                gpus=gpus,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProtocolError(f"bad telemetry: {exc}") from exc
+        from remote_agent import wire_decode
+
+        return wire_decode.telemetry(data)
 
 
 @dataclass(frozen=True)
@@ -153,14 +146,9 @@ class Hello:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Hello:
-        known = set(cls.__dataclass_fields__)
-        try:
-            fields = {k: v for k, v in data.items() if k in known}
-            fields["backend_errors"] = tuple(fields.get("backend_errors", ()))
-            fields["hash_algorithms"] = tuple(fields.get("hash_algorithms", ()))
-            return cls(**fields)
-        except TypeError as exc:
-            raise ProtocolError(f"bad hello: {exc}") from exc
+        from remote_agent import wire_decode
+
+        return wire_decode.hello(data)
 
 
 @dataclass(frozen=True)
@@ -285,12 +273,10 @@ RUN_FAILED = "failed"
 RUN_CANCELLED = "cancelled"
 RUN_LOST = "lost"  # supervisor gone without writing an exit status
 RUN_FINAL_STATES = (RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_LOST)
+RUN_STATES = (RUN_STARTING, RUN_RUNNING, *RUN_FINAL_STATES)  # a status in another is refused
 
 
-_Run = TypeVar("_Run", "StartRequest", "RunStatus")
-
-
-def _with_gpus(cls: type[_Run], data: dict[str, Any], what: str) -> _Run:
+def _with_gpus(cls: type[StartRequest], data: dict[str, Any], what: str) -> StartRequest:
     """cls from a message's known fields, with `gpus` made a tuple of ints."""
     known = set(cls.__dataclass_fields__)
     try:
@@ -362,7 +348,9 @@ class RunStatus:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> RunStatus:
-        return _with_gpus(cls, data, "run status")
+        from remote_agent import wire_decode
+
+        return wire_decode.run_status(data)
 
 
 # --- Files -----------------------------------------------------------------------------------
@@ -396,6 +384,12 @@ class FileEntry:
     ino: int  # a new inode means the file was replaced, not appended to
     link: bool = False  # reached through a symlink inside the run dir
 
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> FileEntry:
+        from remote_agent import wire_decode
+
+        return wire_decode.file_entry(data)
+
 
 @dataclass(frozen=True)
 class SkippedFile:
@@ -414,22 +408,19 @@ class FileListing:
     # work dirs (see host_relpath).
     base: str = WORK_DIR
     unmatched: tuple[str, ...] = ()  # output globs that matched no output file
+    # Entries the controller refused (never sent): a size, mtime or path out of range, and why.
+    rejected: tuple[SkippedFile, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["rejected"]
+        return data
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> FileListing:
-        try:
-            return cls(
-                files=tuple(FileEntry(**f) for f in data.get("files", ())),
-                skipped=tuple(SkippedFile(**s) for s in data.get("skipped", ())),
-                truncated=bool(data.get("truncated", False)),
-                base=str(data.get("base", WORK_DIR)),
-                unmatched=tuple(str(g) for g in data.get("unmatched", ())),
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ProtocolError(f"bad file listing: {exc}") from exc
+        from remote_agent import wire_decode
+
+        return wire_decode.file_listing(data)
 
 
 # --- Workspaces ------------------------------------------------------------------------------
@@ -478,14 +469,6 @@ class WorkspaceListing:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> WorkspaceListing:
-        try:
-            return cls(
-                dir=str(data["dir"]),
-                exists=bool(data["exists"]),
-                algo=str(data["algo"]),
-                files=tuple(WorkspaceFile(**f) for f in data.get("files", ())),
-                skipped=tuple(SkippedFile(**s) for s in data.get("skipped", ())),
-                next=data.get("next"),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProtocolError(f"bad workspace listing: {exc}") from exc
+        from remote_agent import wire_decode
+
+        return wire_decode.workspace_listing(data)

@@ -10,6 +10,17 @@ import pytest
 from cvtui.lab import Lab, LabHostSpec, start_lab
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the long fault rounds (marker `faults`) unless the -m expression names them:
+    `uv run pytest` runs each fault test's short variant, `-m faults` the long ones."""
+    if "faults" in (config.option.markexpr or ""):
+        return
+    long = [item for item in items if item.get_closest_marker("faults") is not None]
+    if long:
+        config.hook.pytest_deselected(items=long)
+        items[:] = [item for item in items if item.get_closest_marker("faults") is None]
+
+
 @pytest.fixture
 def lab_factory(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     """Start labs on demand; every sshd is killed (with its sessions) at teardown."""

@@ -5,6 +5,11 @@ here, less with an index). A run's CSV gives each key a value per line, so value
 into series (run, file, key) and stored in chunks of up to CHUNK_POINTS values: steps, values
 and texts as JSON arrays. The view `metrics(run_id, file, step, key, value, text)` expands
 them for Datasette and pandas; cvtui itself decodes the chunks.
+
+A series holds one value per step, its chunks in increasing step order: values that go back to
+a step already stored (a run resumed from a checkpoint logs it again) replace the earlier value,
+so (run, file, key, step) is never duplicated. Appends past the last step, the usual case, only
+touch the last chunk; a series that goes back is merged and written again.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from itertools import pairwise
-from operator import itemgetter
+from itertools import islice, pairwise
+from operator import itemgetter, lt
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -131,8 +136,13 @@ def _decode(steps: str, vals: str, texts: str | None) -> Columns:
     return step_list, json.loads(vals), text_list
 
 
-def append_points(conn: sqlite3.Connection, run_id: str, file: str, rows: Sequence[Any]) -> None:
-    """Append rows (step, key, value, text) of one file; call inside a write transaction."""
+def append_points(conn: sqlite3.Connection, run_id: str, file: str, rows: Sequence[Any]) -> int:
+    """Append rows (step, key, value, text) of one file; call inside a write transaction.
+
+    A row at a step its key already has (stored, or earlier in rows) replaces that value;
+    returns how many values were replaced so.
+    """
+    replaced = 0
     for key, (steps, values, texts) in group_by_key(rows).items():
         conn.execute(
             "INSERT OR IGNORE INTO metric_series (run_id, file, key) VALUES (?, ?, ?)",
@@ -143,10 +153,14 @@ def append_points(conn: sqlite3.Connection, run_id: str, file: str, rows: Sequen
             (run_id, key, file),
         ).fetchone()
         last = conn.execute(
-            "SELECT seq, count, steps, vals, texts FROM metric_chunks WHERE series = ?"
-            " ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, count, steps, vals, texts, json_extract(steps, '$[#-1]')"
+            " FROM metric_chunks WHERE series = ? ORDER BY seq DESC LIMIT 1",
             (series,),
         ).fetchone()
+        ascending = None not in steps and all(map(lt, steps, islice(steps, 1, None)))
+        if not ascending or (last is not None and (last[5] is None or steps[0] <= last[5])):
+            replaced += _merge_series(conn, series, steps, values, texts)
+            continue
         seq = start = 0
         if last is not None:
             seq = last[0] + 1
@@ -168,16 +182,49 @@ def append_points(conn: sqlite3.Connection, run_id: str, file: str, rows: Sequen
                         last[0],
                     ),
                 )
-        chunks: list[tuple[Any, ...]] = []
-        for a in range(start, len(steps), CHUNK_POINTS):
-            b = a + CHUNK_POINTS
-            part = _encode(steps[a:b], values[a:b], texts[a:b])
-            chunks.append((series, seq + len(chunks), len(steps[a:b]), *part))
-        conn.executemany(
-            "INSERT INTO metric_chunks (series, seq, count, steps, vals, texts)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            chunks,
-        )
+        _insert_chunks(conn, series, seq, (steps[start:], values[start:], texts[start:]))
+    return replaced
+
+
+def _insert_chunks(conn: sqlite3.Connection, series: int, seq: int, columns: Columns) -> None:
+    steps, values, texts = columns
+    chunks: list[tuple[Any, ...]] = []
+    for a in range(0, len(steps), CHUNK_POINTS):
+        b = a + CHUNK_POINTS
+        part = _encode(steps[a:b], values[a:b], texts[a:b])
+        chunks.append((series, seq + len(chunks), len(steps[a:b]), *part))
+    conn.executemany(
+        "INSERT INTO metric_chunks (series, seq, count, steps, vals, texts)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        chunks,
+    )
+
+
+def _merge_series(
+    conn: sqlite3.Connection, series: int, steps: list[Any], values: list[Any], texts: list[Any]
+) -> int:
+    """Write a series again with new points merged in: one value per step, the later one
+    winning, in step order. How many values were replaced."""
+    merged: dict[Any, tuple[Any, Any]] = {}
+    count = 0
+    for old in conn.execute(
+        "SELECT steps, vals, texts FROM metric_chunks WHERE series = ? ORDER BY seq", (series,)
+    ):
+        for step, value, text in zip(*_decode(*old), strict=True):
+            merged[step] = (value, text)
+            count += 1
+    for step, value, text in zip(steps, values, texts, strict=True):
+        merged[step] = (value, text)
+        count += 1
+    order = sorted(merged, key=lambda s: (s is None, s if s is not None else 0))
+    conn.execute("DELETE FROM metric_chunks WHERE series = ?", (series,))
+    _insert_chunks(
+        conn,
+        series,
+        0,
+        (order, [merged[s][0] for s in order], [merged[s][1] for s in order]),
+    )
+    return count - len(merged)
 
 
 def delete_file_points(conn: sqlite3.Connection, run_id: str, file: str) -> None:

@@ -266,17 +266,26 @@ class SyncMixin:
         Compare-and-set on the parse position: when it is no longer ``expect_offset``
         (another writer got there first) nothing is written and False comes back, so a row is
         never stored twice. ``replace`` first deletes the file's rows (a rewritten file).
+        A value at a step its key already has replaces the earlier one; ``state_json`` (a JSON
+        object) is stored with a ``replaced`` member: how many values of the file were replaced
+        so since it was last parsed from the start.
         """
         with self._write() as conn:
             found = conn.execute(
-                "SELECT coalesce(parse_offset, 0) FROM files WHERE run_id = ? AND path = ?",
+                "SELECT coalesce(parse_offset, 0), parse_state FROM files"
+                " WHERE run_id = ? AND path = ?",
                 (run_id, path),
             ).fetchone()
             if found is None or (int(found[0]) != expect_offset and not replace):
                 return False
             if replace:
                 delete_file_points(conn, run_id, path)
-            append_points(conn, run_id, path, rows)
+            replaced = append_points(conn, run_id, path, rows)
+            earlier = 0 if replace else replaced_count(found[1])
+            if replaced or earlier:
+                record = json.loads(state_json)
+                record["replaced"] = earlier + replaced
+                state_json = json.dumps(record)
             conn.execute(
                 "UPDATE files SET parse_offset = ?, parse_state = ?, updated = ? "
                 "WHERE run_id = ? AND path = ?",
@@ -339,6 +348,27 @@ class SyncMixin:
         return summary
 
 
+def parse_record_warnings(state_json: str | None) -> list[str]:
+    """Warnings about how a file was parsed into metrics, from its stored parse state."""
+    from cvtui.metrics_parse import ParseState, parse_warnings
+
+    if not state_json:
+        return []
+    try:
+        state = ParseState.from_json(json.dumps(json.loads(state_json)["parse"]))
+    except (ValueError, TypeError, KeyError):
+        return []
+    return parse_warnings(state, replaced_count(state_json))
+
+
+def replaced_count(state_json: str | None) -> int:
+    """The ``replaced`` member of a stored parse state (0 when absent or unreadable)."""
+    try:
+        return int(json.loads(state_json or "{}").get("replaced") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
 def file_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """What `cvtui files --json` shows of a file row."""
     return {
@@ -351,4 +381,5 @@ def file_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "reason": row["reason"],
         "mtime": row["mtime"],
         "synced_at": row["synced_at"],
+        "warnings": parse_record_warnings(row.get("parse_state")),
     }

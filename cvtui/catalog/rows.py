@@ -54,6 +54,7 @@ def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> Tele
             latest.backend,
             received,
             g.pci_bus_id,
+            g.leased_by,
         )
         for g in latest.gpus
     ]
@@ -98,7 +99,7 @@ def build_hosts_report(
         )
     gpus: dict[str, list[dict[str, Any]]] = {}
     for row in gpu_rows:
-        host, idx, uuid, name, util, mem_used, mem_total, temperature, power, bus = row
+        host, idx, uuid, name, util, mem_used, mem_total, temperature, power, bus, leased = row
         gpus.setdefault(host, []).append(
             {
                 "index": idx,
@@ -111,6 +112,7 @@ def build_hosts_report(
                 "temperature": temperature,
                 "power": power,
                 "processes": processes.get((host, idx), []),
+                "leased_by": leased,  # run id holding the GPU's lease on the host ("?": unknown)
             }
         )
     report = []
@@ -135,6 +137,11 @@ def build_hosts_report(
             }
         )
     return report
+
+
+def gpu_is_free(gpu: dict[str, Any]) -> bool:
+    """Whether a GPU of the hosts report could take a new run: no process, no lease."""
+    return not gpu["processes"] and gpu.get("leased_by") is None
 
 
 def derive_state(

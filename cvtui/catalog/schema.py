@@ -193,6 +193,12 @@ def migration_3_queue(db: Database) -> None:
     db.execute("CREATE INDEX runs_ended ON runs (ended)")
 
 
+def migration_8_gpu_leases(db: Database) -> None:
+    """Who holds each GPU's lease on its host, so `hosts` never shows a leased GPU as free."""
+    # run id written in the held lease file, "?" when unreadable; NULL: not leased
+    db.execute("ALTER TABLE gpus ADD COLUMN leased_by TEXT")
+
+
 # Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
 MIGRATIONS: tuple[Migration, ...] = (
     migration_1_monitoring,
@@ -202,6 +208,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_5_reproducibility,  # cvtui/catalog/components.py
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
     migration_7_work_dirs,  # cvtui/catalog/runs.py
+    migration_8_gpu_leases,
 )
 
 

@@ -283,8 +283,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             # OR REPLACE: a sample naming one GPU index twice must not lose the whole batch.
             conn.executemany(
                 "INSERT OR REPLACE INTO gpus (host, idx, uuid, name, util, mem_used, mem_total, "
-                "temperature, power, power_limit, fan, backend, updated, pci_bus_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "temperature, power, power_limit, fan, backend, updated, pci_bus_id, leased_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [row for r in kept for row in r.gpus],
             )
             conn.executemany(
@@ -396,7 +396,7 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             ).fetchall()
             gpu_rows = conn.execute(
                 "SELECT host, idx, uuid, name, util, mem_used, mem_total, temperature, power, "
-                "pci_bus_id FROM gpus "
+                "pci_bus_id, leased_by FROM gpus "
                 "WHERE ?1 IS NULL OR host IN (SELECT value FROM json_each(?1)) ORDER BY host, idx",
                 (wanted,),
             ).fetchall()

@@ -49,6 +49,7 @@ class HostSession:
     latest: Telemetry | None = None  # the last telemetry sample
     latest_at: float = 0.0  # controller clock when it arrived
     known_code: set[str] = field(default_factory=set)  # code snapshots known to be on the host
+    told: set[str] = field(default_factory=set)  # telemetry problems logged already
     _sftp: asyncssh.SFTPClient | None = None
     _sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -131,6 +132,10 @@ class HostSession:
         try:
             if kind == protocol.EVENT_TELEMETRY:
                 sample = Telemetry.from_wire(message)
+                for problem in sample.problems:
+                    if problem not in self.told:  # once per connection, not every second
+                        self.told.add(problem)
+                        log.warning("host %s: telemetry: %s", self.host.name, problem)
                 self.latest, self.latest_at = sample, time.time()
                 self.engine.telemetry_received(self.host.name, sample)
             elif kind == protocol.EVENT_RUN:

@@ -21,7 +21,15 @@ import asyncssh
 from cvtui.engine import delta
 from cvtui.engine.agent_client import AgentClosedError
 from remote_agent import protocol
-from remote_agent.blocktree import ALGO_BLAKE2B, ALGO_XXH3, DIGEST_BYTES
+from remote_agent.blocktree import (
+    ALGO_BLAKE2B,
+    ALGO_XXH3,
+    DIGEST_BYTES,
+    GROUP_BLOCKS,
+    valid_block_size,
+)
+from remote_agent.protocol import ProtocolError
+from remote_agent.wire_fields import FieldError, integer, one_of, text
 
 if TYPE_CHECKING:
     from cvtui.engine.engine import HostSession
@@ -85,6 +93,62 @@ class Signature:
     read_ns: int  # host clock when the file was stat'ed for hashing
 
 
+@dataclass(frozen=True)
+class FileStat:
+    """A host file's stat as a files_hash or files_signature reply gives it, checked."""
+
+    size: int  # bytes
+    mtime_ns: int
+    ino: int
+    read_ns: int  # host clock when it was read
+
+
+def reply_stat(reply: dict[str, Any]) -> FileStat:
+    """The stat fields of a file op's reply; ProtocolError names a field out of range."""
+    try:
+        return FileStat(
+            size=integer(reply, "size", 0) or 0,
+            mtime_ns=integer(reply, "mtime_ns") or 0,
+            ino=integer(reply, "ino", 0) or 0,
+            read_ns=integer(reply, "read_ns") or 0,
+        )
+    except FieldError as exc:
+        raise ProtocolError(f"bad reply: {exc}") from None
+
+
+def _hex_digest(value: Any, name: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * DIGEST_BYTES:
+        raise ProtocolError(f"bad reply: {name} {value!r:.40} is not a digest")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ProtocolError(f"bad reply: {name} {value!r:.40} is not a digest") from None
+
+
+def _digests(value: Any, name: str) -> bytes:
+    """Base64 of whole digests."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"bad reply: {name} is not base64 text")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ProtocolError(f"bad reply: {name} is not base64") from None
+    if len(data) % DIGEST_BYTES:
+        raise ProtocolError(f"bad reply: {name} holds {len(data)} bytes, not whole digests")
+    return data
+
+
+def range_digests(reply: dict[str, Any], count: int) -> list[str | None]:
+    """The hex digests of a files_hash reply (None: a range past the end), one per range."""
+    found = reply.get("digests")
+    if not isinstance(found, list) or len(found) != count:
+        raise ProtocolError(f"bad reply: digests {found!r:.60} is not {count} digests")
+    for digest in found:
+        if digest is not None:
+            _hex_digest(digest, "digests")
+    return found
+
+
 async def remote_signature(source: FileSource, run_id: str, path: str, algo: str) -> Signature:
     """The host's group digests of a file, waiting while it hashes, paging when many."""
     deadline = time.monotonic() + SIGNATURE_TIMEOUT_S
@@ -99,7 +163,7 @@ async def remote_signature(source: FileSource, run_id: str, path: str, algo: str
             algo=algo,
             groups_from=len(groups) // DIGEST_BYTES,
         )
-        state = reply["state"]
+        state = _signature_state(reply)
         if state == protocol.SIGNATURE_HASHING:
             continue  # the agent already waited a little before answering
         if state == protocol.SIGNATURE_CHANGED:
@@ -109,23 +173,53 @@ async def remote_signature(source: FileSource, run_id: str, path: str, algo: str
             await asyncio.sleep(0.2 * changes)
             groups, digest = b"", None
             continue
-        this = bytes.fromhex(reply["digest"])
+        stat = reply_stat(reply)
+        this = _hex_digest(reply.get("digest"), "digest")
         if digest is not None and this != digest:
             groups = b""  # a new version since the previous page
         digest = this
-        groups += base64.b64decode(reply["groups"])
-        if len(groups) // DIGEST_BYTES >= int(reply["group_count"]):
+        page = _digests(reply.get("groups"), "groups")
+        try:
+            block_size = integer(reply, "block_size", 1) or 0
+            group_count = integer(reply, "group_count", 0) or 0
+            sent_algo = text(reply, "algo", 64) or ""
+        except FieldError as exc:
+            raise ProtocolError(f"bad reply: {exc}") from None
+        if not valid_block_size(block_size):
+            raise ProtocolError(f"bad reply: block_size {block_size} is not a valid block size")
+        if sent_algo != algo:
+            raise ProtocolError(f"bad reply: algo {sent_algo!r:.40}, asked for {algo}")
+        if group_count != -(-stat.size // block_size // GROUP_BLOCKS):
+            raise ProtocolError(
+                f"bad reply: group_count {group_count} for {stat.size} bytes in blocks of "
+                f"{block_size}"
+            )
+        if not page and len(groups) // DIGEST_BYTES < group_count:
+            raise ProtocolError("bad reply: an empty page of group digests")
+        groups += page
+        if len(groups) // DIGEST_BYTES >= group_count:
             return Signature(
-                size=int(reply["size"]),
-                mtime_ns=int(reply["mtime_ns"]),
-                ino=int(reply["ino"]),
-                block_size=int(reply["block_size"]),
-                algo=str(reply["algo"]),
+                size=stat.size,
+                mtime_ns=stat.mtime_ns,
+                ino=stat.ino,
+                block_size=block_size,
+                algo=sent_algo,
                 digest=digest,
-                groups=groups,
-                read_ns=int(reply["read_ns"]),
+                groups=groups[: group_count * DIGEST_BYTES],
+                read_ns=stat.read_ns,
             )
     raise FileChanging(f"{path}: the host took over {SIGNATURE_TIMEOUT_S:g} s to hash it")
+
+
+def _signature_state(reply: dict[str, Any]) -> str:
+    try:
+        return one_of(
+            reply,
+            "state",
+            (protocol.SIGNATURE_READY, protocol.SIGNATURE_HASHING, protocol.SIGNATURE_CHANGED),
+        )
+    except FieldError as exc:
+        raise ProtocolError(f"bad reply: {exc}") from None
 
 
 async def remote_leaves(
@@ -133,6 +227,7 @@ async def remote_leaves(
 ) -> dict[int, bytes]:
     """Leaf digests (concatenated, by group) of the signed version; FileChanging if it is gone."""
     found: dict[int, bytes] = {}
+    total = -(-sig.size // sig.block_size)
     for batch in delta.group_batches(groups, LEAF_GROUPS_PER_CALL):
         reply = await source.call(
             protocol.OP_FILES_SIGNATURE,
@@ -143,10 +238,21 @@ async def remote_leaves(
             groups_count=0,
             leaves_of=batch,
         )
-        if reply["state"] != protocol.SIGNATURE_READY or reply["digest"] != sig.digest.hex():
+        if (
+            _signature_state(reply) != protocol.SIGNATURE_READY
+            or reply.get("digest") != sig.digest.hex()
+        ):
             raise FileChanging(f"{path} changed while its blocks were compared")
-        for key, value in reply["leaves"].items():
-            found[int(key)] = base64.b64decode(value)
+        leaves = reply.get("leaves")
+        if not isinstance(leaves, dict) or set(leaves) != {str(g) for g in batch}:
+            raise ProtocolError(f"bad reply: leaves for other groups than {batch[:8]} ...")
+        for key, value in leaves.items():
+            group = int(key)
+            wanted = min(GROUP_BLOCKS, total - group * GROUP_BLOCKS) * DIGEST_BYTES
+            digests = _digests(value, "leaves")
+            if len(digests) != wanted:
+                raise ProtocolError(f"bad reply: group {group} has {len(digests)} leaf bytes")
+            found[group] = digests
     return found
 
 

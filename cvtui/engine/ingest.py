@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import xxhash
 
-from cvtui.metrics_parse import ParseState, metrics_kind, parse_new
+from cvtui.metrics_parse import MAX_LINE_BYTES, ParseState, metrics_kind, parse_new
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
 
 FINGERPRINT_BYTES = 4096
-READ_BYTES = 16 << 20  # parsed and stored per transaction
+READ_BYTES = MAX_LINE_BYTES  # parsed and stored per transaction; a longer line is skipped
 
 
 def fingerprint(fh: BinaryIO, offset: int) -> tuple[str, str]:
@@ -71,7 +71,7 @@ def ingest_file(
             fh.seek(state.offset)
             data = fh.read(READ_BYTES)
             at_end = state.offset + len(data) >= size
-            rows, new = parse_new(state, data, final=final and at_end)
+            rows, new = parse_new(state, data, final=final and at_end, max_line=READ_BYTES)
             if new.offset == state.offset and not replace:
                 break  # no complete line yet
             progressed = new.offset > state.offset

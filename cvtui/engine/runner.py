@@ -464,10 +464,18 @@ class RunController:
             return
         reply = await client.call(protocol.OP_RUNS, run_ids=run_ids)
         statuses: dict[str, RunStatus] = {}
+        unreadable: set[str] = set()  # runs the host answered nonsense for: left as they are
         for item in reply.get("runs", []):
-            reported = RunStatus.from_wire(item)
+            try:
+                reported = RunStatus.from_wire(item)
+            except protocol.ProtocolError as exc:
+                log.warning("host %s: %s", name, exc)
+                unreadable.add(str(item.get("run_id")) if isinstance(item, dict) else "")
+                continue
             statuses[reported.run_id] = reported
         for run_id in run_ids:
+            if run_id in unreadable:
+                continue
             status = statuses.get(run_id)
             if status is not None:
                 self.on_run_status(name, status)

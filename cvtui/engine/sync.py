@@ -24,22 +24,25 @@ from cvtui.engine import delta
 from cvtui.engine.host_files import (
     FileChanging,
     FileSource,
+    HostGone,
     RemoteFileMissing,
     Signature,
     pick_algorithm,
+    range_digests,
     remote_signature,
+    reply_stat,
 )
 from cvtui.engine.ingest import ingest_file
 from cvtui.engine.mirror import (
     Mirror,
     UnsafePathError,
     file_leaves,
-    range_digests,
 )
+from cvtui.engine.mirror import range_digests as local_range_digests
 from cvtui.engine.transfer import FileResult, Progress, TransferMixin, proven_mtime
 from cvtui.metrics_parse import metrics_kind
 from remote_agent import protocol
-from remote_agent.protocol import FileEntry, FileListing, RemoteError
+from remote_agent.protocol import FileEntry, FileListing, ProtocolError, RemoteError
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
@@ -144,11 +147,18 @@ class RunSync(TransferMixin):
             (skipped.path, {"sync_status": "skipped", "reason": skipped.reason})
             for skipped in listing.skipped
         ]
+        # Entries the host got wrong (a size of -5, an mtime of 10**30) fail alone.
+        changes += [
+            (bad.path, {"sync_status": "error", "reason": bad.reason}) for bad in listing.rejected
+        ]
+        for bad in listing.rejected:
+            log.warning("run %s: %s: %s", self.run_id, bad.path, bad.reason)
         rows = {row["path"]: row for row in self.catalog.files_of(self.run_id)}
         changes += [(e.path, self._entry_fields(e, rows.get(e.path))) for e in listing.files]
         self.catalog.set_files(self.run_id, changes)
         if not listing.truncated:
             present = [e.path for e in listing.files] + [s.path for s in listing.skipped]
+            present += [bad.path for bad in listing.rejected]
             self.catalog.forget_missing_files(self.run_id, present)
 
     def _record_entry(self, entry: FileEntry) -> None:
@@ -217,9 +227,10 @@ class RunSync(TransferMixin):
                     # The run ended: the whole-file digest decides (a delta if it differs).
                     result = await self._verify_appended(entry)
             if result is None:
-                result = await self._transfer(
-                    entry, row, seed=how != delta.WHOLE, trust_cache=not verify
-                )
+                # --verify compares digests with the local copy, whatever the file's kind: a
+                # small file that matches costs a signature, not a download.
+                seed = how != delta.WHOLE or (verify and intact)
+                result = await self._transfer(entry, row, seed=seed, trust_cache=not verify)
         except UnsafePathError as exc:
             result = FileResult(path, "skipped", reason=str(exc))
         except RemoteError as exc:
@@ -235,6 +246,16 @@ class RunSync(TransferMixin):
             result = FileResult(path, "vanished", reason="gone from the host while synced")
         except PermissionError as exc:
             result = FileResult(path, "error", reason=f"permission denied: {exc}")
+        except ProtocolError as exc:  # the host's reply made no sense: this file fails alone
+            log.warning("run %s: %s: %s", self.run_id, path, exc)
+            result = FileResult(path, "error", reason=f"the host sent a {exc}")
+        except HostGone:
+            with contextlib.suppress(Exception):
+                self.catalog.set_file(self.run_id, path, sync_status="outdated")
+            raise
+        except OSError as exc:  # local trouble (a full disk) or a size the host got wrong
+            log.warning("run %s: %s: %s", self.run_id, path, exc)
+            result = FileResult(path, "error", reason=f"{exc.strerror or exc}")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.catalog.set_file(self.run_id, path, sync_status="outdated")
@@ -263,12 +284,14 @@ class RunSync(TransferMixin):
             algo=self.algo,
             ranges=[list(r) for r in checks],
         )
-        size, ino = int(reply["size"]), int(reply["ino"])
+        stat = reply_stat(reply)
+        size, ino = stat.size, stat.ino
+        theirs = range_digests(reply, len(checks))
         if ino != row["synced_ino"] or size <= synced:
             return None  # replaced, cut, or changed in place (same size): a delta decides
         local = self.mirror.path(path)
-        mine = await asyncio.to_thread(range_digests, local, checks, self.algo)
-        if mine != reply["digests"]:
+        mine = await asyncio.to_thread(local_range_digests, local, checks, self.algo)
+        if mine != theirs:
             return None
         end = synced
         if size > synced:
@@ -297,7 +320,7 @@ class RunSync(TransferMixin):
             sync_status=status,
             strategy=delta.APPEND,
             synced_size=end,
-            synced_mtime_ns=proven_mtime(int(reply["mtime_ns"]), int(reply["read_ns"])),
+            synced_mtime_ns=proven_mtime(stat.mtime_ns, stat.read_ns),
             synced_ino=ino,
             local_mtime_ns=st.st_mtime_ns,
             local_ino=st.st_ino,

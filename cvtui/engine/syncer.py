@@ -87,6 +87,10 @@ class Syncer:
         # of the first pass that began after its request, not for the run to go quiet.
         self.passes_begun: dict[str, int] = {}
         self.passes_ended: dict[str, int] = {}
+        # Bytes fetched per run and file by ended passes, plus the pass running now: a command
+        # reports what came for its runs while it waited, whichever pass fetched it.
+        self.fetched_done: dict[str, dict[str, int]] = {}
+        self.running_syncs: dict[str, RunSync] = {}
         self._pass_ended = asyncio.Event()  # set (and replaced) whenever a pass or task ends
 
     # -- what the engine hears -------------------------------------------------------------
@@ -109,12 +113,19 @@ class Syncer:
         run_id = message.get("run_id")
         if not isinstance(run_id, str) or self.catalog.get_run(run_id) is None:
             return
-        try:
-            entries = {f["path"]: FileEntry(**f) for f in message.get("files", [])}
-        except (TypeError, KeyError) as exc:
-            log.warning("host %s: bad files event: %s", host, exc)
-            return
-        self.request(run_id, SyncRequest(entries=entries, full=bool(message.get("removed"))))
+        raw = message.get("files")
+        entries: dict[str, FileEntry] = {}
+        full = bool(message.get("removed"))
+        for item in raw if isinstance(raw, list) else []:
+            try:
+                entry = FileEntry.from_wire(item)
+            except ProtocolError as exc:
+                # That entry fails alone: a full listing records it with its reason.
+                log.warning("host %s: run %s: %s", host, run_id, exc)
+                full = True
+                continue
+            entries[entry.path] = entry
+        self.request(run_id, SyncRequest(entries=entries, full=full or not isinstance(raw, list)))
 
     def host_ready(self, session: HostSession) -> None:
         """A host (re)connected: finish what earlier passes left outdated on its ended runs."""
@@ -185,6 +196,26 @@ class Syncer:
         sync = RunSync(
             self.catalog, self.home, source, run_id, output_globs(run["spec"]), self.progress, base
         )
+        self.running_syncs[run_id] = sync
+        try:
+            return await self._sync_pass(run_id, request, source, sync)
+        finally:
+            del self.running_syncs[run_id]
+            done = self.fetched_done.setdefault(run_id, {})
+            for path, count in sync.fetched_by_path.items():
+                done[path] = done.get(path, 0) + count
+
+    def fetched_so_far(self, run_id: str) -> dict[str, int]:
+        """Bytes fetched for each file of a run by this engine so far (the running pass too)."""
+        found = dict(self.fetched_done.get(run_id, {}))
+        sync = self.running_syncs.get(run_id)
+        for path, count in (sync.fetched_by_path if sync else {}).items():
+            found[path] = found.get(path, 0) + count
+        return found
+
+    async def _sync_pass(
+        self, run_id: str, request: SyncRequest, source: SshSource, sync: RunSync
+    ) -> PassReport:
         self._set_run_status(run_id, "syncing")
         listing = None
         if request.watch:
@@ -251,6 +282,7 @@ class Syncer:
                 ).to_json()
             else:
                 wanted.append(run)
+        before = {run["id"]: self.fetched_so_far(run["id"]) for run in wanted}
         await self._wait_connected({r["host"] for r in wanted})
         served: dict[str, int] = {}
         for run in wanted:
@@ -264,6 +296,20 @@ class Syncer:
             while self.passes_ended.get(run_id, 0) < served[run_id] and run_id in self.tasks:
                 await self._pass_ended.wait()
             report = self.reports.get(run_id) or PassReport(error="not synced")
+            # What came for the run while the command waited, in this pass or one before it
+            # (the watch of a running run, the final pass a reconnect asked for).
+            came = {
+                path: count - before[run_id].get(path, 0)
+                for path, count in self.fetched_so_far(run_id).items()
+                if count > before[run_id].get(path, 0)
+            }
+            report = PassReport(
+                files=report.files,
+                fetched=sum(came.values()),
+                fetched_by_file=came,
+                states=report.states,
+                error=report.error,
+            )
             outcome[run["id"]] = report.to_json()
         ok = all(o["error"] is None for o in outcome.values())
         self.catalog.finish_command(command["id"], ok=ok, result=outcome)

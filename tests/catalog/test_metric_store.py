@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from pathlib import Path
@@ -186,4 +187,57 @@ def test_any_sequence_of_batches_reads_back_in_written_order(tmp_path: Path, bat
             (r.step, r.key, r.value, r.text) for r in sorted(written, key=lambda r: r.key)
         ]
         assert len(view_rows(catalog)) == len(written)
+    path.unlink()
+
+
+def duplicate_points(catalog: Catalog) -> list[tuple]:
+    return catalog.db.execute(
+        "SELECT run_id, file, key, step, count(*) FROM metrics"
+        " GROUP BY run_id, file, key, step HAVING count(*) > 1"
+    ).fetchall()
+
+
+def test_a_step_written_again_replaces_its_value_never_a_second_row(tmp_path: Path) -> None:
+    # A run resumed from a checkpoint logs steps 3 and 4 again, in a later batch and in one.
+    with fresh(tmp_path) as catalog:
+        store(catalog, "m.csv", [MetricRow(s, "loss", float(s), None) for s in range(5)])
+        store(catalog, "m.csv", [MetricRow(s, "loss", s + 0.5, None) for s in (3, 4, 5)])
+        store(catalog, "m.csv", [MetricRow(6, "loss", 6.0, None), MetricRow(6, "loss", 6.5, None)])
+        assert duplicate_points(catalog) == []
+        assert [(r[0], r[3]) for r in catalog.metric_rows(RUN)] == [
+            (0, 0.0), (1, 1.0), (2, 2.0), (3, 3.5), (4, 4.5), (5, 5.5), (6, 6.5)
+        ]  # fmt: skip
+        assert catalog.metric_summary(RUN)["loss"]["last"] == 6.5
+        _, state = catalog.parse_position(RUN, "m.csv")
+        assert state is not None and json.loads(state)["replaced"] == 3
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 30)), max_size=30),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_batches_keep_the_last_value_of_each_key_and_step(tmp_path: Path, batches) -> None:
+    path = tmp_path / f"d{abs(hash(str(batches)))}.db"
+    path.unlink(missing_ok=True)
+    with Catalog(path) as catalog:
+        catalog.set_file(RUN, "m.jsonl", sync_status="synced")
+        latest: dict[tuple[str, int], float] = {}
+        n = 0
+        for batch in batches:
+            rows = []
+            for key, step in batch:
+                n += 1
+                rows.append(MetricRow(step, key, float(n), None))
+                latest[(key, step)] = float(n)
+            store(catalog, "m.jsonl", rows)
+        assert duplicate_points(catalog) == []
+        got = {(r[1], r[0]): r[3] for r in catalog.metric_rows(RUN)}
+        assert got == latest
+        assert catalog.metric_count(RUN) == len(latest)
     path.unlink()

@@ -65,6 +65,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (5, "migration_5_reproducibility"),
         (6, "migration_6_metric_series"),
         (7, "migration_7_work_dirs"),
+        (8, "migration_8_gpu_leases"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 
@@ -179,3 +180,14 @@ def test_many_connections_opening_a_fresh_file_at_once_migrate_it_once(
     assert errors == []
     assert versions == [LATEST] * 6
     assert [r[0] for r in migration_rows(catalog_path)] == list(range(1, LATEST + 1))
+
+
+def test_migration_7_keeps_an_older_catalogs_gpus_and_adds_their_leases(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = Database(sqlite3.connect(path, isolation_level=None))
+    migrate(db, MIGRATIONS[:6])
+    db.execute("INSERT INTO gpus (host, idx, uuid, name) VALUES ('h', 0, 'GPU-0', 'A100')")
+    db.conn.close()
+    with Catalog(path) as catalog:
+        row = catalog.db.table("gpus").get(("h", 0))
+        assert (row["uuid"], row["leased_by"]) == ("GPU-0", None)

@@ -157,6 +157,7 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
                             "run_id": None,
                         },
                     ],
+                    "leased_by": None,
                 },
                 {
                     "index": 1,
@@ -169,6 +170,7 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
                     "temperature": 41.0,
                     "power": 101.0,
                     "processes": [],
+                    "leased_by": None,
                 },
             ],
         }

@@ -274,3 +274,37 @@ def test_sync_of_a_busy_running_run_returns_after_its_own_pass(
     local = (home / "runs" / run_id / "busy.log").read_text().splitlines()
     assert local and local == [f"line {i}" for i in range(len(local))]  # a clean prefix
     cvtui(lab, home, "cancel", run_id)
+
+
+BIG_CHECKPOINT = """
+import os
+open("part.pt", "wb").write(os.urandom(30 << 20))
+os.rename("part.pt", "model.pt")
+"""
+
+
+def test_sync_reports_the_bytes_that_came_for_the_run_while_it_waited(
+    lab_factory, home: Path, tmp_path: Path
+) -> None:
+    # No engine runs: `cvtui sync` starts one, and the final pass its reconnect asks for the
+    # ended run fetches the checkpoint before the command's own pass. The report counts those
+    # bytes (it said "0 B fetched").
+    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
+    config = write_config(tmp_path, BIG_CHECKPOINT, "python3 job.py")
+    done = cvtui(lab, home, "run", str(config))
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[0]
+    checkpoint = run_dir(lab, "gpu-01", run_id) / "model.pt"
+    deadline = time.monotonic() + 30
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # the run has ended by now
+    synced = cvtui(lab, home, "sync", run_id)
+    assert synced.returncode == 0, synced.stderr
+    line = next(li for li in synced.stdout.splitlines() if li.startswith(run_id[:12]))
+    fetched_mb = float(line.rsplit(", ", 1)[1].split()[0])
+    assert line.endswith("MB fetched") and fetched_mb >= 31.4, line  # 30 MiB and the log
+    assert (home / "runs" / run_id / "model.pt").read_bytes() == checkpoint.read_bytes()
+    again = cvtui(lab, home, "sync", run_id, "--json")
+    assert json.loads(again.stdout)[run_id]["fetched"] == 0  # nothing new: nothing counted

@@ -179,3 +179,73 @@ def test_metrics_kind_by_suffix() -> None:
     assert metrics_kind("a/b/metrics.CSV") == CSV
     assert metrics_kind("log.jsonl") == JSONL and metrics_kind("x.ndjson") == JSONL
     assert metrics_kind("output.log") is None and metrics_kind("model.pt") is None
+
+
+def test_a_changed_header_starts_a_new_column_mapping() -> None:
+    # A logger restarted with other columns: its header is a header, not a row of `loss` text.
+    data = b"step,loss\n1,0.5\n2,0.4\nstep,acc,extra\n3,0.7,1\n4,0.8,2\n"
+    rows, state = parse_new(ParseState(CSV), data)
+    assert rows == [
+        MetricRow(1, "loss", 0.5, None),
+        MetricRow(2, "loss", 0.4, None),
+        MetricRow(3, "acc", 0.7, None),
+        MetricRow(3, "extra", 1.0, None),
+        MetricRow(4, "acc", 0.8, None),
+        MetricRow(4, "extra", 2.0, None),
+    ]
+    assert state.columns == ("step", "acc", "extra") and state.header_changes == 1
+    assert state.rows == 4
+
+
+def test_a_repeated_header_is_not_a_row_and_not_a_change() -> None:
+    data = b"step,loss\n1,0.5\nstep,loss\n2,0.4\n"
+    rows, state = parse_new(ParseState(CSV), data)
+    assert [(r.step, r.key, r.value) for r in rows] == [(1, "loss", 0.5), (2, "loss", 0.4)]
+    assert state.header_changes == 0
+
+
+def test_a_narrower_header_sharing_no_name_is_still_a_header() -> None:
+    data = b"epoch,loss,acc\n1,0.5,0.1\nstep,bleu\n7,30.5\n"
+    rows, state = parse_new(ParseState(CSV), data)
+    assert rows[-1] == MetricRow(7, "bleu", 30.5, None)
+    assert state.columns == ("step", "bleu") and state.header_changes == 1
+
+
+def test_text_rows_of_a_text_column_stay_data() -> None:
+    # Same width, no shared name: a row of words is data in a CSV of words.
+    data = b"phase,status\ntrain,ok\nval,done\n"
+    rows, state = parse_new(ParseState(CSV), data)
+    assert [(r.step, r.key, r.text) for r in rows] == [
+        (0, "phase", "train"),
+        (0, "status", "ok"),
+        (1, "phase", "val"),
+        (1, "status", "done"),
+    ]
+    assert state.header_changes == 0
+
+
+def test_a_line_over_the_window_is_skipped_and_parsing_goes_on() -> None:
+    window = 64
+    head = b"step,loss\n1,0.5\n"
+    long_line = b"2," + b"9" * 200  # no newline within the window
+    rows, state = parse_new(ParseState(CSV), head, max_line=window)
+    assert [r.step for r in rows] == [1]
+    # The window holds only part of the long line: it is skipped, not waited for.
+    rows, state = parse_new(state, long_line[:window], max_line=window)
+    assert rows == [] and state.long_lines == 1 and state.offset == len(head) + window
+    rest = long_line[window:] + b"\n3,0.25\n"
+    rows, state = parse_new(state, rest, max_line=window)
+    assert rows == [MetricRow(3, "loss", 0.25, None)]
+    assert state.offset == len(head) + len(long_line) + len(b"\n3,0.25\n")
+    assert state.long_lines == 1 and state.rows == 2
+
+
+def test_a_long_jsonl_line_still_being_written_is_skipped_to_its_end() -> None:
+    window = 32
+    state = ParseState(JSONL)
+    rows, state = parse_new(state, b'{"loss": "' + b"x" * 40, max_line=window)
+    assert rows == [] and state.long_lines == 1
+    rows, state = parse_new(state, b"x" * 10, max_line=window)  # still no end of line
+    assert rows == [] and state.long_lines == 1
+    rows, state = parse_new(state, b'xx"}\n{"loss": 1}\n', max_line=window)
+    assert rows == [MetricRow(0, "loss", 1.0, None)] and state.long_lines == 1

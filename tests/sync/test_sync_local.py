@@ -395,3 +395,22 @@ def test_unreadable_parse_state_means_parse_again(catalog: Catalog, tmp_path: Pa
         conn.execute("UPDATE files SET parse_state = 'garbage'")
     ingest_file(catalog, RUN_ID, "m.jsonl", local)
     assert catalog.metric_count(RUN_ID) == 1
+
+
+async def test_verify_of_identical_files_reads_no_file_data(
+    catalog: Catalog, home: Path, source: InProcessSource
+) -> None:
+    run_dir = source.run_dir()
+    (run_dir / "config.yaml").write_text("lr: 0.1\n")
+    (run_dir / "train.log").write_text("epoch 1\n" * 30)
+    (run_dir / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    (run_dir / "model.pt").write_bytes(os.urandom(3_000_000))
+    for path in run_dir.iterdir():
+        age(path)
+    await new_sync(catalog, home, source).run(final=True)
+    for _ in range(2):
+        before = source.bytes_read
+        results = await new_sync(catalog, home, source).run(verify=True)
+        assert {r.status for r in results} == {"synced"} and len(results) == 4
+        assert source.bytes_read == before, [r for r in results if r.fetched]
+        assert sum(r.fetched for r in results) == 0

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.binding import Binding, BindingType
 
+from cvtui.catalog.rows import gpu_is_free
 from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
@@ -31,8 +32,8 @@ def host_columns(width: int) -> list[Column]:
 
 
 def free_gpus(host: dict[str, Any]) -> int:
-    """GPUs with no process on them: what a new run could get."""
-    return sum(1 for g in host["gpus"] if not g["processes"])
+    """GPUs with no process and no lease on them: what a new run could get."""
+    return sum(1 for g in host["gpus"] if gpu_is_free(g))
 
 
 def gpu_fraction(used: int | None, total: int | None) -> float | None:

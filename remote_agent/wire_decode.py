@@ -1,0 +1,360 @@
+"""Messages read off the wire into protocol dataclasses, every field checked (wire_fields.py).
+
+A bad entry of a list (one file of a listing, one GPU of a sample) fails alone: it is left out
+and named with its reason, the rest of the message is used. A bad field of a measurement
+(a temperature of 1e300) reads as unknown (None). Anything else wrong raises ProtocolError.
+Python 3.8+, standard library only: the agent imports protocol.py, which defers to this.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from remote_agent import protocol
+from remote_agent.protocol import (
+    FileEntry,
+    FileListing,
+    GpuProcess,
+    GpuSample,
+    Hello,
+    HostSample,
+    ProtocolError,
+    RunStatus,
+    SkippedFile,
+    Telemetry,
+    WorkspaceFile,
+    WorkspaceListing,
+)
+from remote_agent.wire_fields import (
+    INT64_MAX,
+    MAX_ID,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_TEXT,
+    PID_MAX,
+    TIME_MAX_S,
+    UID_MAX,
+    FieldError,
+    boolean,
+    get,
+    integer,
+    items,
+    number,
+    one_of,
+    relative_path,
+    shown_path,
+    text,
+)
+
+MAX_GPUS = 1024
+MAX_GPU_INDEX = 4095
+MAX_PROCESSES = 4096  # per GPU
+MAX_COMMAND = 4096  # characters of a process's command line kept (cut, not refused)
+
+_T = TypeVar("_T")
+
+
+def _entry_path(raw: Any) -> str:
+    return shown_path(raw.get("path") if isinstance(raw, dict) else None)
+
+
+def _checked_file_entry(data: Any) -> FileEntry:
+    return FileEntry(
+        path=relative_path(data),
+        size=integer(data, "size", 0) or 0,
+        mtime_ns=integer(data, "mtime_ns") or 0,
+        ino=integer(data, "ino", 0) or 0,
+        link=boolean(data, "link", False),
+    )
+
+
+def file_entry(data: Any) -> FileEntry:
+    try:
+        return _checked_file_entry(data)
+    except FieldError as exc:
+        raise ProtocolError(f"bad file entry {_entry_path(data)}: {exc}") from None
+
+
+def skipped_file(data: Any) -> SkippedFile:
+    return SkippedFile(
+        path=text(data, "path", MAX_PATH) or "",
+        reason=text(data, "reason", MAX_TEXT, cut=True) or "",
+    )
+
+
+def file_listing(data: Any) -> FileListing:
+    try:
+        raw_files = items(data, "files")
+        raw_skipped = items(data, "skipped")
+        truncated = boolean(data, "truncated", False)
+    except FieldError as exc:
+        raise ProtocolError(f"bad file listing: {exc}") from None
+    files: list[FileEntry] = []
+    rejected: list[SkippedFile] = []
+    for raw in raw_files:
+        try:
+            files.append(_checked_file_entry(raw))
+        except FieldError as exc:
+            rejected.append(SkippedFile(_entry_path(raw), f"refused from the host: {exc}"))
+    skipped: list[SkippedFile] = []
+    for raw in raw_skipped:
+        try:
+            skipped.append(skipped_file(raw))
+        except FieldError as exc:
+            rejected.append(SkippedFile(_entry_path(raw), f"refused from the host: {exc}"))
+    try:
+        base = one_of(data, "base", (protocol.WORK_DIR, ""), default=protocol.WORK_DIR)
+        unmatched = _names(data, "unmatched", MAX_PATH, 1000)
+    except FieldError as exc:
+        raise ProtocolError(f"bad file listing: {exc}") from None
+    return FileListing(
+        files=tuple(files),
+        skipped=tuple(skipped),
+        truncated=truncated,
+        base=base,
+        unmatched=unmatched,
+        rejected=tuple(rejected),
+    )
+
+
+# -- telemetry ----------------------------------------------------------------------------------
+
+
+def _measured(read: Callable[[], _T | None], where: str, problems: list[str]) -> _T | None:
+    """A measurement, or None (unknown) with the problem noted when the host sent nonsense."""
+    try:
+        return read()
+    except FieldError as exc:
+        problems.append(f"{where}: {exc}")
+        return None
+
+
+def host_sample(data: Any, problems: list[str]) -> HostSample:
+    if not isinstance(data, dict):
+        raise FieldError(f"host {data!r:.40} is not an object")
+
+    def measure(name: str, low: float, high: float) -> float | None:
+        return _measured(lambda: number(data, name, low, high, optional=True), "host", problems)
+
+    def count(name: str) -> int | None:
+        return _measured(lambda: integer(data, name, 0, optional=True), "host", problems)
+
+    return HostSample(
+        cpu_percent=measure("cpu_percent", 0, 100_000),
+        load1=measure("load1", 0, 1e9),
+        load5=measure("load5", 0, 1e9),
+        load15=measure("load15", 0, 1e9),
+        mem_used=count("mem_used"),
+        mem_total=count("mem_total"),
+        disk_free=count("disk_free"),
+        disk_total=count("disk_total"),
+    )
+
+
+def gpu_process(data: Any) -> GpuProcess:
+    return GpuProcess(
+        pid=integer(data, "pid", 0, PID_MAX) or 0,
+        user=text(data, "user", MAX_NAME, optional=True),
+        command=text(data, "command", MAX_COMMAND, cut=True) or "",
+        container=text(data, "container", MAX_NAME, optional=True, cut=True),
+        mem=integer(data, "mem", 0, optional=True),
+        run_id=text(data, "run_id", MAX_ID, optional=True),
+    )
+
+
+def gpu_sample(data: Any, problems: list[str]) -> GpuSample:
+    index = integer(data, "index", 0, MAX_GPU_INDEX) or 0
+    where = f"GPU {index}"
+
+    def measure(name: str, low: float, high: float) -> float | None:
+        return _measured(lambda: number(data, name, low, high, optional=True), where, problems)
+
+    def count(name: str) -> int | None:
+        return _measured(lambda: integer(data, name, 0, optional=True), where, problems)
+
+    processes = []
+    for raw in items(data, "processes", MAX_PROCESSES):
+        try:
+            processes.append(gpu_process(raw))
+        except FieldError as exc:
+            problems.append(f"{where}: a process refused: {exc}")
+    return GpuSample(
+        index=index,
+        uuid=text(data, "uuid", MAX_ID) or "",
+        name=text(data, "name", MAX_NAME, cut=True) or "",
+        util=measure("util", 0, 100),
+        mem_used=count("mem_used"),
+        mem_total=count("mem_total"),
+        temperature=measure("temperature", -273.15, 1000),
+        power=measure("power", 0, 1e6),
+        power_limit=measure("power_limit", 0, 1e6),
+        fan=measure("fan", 0, 1000),
+        processes=tuple(processes),
+        leased_by=text(data, "leased_by", MAX_ID, optional=True),
+        pci_bus_id=text(data, "pci_bus_id", MAX_NAME, optional=True),
+    )
+
+
+def telemetry(data: Any) -> Telemetry:
+    problems: list[str] = []
+    try:
+        time = number(data, "time", 0, TIME_MAX_S) or 0.0
+        backend = text(data, "backend", MAX_NAME) or ""
+        host = host_sample(get(data, "host"), problems)
+        raw_gpus = items(data, "gpus", MAX_GPUS)
+    except FieldError as exc:
+        raise ProtocolError(f"bad telemetry: {exc}") from None
+    gpus: dict[int, GpuSample] = {}
+    for raw in raw_gpus:
+        try:
+            gpu = gpu_sample(raw, problems)
+        except FieldError as exc:
+            problems.append(f"a GPU refused: {exc}")
+            continue
+        if gpu.index in gpus:
+            problems.append(f"GPU {gpu.index} listed twice: the second left out")
+            continue
+        gpus[gpu.index] = gpu
+    return Telemetry(time, backend, host, tuple(gpus.values()), tuple(problems))
+
+
+# -- hello and runs -----------------------------------------------------------------------------
+
+
+def _names(data: Any, name: str, longest: int, count: int) -> tuple[str, ...]:
+    values = items(data, name, count)
+    for value in values:
+        if not isinstance(value, str) or len(value) > longest:
+            raise FieldError(f"{name} holds {value!r:.40}, not a name")
+    return tuple(values)
+
+
+def hello(data: Any) -> Hello:
+    try:
+        return Hello(
+            protocol=integer(data, "protocol", 0, PID_MAX) or 0,
+            python=text(data, "python", MAX_NAME) or "",
+            hostname=text(data, "hostname", MAX_NAME) or "",
+            user=text(data, "user", MAX_NAME) or "",
+            pid=integer(data, "pid", 0, PID_MAX) or 0,
+            backend=text(data, "backend", MAX_NAME) or "",
+            backend_errors=tuple(e[:MAX_TEXT] for e in _names(data, "backend_errors", 1 << 20, 64)),
+            gpu_count=integer(data, "gpu_count", 0, MAX_GPUS, default=0) or 0,
+            hash_algorithms=_names(data, "hash_algorithms", MAX_NAME, 16),
+            root=text(data, "root", MAX_PATH, default="") or "",
+            home=text(data, "home", MAX_PATH, default="") or "",
+        )
+    except FieldError as exc:
+        raise ProtocolError(f"bad hello: {exc}") from None
+
+
+def _gpu_indexes(data: Any) -> tuple[int, ...]:
+    found = []
+    for value in items(data, "gpus", MAX_GPUS):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FieldError(f"gpus holds {value!r:.40}, not a GPU index")
+        if not 0 <= value <= MAX_GPU_INDEX:
+            raise FieldError(f"gpus holds {value}, out of range [0, {MAX_GPU_INDEX}]")
+        found.append(value)
+    return tuple(found)
+
+
+def _optional_time(data: Any, name: str) -> float | None:
+    return number(data, name, 0, TIME_MAX_S, optional=True)
+
+
+def _optional_pid(data: Any, name: str) -> int | None:
+    return integer(data, name, 0, PID_MAX, optional=True)
+
+
+# One check per RunStatus field: a field added to RunStatus needs one here (a test says so).
+RUN_STATUS_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "run_id": lambda d: text(d, "run_id", MAX_ID),
+    "state": lambda d: one_of(d, "state", protocol.RUN_STATES),
+    "run_dir": lambda d: text(d, "run_dir", MAX_PATH, default=""),
+    "gpus": _gpu_indexes,
+    "supervisor_pid": lambda d: _optional_pid(d, "supervisor_pid"),
+    "supervisor_start": lambda d: integer(d, "supervisor_start", 0, optional=True),
+    "pid": lambda d: _optional_pid(d, "pid"),
+    "pgid": lambda d: _optional_pid(d, "pgid"),
+    "uid": lambda d: integer(d, "uid", 0, UID_MAX, optional=True),
+    "started": lambda d: _optional_time(d, "started"),
+    "ended": lambda d: _optional_time(d, "ended"),
+    "heartbeat": lambda d: _optional_time(d, "heartbeat"),
+    "exit_code": lambda d: integer(d, "exit_code", -PID_MAX, PID_MAX, optional=True),
+    "progress": lambda d: number(d, "progress", 0, 100, optional=True),
+    "progress_msg": lambda d: text(d, "progress_msg", MAX_TEXT, optional=True, cut=True),
+    "reason": lambda d: text(d, "reason", MAX_TEXT, optional=True, cut=True),
+    "log_size": lambda d: integer(d, "log_size", 0, INT64_MAX, default=0),
+    "work_dir": lambda d: text(d, "work_dir", MAX_PATH, default=""),
+    "recorded_by": lambda d: (
+        None
+        if get(d, "recorded_by", None) is None
+        else one_of(d, "recorded_by", (protocol.RECORDED_BY_SUPERVISOR, protocol.RECORDED_BY_AGENT))
+    ),
+}
+
+
+def run_status(data: Any) -> RunStatus:
+    run = _entry_run(data)
+    try:
+        fields = {
+            name: check(data)
+            for name, check in RUN_STATUS_FIELDS.items()
+            if name in RunStatus.__dataclass_fields__
+        }
+        # A field this table does not know yet passes as sent (RUN_STATUS_FIELDS lists them all
+        # today; a test fails the day one is added without its check).
+        for name in RunStatus.__dataclass_fields__:
+            if name not in fields and name in data:
+                fields[name] = data[name]
+        return RunStatus(**fields)
+    except (FieldError, TypeError) as exc:
+        raise ProtocolError(f"bad run status{run}: {exc}") from None
+
+
+def _entry_run(data: Any) -> str:
+    run_id = data.get("run_id") if isinstance(data, dict) else None
+    return f" of run {run_id}" if isinstance(run_id, str) and len(run_id) <= MAX_ID else ""
+
+
+# -- workspaces ---------------------------------------------------------------------------------
+
+
+def workspace_file(data: Any) -> WorkspaceFile:
+    digest = text(data, "hash", MAX_ID) or ""
+    if not digest or any(c not in "0123456789abcdef" for c in digest):
+        raise FieldError(f"hash {digest!r:.40} is not hexadecimal")
+    return WorkspaceFile(
+        path=relative_path(data),
+        size=integer(data, "size", 0) or 0,
+        mtime_ns=integer(data, "mtime_ns") or 0,
+        executable=boolean(data, "executable"),
+        hash=digest,
+        link=boolean(data, "link", False),
+    )
+
+
+def workspace_listing(data: Any) -> WorkspaceListing:
+    try:
+        directory = text(data, "dir", MAX_PATH) or ""
+        exists = boolean(data, "exists")
+        algo = text(data, "algo", MAX_NAME) or ""
+        raw_files = items(data, "files")
+        raw_skipped = items(data, "skipped")
+        after = text(data, "next", MAX_PATH, optional=True)
+    except FieldError as exc:
+        raise ProtocolError(f"bad workspace listing: {exc}") from None
+    files: list[WorkspaceFile] = []
+    skipped: list[SkippedFile] = []
+    for raw in raw_files:
+        try:
+            files.append(workspace_file(raw))
+        except FieldError as exc:
+            skipped.append(SkippedFile(_entry_path(raw), f"refused from the host: {exc}"))
+    for raw in raw_skipped:
+        try:
+            skipped.append(skipped_file(raw))
+        except FieldError as exc:
+            skipped.append(SkippedFile(_entry_path(raw), f"refused from the host: {exc}"))
+    return WorkspaceListing(directory, exists, algo, tuple(files), tuple(skipped), after)
