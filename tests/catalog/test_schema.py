@@ -50,7 +50,7 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 7
+        assert cat.schema_version() == LATEST == 8
         assert set(cat.db.table_names()) >= TABLES
         assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
             i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
