@@ -11,6 +11,7 @@ from benchmarks import (
     Options,
     agent_cost,
     catalog_speed,
+    cli_commands,
     cli_startup,
     components,
     connect,
@@ -25,6 +26,7 @@ from benchmarks.table import Row, failed_row, render
 BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "connect": connect.run,
     "cli": cli_startup.run,
+    "commands": cli_commands.run,
     "agent": agent_cost.run,
     "controller": controller_cost.run,
     "runs": runs.run,

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtui.errors import CvtuiError
+from cvtui.states import ACTIVE_STATES, PRIORITIES
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.inventory import Inventory
     from cvtui.runspec import RunSpec
 
-ACTIVE = ("queued", "dispatching", "running")
-PRIORITY_ORDER = ("urgent", "high", "normal", "low")  # the catalog's ranks 0..3
+ACTIVE = ACTIVE_STATES
+PRIORITY_ORDER = PRIORITIES  # the catalog's ranks 0..3
 DEFAULT_GRACE_S = 10.0  # SIGTERM to SIGKILL
 
 
@@ -52,8 +53,10 @@ def cancel_runs(
     by: str,
     grace_s: float = DEFAULT_GRACE_S,
     now: float | None = None,
+    direct: bool = True,
 ) -> list[CancelOutcome]:
-    """Cancel runs: queued ones leave the queue at once, placed ones get an engine command.
+    """Cancel runs: placed ones get an engine command, queued ones leave the queue at once
+    (direct) or through the engine too (not direct: a running engine then logs every cancel).
 
     The engine sends SIGTERM to the run's process group, SIGKILL after ``grace_s``. A run
     listed twice is cancelled once.
@@ -63,7 +66,7 @@ def cancel_runs(
         if run["state"] not in ACTIVE:
             outcomes.append(CancelOutcome(run["id"], run["name"], f"already {run['state']}"))
             continue
-        if catalog.transition_run(
+        if direct and catalog.transition_run(
             run["id"],
             "cancelled",
             expect=["queued"],

@@ -12,8 +12,8 @@ from cvtui.catalog import Catalog
 from cvtui.engine import scheduler
 from cvtui.engine.snapshot import take_snapshot
 from cvtui.inventory import Inventory
-from cvtui.report import human_bytes
 from cvtui.runspec import RunSpec
+from cvtui.units import size
 
 SCRIPT_SUFFIXES = (".py", ".sh", ".bash")
 
@@ -62,7 +62,7 @@ def describe_resources(spec: RunSpec) -> str:
     if not res.gpus:
         parts[0] += " (CPU only)"
     if res.min_free_mem:
-        parts.append(f">= {human_bytes(res.min_free_mem)} free each")
+        parts.append(f">= {size(res.min_free_mem)} free each")
     if res.hosts:
         parts.append("hosts " + ",".join(res.hosts))
     if res.tags:
@@ -192,7 +192,7 @@ def describe_dry_run(plan: dict[str, Any]) -> str:
         ]
     for snap in plan["code"]:
         lines.append(
-            f"  code: {snap['dir']} ({snap['files']} files, {human_bytes(snap['size'])}, "
+            f"  code: {snap['dir']} ({snap['files']} files, {size(snap['size'])}, "
             f"snapshot {snap['snapshot'][:12]})"
         )
     lines += [f"  warning: {warning}" for warning in plan["warnings"]]

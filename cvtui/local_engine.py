@@ -6,14 +6,17 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cvtui.catalog import Catalog
-from cvtui.engine.engine import Engine
 from cvtui.engine.lock import EngineLock, lock_holder
 from cvtui.errors import EngineLockedError
-from cvtui.inventory import Inventory
 
-Condition = Callable[[Engine | None], bool]
+if TYPE_CHECKING:
+    from cvtui.catalog import Catalog
+    from cvtui.engine.engine import Engine
+    from cvtui.inventory import Inventory
+
+Condition = Callable[["Engine | None"], bool]
 
 
 async def drive(
@@ -49,6 +52,8 @@ async def drive(
     except EngineLockedError:
         return await wait(None)
     try:
+        from cvtui.engine.engine import Engine  # asyncssh: only when this process must connect
+
         engine = Engine(inventory, catalog, only=None if hosts is None else set(hosts))
         stop = asyncio.Event()
         runner = asyncio.create_task(engine.run(stop))

@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cvtui.metrics_parse import metrics_kind
+from cvtui.states import FINAL_STATES as FINAL
 from remote_agent.protocol import OWN_FILES_PREFIX
-
-FINAL = ("succeeded", "failed", "cancelled", "lost")
 
 
 def outputs_note(run: Mapping[str, Any], files: Sequence[Mapping[str, Any]]) -> str | None:

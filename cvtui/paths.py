@@ -33,3 +33,8 @@ def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise CvtuiError(f"cvtui home {path} is not readable and writable by you")
     return path
+
+
+def snapshot_archive(home: Path, code_hash: str) -> Path:
+    """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
+    return home / "code" / f"{code_hash}.tar"

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from cvtui.catalog.rows import gpu_is_free
+from cvtui.units import ago, size
 
 BAR_CELLS = " ▏▎▍▌▋▊▉█"
-
-
-def human_bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f}{unit}" if unit in ("B", "KiB") else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}TiB"
 
 
 def bar(fraction: float | None, width: int = 8) -> str:
@@ -32,28 +21,6 @@ def bar(fraction: float | None, width: int = 8) -> str:
     return text.ljust(width)
 
 
-def short_age(seconds: float) -> str:
-    """An age in a few characters: 42s, 17m, 5.2h, 3.1d."""
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 129600:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def ago(timestamp: float | None, now: float | None = None) -> str:
-    if timestamp is None:
-        return "never"
-    seconds = max(0.0, (now or time.time()) - timestamp)
-    if seconds < 60:
-        return f"{seconds:.0f}s ago"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
 def gpu_line(gpu: dict[str, Any]) -> str:
     util = gpu.get("util")
     used, total = gpu.get("mem_used"), gpu.get("mem_total")
@@ -64,7 +31,7 @@ def gpu_line(gpu: dict[str, Any]) -> str:
     temp_text = "" if temp is None else f" {temp:.0f}C"
     return (
         f"  [{gpu['index']}] {gpu['name'][:22]:22} util {bar((util or 0) / 100, 6)}{util_text}"
-        f"  mem {bar(mem_fraction, 6)} {human_bytes(used)}/{human_bytes(total)}{temp_text}"
+        f"  mem {bar(mem_fraction, 6)} {size(used)}/{size(total)}{temp_text}"
         + (f"  {','.join(users)}" if users else "")
         + (f"  leased by {leased}" if (leased := gpu.get("leased_by")) is not None else "")
     )
@@ -84,8 +51,8 @@ def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) 
             cpu_text = "-" if cpu is None else f"{cpu:.0f}%"
             head += (
                 f" {len(gpus)} GPUs ({free} free, {backend})  cpu {cpu_text}"
-                f"  mem {human_bytes(host.get('mem_used'))}/{human_bytes(host.get('mem_total'))}"
-                f"  disk free {human_bytes(host.get('disk_free'))}"
+                f"  mem {size(host.get('mem_used'))}/{size(host.get('mem_total'))}"
+                f"  disk free {size(host.get('disk_free'))}"
                 f"  seen {ago(host.get('last_seen'), now)}"
             )
         if host.get("drained"):

@@ -30,7 +30,6 @@ from cvtui.run_env import RunEnv, parse_links, parse_run_env
 from cvtui.runspec import (
     BUILTIN_PLACEHOLDERS,
     DEFAULT_OUTPUTS,
-    PRIORITIES,
     Resources,
     RunSpec,
     fill_template,
@@ -38,6 +37,7 @@ from cvtui.runspec import (
     param_text,
     placeholders,
 )
+from cvtui.states import PRIORITIES
 
 CVTUI_BLOCK = "cvtui"  # an experiment config's own cvtui settings
 DEFAULT_MAX_GRID = 10_000  # runs one config may queue unless --max-runs says more

@@ -13,8 +13,8 @@ from typing import Any
 
 from cvtui.errors import ConfigError
 from cvtui.run_env import DEFAULT_PYTHON, RunEnv
+from cvtui.states import PRIORITIES
 
-PRIORITIES = ("urgent", "high", "normal", "low")  # rank 0..3: PRIORITIES.index(priority)
 DEFAULT_OUTPUTS = ("*.csv", "*.jsonl", "*.yaml", "*.log", "*.pt", "*.pth", "*.ckpt")
 # Filled by render_command at dispatch: the run's id, its work dir (where the command runs and
 # its outputs go), the resolved config file, its GPU indexes, and the run environment's python.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvtui.catalog.runs import RUN_STATES
+from cvtui.units import duration
 
 _SINCE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.IGNORECASE)
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -151,18 +152,6 @@ def stats_json(stats: RunStats) -> dict[str, Any]:
     }
 
 
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
-    return f"{seconds / 86400:.1f}d"
-
-
 def _hours_lines(title: str, totals: Mapping[str, float]) -> list[str]:
     if not totals:
         return []
@@ -183,9 +172,9 @@ def format_stats(stats: RunStats) -> str:
             continue
         d = stats.durations_by_state.get(state)
         avg, median = (d.avg_s, d.median_s) if d else (None, None)
-        lines.append(f"  {state:11} {count:5}  {_span(avg):>8}  {_span(median):>8}")
+        lines.append(f"  {state:11} {count:5}  {duration(avg):>8}  {duration(median):>8}")
     d = stats.durations
-    lines.append(f"  {'all':11} {stats.runs:5}  {_span(d.avg_s):>8}  {_span(d.median_s):>8}")
+    lines.append(f"  {'all':11} {stats.runs:5}  {duration(d.avg_s):>8}  {duration(d.median_s):>8}")
     lines.append(f"GPU-hours: {stats.gpu_hours:.2f}")
     lines += _hours_lines("by user", stats.gpu_hours_by_user)
     lines += _hours_lines("by host", stats.gpu_hours_by_host)

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from cvtui.catalog import Catalog, new_run_id
-from cvtui.engine.runner import snapshot_archive
 from cvtui.engine.snapshot import Snapshot, take_snapshot
 from cvtui.errors import UnknownHostError
 from cvtui.inventory import Inventory
+from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.components import store_snapshot
 from cvtui.repro.provenance import submit_half, write_submit_half

@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from cvtui.engine.lock import lock_holder
 from cvtui.lab import Lab, LabHostSpec, start_lab
+
+
+@pytest.fixture(autouse=True)
+def stop_background_engines(tmp_path: Path) -> Iterator[None]:
+    """Every engine holding a home's lock under this test's tmp_path is stopped at teardown,
+    so a detached engine never outlives its test (and its lab)."""
+    yield
+    pids = []
+    for lock in tmp_path.rglob("engine.lock"):
+        pid = lock_holder(lock.parent)
+        if pid and pid > 0 and pid != os.getpid():
+            pids.append(pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + 15
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -87,3 +87,40 @@ def cvtui_process(
         env=env,
         stdin=subprocess.DEVNULL,
     )
+
+
+def stop_engine(home: Path, timeout_s: float = 15.0) -> None:
+    """Stop the engine holding home (e.g. the one `cvtui run` started in the background) and
+    wait until it is gone, so the next command runs one of its own."""
+    import os
+    import signal
+    import time
+
+    from cvtui.engine.lock import lock_holder
+
+    pid = lock_holder(home)
+    if not pid or pid < 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while lock_holder(home) is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine {pid} of {home} did not stop within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def stop_engine_once_running(home: Path, run_ids: list[str], timeout_s: float = 60.0) -> None:
+    """Wait until these runs run on their hosts, then stop_engine: what happens to them next
+    is up to the commands a test runs (no background engine syncs them)."""
+    import time
+
+    from cvtui.catalog import Catalog
+
+    deadline = time.monotonic() + timeout_s
+    with Catalog.open_home(home) as catalog:
+        while not all((catalog.get_run(i) or {}).get("state") != "dispatching" for i in run_ids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"runs {run_ids} not started within {timeout_s} s")
+            time.sleep(0.05)
+    stop_engine(home)

@@ -17,13 +17,13 @@ from cvtui.engine.notify import (
     Notifier,
     NotifyEvent,
     deliver,
-    format_duration,
     host_down_event,
     host_up_event,
     run_event,
 )
 from cvtui.errors import InventoryError
 from cvtui.inventory import NotifyTarget, parse_inventory
+from cvtui.units import duration
 
 RUN = {
     "id": "01j9zk3q8v5w0000000000abcd",
@@ -45,7 +45,7 @@ RUN = {
 
 
 def test_durations_read_like_a_person_would_say_them() -> None:
-    assert [format_duration(s) for s in (0.34, 42.9, 192, 7500, 90000, -5)] == [
+    assert [duration(s) for s in (0.34, 42.9, 192, 7500, 90000, -5)] == [
         "0.3s",
         "42s",
         "3m12s",

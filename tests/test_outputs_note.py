@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvtui.cli_runs import last_states
+from cvtui.cli.follow import last_states
 from cvtui.outputs_note import outputs_note
 
 

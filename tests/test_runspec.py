@@ -21,11 +21,11 @@ from cvtui.grid import expand_grid
 from cvtui.run_config import load_run_config, parse_override, parse_run_config
 from cvtui.runspec import (
     DEFAULT_OUTPUTS,
-    PRIORITIES,
     Resources,
     RunSpec,
     with_overrides,
 )
+from cvtui.states import PRIORITIES
 
 GiB = 2**30
 

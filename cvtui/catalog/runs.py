@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-RUN_STATES = ("queued", "dispatching", "running", "succeeded", "failed", "cancelled", "lost")
-ACTIVE_STATES = ("queued", "dispatching", "running")
-FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
-PRIORITIES = ("urgent", "high", "normal", "low")  # a priority's rank is its index here
+from cvtui.states import ACTIVE_STATES, FINAL_STATES, PRIORITIES, RUN_STATES
+
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "PRIORITIES", "RUN_STATES"]  # catalog's vocabulary
 COMMAND_STATES = ("pending", "done", "failed")
 
 RUN_COLUMNS = (

@@ -371,6 +371,12 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
 
     # -- reports ----------------------------------------------------------------------
 
+    def gpu_counts(self) -> dict[str, int]:
+        """How many GPUs each host reported in its last telemetry."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT host, count(*) FROM gpus GROUP BY host").fetchall()
+        return {str(host): int(count) for host, count in rows}
+
     def hosts_report(
         self,
         *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from remote_agent import protocol
 from remote_agent.protocol import Hello, ProtocolError, RemoteError
 
 EventHandler = Callable[[dict[str, Any]], None]
+
+log = logging.getLogger("cvtui.engine.agent_client")
 
 
 class AgentClosedError(ConnectionError):
@@ -75,7 +78,10 @@ class AgentClient:
             if not future.done():
                 future.set_result(message)
         elif "event" in message:
-            self.on_event(message)
+            try:
+                self.on_event(message)
+            except Exception:  # a bug handling one event must not deafen us to the host
+                log.exception("event %s: handling it failed", str(message.get("event"))[:40])
         else:
             self.bad_lines += 1
 

@@ -133,7 +133,12 @@ async def serve(engine: Engine, stop: asyncio.Event | None = None) -> str:
 
 
 def run_daemon(
-    inventory_path: Path, home: Path, *, level: int = logging.INFO, stream: TextIO | None = None
+    inventory_path: Path,
+    home: Path,
+    *,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    idle_exit_s: float | None = None,
 ) -> int:
     """The `cvtui daemon` command: hold home's engine lock and run the engine until a signal.
 
@@ -151,7 +156,9 @@ def run_daemon(
     lock.acquire()
     try:
         with Catalog.open_home(home) as catalog:
-            engine = Engine(inventory, catalog, inventory_path=inventory_path)
+            engine = Engine(
+                inventory, catalog, inventory_path=inventory_path, idle_exit_s=idle_exit_s
+            )
             log.info(
                 "engine up: pid %d, %d hosts, catalog %s, inventory %s",
                 os.getpid(),

@@ -17,6 +17,7 @@ from cvtui.catalog import Catalog
 from cvtui.engine.agent_build import AgentBundle, build_agent
 from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
+from cvtui.engine.control import ControlServer
 from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_root
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
@@ -158,6 +159,7 @@ class Engine:
         bundle: AgentBundle | None = None,
         on_inventory_error: Callable[[InventoryError], None] | None = None,
         only: set[str] | None = None,
+        idle_exit_s: float | None = None,
     ) -> None:
         self.inventory = inventory
         self.catalog = catalog
@@ -175,6 +177,10 @@ class Engine:
         self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
         self.notifier = Notifier(lambda: self.inventory.notify)
         self.runs = RunController(self)
+        # Stop by itself after this long with nothing queued or running and no client asking
+        # (a detached engine `cvtui run` started); None: run until stopped.
+        self.idle_exit_s = idle_exit_s
+        self.control = ControlServer(self, catalog.path.parent)
 
     # -- what sessions report -------------------------------------------------------------
     def set_state(self, name: str, state: str, reason: str | None) -> None:
@@ -289,10 +295,15 @@ class Engine:
         for host in self.inventory.hosts:
             if self.wants(host.name):
                 self.start_session(host)
+        await self.control.start()
         background = [
             asyncio.create_task(self._flush_loop(stop), name="flush"),
             asyncio.create_task(self.runs.run(stop), name="runs"),
         ]
+        if self.idle_exit_s is not None:
+            background.append(
+                asyncio.create_task(self._idle_exit(stop, self.idle_exit_s), name="idle-exit")
+            )
         if self.inventory_path is not None:
             background.append(
                 asyncio.create_task(
@@ -305,6 +316,7 @@ class Engine:
         try:
             await stop.wait()
         finally:
+            await self.control.close()
             for task in background:
                 task.cancel()
             await self.runs.close()
@@ -313,6 +325,30 @@ class Engine:
                 await self.stop_session(name)
             await asyncio.gather(*background, return_exceptions=True)
             self.flush()
+
+    def busy(self) -> bool:
+        """Whether anything needs this engine: runs queued or on hosts, commands pending,
+        syncs under way."""
+        summary = self.catalog.runs_summary()
+        active = summary["queued"] + summary["dispatching"] + summary["running"]
+        return bool(active or self.catalog.pending_commands() or self.runs.pulls)
+
+    async def _idle_exit(self, stop: asyncio.Event, idle_s: float) -> None:
+        quiet_since = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(min(5.0, idle_s / 4))
+            now = time.monotonic()
+            if self.busy():
+                quiet_since = now
+                continue
+            quiet = now - max(quiet_since, self.control.last_request)
+            if quiet >= idle_s:
+                log.info(
+                    "nothing queued or running and no client for %.0f s: stopping",
+                    quiet,
+                    extra={"event": "idle_exit"},
+                )
+                stop.set()
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         last_compact = time.monotonic()

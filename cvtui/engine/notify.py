@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvtui.inventory import NotifyTarget
+from cvtui.units import duration
 
 log = logging.getLogger("cvtui.engine.notify")
 
@@ -62,23 +63,6 @@ class NotifyEvent:
         return (json.dumps(self.payload(), sort_keys=True) + "\n").encode()
 
 
-def format_duration(seconds: float) -> str:
-    """0.3s, 42s, 3m12s, 2h05m, 1d03h: two units at most, rounded down."""
-    if seconds < 10:
-        return f"{max(0.0, int(seconds * 10) / 10):.1f}s"
-    total = int(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
 def run_event(run: Mapping[str, Any], *, now: float | None = None) -> NotifyEvent | None:
     """The event for a run that reached a final state; None for a state nobody is told of."""
     kind = RUN_EVENTS.get(run.get("state") or "")
@@ -86,9 +70,9 @@ def run_event(run: Mapping[str, Any], *, now: float | None = None) -> NotifyEven
         return None
     fields = {name: run.get(name) for name in _RUN_FIELDS}
     started, ended = run.get("started"), run.get("ended")
-    duration = ended - started if started is not None and ended is not None else None
-    fields["duration_s"] = duration
-    after = "" if duration is None else f" after {format_duration(duration)}"
+    ran_s = ended - started if started is not None and ended is not None else None
+    fields["duration_s"] = ran_s
+    after = "" if ran_s is None else f" after {duration(ran_s)}"
     where = f" on {run['host']}" if run.get("host") else ""
     gpus = run.get("gpus") or []
     if gpus:
@@ -122,7 +106,7 @@ def host_down_event(name: str, state: str, reason: str | None, *, now: float) ->
 
 
 def host_up_event(name: str, down_since: float, *, now: float) -> NotifyEvent:
-    text = f"cvtui: host {name} is back after {format_duration(now - down_since)} down"
+    text = f"cvtui: host {name} is back after {duration(now - down_since)} down"
     return NotifyEvent("host_up", now, text, name, None, "healthy", None)
 
 

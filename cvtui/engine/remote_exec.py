@@ -6,7 +6,7 @@ import asyncio
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import asyncssh
 
@@ -81,37 +81,39 @@ def _signal_number(name: str) -> int:
 
 
 async def relay_exec(
-    conn: asyncssh.SSHClientConnection | None, host: Host, args: dict[str, object]
+    conn: asyncssh.SSHClientConnection | None,
+    host: Host | None,
+    name: str,
+    request: dict[str, Any],
+    writer: asyncio.StreamWriter,
 ) -> None:
-    """Run an exec command for a CLI on this engine's open connection (see cvtui/exec_relay)."""
-    from cvtui.exec_relay import EXIT, REFUSED, STDERR, STDOUT, frame
+    """Run a CLI's exec request on this engine's open connection to the host, writing its
+    output and exit code to writer as frames (see cvtui/engine/client.py)."""
+    from cvtui.engine.client import EXIT, REFUSED, STDERR, STDOUT, frame
 
-    _, writer = await asyncio.open_unix_connection(str(args["socket"]))
-    try:
-        if conn is None:
-            writer.write(frame(REFUSED, f"{host.name} is not connected".encode()))
-            return
-        argv = [str(a) for a in args["argv"]]  # type: ignore[attr-defined]
-        gpus = [int(g) for g in args.get("gpus") or []]  # type: ignore[attr-defined]
-        agent = None
-        if gpus:
-            agent, _ = await ensure_agent(conn, host, build_agent())
-        process = await conn.create_process(
-            exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL
-        )
-
-        async def relay(reader: asyncssh.SSHReader[bytes], kind: int) -> None:
-            while chunk := await reader.read(1 << 16):
-                writer.write(frame(kind, chunk))
-                await writer.drain()
-
-        await asyncio.gather(relay(process.stdout, STDOUT), relay(process.stderr, STDERR))
-        await process.wait_closed()
-        status = process.exit_status
-        if status is None:
-            signal = process.exit_signal
-            status = 128 + (_signal_number(signal[0]) if signal else 1)
-        writer.write(frame(EXIT, str(status).encode()))
+    if conn is None or host is None:
+        writer.write(frame(REFUSED, f"{name} is not connected".encode()))
         await writer.drain()
-    finally:
-        writer.close()
+        return
+    argv = [str(a) for a in request.get("argv") or []]
+    gpus = [int(g) for g in request.get("gpus") or []]
+    agent = None
+    if gpus:
+        agent, _ = await ensure_agent(conn, host, build_agent())
+    process = await conn.create_process(
+        exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL
+    )
+
+    async def relay(reader: asyncssh.SSHReader[bytes], kind: int) -> None:
+        while chunk := await reader.read(1 << 16):
+            writer.write(frame(kind, chunk))
+            await writer.drain()
+
+    await asyncio.gather(relay(process.stdout, STDOUT), relay(process.stderr, STDERR))
+    await process.wait_closed()
+    status = process.exit_status
+    if status is None:
+        signal = process.exit_signal
+        status = 128 + (_signal_number(signal[0]) if signal else 1)
+    writer.write(frame(EXIT, str(status).encode()))
+    await writer.drain()

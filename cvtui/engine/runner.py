@@ -7,7 +7,6 @@ import contextlib
 import logging
 import secrets
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -16,11 +15,12 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
-from cvtui.engine.mirror import mirror_dir as mirror_dir  # re-exported: `cvtui logs` reads there
 from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
+from cvtui.paths import snapshot_archive
 from cvtui.repro.provenance import capture_run_python, record_dispatch
 from cvtui.runspec import RunSpec
+from cvtui.states import ACTIVE_STATES
 from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus
 
@@ -36,11 +36,6 @@ START_TIMEOUT_S = 30.0
 # supervisor releases the lease right after the end state, and a start waits that out.
 LEASE_RELEASE_S = 3.0
 RECHECK_LOST_S = 7 * 86400.0  # lost runs this recent are asked about again at each reconnect
-
-
-def snapshot_archive(home: Path, code_hash: str) -> Path:
-    """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
-    return home / "code" / f"{code_hash}.tar"
 
 
 class RunController:
@@ -60,6 +55,10 @@ class RunController:
         # (host, GPU) -> the telemetry time (HostSession.latest_at) when a start there was refused
         # as busy: the GPU counts as leased until a newer sample shows who holds it.
         self.refused: dict[tuple[str, int], float] = {}
+        self.passes = 0  # dispatch passes done: a decision waits for one after its request
+        self._priorities: dict[str, str] = {}  # queued run -> priority at the last pass
+        self._drained: set[str] | None = None  # drained hosts at the last pass
+        self._pass_done = asyncio.Event()  # replaced after each pass, so waiters wake once
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -80,6 +79,47 @@ class RunController:
                 self.dispatch_pass()
             except Exception:  # one bad row must not stop the engine
                 log.exception("run pass failed")
+            self.passes += 1
+            done, self._pass_done = self._pass_done, asyncio.Event()
+            done.set()
+
+    async def decide(self, run_ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
+        """Each run as the engine decided it: placed (host, GPUs) or waiting (the reason).
+
+        A run still queued counts as decided once a dispatch pass has run after this call
+        and every host has answered (connected or failed), so the reason is never that a
+        host is still connecting; at most timeout_s.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        asked_at = self.passes
+        self.wake.set()
+        while True:
+            rows = [self.catalog.get_run(run_id) for run_id in run_ids]
+            waiting = [r for r in rows if r is not None and r["state"] == "queued"]
+            answered = all(event.is_set() for event in self.engine.answered.values())
+            if not waiting or (self.passes > asked_at and answered) or loop.time() > deadline:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pass_done.wait(), max(0.0, deadline - loop.time()))
+            if not answered and self.passes > asked_at:
+                self.wake.set()  # hosts came up since: one more pass with them
+        keys = ("id", "name", "state", "host", "gpus", "reason")
+        return [{k: r[k] for k in keys} for r in rows if r is not None]
+
+    async def wait_commands(self, command_ids: list[int], timeout_s: float) -> list[dict[str, Any]]:
+        """The commands once the engine finished them (or as they are after timeout_s)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self.wake.set()
+        while True:
+            rows = [self.catalog.get_command(i) for i in command_ids]
+            if all(r is None or r["state"] != "pending" for r in rows) or loop.time() > deadline:
+                return [r for r in rows if r is not None]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._pass_done.wait(), max(0.0, min(1.0, deadline - loop.time()))
+                )
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -162,8 +202,40 @@ class RunController:
             telemetry_time=seen_at,
         )
 
+    def note_changes(self, entries: list[tuple[str, str, float, dict[str, Any]]]) -> None:
+        """Log the queue moves and drains made since the last pass (by the CLI or the TUI,
+        straight in the catalog), so the daemon's log tells every change of plan."""
+        priorities = {run_id: priority for run_id, priority, _, _ in entries}
+        for run_id, priority in priorities.items():
+            before = self._priorities.get(run_id)
+            if before is not None and before != priority:
+                log.info(
+                    "run %s: moved from %s to %s",
+                    run_id,
+                    before,
+                    priority,
+                    extra={"event": "queue_move", "run": run_id},
+                )
+        self._priorities = priorities
+        drained = self.engine.drained
+        if self._drained is not None:
+            for name in sorted(drained - self._drained):
+                log.info(
+                    "host %s drained: no new runs there",
+                    name,
+                    extra={"event": "drain", "host": name},
+                )
+            for name in sorted(self._drained - drained):
+                log.info(
+                    "host %s undrained: it takes runs again",
+                    name,
+                    extra={"event": "undrain", "host": name},
+                )
+        self._drained = drained
+
     def dispatch_pass(self) -> None:
         entries = self.catalog.queue_entries()
+        self.note_changes(entries)
         if not entries:
             return
         queue = [
@@ -403,7 +475,7 @@ class RunController:
             ended = self.catalog.transition_run(
                 status.run_id,
                 status.state,
-                expect=["queued", "dispatching", "running"],
+                expect=list(ACTIVE_STATES),
                 detail=status.reason,
                 exit_code=status.exit_code,
                 ended=status.ended or time.time(),
@@ -501,9 +573,29 @@ class RunController:
         if whole_host:
             self.reconciled.add(name)
 
-    def settled(self, hosts: set[str]) -> bool:
-        """Whether these hosts were reconciled and every sync has finished."""
-        return hosts <= self.reconciled and not self.pulls
+    def settled(self, run_ids: list[str]) -> bool:
+        """Whether these runs ended and their final sync is done (outputs all in)."""
+        for run_id in run_ids:
+            run = self.catalog.get_run(run_id)
+            if run is None:
+                continue
+            if run["state"] not in protocol.RUN_FINAL_STATES:
+                return False
+            if run_id in self.pulls:
+                return False
+            if run_id not in self.sync.final_asked and run["sync_status"] == "syncing":
+                return False  # ended before this engine: another engine's pass is running
+        return True
+
+    async def wait_settled(self, run_ids: list[str], timeout_s: float) -> bool:
+        """settled(run_ids), waited for at most timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.settled(run_ids):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     # -- commands from the CLI and TUI ----------------------------------------------------
     async def process_commands(self) -> None:
@@ -516,26 +608,10 @@ class RunController:
                 from cvtui.engine.components_sync import run_components_sync
 
                 self.spawn(run_components_sync(self.engine, command))
-            elif command["kind"] == "exec":
-                self.catalog.finish_command(command["id"], ok=True, result="relayed")
-                session = self.engine.sessions.get(command["args"].get("host", ""))
-                host = session.host if session else None
-                if host is not None:
-                    self.spawn(self.relay(session, command["args"]))
             else:
                 self.catalog.finish_command(
                     command["id"], ok=False, result=f"unknown command {command['kind']!r}"
                 )
-
-    async def relay(self, session: HostSession | None, args: dict[str, Any]) -> None:
-        from cvtui.engine.remote_exec import relay_exec
-
-        if session is None:
-            return
-        try:
-            await relay_exec(session.conn, session.host, args)
-        except (OSError, asyncssh.Error) as exc:
-            log.warning("exec on %s: %r", session.host.name, exc)
 
     async def cancel(self, command: dict[str, Any]) -> None:
         run_id = command["args"].get("run_id", "")
@@ -543,18 +619,25 @@ class RunController:
         if run is None:
             self.catalog.finish_command(command["id"], ok=False, result=f"no run {run_id}")
             return
-        if run["state"] not in ("queued", "dispatching", "running"):
+        if run["state"] not in ACTIVE_STATES:
             self.catalog.finish_command(command["id"], ok=True, result=f"already {run['state']}")
             return
+        by = command["args"].get("by")
         if run["state"] == "queued" and self.catalog.transition_run(
             run_id,
             "cancelled",
             expect=["queued"],
             reason="cancelled before it started",
-            detail=command["args"].get("by"),
+            detail=by,
             ended=time.time(),
         ):
             self.catalog.finish_command(command["id"], ok=True, result="cancelled while queued")
+            log.info(
+                "run %s: cancelled by %s while queued",
+                run_id,
+                by,
+                extra={"event": "cancel", "run": run_id},
+            )
             return
         session = self.engine.sessions.get(run["host"] or "")
         if session is None or session.client is None:
@@ -568,3 +651,12 @@ class RunController:
         except (TimeoutError, AgentClosedError):
             return
         self.catalog.finish_command(command["id"], ok=True, result=reply.get("state"))
+        log.info(
+            "run %s: cancel by %s on %s (SIGTERM, SIGKILL after %g s): %s",
+            run_id,
+            by,
+            run["host"],
+            grace,
+            reply.get("state"),
+            extra={"event": "cancel", "host": run["host"], "run": run_id},
+        )

@@ -564,3 +564,55 @@ class _PassState:
             cap = self.cap[full_best]
             reason += f"; {names[full_best].name} has {full_count} but is at max_runs {cap}"
         return reason
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What a host could ever give one run: its tags and how many GPUs cvtui may use there."""
+
+    name: str
+    tags: tuple[str, ...] = ()
+    gpu_count: int | None = None  # None: not known yet (never connected)
+
+
+def never_fits(
+    gpus: int, hosts: tuple[str, ...], tags: tuple[str, ...], capacities: Sequence[HostCapacity]
+) -> str | None:
+    """Why a run could never be placed on any of these hosts (None when it may be, one day).
+
+    A host whose GPU count is unknown might fit, so only what is known refuses.
+    """
+    allowed = [c for c in capacities if not hosts or c.name in hosts]
+    matching = [c for c in allowed if set(tags) <= set(c.tags)]
+    if not matching:
+        among = f" among {', '.join(hosts)}" if hosts else ""
+        return f"no host{among} has the tags [{', '.join(tags)}]"
+    if gpus <= 0 or any(c.gpu_count is None for c in matching):
+        return None
+    largest = max(matching, key=lambda c: c.gpu_count or 0)
+    if (largest.gpu_count or 0) >= gpus:
+        return None
+    return (
+        f"needs {gpus} GPUs on one host; the largest matching host, {largest.name}, "
+        f"has {largest.gpu_count}"
+    )
+
+
+def pick_gpus(
+    host: HostState, count: int, *, foreign_processes: str = "avoid"
+) -> tuple[int, ...] | None:
+    """count GPUs of host for a command run now (`cvtui exec --gpus`), by the placement rules:
+    free GPUs (no lease, no one else's process), idle ones first, then the most free memory,
+    then the inventory's gpu_order. None when fewer are free."""
+    probe = QueuedRun(run_id="exec", priority="urgent", submitted=0.0, gpus=count)
+    allowed = set(host.allowed_gpus) if host.allowed_gpus is not None else None
+    order = {index: rank for rank, index in enumerate(host.gpu_order or ())}
+    free = [
+        g
+        for g in host.gpus
+        if (allowed is None or g.index in allowed) and gpu_is_free(g, probe, foreign_processes)
+    ]
+    free.sort(key=lambda g: (not g.idle, -(g.mem_free or 0), order.get(g.index, 1 << 20), g.index))
+    if len(free) < count:
+        return None
+    return tuple(g.index for g in free[:count])

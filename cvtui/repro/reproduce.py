@@ -15,9 +15,9 @@ from typing import Any
 import xxhash
 
 from cvtui.catalog import Catalog, new_run_id
-from cvtui.engine.runner import snapshot_archive
 from cvtui.engine.snapshot import SnapshotFile, snapshot_hash, write_snapshot_tar
 from cvtui.errors import CvtuiError, UnknownHostError
+from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore, hash_file
 from cvtui.repro.provenance import provenance, write_submit_half
 from cvtui.runspec import RunSpec, with_overrides

@@ -27,6 +27,7 @@ from cvtui.catalog import Catalog
 from cvtui.engine.lock import lock_holder
 from cvtui.errors import CvtuiError
 from cvtui.inventory import Inventory
+from cvtui.states import ACTIVE_STATES
 from cvtui.tui.commands import DashboardCommands
 from cvtui.tui.messages import CatalogNotices, CatalogUpdated, WorkerResult
 from cvtui.tui.model import CatalogReader, CatalogView, Clock, Notice
@@ -339,7 +340,7 @@ class DashboardApp(App[int]):
         from cvtui.actions import cancel_runs
         from cvtui.tui.screens.confirm import ConfirmScreen
 
-        chosen = [r for r in runs if r["state"] in ("queued", "dispatching", "running")]
+        chosen = [r for r in runs if r["state"] in ACTIVE_STATES]
         if not chosen:
             self.notify("only queued or running runs can be cancelled", severity="warning")
             return

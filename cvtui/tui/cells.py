@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from rich.text import Text
 
-from cvtui.report import human_bytes
+from cvtui.units import size
 
 HOST_STATE_STYLES = {
     "healthy": "green",
@@ -116,32 +116,6 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def short_bytes(value: int | None) -> str:
-    """Bytes in at most 5 characters: 512M, 1.9T, 24G."""
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "K", "M", "G", "T", "P"):
-        if size < 1000 or unit == "P":
-            return f"{size:.1f}{unit}" if size < 10 and unit != "B" else f"{size:.0f}{unit}"
-        size /= 1024
-    return "-"
-
-
-def duration(seconds: float | None) -> str:
-    """A duration in at most 6 characters: 42s, 3m05s, 2h14m, 3d04h."""
-    if seconds is None:
-        return "-"
-    s = int(max(0.0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def run_state(state: str) -> Text:
     return Text(f"{RUN_STATE_ICONS.get(state, ' ')} {state}", style=RUN_STATE_STYLES.get(state, ""))
 
@@ -167,7 +141,7 @@ def progress(value: float | None, width: int = 6) -> Text:
 
 
 def memory(used: int | None, total: int | None) -> str:
-    return f"{human_bytes(used)}/{human_bytes(total)}"
+    return f"{size(used)}/{size(total)}"
 
 
 def fit(text: str, width: int) -> str:

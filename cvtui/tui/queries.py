@@ -38,7 +38,6 @@ RUN_FIELDS = (
     "updated",
 )
 _JSON_FIELDS = ("gpus", "resources")
-FINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 
 
 @dataclass(frozen=True)

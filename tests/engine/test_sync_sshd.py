@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import stop_engine_once_running
 
 from cvtui.catalog import Catalog
 from cvtui.engine.mirror import Mirror
@@ -167,9 +168,10 @@ def test_kill_9_during_a_checkpoint_sync_resumes(lab_factory, home: Path, tmp_pa
     script = f"import os\nopen('part.pt', 'wb').write(os.urandom({size}))\n"
     script += "os.rename('part.pt', 'model.pt')\n"
     config = write_config(tmp_path, script, "python3 job.py")
-    done = cvtui(lab, home, "run", str(config))  # no --follow: nothing syncs it yet
+    done = cvtui(lab, home, "run", str(config))
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.split()[0]
+    stop_engine_once_running(home, [run_id])  # its engine would sync it: only `sync` may
     checkpoint = run_dir(lab, "gpu-01", run_id) / "model.pt"
     deadline = time.monotonic() + 30
     while not checkpoint.exists():
@@ -294,6 +296,7 @@ def test_sync_reports_the_bytes_that_came_for_the_run_while_it_waited(
     done = cvtui(lab, home, "run", str(config))
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.split()[0]
+    stop_engine_once_running(home, [run_id])  # the `sync` command's engine fetches it
     checkpoint = run_dir(lab, "gpu-01", run_id) / "model.pt"
     deadline = time.monotonic() + 30
     while not checkpoint.exists():
@@ -303,8 +306,8 @@ def test_sync_reports_the_bytes_that_came_for_the_run_while_it_waited(
     synced = cvtui(lab, home, "sync", run_id)
     assert synced.returncode == 0, synced.stderr
     line = next(li for li in synced.stdout.splitlines() if li.startswith(run_id[:12]))
-    fetched_mb = float(line.rsplit(", ", 1)[1].split()[0])
-    assert line.endswith("MB fetched") and fetched_mb >= 31.4, line  # 30 MiB and the log
+    fetched = line.rsplit(", ", 1)[1].split()[0]
+    assert line.endswith("MiB fetched") and float(fetched[:-3]) >= 30.0, line  # 30 MiB, the log
     assert (home / "runs" / run_id / "model.pt").read_bytes() == checkpoint.read_bytes()
     again = cvtui(lab, home, "sync", run_id, "--json")
     assert json.loads(again.stdout)[run_id]["fetched"] == 0  # nothing new: nothing counted

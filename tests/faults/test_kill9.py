@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import stop_engine_once_running
 
 from cvtui.lab import Lab, LabHostSpec, descendants
 
@@ -120,9 +121,11 @@ def test_kill_9_of_cvtui_sync(lab_factory: Callable[..., Lab], tmp_path: Path, r
     home = tmp_path / "home"
     size = 24 << 20
     work = Workload(tmp_path, runs=2, rows=5000, pace_s=0, checkpoint_bytes=size)
-    done = cvtui(lab, home, "run", str(work.config))  # no --follow: nothing syncs them yet
+    done = cvtui(lab, home, "run", str(work.config))
     assert done.returncode == 0, done.stderr
     run_ids = [line.split()[0] for line in done.stdout.splitlines()]
+    # The background engine `run` started would sync them: only `sync` may.
+    stop_engine_once_running(home, run_ids)
     until(lambda: len(work.run_dirs()) == 2, 60)
     until(lambda: all((d / "model.pt").exists() for d in work.run_dirs().values()), 60)
     rng = random.Random(rounds)

@@ -68,9 +68,9 @@ def test_an_overwritten_checkpoint_is_collected_only_after_confirmation(
     lines = out.splitlines()
     assert lines[0] == "unreferenced blobs:"
     [listed] = [line for line in lines if old in line]
-    assert listed.split()[:3] == [old, "model", "293KiB"]
+    assert listed.split()[:3] == [old, "model", "293.0KiB"]
     assert sum(len(line.split()) > 0 and len(line.split()[0]) == 32 for line in lines) == 1
-    assert "total: 1 blob(s), 0 temp file(s), 293KiB" in out
+    assert "total: 1 blob(s), 0 temp file(s), 293.0KiB" in out
     assert "Delete them? [y/N]: n" in out
     assert lines[-1] == "cvtui: nothing removed"
     assert store.verify(old)

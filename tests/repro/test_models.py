@@ -127,7 +127,7 @@ def test_register_list_download_delete(home: Path, two_runs: dict[str, bytes], t
     code, out = cvtui(home, "models", "list")
     header, row = out.splitlines()
     assert header.split() == ["NAME", "TAGS", "RUN", "PATH", "SIZE", "HASH", "CREATED"]
-    assert row.split()[:6] == ["resnet", "best", RUN_A[:12], "a", "ckpt/best.pt", "68KiB"]
+    assert row.split()[:6] == ["resnet", "best", RUN_A[:12], "a", "ckpt/best.pt", "68.4KiB"]
     assert digest[:12] in row.split()
 
     target = tmp_path / "out" / "deep"  # created on demand

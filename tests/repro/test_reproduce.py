@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from cvtui.catalog import Catalog
 from cvtui.cli import main
 from cvtui.engine.mirror import run_log_path
-from cvtui.engine.runner import snapshot_archive
 from cvtui.lab import Lab, LabHostSpec, free_port
+from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.provenance import provenance
 from cvtui.repro.reproduce import (

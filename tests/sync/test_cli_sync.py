@@ -14,7 +14,8 @@ from support import add_finished_run
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.cli_sync import lower_is_better, metric_table, printable
+from cvtui.cli.settings import printable
+from cvtui.cli.sync import lower_is_better, metric_table
 from cvtui.engine.sync import RunSync
 
 from .sources import InProcessSource

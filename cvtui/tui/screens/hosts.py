@@ -8,13 +8,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
-from cvtui.report import ago, human_bytes
 from cvtui.tui import cells
 from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 from cvtui.tui.widgets.hosts_table import HostsTable, free_gpus
 from cvtui.tui.widgets.table import LiveTable
+from cvtui.units import ago, size
 
 SORTS = ("name", "free GPUs", "GPU util")
 EXPAND_UP_TO_GPUS = 32  # a lab this small starts with every host expanded
@@ -58,8 +58,8 @@ def host_info(host: dict[str, Any], now: float) -> Text:
         text.append(" · tags " + ",".join(host["tags"]), style="blue")
     if host["state"] in ("healthy", "stale"):
         text.append(
-            f" · ram {human_bytes(host.get('mem_used'))}/{human_bytes(host.get('mem_total'))}"
-            f" · disk {human_bytes(host.get('disk_free'))} free"
+            f" · ram {size(host.get('mem_used'))}/{size(host.get('mem_total'))}"
+            f" · disk {size(host.get('disk_free'))} free"
         )
     text.append(f" · seen {ago(host.get('last_seen'), now)}", style="dim")
     return text

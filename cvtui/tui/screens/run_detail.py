@@ -15,6 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
+from cvtui import units
 from cvtui.engine.mirror import run_log_path
 from cvtui.outputs_note import outputs_note
 from cvtui.tui import cells, queries
@@ -40,9 +41,9 @@ def run_header(run: dict[str, Any], now: float) -> Text:
     text.append_text(cells.progress(run.get("progress"), 10))
     started = run.get("started")
     if started:
-        text.append(f"  ran {cells.duration((run.get('ended') or now) - started)}")
+        text.append(f"  ran {units.duration((run.get('ended') or now) - started)}")
     else:
-        text.append(f"  waiting {cells.duration(now - run['submitted'])}", style="dim")
+        text.append(f"  waiting {units.duration(now - run['submitted'])}", style="dim")
     if run.get("exit_code") is not None:
         text.append(f"  exit {run['exit_code']}", style="red" if run["exit_code"] else "green")
     line2 = Text(f"{run['id']} · {run.get('user') or '?'}/{run.get('project') or '-'}", style="dim")
@@ -268,7 +269,7 @@ def format_file_cell(column: str, value: Any) -> Any:
     if value is None:
         return "-"
     if isinstance(value, int) and ("size" in column or column.endswith("bytes")):
-        return cells.short_bytes(value)
+        return units.short_size(value)
     if isinstance(value, float) and (
         "time" in column or column in ("mtime", "synced_at", "updated")
     ):

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
+from cvtui.states import ACTIVE_STATES, FINAL_STATES
 from cvtui.tui import cells
 from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
@@ -19,8 +20,8 @@ from cvtui.tui.widgets.runs_table import RunsTable, placement
 FILTER_KEYS = ("state", "project", "user", "priority", "host")
 STATE_SETS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("all", None),
-    ("active", ("queued", "dispatching", "running")),
-    ("finished", ("succeeded", "failed", "cancelled", "lost")),
+    ("active", ACTIVE_STATES),
+    ("finished", FINAL_STATES),
     ("failed", ("failed", "lost")),
 )
 

@@ -16,6 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, VerticalScroll
 from textual.widgets import Static
 
+from cvtui import units
 from cvtui.tui import cells
 from cvtui.tui.messages import deliver
 from cvtui.tui.model import CatalogView
@@ -64,7 +65,7 @@ def durations_block(stats: RunStats) -> Text:
         if not d.count:
             continue
         text.append(f"  {state:<10}", style=cells.RUN_STATE_STYLES.get(state, "bold"))
-        text.append(f" {d.count:>5} {cells.duration(d.avg_s):>8} {cells.duration(d.median_s):>8}\n")
+        text.append(f" {d.count:>5} {units.duration(d.avg_s):>8} {units.duration(d.median_s):>8}\n")
     return text
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.text import Text
 
+from cvtui import units
 from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
@@ -57,7 +58,7 @@ class GpuTable(LiveTable):
             util, used = gpu["util"], gpu["mem_used"]
             power = gpu.get("power")
             temp = gpu.get("temperature")
-            mem_label = f"{cells.short_bytes(used)}/{cells.short_bytes(total)}"
+            mem_label = f"{units.short_size(used)}/{units.short_size(total)}"
             rows.append(
                 (
                     f"gpu:{gpu['index']}",
@@ -114,7 +115,7 @@ class ProcessTable(LiveTable):
                             str(gpu["index"]),
                             str(proc["pid"]),
                             Text(cells.fit(proc["user"] or "?", 10), style="bold"),
-                            cells.short_bytes(proc.get("mem")),
+                            units.short_size(proc.get("mem")),
                             cells.fit(proc.get("container") or "-", 12),
                             run,
                             proc.get("command") or "",

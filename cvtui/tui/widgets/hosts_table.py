@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.binding import Binding, BindingType
 
+from cvtui import units
 from cvtui.catalog.rows import gpu_is_free
 from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
@@ -70,7 +71,7 @@ def host_cells(host: dict[str, Any], expanded: bool, wide: bool) -> list[Any]:
     if wide:
         row += [
             cells.percent(None if ram is None else ram * 100) if up else "",
-            cells.short_bytes(host.get("disk_free")) if up else "",
+            units.short_size(host.get("disk_free")) if up else "",
         ]
     row += [str(host.get("runs") or "") or Text("-", style="dim"), host_note(host)]
     return row
@@ -84,7 +85,7 @@ def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str | Non
     fraction = gpu_fraction(used, total)
     temp, power = gpu.get("temperature"), gpu.get("power")
     mem_text = cells.bar(fraction, 4)
-    mem_text.append(f" {cells.short_bytes(used)}/{cells.short_bytes(total)}".rstrip())
+    mem_text.append(f" {units.short_size(used)}/{units.short_size(total)}".rstrip())
     util_text = cells.bar(None if util is None else util / 100, 4)
     util_text.append(f" {cells.percent(util):>3}")
     commands = Text()

@@ -7,12 +7,14 @@ from typing import Any
 
 from rich.text import Text
 
+from cvtui import units
 from cvtui.run_names import display_names
+from cvtui.states import ACTIVE_STATES
 from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
 WIDE_FROM = 110
-ACTIVE = ("queued", "dispatching", "running")
+ACTIVE = ACTIVE_STATES
 
 
 def placement(run: dict[str, Any]) -> str:
@@ -26,8 +28,8 @@ def run_time(run: dict[str, Any], now: float) -> Text:
     """Running: time so far; ended: how long it ran; waiting: how long it has waited (dim)."""
     end = run.get("ended") or now
     if run.get("started"):
-        return Text(cells.duration(end - run["started"]))
-    return Text(cells.duration(end - run["submitted"]), style="dim")
+        return Text(units.duration(end - run["started"]))
+    return Text(units.duration(end - run["submitted"]), style="dim")
 
 
 def run_note(run: dict[str, Any]) -> Text:
@@ -169,7 +171,7 @@ class QueueTable(LiveTable):
                 names[run["id"]],
                 Text(run["priority"], style=cells.PRIORITY_STYLES.get(run["priority"], "")),
                 wanted_gpus(run),
-                Text(cells.duration(now - run["submitted"]), style="dim"),
+                Text(units.duration(now - run["submitted"]), style="dim"),
             ]
             if self._wide:
                 row.append(cells.fit(run.get("user") or "-", 8))

@@ -11,11 +11,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from cvtui.cli.settings import printable
 from cvtui.errors import CvtuiError
+from cvtui.units import size
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
-    from cvtui.cli import Settings
+    from cvtui.cli.settings import Settings
     from cvtui.engine.engine import Engine
 
 NOT_STARTED = ("queued", "dispatching")
@@ -24,21 +26,8 @@ PROGRESS_EVERY_S = 0.2  # on a terminal
 PROGRESS_LINE_EVERY_S = 5.0  # in a log file
 
 
-def human_bytes(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(count) < 1000:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"
-
-
-def printable(path: str) -> str:
-    """A file name fit for one line: control characters (a newline in a name) escaped."""
-    return path if path.isprintable() else repr(path)[1:-1]
-
-
 def resolve_runs(catalog: Catalog, refs: Sequence[str]) -> list[dict[str, Any]]:
-    from cvtui.cli_runs import resolve_run
+    from cvtui.actions import resolve_run
 
     runs = {}
     for ref in refs:
@@ -79,7 +68,7 @@ class ProgressLine:
         self.shown = now
         done, total, files = self.figures(engine, catalog)
         rate = done / max(1e-3, now - self.started)
-        line = f"sync: {human_bytes(done)} of {human_bytes(total)}, {human_bytes(rate)}/s, {files}"
+        line = f"sync: {size(done)} of {size(total)}, {size(rate)}/s, {files}"
         if self.tty:
             self.out.write("\r" + line.ljust(self.width))
             self.width = len(line)
@@ -90,7 +79,7 @@ class ProgressLine:
     def close(self, fetched: int) -> None:
         elapsed = time.monotonic() - self.started
         rate = fetched / max(1e-3, elapsed)
-        line = f"sync: fetched {human_bytes(fetched)} in {elapsed:.1f} s ({human_bytes(rate)}/s)"
+        line = f"sync: fetched {size(fetched)} in {elapsed:.1f} s ({size(rate)}/s)"
         self.out.write(("\r" + line.ljust(self.width) if self.tty else line) + "\n")
         self.out.flush()
 
@@ -178,7 +167,7 @@ def describe_outcome(result: dict[str, Any]) -> str:
     states = {k: v for k, v in (result.get("states") or {}).items() if v}
     total = sum(states.values())
     detail = ", ".join(f"{count} {state}" for state, count in states.items())
-    return f"{total} files ({detail or 'none'}), {human_bytes(result.get('fetched', 0))} fetched"
+    return f"{total} files ({detail or 'none'}), {size(result.get('fetched', 0))} fetched"
 
 
 @click.command("files")
@@ -212,9 +201,9 @@ def files(settings: Settings, run_ref: str, as_json: bool) -> None:
     click.echo(f"{'STATE':9} {'SIZE':>10} {'SYNCED':>10} {'STRATEGY':8} {'HASH':14} PATH")
     for row in rows:
         digest = (row["hash"] or "-").split(":")[-1][:12]
-        size = "-" if row["size"] is None else human_bytes(row["size"])
-        synced = human_bytes(row["synced_size"] or 0)
-        line = f"{row['state']:9} {size:>10} {synced:>10} {row['strategy'] or '-':8} {digest:14} "
+        shown = "-" if row["size"] is None else size(row["size"])
+        synced = size(row["synced_size"] or 0)
+        line = f"{row['state']:9} {shown:>10} {synced:>10} {row['strategy'] or '-':8} {digest:14} "
         line += printable(row["path"])
         if row["reason"] and row["state"] != "synced":
             line += f"  ({row['reason']})"

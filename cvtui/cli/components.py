@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cvtui.cli.settings import printable
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
     from cvtui.catalog.components import VersionEntry
-    from cvtui.cli import Settings
+    from cvtui.cli.settings import Settings
 
 SHOWN_PATHS = 20  # scan lists at most this many paths per kind, then "and N more"
 STREAM_ABOVE_BYTES = 64 << 20  # `show` verifies then streams bigger blobs instead of loading them
@@ -26,11 +27,6 @@ def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
-def _printable(path: str) -> str:
-    """A file name fit for one line: control characters escaped."""
-    return path if path.isprintable() else repr(path)[1:-1]
 
 
 def _entry_json(entry: VersionEntry) -> dict[str, Any]:
@@ -107,15 +103,15 @@ def scan(settings: Settings, directory: str, excludes: tuple[str, ...], as_json:
     click.echo(f"{result.root}: {', '.join(counts)}, {result.elapsed_s * 1000:.0f} ms")
     _echo_paths(
         "new",
-        [f"{e.hash[:HASH_SHOWN_CHARS]}  {_printable(e.path)}" for e in result.new_versions],
+        [f"{e.hash[:HASH_SHOWN_CHARS]}  {printable(e.path)}" for e in result.new_versions],
     )
     _echo_paths(
         "back",
-        [f"{e.hash[:HASH_SHOWN_CHARS]}  {_printable(e.path)}" for e in result.reactivated],
+        [f"{e.hash[:HASH_SHOWN_CHARS]}  {printable(e.path)}" for e in result.reactivated],
     )
-    _echo_paths("gone", [f"{'-' * HASH_SHOWN_CHARS}  {_printable(p)}" for p in result.removed])
+    _echo_paths("gone", [f"{'-' * HASH_SHOWN_CHARS}  {printable(p)}" for p in result.removed])
     if result.skipped:
-        _echo_paths("left out (name not UTF-8)", [_printable(p) for p in result.skipped])
+        _echo_paths("left out (name not UTF-8)", [printable(p) for p in result.skipped])
 
 
 @components.command("list")
@@ -174,7 +170,7 @@ def list_components(
         for row in rows:
             active = (row["active"] or "-")[:HASH_SHOWN_CHARS]
             size = "-" if row["size"] is None else _size(row["size"])
-            path = _printable(row["path"])
+            path = printable(row["path"])
             click.echo(
                 f"{path:40} {row['category'][:12]:12} {row['name'][:20]:20} {active:12}"
                 f" {row['versions']:>4} {size:>8} {_when(row['changed'])}"
@@ -182,9 +178,9 @@ def list_components(
 
 
 def _size(count: int) -> str:
-    from cvtui.report import human_bytes
+    from cvtui.units import size
 
-    return human_bytes(count)
+    return size(count)
 
 
 @components.command("history")
@@ -205,7 +201,7 @@ def history(settings: Settings, path: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"root": root, "path": rel, **v} for v in versions], indent=2))
         return
-    click.echo(f"{_printable(rel)} in {root}: {len(versions)} versions")
+    click.echo(f"{printable(rel)} in {root}: {len(versions)} versions")
     for version in versions:
         mark = "*" if version["active"] else " "
         runs = ", ".join(f"{r['id'][:12]} ({r['name']})" for r in version["runs"]) or "-"
@@ -265,7 +261,7 @@ def activate(settings: Settings, path: str, hash_prefix: str) -> None:
     home = settings.home()
     with Catalog.open_home(home) as catalog:
         done = activate_version(catalog, BlobStore.in_home(home), path, hash_prefix)
-    rel = _printable(done.path)
+    rel = printable(done.path)
     new = done.hash[:HASH_SHOWN_CHARS]
     if not done.written:
         click.echo(f"{rel}: already holds {new}; it is now the active version")
@@ -276,7 +272,4 @@ def activate(settings: Settings, path: str, hash_prefix: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    from cvtui import cli_components_sync
-
-    main.add_command(components)
-    cli_components_sync.register(components)
+    main.add_command(components)  # `components sync` joins it in cvtui/cli/__init__.py

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from cvtui.cli import Settings
+    from cvtui.cli.settings import Settings
 
 
 @click.command()
@@ -33,29 +33,29 @@ def reproduce(
     """
 
     from cvtui.actions import resolve_run
-    from cvtui.catalog import Catalog
     from cvtui.repro.reproduce import describe, plan_reproduction, queue_reproduction
 
-    inventory = settings.inventory() if host is not None or not dry_run else None
-    home = settings.home()
-    with Catalog.open_home(home) as catalog:
-        source = resolve_run(catalog, run_ref)
-        plan = plan_reproduction(
-            catalog,
-            home,
-            source,
-            host=host,
-            known_hosts=inventory.names() if inventory is not None else None,
-        )
-        if dry_run:
-            click.echo(describe(plan, dry_run=True))
-            return
-        assert inventory is not None
-        run_id = queue_reproduction(catalog, home, plan)
-        click.echo(f"{run_id}  {plan.row['name']}")
-        from cvtui.cli_runs import wait_or_follow
+    lab = settings.lab()
+    inventory = lab.inventory if host is not None or not dry_run else None
+    catalog, home = lab.catalog, lab.home
+    source = resolve_run(catalog, run_ref)
+    plan = plan_reproduction(
+        catalog,
+        home,
+        source,
+        host=host,
+        known_hosts=inventory.names() if inventory is not None else None,
+    )
+    if dry_run:
+        click.echo(describe(plan, dry_run=True))
+        return
+    run_id = queue_reproduction(catalog, home, plan)
+    (submitted,) = lab.hand_over([run_id])
+    click.echo(f"{run_id}  {plan.row['name']}  {submitted.where()}")
+    if follow:
+        from cvtui.cli.follow import follow_runs
 
-        wait_or_follow(inventory, catalog, home, [run_id], follow=follow, raw=raw)
+        follow_runs(lab, [run_id], raw=raw)
 
 
 def register(main: click.Group) -> None:

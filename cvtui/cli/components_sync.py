@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cvtui.cli_sync import printable
+from cvtui.cli.settings import printable
 from cvtui.errors import CvtuiError, HostError
 from cvtui.repro.sync_plan import DECISIONS, STRATEGIES
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
-    from cvtui.cli import Settings
+    from cvtui.cli.settings import Settings
 
 EXPLAIN = {
     "store_only": "in the store, missing on the host",
@@ -175,8 +175,3 @@ def sync(
         print_table(result)
     if any(item.get("error") for item in result["items"]):
         sys.exit(1)
-
-
-def register(group: click.Group) -> None:
-    """Adds `sync` to the `components` group."""
-    group.add_command(sync)

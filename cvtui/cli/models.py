@@ -12,7 +12,7 @@ import click
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
-    from cvtui.cli import Settings
+    from cvtui.cli.settings import Settings
     from cvtui.repro.gc import GcPlan, GcResult
 
 
@@ -40,8 +40,8 @@ def models_register(
     """
     from cvtui.actions import resolve_run
     from cvtui.catalog import Catalog
-    from cvtui.report import human_bytes
     from cvtui.repro.models import register_model
+    from cvtui.units import size
 
     home = settings.home()
     with Catalog.open_home(home) as catalog:
@@ -52,12 +52,11 @@ def models_register(
     if done.replaced is not None and done.replaced.hash != model.hash:
         click.echo(
             f"re-pointed model {model.name} from {done.replaced.hash[:12]} to {what}, "
-            f"{human_bytes(model.size)}, blob {model.hash[:12]}"
+            f"{size(model.size)}, blob {model.hash[:12]}"
         )
     else:
         click.echo(
-            f"registered model {model.name}: {what}, {human_bytes(model.size)}, "
-            f"blob {model.hash[:12]}"
+            f"registered model {model.name}: {what}, {size(model.size)}, blob {model.hash[:12]}"
         )
 
 
@@ -67,8 +66,8 @@ def models_register(
 def models_list(settings: Settings, as_json: bool) -> None:
     """Registered models: name, tags, run, path, size, hash, created."""
     from cvtui.catalog import Catalog
-    from cvtui.report import human_bytes
     from cvtui.repro.models import list_models
+    from cvtui.units import size
 
     with Catalog.open_home(settings.home()) as catalog:
         found = list_models(catalog)
@@ -84,7 +83,7 @@ def models_list(settings: Settings, as_json: bool) -> None:
             ",".join(m.tags) or "-",
             f"{m.run_id[:12]} {m.run_name or '?'}",
             m.path if m.path.isprintable() else repr(m.path)[1:-1],
-            human_bytes(m.size),
+            size(m.size),
             m.hash[:12],
             time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created)),
         )
@@ -189,7 +188,7 @@ def gc(settings: Settings, unreferenced: bool, yes: bool, as_json: bool) -> None
 
 
 def print_plan(plan: GcPlan) -> None:
-    from cvtui.report import human_bytes, short_age
+    from cvtui.units import duration, size
 
     if plan.blobs:
         click.echo("unreferenced blobs:")
@@ -197,13 +196,13 @@ def print_plan(plan: GcPlan) -> None:
         for blob in plan.blobs:
             note = "" if blob.on_disk else "row only: the file is already gone"
             note = note or ("no catalog row" if not blob.indexed else "")
-            size = human_bytes(blob.size) if blob.on_disk else "-"
-            click.echo(f"  {blob.hash:32}  {blob.kind:10} {size:>9}  {note}".rstrip())
+            shown = size(blob.size) if blob.on_disk else "-"
+            click.echo(f"  {blob.hash:32}  {blob.kind:10} {shown:>9}  {note}".rstrip())
     if plan.temp_files:
         click.echo("temp files left by interrupted writes:")
         for temp in plan.temp_files:
-            size = human_bytes(temp.size)
-            click.echo(f"  {temp.name:32}  {'temp':10} {size:>9}  {short_age(temp.age_s)} old")
+            shown = size(temp.size)
+            click.echo(f"  {temp.name:32}  {'temp':10} {shown:>9}  {duration(temp.age_s)} old")
     for copy in plan.kept_by_runs:
         click.echo(f"kept {copy.hash[:12]}: run {copy.run_id[:12]} still has it as {copy.path}")
     if plan.kept_recent:
@@ -219,16 +218,16 @@ def print_plan(plan: GcPlan) -> None:
         return
     click.echo(
         f"total: {len(plan.blobs)} blob(s), {len(plan.temp_files)} temp file(s), "
-        f"{human_bytes(plan.total_bytes)}"
+        f"{size(plan.total_bytes)}"
     )
 
 
 def print_result(result: GcResult) -> None:
-    from cvtui.report import human_bytes
+    from cvtui.units import size
 
     click.echo(
         f"removed {len(result.removed)} blob(s) and {len(result.removed_temp)} temp file(s), "
-        f"{human_bytes(result.freed_bytes)} freed"
+        f"{size(result.freed_bytes)} freed"
     )
     for blob in result.kept:
         click.echo(f"kept {blob.hash[:12]}: referenced since it was listed")

@@ -1,4 +1,4 @@
-"""Queue and engine commands of the CLI: queue, queue move, hosts drain/undrain, daemon, stats."""
+"""Queue and engine commands of the CLI: queue, queue move, daemon, stats."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cvtui.errors import CvtuiError
-from cvtui.report import short_age
+from cvtui.states import PRIORITIES
+from cvtui.units import duration
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
-    from cvtui.cli import Settings
+    from cvtui.cli.settings import Settings
 
-PRIORITIES = ("urgent", "high", "normal", "low")
 NO_ENGINE_NOTE = (
     "no engine is running, so nothing is dispatched and the reasons are from the last one "
     "(start one with `cvtui daemon`)"
@@ -70,7 +70,7 @@ def print_queue(rows: list[dict[str, Any]]) -> None:
         why = row["reason"] or "not looked at yet"
         click.echo(
             f"{row['position']:>4}  {row['id'][:12]}  {row['name'][:28]:28} {row['priority']:8} "
-            f"{row['gpus']:>4} {(row['user'] or '-')[:10]:10} {short_age(row['waiting_s']):6} {why}"
+            f"{row['gpus']:>4} {(row['user'] or '-')[:10]:10} {duration(row['waiting_s']):6} {why}"
         )
 
 
@@ -125,47 +125,22 @@ def queue_move(settings: Settings, run_ref: str, priority: str) -> None:
     click.echo(f"{run['id'][:12]}  {run['name']}: {run['priority']} -> {priority}{where}")
 
 
-def _set_drained(settings: Settings, name: str, drained: bool) -> None:
-    from cvtui.catalog import Catalog
-
-    host = settings.inventory().host(name)
-    with Catalog.open_home(settings.home()) as catalog:
-        changed = catalog.set_host_drained(host, drained)
-        active = catalog.list_runs(states=["dispatching", "running"], host=name)
-    if not drained:
-        click.echo(f"{name} takes new runs again" if changed else f"{name} was not drained")
-        return
-    if not changed:
-        click.echo(f"{name} was already drained")
-        return
-    plural = "" if len(active) == 1 else "s"
-    click.echo(f"{name} drained: nothing new is placed there; its {len(active)} run{plural} finish")
-
-
-@click.command("drain")
-@click.argument("host")
-@click.pass_obj
-def hosts_drain(settings: Settings, host: str) -> None:
-    """Place no new runs on HOST; runs already there finish. Kept in the catalog."""
-    _set_drained(settings, host, True)
-
-
-@click.command("undrain")
-@click.argument("host")
-@click.pass_obj
-def hosts_undrain(settings: Settings, host: str) -> None:
-    """Let HOST take new runs again after `cvtui hosts drain`."""
-    _set_drained(settings, host, False)
-
-
 @click.command()
 @click.option(
     "--foreground",
     is_flag=True,
     help="Stay in the foreground. It always does (no forking); unit files say it to be clear.",
 )
+@click.option(
+    "--idle-exit",
+    "idle_exit",
+    metavar="SECONDS",
+    type=click.FloatRange(min=1),
+    help="Stop after this long with nothing queued or running and no client "
+    "(how `cvtui run` starts one in the background).",
+)
 @click.pass_context
-def daemon(ctx: click.Context, foreground: bool) -> None:
+def daemon(ctx: click.Context, foreground: bool, idle_exit: float | None) -> None:
     """Run the engine headless: dispatch, follow runs, reconnect hosts, reload the inventory.
 
     Logs one logfmt line per event to stderr (time=... level=... event=... msg=...). SIGTERM
@@ -179,7 +154,9 @@ def daemon(ctx: click.Context, foreground: bool) -> None:
     settings: Settings = ctx.obj
     verbose = int(ctx.find_root().params.get("verbose") or 0)
     level = logging.DEBUG if verbose > 1 else logging.INFO
-    sys.exit(run_daemon(settings.inventory_path(), settings.home(), level=level))
+    sys.exit(
+        run_daemon(settings.inventory_path(), settings.home(), level=level, idle_exit_s=idle_exit)
+    )
 
 
 def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -223,7 +200,3 @@ def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
 def register(main: click.Group) -> None:
     for command in (queue, daemon, stats):
         main.add_command(command)
-    hosts = main.commands["hosts"]
-    assert isinstance(hosts, click.Group)  # `cvtui hosts` is a group with `trust`
-    hosts.add_command(hosts_drain)
-    hosts.add_command(hosts_undrain)
