@@ -28,7 +28,7 @@ def collect_hosts_report(
         if engine is None:
             return True  # another process runs the engine: read what it writes
         hosted = True
-        return all(event.is_set() for event in engine.answered.values())
+        return engine.all_answered()
 
     policy = inventory.policy
     with Catalog.open_home(home) as catalog:

@@ -42,14 +42,7 @@ def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]
     hosts &= set(inventory.names())
 
     def settled(engine: Any) -> bool:
-        if engine is None:
-            return True
-        done = engine.runs.reconciled | {
-            name
-            for name, ev in engine.answered.items()
-            if ev.is_set() and not engine.sessions[name].client
-        }
-        return hosts <= done and not engine.runs.pulls
+        return engine is None or bool(engine.hosts_settled(hosts))
 
     asyncio.run(drive(inventory, catalog, home, settled, timeout_s=15, hosts=sorted(hosts)))
 
@@ -258,7 +251,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None, raw: 
                     drive(
                         inventory, catalog, home,
                         lambda e: (catalog.get_run(run_row["id"]) or {}).get("state") not in ACTIVE
-                        and (e is None or not e.runs.pulls),
+                        and (e is None or not e.syncing()),
                     )
                 )  # fmt: skip
             finally:

@@ -50,7 +50,7 @@ class ProgressLine:
     def figures(self, engine: Engine | None, catalog: Catalog) -> tuple[int, int, str]:
         """(bytes fetched, bytes known to fetch, files) from the engine here, else the catalog."""
         if engine is not None:
-            progress = engine.runs.sync.progress
+            progress = engine.sync_progress()
             files = f"{progress.files_done}/{progress.files_total} files"
             return progress.fetched_bytes, progress.planned_bytes, files
         done = total = count = 0
@@ -134,7 +134,7 @@ def sync(
         def finished(engine: Engine | None) -> bool:
             progress.update(engine, catalog)
             if engine is not None:
-                fetched[0] = engine.runs.sync.progress.fetched_bytes
+                fetched[0] = engine.sync_progress().fetched_bytes
             return (catalog.get_command(command_id) or {}).get("state") != "pending"
 
         hosts = sorted({r["host"] for r in started})

@@ -22,6 +22,7 @@ from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_ro
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
 from cvtui.engine.runner import RunController
+from cvtui.engine.transfer import Progress
 from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
 from cvtui.repro.provenance import capture_host_environment
@@ -281,6 +282,31 @@ class Engine:
                 self.start_session(host)
             else:
                 self.sessions[name].host = host  # tags/max_runs: no reconnect needed
+
+    # -- what a command borrowing this engine may ask (its query surface) -----------------
+    def all_answered(self) -> bool:
+        """Whether every host sent its first telemetry or failed."""
+        return all(event.is_set() for event in self.answered.values())
+
+    def hosts_settled(self, names: set[str]) -> bool:
+        """Whether these hosts were reconciled (or answered and could not be reached), and no
+        sync is under way: the catalog holds their news."""
+        done = self.runs.reconciled | {
+            name
+            for name, event in self.answered.items()
+            if event.is_set() and (name not in self.sessions or not self.sessions[name].client)
+        }
+        return names <= done and not self.runs.pulls
+
+    def syncing(self, run_ids: list[str] | None = None) -> bool:
+        """Whether a sync is under way (for these runs, when given)."""
+        if run_ids is None:
+            return bool(self.runs.pulls)
+        return any(run_id in self.runs.pulls for run_id in run_ids)
+
+    def sync_progress(self) -> Progress:
+        """Bytes and files of the syncs this engine runs, so far."""
+        return self.runs.sync.progress
 
     async def wait_answered(self, timeout_s: float) -> None:
         """Wait until every host has sent telemetry or failed, at most timeout_s."""

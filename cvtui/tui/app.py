@@ -43,6 +43,9 @@ FIRST_READ_WAIT_S = 0.5  # how long the first frame waits for the first read, at
 LIGHT_DARK = ("textual-dark", "textual-light")
 
 
+KEEP_ENGINE_S = 60.0  # a dashboard beside an engine pings it this often
+
+
 class DashboardApp(App[int]):
     """Hosts, Queue, Runs and Stats as modes (1-4, tab); each keeps its own stack of details."""
 
@@ -124,6 +127,17 @@ class DashboardApp(App[int]):
         self.watch_catalog()
         if self.duration_s:
             self.set_timer(self.duration_s, self.action_quit)
+        if self.engine is None and self.home is not None:
+            # An engine started in the background by `cvtui run` leaves once nobody asks
+            # anything of it: while this dashboard shows its lab, it asks.
+            self.set_interval(KEEP_ENGINE_S, self.keep_engine)
+
+    @work(thread=True, exclusive=True, group="keep-engine")
+    def keep_engine(self) -> None:
+        from cvtui.engine.client import EngineClient
+
+        if self.home is not None:
+            EngineClient.find(self.home)
 
     def _show_first_screen(self) -> None:
         # The first read started with the app and is (nearly) done by now: with it the first
