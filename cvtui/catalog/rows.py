@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cvtui.catalog.history_codec import encode_raw
 from remote_agent.protocol import Telemetry
 
 HOST_GPU_IDX = -1  # gpu_idx of the host-level telemetry rows
@@ -18,7 +19,7 @@ class TelemetryRows:
     host: tuple[Any, ...]
     gpus: list[tuple[Any, ...]]
     processes: list[tuple[Any, ...]]
-    history: list[tuple[Any, ...]]
+    history: list[tuple[Any, ...]]  # telemetry_raw rows: (host, start, until, samples, data)
 
 
 def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> TelemetryRows:
@@ -61,16 +62,31 @@ def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> Tele
         for g in latest.gpus
         for p in g.processes
     ]
-    history: list[tuple[Any, ...]] = []
-    for sample in samples:
-        at = received - (latest.time - sample.time)  # controller clock, agent spacing
-        hs = sample.host
-        history.append((name, HOST_GPU_IDX, at, None, hs.mem_used, None, None, hs.cpu_percent))
-        history.extend(
-            (name, g.index, at, g.util, g.mem_used, g.temperature, g.power, None)
-            for g in sample.gpus
-        )
+    history = [raw_history_row(name, samples, received)]
     return TelemetryRows(host, gpus, processes, history)
+
+
+def raw_history_row(name: str, samples: list[Telemetry], received: float) -> tuple[Any, ...]:
+    """One telemetry_raw row holding every sample of a host in a batch (sorted by time).
+
+    Times are the controller's clock: the newest sample is stamped ``received`` and older
+    ones keep their spacing on the agent's clock.
+    """
+    latest = samples[-1]
+    times = [received - (latest.time - s.time) for s in samples]
+    series = sorted({HOST_GPU_IDX} | {g.index for s in samples for g in s.gpus})
+    where = {index: i for i, index in enumerate(series)}
+    values: list[list[list[Any]]] = [[[None] * len(samples) for _ in series] for _ in range(4)]
+    util, mem, temp, power = values
+    host_row = where[HOST_GPU_IDX]
+    for at, sample in enumerate(samples):
+        util[host_row][at] = sample.host.cpu_percent
+        mem[host_row][at] = sample.host.mem_used
+        for g in sample.gpus:
+            row = where[g.index]
+            util[row][at], mem[row][at] = g.util, g.mem_used
+            temp[row][at], power[row][at] = g.temperature, g.power
+    return (name, times[0], times[-1], len(samples), encode_raw(series, times, values))
 
 
 def build_hosts_report(

@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cvtui.catalog.components import migration_5_reproducibility
+from cvtui.catalog.history import migration_7_history
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
+from cvtui.catalog.usage import create_usage_tables
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
@@ -192,6 +194,12 @@ def migration_3_queue(db: Database) -> None:
     db.execute("CREATE INDEX runs_ended ON runs (ended)")
 
 
+def migration_7_operations(db: Database) -> None:
+    """Months of operation: tiered telemetry history, idle-held GPU episodes, energy."""
+    migration_7_history(db)
+    create_usage_tables(db)
+
+
 # Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
 MIGRATIONS: tuple[Migration, ...] = (
     migration_1_monitoring,
@@ -200,6 +208,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_4_sync,  # cvtui/catalog/metrics.py (its `blobs` became `signatures` in 5)
     migration_5_reproducibility,  # cvtui/catalog/components.py
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
+    migration_7_operations,  # history tiers (history.py), idle GPUs and energy (usage.py)
 )
 
 

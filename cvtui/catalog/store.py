@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import stat
@@ -17,11 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cvtui.catalog import schema
 from cvtui.catalog.components import ComponentsMixin
+from cvtui.catalog.history import HistoryMixin
 from cvtui.catalog.hosts_admin import HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
-from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
+from cvtui.catalog.rows import build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
+from cvtui.catalog.usage import UsageMixin
 from remote_agent.protocol import Hello, Telemetry
 
 if TYPE_CHECKING:
@@ -48,11 +49,12 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
+class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMixin, UsageMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in
-    HostsAdminMixin (hosts_admin.py); they share these transactions.
+    HostsAdminMixin (hosts_admin.py), telemetry history in HistoryMixin (history.py); they
+    share these transactions.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils
@@ -200,7 +202,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             conn.executemany("DELETE FROM hosts WHERE name = ?", removed)
             conn.executemany("DELETE FROM gpus WHERE host = ?", removed)
             conn.executemany("DELETE FROM gpu_processes WHERE host = ?", removed)
-            conn.executemany("DELETE FROM telemetry WHERE host = ?", removed)
+            conn.executemany("DELETE FROM telemetry_raw WHERE host = ?", removed)
+            conn.executemany("DELETE FROM telemetry_chunks WHERE host = ?", removed)
             conn.executemany(
                 "INSERT INTO hosts (name, address, port, user, tags, state, updated) "
                 "VALUES (?, ?, ?, ?, ?, 'connecting', ?) "
@@ -291,81 +294,10 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
                 [row for r in kept for row in r.processes],
             )
             conn.executemany(
-                "INSERT INTO telemetry (host, gpu_idx, time, util, mem_used, temperature, "
-                "power, cpu_percent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO telemetry_raw (host, start, until, samples, data) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [row for r in kept for row in r.history],
             )
-
-    def compact_telemetry(
-        self,
-        now: float | None = None,
-        *,
-        keep_full_s: float = 3600,
-        bucket_s: float = 10,
-        max_age_s: float | None = None,
-    ) -> int:
-        """Thin history older than ``keep_full_s`` to the first row of each ``bucket_s``
-        bucket per (host, GPU), drop rows older than ``max_age_s`` (when given), and return
-        how many rows were deleted. Idempotent.
-
-        A watermark per bucket size records how far history is already thinned, so each call
-        reads only the rows that aged past the window since the last one. Rows inserted
-        below the watermark later (a controller clock set back by over ``keep_full_s``) stay.
-        """
-        if bucket_s <= 0:
-            raise ValueError(f"bucket_s must be positive, got {bucket_s}")
-        now = time.time() if now is None else now
-        cutoff = now - keep_full_s
-        deleted = 0
-        with self._write() as conn:
-            if max_age_s is not None:
-                dropped = conn.execute("DELETE FROM telemetry WHERE time < ?", (now - max_age_s,))
-                deleted += dropped.rowcount
-            row = conn.execute(
-                "SELECT done_before FROM telemetry_compaction WHERE bucket_s = ?", (bucket_s,)
-            ).fetchone()
-            if row is None:
-                lower = -math.inf
-            elif cutoff <= row[0]:
-                return deleted
-            else:
-                # Re-read the bucket holding the watermark, whose kept row is the one to
-                # keep, and one more so float rounding at its edge cannot split it.
-                lower = (math.floor(row[0] / bucket_s) - 1) * bucket_s
-            # CAST truncates toward zero, which is floor() for the positive unix times here;
-            # floor() itself needs SQLite built with math functions.
-            thinned = conn.execute(
-                "DELETE FROM telemetry WHERE rowid IN ("
-                " SELECT rowid FROM ("
-                "  SELECT rowid, row_number() OVER ("
-                "   PARTITION BY host, gpu_idx, CAST(time / :bucket AS INTEGER)"
-                "   ORDER BY time, rowid) AS nth"
-                "  FROM telemetry WHERE time >= :lower AND time < :cutoff)"
-                " WHERE nth > 1)",
-                {"bucket": bucket_s, "lower": lower, "cutoff": cutoff},
-            )
-            deleted += thinned.rowcount
-            conn.execute(
-                "INSERT INTO telemetry_compaction (bucket_s, done_before) VALUES (?, ?) "
-                "ON CONFLICT (bucket_s) DO UPDATE SET done_before = excluded.done_before",
-                (bucket_s, cutoff),
-            )
-        return deleted
-
-    def telemetry_history(
-        self, host: str, gpu_idx: int, since: float
-    ) -> list[tuple[float, float | None, int | None]]:
-        """(time, util percent, mem_used bytes) from ``since`` on, oldest first.
-
-        For ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
-        """
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT time, CASE WHEN gpu_idx = ? THEN cpu_percent ELSE util END, mem_used "
-                "FROM telemetry WHERE host = ? AND gpu_idx = ? AND time >= ? ORDER BY time",
-                (HOST_GPU_IDX, host, gpu_idx, since),
-            ).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
 
     # -- reports ----------------------------------------------------------------------
 

@@ -1,0 +1,354 @@
+"""A simulated year of a 100-host x 8-GPU lab at 1 Hz through the real compaction code.
+
+Time is warped, not waited for: each simulated hour is generated with numpy and encoded as
+the raw blocks the engine writes. The last hours are stored as the engine stores them (one
+telemetry_raw row per host and 5 s of samples) and Catalog.compact_history reads them back,
+tiers, deletes them, merges and expires: that is the cost held to the target. The hours
+before go to Catalog.tier_raw_blocks, the same tiering code fed from memory instead of a
+round trip through telemetry_raw (on this 2-core machine that round trip would make a year
+take over two hours), then compact_history merges and expires as the engine would at the
+end of that hour. Runs (a job per 4 GPUs, about a day each), their users' energy and
+idle-held episodes are written through the catalog's own methods, so `cvtui stats --since
+365d` has a year of everything to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import Options
+from benchmarks.table import Row, Target
+from cvtui.catalog import Catalog
+from cvtui.catalog.history import DEFAULT_HISTORY, RAW_GROUP_S
+from cvtui.catalog.history_codec import encode_raw_many
+from remote_agent.protocol import GpuSample, HostSample, Telemetry
+
+HOSTS, GPUS, SLOT_GPUS = 100, 8, 4
+HOUR_S, DAY_S = 3600.0, 86400.0
+YEAR_HOURS = 8760
+QUICK_HOURS = 30
+ENGINE_SHAPED_HOURS = 3  # the last hours, written in rows of RAW_GROUP_S as the engine does
+USERS = [f"user{i:02d}" for i in range(24)]
+GIB = 2**30
+LIMIT_CATALOG_MB = 1000.0
+LIMIT_STATS_S = 1.0
+LIMIT_PLOT_MS = 100.0
+LIMIT_COMPACT_S = 1.0
+
+
+@dataclass
+class Job:
+    start: float
+    end: float
+    util: float  # percent the job keeps its GPUs at; 0 for one that holds them idle
+    mem: float  # bytes on each GPU
+    user: str
+
+
+@dataclass
+class Lab:
+    """Every slot's jobs over the span, and what the benchmark learns while writing."""
+
+    start: float
+    hours: int
+    rng: np.random.Generator
+    slots: list[list[Job]] = field(default_factory=list)
+    starts: list[Any] = field(default_factory=list)  # per slot, its jobs' start times
+    noise: Any = None
+    energy_by_run: dict[int, float] = field(default_factory=dict)
+
+    def plan(self) -> None:
+        end = self.start + self.hours * HOUR_S
+        for _ in range(HOSTS * GPUS // SLOT_GPUS):
+            jobs, t = [], self.start - self.rng.exponential(20 * HOUR_S)
+            while t < end:
+                t += self.rng.exponential(4 * HOUR_S)  # idle between jobs
+                length = self.rng.exponential(20 * HOUR_S) + 600
+                idle_held = self.rng.random() < 0.05
+                util = 0.0 if idle_held else float(self.rng.uniform(55, 99))
+                mem = float(self.rng.uniform(8, 75)) * GIB
+                jobs.append(Job(t, t + length, util, mem, str(self.rng.choice(USERS))))
+                t += length
+            self.slots.append(jobs)
+            self.starts.append(np.array([j.start for j in jobs]))
+        self.noise = self.rng.normal(size=1 << 24).astype(np.float32)
+
+    def overlapping(self, slot: int, lo: float, hi: float) -> list[Job]:
+        jobs = self.slots[slot]
+        first = max(0, int(np.searchsorted(self.starts[slot], lo, side="right")) - 1)
+        last = int(np.searchsorted(self.starts[slot], hi, side="left"))
+        return [j for j in jobs[first:last] if j.end > lo]
+
+    def noise_block(self, shape: tuple[int, ...]) -> Any:
+        size = int(np.prod(shape))
+        at = int(self.rng.integers(0, len(self.noise) - size))
+        return self.noise[at : at + size].reshape(shape)
+
+    def hour(self, t0: float) -> tuple[Any, Any]:
+        """Sample times [3600] and values [field, host, series, 3600] (series 0: the host)."""
+        times = t0 + np.arange(3600, dtype=np.float64)
+        util_base = np.zeros((HOSTS, GPUS, 3600), np.float32)
+        mem = np.full((HOSTS, GPUS, 3600), 0.5 * 2**20, np.float32)
+        held = np.zeros((HOSTS, GPUS, 3600), bool)
+        for slot, jobs in enumerate(self.slots):
+            host, first = divmod(slot * SLOT_GPUS, GPUS)
+            index = np.searchsorted(self.starts[slot], times, side="right") - 1
+            for k in np.unique(index[index >= 0]):
+                job = jobs[k]
+                mask = (index == k) & (times < job.end)
+                if not mask.any():
+                    continue
+                gpus = slice(first, first + SLOT_GPUS)
+                util_base[host, gpus, mask] = job.util
+                mem[host, gpus, mask] = job.mem
+                held[host, gpus, mask] = True
+        noise = self.noise_block((3, HOSTS, GPUS, 3600))
+        busy = util_base > 0
+        util = np.where(busy, np.clip(np.round(util_base + 4 * noise[0]), 0, 100), 0.0)
+        temp = 31 + 0.42 * util_base + 0.3 * noise[1]
+        power = 58 + 3.1 * util + np.where(held, 6 + 5 * noise[2], 1.5 * noise[2])
+        values = np.empty((4, HOSTS, GPUS + 1, 3600), np.float32)
+        values[0, :, 1:], values[1, :, 1:] = util, mem
+        values[2, :, 1:], values[3, :, 1:] = temp, power
+        values[2:, :, 0] = np.nan  # the host's own series has no temperature or power
+        cpu = 4 + 30 * busy.mean(axis=1) + 2 * np.abs(noise[0, :, 0])
+        values[0, :, 0] = cpu
+        values[1, :, 0] = 180 * GIB + 40 * GIB * busy.mean(axis=1)
+        return times, values
+
+
+def raw_rows(times: Any, values: Any, per_row: int, names: list[str]) -> list[tuple[Any, ...]]:
+    """Raw blocks of ``per_row`` samples for every host: what the engine writes at 1."""
+    rows = []
+    series = [-1, *range(GPUS)]
+    count = 3600 // per_row
+    row_times = times.reshape(count, per_row)
+    for host, name in enumerate(names):
+        grid = values[:, host].reshape(4, GPUS + 1, count, per_row).transpose(0, 2, 1, 3)
+        blobs = encode_raw_many(series, row_times, grid.astype(np.float64))
+        rows.extend(
+            (name, float(t[0]), float(t[-1]), per_row, blob)
+            for t, blob in zip(row_times, blobs, strict=True)
+        )
+    return rows
+
+
+def write_runs(catalog: Catalog, lab: Lab, names: list[str], now: float) -> None:
+    """One succeeded run per job, its energy, and an idle episode for each idle-held job."""
+    runs, energy, idle = [], {}, []
+    for slot, jobs in enumerate(lab.slots):
+        host, first = divmod(slot * SLOT_GPUS, GPUS)
+        for k, job in enumerate(jobs):
+            if job.end <= lab.start or job.start >= now:
+                continue
+            run_id = f"bench-{slot:03d}-{k:05d}"
+            started, ended = max(job.start, lab.start), min(job.end, now)
+            runs.append(
+                (
+                    run_id,
+                    f"job{k}",
+                    "bench",
+                    job.user,
+                    "succeeded",
+                    "normal",
+                    2,
+                    started,
+                    names[host],
+                    json.dumps(list(range(first, first + SLOT_GPUS))),
+                    started,
+                    ended,
+                    started,
+                )
+            )
+            watts = 58 + 3.1 * job.util + 6
+            energy[run_id] = (watts * SLOT_GPUS * (ended - started), True)
+            if job.util == 0 and ended - started > 1800:
+                idle.append((names[host], first, job.user, run_id, started, ended))
+    with catalog.db.conn:
+        catalog.db.conn.executemany(
+            "INSERT INTO runs (id, name, project, user, state, priority, priority_rank, "
+            "submitted, host, gpus, started, ended, dispatched) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            runs,
+        )
+    catalog.record_usage(energy_by_run=energy, now=now)
+    for host, gpu, user, run_id, since, until in idle:
+        episode = catalog.open_idle_episode(
+            host, gpu, user=user, run_id=run_id, simulated=True, since=since, until=since
+        )
+        catalog.record_usage(idle=[(episode, until, False)], now=now)
+
+
+def energy_for_hour(lab: Lab, values: Any, t0: float) -> dict[tuple[float, str, bool], float]:
+    """Joules per user in this hour: each slot's GPUs' power while a job runs there."""
+    out: dict[tuple[float, str, bool], float] = {}
+    for slot in range(len(lab.slots)):
+        host, first = divmod(slot * SLOT_GPUS, GPUS)
+        for job in lab.overlapping(slot, t0, t0 + HOUR_S):
+            lo, hi = max(job.start, t0), min(job.end, t0 + HOUR_S)
+            if hi <= lo:
+                continue
+            a, b = int(lo - t0), int(hi - t0)
+            joules = float(values[3, host, 1 + first : 1 + first + SLOT_GPUS, a:b].sum())
+            key = (t0, job.user, True)
+            out[key] = out.get(key, 0.0) + joules
+    return out
+
+
+def simulate(catalog: Catalog, hours: int, start: float, log: list[str]) -> dict[str, Any]:
+    names = [f"gpu-{i:03d}" for i in range(HOSTS)]
+
+    class _Host:
+        def __init__(self, name: str) -> None:
+            self.name, self.address, self.port, self.user, self.tags = name, name, 22, None, ()
+
+    catalog.sync_hosts([_Host(n) for n in names])
+    lab = Lab(start, hours, np.random.default_rng(7))
+    lab.plan()
+    bulk_s: list[float] = []  # hours tiered from memory, then merges and expiry
+    engine_s: list[float] = []  # hours through telemetry_raw, as the engine stores them
+    merges_s: list[float] = []
+    began = time.monotonic()
+    for h in range(hours):
+        t0 = start + h * HOUR_S
+        times, values = lab.hour(t0)
+        engine_shaped = h >= hours - ENGINE_SHAPED_HOURS
+        rows = raw_rows(times, values, int(RAW_GROUP_S) if engine_shaped else 60, names)
+        tick = time.process_time()  # CPU seconds: other users of this machine do not count
+        if engine_shaped:
+            catalog.append_raw_history(rows)
+        else:
+            by_host: dict[str, list[bytes]] = {}
+            for row in rows:
+                by_host.setdefault(row[0], []).append(row[4])
+            catalog.tier_raw_blocks(by_host, DEFAULT_HISTORY)
+        report = catalog.compact_history(t0 + HOUR_S, DEFAULT_HISTORY)
+        spent = time.process_time() - tick
+        catalog.record_usage(energy_by_user=energy_for_hour(lab, values, t0), now=t0 + HOUR_S)
+        # The compaction after an engine-shaped hour reads that hour's rows back.
+        if h >= hours - ENGINE_SHAPED_HOURS + 1:
+            engine_s.append(spent)
+            merges_s.append(0.0)
+        else:
+            bulk_s.append(spent)
+        if report.merged and not engine_shaped:
+            merges_s.append(spent)
+        if h % 250 == 0 or h == hours - 1:
+            elapsed = time.monotonic() - began
+            sizes = ", ".join(f"{t} {b / 1e6:.0f} MB" for t, _, b in catalog.history_sizes())
+            log.append(
+                f"hour {h + 1}/{hours}: {elapsed:.0f} s, compaction {spent:.2f} s CPU, "
+                f"file {catalog.path.stat().st_size / 1e6:.0f} MB ({sizes})"
+            )
+            print(f"  history: {log[-1]}", file=sys.stderr, flush=True)
+    end = start + hours * HOUR_S
+    write_runs(catalog, lab, names, end)
+    catalog.record_telemetry([(n, _sample(end)) for n in names], received=end)
+    return {
+        "bulk": bulk_s,
+        "engine": engine_s,
+        "merges": merges_s,
+        "wall": time.monotonic() - began,
+        "end": end,
+    }
+
+
+def _sample(at: float) -> Telemetry:
+    gpus = tuple(
+        GpuSample(i, f"GPU-{i}", "A100-SXM4-80GB", 0.0, 0, 80 * GIB, 30.0, 58.0, 400.0, None, ())
+        for i in range(GPUS)
+    )
+    host = HostSample(5.0, 1.0, 1.0, 1.0, 180 * GIB, 512 * GIB, 1000 * GIB, 2000 * GIB)
+    return Telemetry(at, "simulated", host, gpus)
+
+
+def stats_seconds(home: Path) -> float:
+    script = Path(sys.executable).with_name("cvtui")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "cvtui.cli"]
+    command += ["--home", str(home), "stats", "--since", "365d"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    subprocess.run(command, check=True, capture_output=True, env=env)  # warm the file cache
+    times = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def plot_ms(path: Path, now: float) -> tuple[float, int]:
+    """A 30-day history of one GPU, as the host screen reads it; median of 5 hosts."""
+    times, points = [], 0
+    with Catalog(path) as catalog:
+        for host in range(0, HOSTS, 20):
+            tick = time.perf_counter()
+            history = catalog.telemetry_history(f"gpu-{host:03d}", 3, now - 30 * DAY_S, now)
+            times.append(time.perf_counter() - tick)
+            points = len(history)
+    return statistics.median(times) * 1000, points
+
+
+def run(options: Options) -> list[Row]:
+    hours = options.history_hours or (QUICK_HOURS if options.quick else YEAR_HOURS)
+    hours = max(hours, ENGINE_SHAPED_HOURS + 2)
+    log: list[str] = []
+    # The simulated span ends at the current hour, so `stats --since 365d` reads all of it.
+    end = (time.time() // HOUR_S) * HOUR_S
+    start = end - hours * HOUR_S
+    keep = os.environ.get("CVTUI_BENCH_HISTORY_DIR")  # build the catalog there and keep it
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(keep or tmp)
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / "catalog.db"
+        with Catalog(path) as catalog:
+            figures = simulate(catalog, hours, start, log)
+            sizes = catalog.history_sizes()
+            catalog.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        file_mb = path.stat().st_size / 1e6
+        stats_s = stats_seconds(home)
+        plot, points = plot_ms(path, time.time())
+    span = f"{hours} h of {HOSTS} hosts x {GPUS} GPUs at 1 Hz"
+    tiers = ", ".join(f"{tier} {size / 1e6:.0f} MB ({count} rows)" for tier, count, size in sizes)
+    engine = figures["engine"] or figures["bulk"]
+    bulk = figures["bulk"] or [0.0]
+    merges = [m for m in figures["merges"] if m] or [0.0]
+    return [
+        Row(
+            "history: catalog size",
+            file_mb,
+            "MB",
+            target=Target(LIMIT_CATALOG_MB),
+            note=f"{span}; per tier: {tiers}",
+        ),
+        Row("history: stats --since 365d", stats_s, "s", target=Target(LIMIT_STATS_S)),
+        Row(
+            "history: 30-day GPU plot query",
+            plot,
+            "ms",
+            target=Target(LIMIT_PLOT_MS),
+            note=f"{points} points (1-min tier, then finer)",
+        ),
+        Row(
+            "history: compaction per hour",
+            max(engine),
+            "s CPU",
+            target=Target(LIMIT_COMPACT_S),
+            note=(
+                f"read back from telemetry_raw as the engine stores it, worst of {len(engine)}; "
+                f"tiered from memory: mean {statistics.fmean(bulk):.2f} s/h, daily merges "
+                f"{statistics.fmean(merges):.2f} s each (max {max(merges):.2f}); "
+                f"whole simulation {figures['wall']:.0f} s"
+            ),
+        ),
+    ]

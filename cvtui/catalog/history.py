@@ -1,0 +1,549 @@
+"""Bounded telemetry history in tiers: every sample for a while, then min/mean/max buckets.
+
+The engine appends one raw block per host and flush to `telemetry_raw` (every sample, with its
+time). `compact_history` takes raw history an hour at a time once it is older than the first
+tier's retention, turns it into one piece per host for every coarser tier (computed from the
+samples, so each tier is exact), deletes it, merges the pieces of a tier's chunk window into
+one chunk (at most once a day for an open window), and drops chunks past their tier's
+retention. Readers pick the tier that fits the range shown and stitch finer tiers after its
+last point, so a plot or a figure always reaches the newest sample.
+
+Policy (`policy.history` in the inventory) is a list of (step, keep) tiers; step 0 means
+every sample. Chunks carry their step, so a policy edit never misreads older data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from cvtui.catalog.history_codec import (
+    ZLIB_LEVEL_KEPT,
+    ZLIB_LEVEL_PIECE,
+    Block,
+    concat_blocks,
+    decode_raw,
+    decode_tier,
+    empty_block,
+    encode_raw,
+    encode_tier,
+    rebucket,
+)
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+DAY_S = 86400.0
+BATCH_S = 3600.0  # raw history is compacted one aligned hour at a time
+CHUNK_WINDOWS_S = (3600.0, DAY_S, 30 * DAY_S)  # a tier's chunk: the largest that fits
+MAX_CHUNK_POINTS = 1440
+MERGE_PIECES = 25  # an open window's pieces are merged once a day's worth has piled up
+RAW_SPAN_S = BATCH_S  # no raw row spans more than this: reads look back this far
+RAW_GROUP_S = 5.0  # the engine writes a host's raw samples in rows of this many seconds
+
+
+class HistoryTier(NamedTuple):
+    """Keep history at one resolution for a while; step 0 keeps every sample."""
+
+    step_s: float
+    keep_s: float
+
+
+DEFAULT_HISTORY = (
+    HistoryTier(0.0, 3600.0),  # every sample for an hour
+    HistoryTier(10.0, DAY_S),  # 10 s buckets for a day
+    HistoryTier(60.0, 30 * DAY_S),  # 1 min for 30 days
+    HistoryTier(3600.0, 730 * DAY_S),  # 1 h for 2 years
+)
+
+
+def chunk_window(step_s: float) -> float:
+    """Seconds of history one stored chunk of a tier covers (at most 1440 points)."""
+    fitting = [w for w in CHUNK_WINDOWS_S if w / step_s <= MAX_CHUNK_POINTS]
+    return max(fitting) if fitting else CHUNK_WINDOWS_S[0]
+
+
+def check_tiers(tiers: Sequence[tuple[float, float]]) -> str | None:
+    """What is wrong with a tier list, or None: raw first, steps and retentions growing."""
+    if not tiers:
+        return "needs at least one tier"
+    if tiers[0][0] != 0:
+        return "the first tier must keep every sample (every: sample)"
+    for (step, keep), (next_step, next_keep) in itertools.pairwise(tiers):
+        if next_step <= step:
+            return f"tier steps must grow: {next_step:g}s after {step:g}s"
+        if next_keep <= keep:
+            return f"a coarser tier must keep longer: {next_keep:g}s after {keep:g}s"
+    for step, _ in tiers[1:]:
+        if step < 1:
+            return f"a tier step must be at least 1s, got {step:g}s"
+    # Each tier is computed from the one before it, which is exact when buckets nest.
+    for (step, _), (next_step, _) in itertools.pairwise(tiers[1:]):
+        if next_step % step:
+            return (
+                f"each tier step must be a multiple of the one before: "
+                f"{next_step:g}s after {step:g}s"
+            )
+    return None
+
+
+def migration_7_history(db: Database) -> None:
+    """Telemetry history in raw blocks and tier chunks; old telemetry rows become raw blocks."""
+    # Clustered by host and time, with no other index: compaction reads and deletes an hour
+    # of a host as one contiguous range (a rowid table with indexes took 3x longer).
+    db.execute(
+        "CREATE TABLE telemetry_raw ("
+        " host TEXT NOT NULL,"
+        " start REAL NOT NULL,"  # unix seconds, controller clock, of the first sample
+        " until REAL NOT NULL,"  # ... and of the last
+        " samples INTEGER NOT NULL,"
+        " data BLOB NOT NULL,"  # history_codec raw block
+        " PRIMARY KEY (host, start)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE telemetry_chunks ("
+        " host TEXT NOT NULL,"
+        " step REAL NOT NULL,"  # seconds per bucket
+        " start REAL NOT NULL,"  # unix seconds: the first bucket's start
+        " until REAL NOT NULL,"  # the last bucket's end
+        " points INTEGER NOT NULL,"
+        " data BLOB NOT NULL)"  # history_codec tier block
+    )
+    db.execute("CREATE INDEX telemetry_chunks_series ON telemetry_chunks (step, host, start)")
+    db.execute("CREATE INDEX telemetry_chunks_until ON telemetry_chunks (step, until)")
+    _move_old_telemetry(db.conn)
+    db.execute("DROP TABLE telemetry")
+    db.execute("DROP TABLE telemetry_compaction")
+
+
+def _move_old_telemetry(conn: sqlite3.Connection) -> None:
+    """Old per-GPU rows as raw blocks, one per host and hour; compaction tiers them later."""
+    group: tuple[str, float] | None = None
+    rows: list[tuple[Any, ...]] = []
+    out: list[tuple[Any, ...]] = []
+    old = conn.execute(
+        "SELECT host, gpu_idx, time, util, mem_used, temperature, power, cpu_percent "
+        "FROM telemetry ORDER BY host, time"
+    )
+    for row in old:
+        key = (row[0], math.floor(row[2] / BATCH_S))
+        if key != group:
+            if rows:
+                out.append(_raw_row_from_old(rows))
+            group, rows = key, []
+        rows.append(row)
+        if len(out) >= 256:
+            conn.executemany("INSERT INTO telemetry_raw VALUES (?, ?, ?, ?, ?)", out)
+            out = []
+    if rows:
+        out.append(_raw_row_from_old(rows))
+    conn.executemany("INSERT INTO telemetry_raw VALUES (?, ?, ?, ?, ?)", out)
+
+
+def _raw_row_from_old(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    times = sorted({r[2] for r in rows})
+    series = sorted({r[1] for r in rows})
+    at = {t: i for i, t in enumerate(times)}
+    where = {s: i for i, s in enumerate(series)}
+    values: list[list[list[Any]]] = [[[None] * len(times) for _ in series] for _ in range(4)]
+    for _, idx, t, util, mem, temp, power, cpu in rows:
+        s, i = where[idx], at[t]
+        values[0][s][i] = cpu if idx < 0 else util
+        values[1][s][i], values[2][s][i], values[3][s][i] = mem, temp, power
+    return (rows[0][0], times[0], times[-1], len(times), encode_raw(series, times, values))
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What one compact_history call did."""
+
+    hours: int  # hours of raw history turned into tiers
+    pieces: int  # tier rows written
+    merged: int  # chunk windows merged
+    expired: int  # chunk rows dropped past their tier's retention
+    raw_rows: int  # raw rows consumed
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """One host's GPUs over a window, from the tiers: for `cvtui stats`."""
+
+    host: str
+    gpu_hours_seen: float  # hours of GPU buckets with samples, summed over GPUs
+    util_mean: float | None  # percent, weighted by samples
+    energy_kwh: float  # mean power x bucket time, summed over GPUs
+
+
+class HistoryMixin:
+    """Catalog methods for telemetry history; mixed into Catalog (store.py)."""
+
+    if TYPE_CHECKING:
+        _lock: threading.RLock
+
+        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    # -- writes -----------------------------------------------------------------------
+
+    def append_raw_history(self, rows: Iterable[tuple[str, float, float, int, bytes]]) -> None:
+        """Store raw blocks (host, first time, last time, samples, block) as they come.
+
+        record_telemetry writes through the same INSERT; the history benchmark calls this to
+        write a simulated year without building a Telemetry object per sample.
+        """
+        with self._write() as conn:
+            _insert_raw(conn, rows)
+
+    def compact_history(
+        self,
+        now: float | None = None,
+        tiers: Sequence[tuple[float, float]] | None = None,
+        *,
+        max_hours: int | None = None,
+    ) -> CompactionReport:
+        """Tier the raw hours older than the first tier's retention, merge, expire.
+
+        Each hour is read in one snapshot, computed without the write lock, and written in
+        one short transaction, so the engine's telemetry writes wait at most for that.
+        Idempotent: a call with nothing due reads two index entries and writes nothing.
+        """
+        now = time.time() if now is None else now
+        tiers = list(DEFAULT_HISTORY if tiers is None else tiers)
+        problem = check_tiers(tiers)
+        if problem:
+            raise ValueError(f"history tiers: {problem}")
+        due_before = math.floor((now - tiers[0][1]) / BATCH_S) * BATCH_S
+        steps = [float(step) for step, _ in tiers[1:]]
+        hours = pieces = raw_rows = 0
+        while max_hours is None or hours < max_hours:
+            with self._lock:
+                first = self._conn_first_raw()
+            if first is None or first >= due_before:
+                break
+            hour = math.floor(first / BATCH_S) * BATCH_S
+            written, consumed = self._compact_hour(hour, steps)
+            hours, pieces, raw_rows = hours + 1, pieces + written, raw_rows + consumed
+        merged = sum(self._merge_pieces(step, due_before) for step in steps)
+        expired = self._expire(tiers, now)
+        return CompactionReport(hours, pieces, merged, expired, raw_rows)
+
+    def _conn_first_raw(self) -> float | None:
+        # Per host: the table is clustered by (host, start), so each lookup is one probe.
+        with self._read() as conn:
+            names = [r[0] for r in conn.execute("SELECT name FROM hosts").fetchall()]
+            firsts = [
+                conn.execute(
+                    "SELECT min(start) FROM telemetry_raw WHERE host = ?", (name,)
+                ).fetchone()[0]
+                for name in names
+            ]
+        known = [float(t) for t in firsts if t is not None]
+        return min(known) if known else None
+
+    def _compact_hour(self, hour: float, steps: Sequence[float]) -> tuple[int, int]:
+        end = hour + BATCH_S
+        with self._read() as conn:
+            names = [r[0] for r in conn.execute("SELECT name FROM hosts").fetchall()]
+            by_host = {
+                name: [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT data FROM telemetry_raw WHERE host = ? AND start >= ? "
+                        "AND start < ? ORDER BY start",
+                        (name, hour, end),
+                    )
+                ]
+                for name in names
+            }
+        out = _tier_pieces(by_host, steps)
+        with self._write() as conn:
+            conn.executemany("INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?)", out)
+            # Only the engine writes raw rows, and only near now: none lands in this hour now.
+            conn.executemany(
+                "DELETE FROM telemetry_raw WHERE host = ? AND start >= ? AND start < ?",
+                [(name, hour, end) for name in by_host],
+            )
+        return len(out), sum(len(blobs) for blobs in by_host.values())
+
+    def tier_raw_blocks(
+        self, by_host: dict[str, list[bytes]], tiers: Sequence[tuple[float, float]]
+    ) -> int:
+        """Write the tier pieces of raw blocks that were never stored as raw rows; the
+        pieces compact_history would write for them. The history benchmark's time warp
+        uses it for the bulk of its simulated year; returns the pieces written."""
+        out = _tier_pieces(by_host, [float(step) for step, _ in tiers[1:]])
+        with self._write() as conn:
+            conn.executemany("INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?)", out)
+        return len(out)
+
+    def _merge_pieces(self, step: float, due_before: float) -> int:
+        window = chunk_window(step)
+        with self._read() as conn:
+            groups = conn.execute(
+                "SELECT host, CAST(start / ? AS INTEGER) AS win, count(*) FROM telemetry_chunks "
+                "WHERE step = ? GROUP BY host, win HAVING count(*) > 1",
+                (window, step),
+            ).fetchall()
+        merged = 0
+        for host, win, count in groups:
+            closed = (win + 1) * window <= due_before
+            if not closed and count < MERGE_PIECES:
+                continue
+            lower, upper = win * window, (win + 1) * window
+            with self._read() as conn:
+                parts = conn.execute(
+                    "SELECT rowid, data FROM telemetry_chunks "
+                    "WHERE step = ? AND host = ? AND start >= ? AND start < ?",
+                    (step, host, lower, upper),
+                ).fetchall()
+            block = rebucket(concat_blocks([decode_tier(p[1]) for p in parts], step), step)
+            with self._write() as conn:
+                conn.executemany(
+                    "DELETE FROM telemetry_chunks WHERE rowid = ?", [(p[0],) for p in parts]
+                )
+                conn.execute(
+                    "INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?)",
+                    _chunk_row(host, block),
+                )
+            merged += 1
+        return merged
+
+    def _expire(self, tiers: Sequence[tuple[float, float]], now: float) -> int:
+        longest = max(keep for _, keep in tiers)
+        steps = [float(step) for step, _ in tiers[1:]]
+        with self._write() as conn:
+            expired = 0
+            for step, keep in tiers[1:]:
+                cursor = conn.execute(
+                    "DELETE FROM telemetry_chunks WHERE step = ? AND until < ?", (step, now - keep)
+                )
+                expired += cursor.rowcount
+            # Steps a policy edit removed: kept as long as the longest tier, then dropped.
+            cursor = conn.execute(
+                "DELETE FROM telemetry_chunks WHERE until < ? AND step NOT IN "
+                "(SELECT value FROM json_each(?))",
+                (now - longest, _json_list(steps)),
+            )
+            return expired + cursor.rowcount
+
+    # -- reads ------------------------------------------------------------------------
+
+    def history_steps(self) -> list[float]:
+        """The tier steps stored now, finest first (0, raw, when raw rows exist)."""
+        with self._read() as conn:
+            steps = [
+                float(r[0]) for r in conn.execute("SELECT DISTINCT step FROM telemetry_chunks")
+            ]
+            raw = conn.execute("SELECT 1 FROM telemetry_raw LIMIT 1").fetchone()
+        return sorted(steps + ([0.0] if raw else []))
+
+    def choose_step(
+        self, host: str | None, since: float, until: float, points: int | None = None
+    ) -> float:
+        """The tier for a range: with ``points``, the coarsest giving that many buckets;
+        else the finest whose history reaches back to ``since``; else the coarsest."""
+        steps = self.history_steps()
+        if not steps:
+            return 0.0
+        if points:
+            fine_enough = [s for s in steps if s <= (until - since) / points]
+            return max(fine_enough) if fine_enough else steps[0]
+        with self._read() as conn:
+            for step in steps:
+                if step == 0:
+                    row = conn.execute(
+                        "SELECT min(start) FROM telemetry_raw WHERE ?1 IS NULL OR host = ?1",
+                        (host,),
+                    ).fetchone()
+                else:
+                    row = conn.execute(
+                        "SELECT min(start) FROM telemetry_chunks "
+                        "WHERE step = ?1 AND (?2 IS NULL OR host = ?2)",
+                        (step, host),
+                    ).fetchone()
+                if row[0] is not None and row[0] <= since:
+                    return step
+        return steps[-1]
+
+    def history(
+        self,
+        host: str,
+        since: float,
+        until: float | None = None,
+        *,
+        step: float | None = None,
+        points: int | None = None,
+        raw: bool = True,
+    ) -> Block:
+        """A host's history over [since, until) at one tier's step (0: samples), stitched:
+        the tier's chunks, then finer tiers (and raw samples unless ``raw`` is False) after
+        its last bucket, rebucketed to its step. Series are the host's GPUs and -1."""
+        until = time.time() if until is None else until
+        if step is None:
+            step = self.choose_step(host, since, until, points)
+        finer = sorted((s for s in self.history_steps() if 0 < s < step), reverse=True)
+        order = [step, *finer] if step > 0 else []
+        if raw:
+            order.append(0.0)
+        blocks: list[Block] = []
+        covered = since
+        for source in order:
+            block = self._read_step(host, source, covered, until)
+            if len(block.times):
+                blocks.append(block)
+                covered = max(covered, block.end if source else float(block.times[-1]) + 1e-6)
+        combined = concat_blocks(blocks, step)
+        if step > 0:
+            return rebucket(combined, step)
+        return combined
+
+    def _read_step(self, host: str, step: float, since: float, until: float) -> Block:
+        from cvtui.catalog.history_codec import sort_block
+
+        with self._read() as conn:
+            if step == 0:
+                blobs = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT data FROM telemetry_raw WHERE host = ? AND start >= ? "
+                        "AND start < ? AND until >= ? ORDER BY start",
+                        (host, since - RAW_SPAN_S, until, since),
+                    )
+                ]
+            else:
+                blobs = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT data FROM telemetry_chunks WHERE step = ? AND host = ? "
+                        "AND start >= ? AND start < ? AND until > ? ORDER BY start",
+                        (step, host, since - chunk_window(step), until, since),
+                    )
+                ]
+        if not blobs:
+            return empty_block(step)
+        if step == 0:
+            block = decode_raw(blobs)
+        else:
+            block = sort_block(concat_blocks([decode_tier(b) for b in blobs], step))
+        return _clip(block, since, until)
+
+    def telemetry_history(
+        self, host: str, gpu_idx: int, since: float, until: float | None = None
+    ) -> list[tuple[float, float | None, int | None]]:
+        """(time, util percent, mem_used bytes) from ``since`` on, oldest first: samples
+        where raw history reaches back that far, else the mean of each bucket of the finest
+        tier that does. For ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
+        """
+        block = self.history(host, since, until)
+        row = block.row(gpu_idx)
+        if row is None:
+            return []
+        out = []
+        for t, n, util, mem in zip(
+            block.times.tolist(),
+            block.n[row].tolist(),
+            block.mean[0, row].tolist(),
+            block.mean[1, row].tolist(),
+            strict=True,
+        ):
+            if n:
+                out.append((t, None if util != util else util, None if mem != mem else int(mem)))
+        return out
+
+    def telemetry_usage(self, since: float | None, until: float | None = None) -> list[HostUsage]:
+        """Per host, its GPUs' sampled hours, mean utilisation and energy over the window,
+        from the coarsest tier and the finer ones after it (raw samples not yet compacted,
+        at most the first tier's retention plus an hour, are left out)."""
+        import numpy as np
+
+        until = time.time() if until is None else until
+        with self._read() as conn:
+            hosts = [r[0] for r in conn.execute("SELECT DISTINCT host FROM telemetry_chunks")]
+        steps = [s for s in self.history_steps() if s > 0]
+        if not steps:
+            return []
+        lower = 0.0 if since is None else since
+        out = []
+        for host in sorted(hosts):
+            block = self.history(host, lower, until, step=max(steps), raw=False)
+            gpus = block.series >= 0
+            if not len(block.times) or not gpus.any():
+                continue
+            secs = block.secs[gpus]
+            util, power = block.mean[0][gpus], block.mean[3][gpus]
+            weights = np.where(np.isnan(util), 0.0, secs)
+            total = float(weights.sum())
+            util_mean = float((np.nan_to_num(util) * weights).sum() / total) if total else None
+            joules = float((np.nan_to_num(power) * secs).sum())
+            hours_seen = float(secs.sum() / 3600.0)
+            out.append(HostUsage(host, hours_seen, util_mean, joules / 3.6e6))
+        return out
+
+    def history_sizes(self) -> list[tuple[str, int, int]]:
+        """(tier, rows, bytes of blocks) for raw history and each stored step."""
+        with self._read() as conn:
+            raw = conn.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM telemetry_raw")
+            rows = [("raw", *raw.fetchone())]
+            for step, count, size in conn.execute(
+                "SELECT step, count(*), sum(length(data)) FROM telemetry_chunks "
+                "GROUP BY step ORDER BY step"
+            ):
+                rows.append((f"{step:g}s", count, size))
+        return rows
+
+
+def _insert_raw(
+    conn: sqlite3.Connection, rows: Iterable[tuple[str, float, float, int, bytes]]
+) -> None:
+    # A block starting at the same time as a stored one of its host is a repeat delivery.
+    conn.executemany("INSERT OR IGNORE INTO telemetry_raw VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def _tier_pieces(by_host: dict[str, list[bytes]], steps: Sequence[float]) -> list[tuple[Any, ...]]:
+    """One chunk row per host and tier for raw blocks of one hour."""
+    out = []
+    for host, blobs in by_host.items():
+        if not blobs:
+            continue
+        block = decode_raw(blobs)
+        for step in steps:  # each tier from the one before: buckets nest
+            block = rebucket(block, step)
+            if len(block.times):
+                out.append(_chunk_row(host, block, ZLIB_LEVEL_PIECE))
+    return out
+
+
+def _chunk_row(host: str, block: Block, level: int = ZLIB_LEVEL_KEPT) -> tuple[Any, ...]:
+    start = float(block.times[0])
+    data = encode_tier(block, level=level)
+    return (host, block.step, start, block.end, len(block.times), data)
+
+
+def _clip(block: Block, since: float, until: float) -> Block:
+    times = block.times
+    keep = (times >= since) & (times < until)
+    if keep.all():
+        return block
+    return Block(
+        block.step,
+        block.series,
+        times[keep],
+        block.n[:, keep],
+        block.secs[:, keep],
+        block.lo[:, :, keep],
+        block.mean[:, :, keep],
+        block.hi[:, :, keep],
+    )
+
+
+def _json_list(values: Sequence[float]) -> str:
+    import json
+
+    return json.dumps(list(values))
