@@ -204,18 +204,27 @@ def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> f
 @click.pass_obj
 def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
     """Runs by state, average and median duration, GPU-hours by user, host and GPU model,
-    and how many runs each GPU (host:index) ran."""
+    how many runs each GPU (host:index) ran, energy (kWh) and idle-held GPU-hours by user,
+    and each host's mean GPU utilisation and energy from the telemetry history."""
     from cvtui.catalog import Catalog
-    from cvtui.stats import compute_stats, format_stats, stats_json
+    from cvtui.stats import (
+        compute_stats,
+        format_stats,
+        format_usage,
+        read_usage_stats,
+        stats_json,
+        usage_json,
+    )
 
     now = time.time()
     since = None if since_s is None else now - since_s
     with Catalog.open_home(settings.home()) as catalog:
         report = compute_stats(catalog.run_usage(since), catalog.gpu_models(), since=since, now=now)
+        usage = read_usage_stats(catalog, since, now)
     if as_json:
-        click.echo(json.dumps(stats_json(report), indent=2))
+        click.echo(json.dumps({**stats_json(report), **usage_json(usage)}, indent=2))
     else:
-        click.echo(format_stats(report))
+        click.echo(f"{format_stats(report)}\n{format_usage(usage)}")
 
 
 def register(main: click.Group) -> None:

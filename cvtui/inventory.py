@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cvtui.catalog.history import DEFAULT_HISTORY, HistoryTier, check_tiers
 from cvtui.errors import InventoryError, UnknownHostError
 
 if TYPE_CHECKING:
@@ -26,15 +27,26 @@ DEFAULT_SIMULATED_MEMORY = 24 * 2**30  # bytes per GPU when the model name does 
 
 _DEFAULT_KEYS = ("user", "port", "identity", "python", "root", "leases_dir", "known_hosts")
 _HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate")
-_POLICY_KEYS = ("interval", "stale_after", "disconnected_after", "host_keys", "foreign_processes")
+_POLICY_KEYS = (
+    "interval",
+    "stale_after",
+    "disconnected_after",
+    "host_keys",
+    "foreign_processes",
+    "history",
+    "idle_util",
+    "idle_after",
+)
+_HISTORY_KEYS = ("every", "keep")
 _SIMULATE_KEYS = ("gpus", "model", "memory")
 _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
 _NULLABLE_KEYS = {"user", "identity", "known_hosts", "gpus", "max_runs", "gpu_order", "simulate"}
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w|y)?\s*", re.IGNORECASE)
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS_S |= {"w": 7 * 86400.0, "y": 365 * 86400.0}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20}
 _SIZE_UNITS |= {"gb": 10**9, "gib": 2**30, "tb": 10**12, "tib": 2**40}
@@ -48,7 +60,8 @@ _WATCH_TIMEOUT_MS = 200  # how often the watcher thread hands back control when 
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from 2, 2.5, "500ms", "1s", "2.5s", "2m" or "1h" (a bare number is seconds)."""
+    """Seconds from 2, 2.5, "500ms", "1s", "2.5s", "2m", "1h", "30d", "2w" or "2y" (365 d)
+    (a bare number is seconds)."""
     seconds: float | None = None
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -58,7 +71,9 @@ def parse_duration(value: object) -> float:
     except OverflowError:
         seconds = None
     if seconds is None or not math.isfinite(seconds):
-        raise ValueError(f"expected a duration such as 500ms, 1s, 2.5s, 2m or 1h, got {value!r}")
+        raise ValueError(
+            f"expected a duration such as 500ms, 1s, 2.5s, 2m, 1h or 30d, got {value!r}"
+        )
     if seconds <= 0:
         raise ValueError(f"a duration must be greater than 0, got {value!r}")
     return seconds
@@ -111,6 +126,19 @@ class Policy:
     disconnected_after_s: float = 30.0
     host_keys: str = "strict"  # one of HOST_KEY_MODES
     foreign_processes: str = "avoid"  # one of FOREIGN_PROCESS_MODES: GPUs others use are avoided
+    history: tuple[HistoryTier, ...] = DEFAULT_HISTORY  # telemetry kept: (step, keep) tiers
+    idle_util: float = 5.0  # percent: a held GPU below this ...
+    idle_after_s: float = 1800.0  # ... for this long (memory allocated) is idle-held
+
+    def session_key(self) -> tuple[object, ...]:
+        """The fields whose change needs host sessions restarted (history and idle do not)."""
+        return (
+            self.interval_s,
+            self.stale_after_s,
+            self.disconnected_after_s,
+            self.host_keys,
+            self.foreign_processes,
+        )
 
 
 @dataclass(frozen=True)
@@ -421,6 +449,10 @@ class _Parser:
                 values[key] = self.choice(value, "policy.host_keys", HOST_KEY_MODES)
             elif key == "foreign_processes":
                 values[key] = self.choice(value, "policy.foreign_processes", FOREIGN_PROCESS_MODES)
+            elif key == "history":
+                values[key] = self.history(value)
+            elif key == "idle_util":
+                values[key] = self.percent(value, "policy.idle_util")
             else:
                 values[f"{key}_s"] = self.duration(value, f"policy.{key}")
         policy = Policy(**values)
@@ -435,6 +467,32 @@ class _Parser:
                     f"policy.{shorter} ({short_s:g}s)",
                 )
         return policy
+
+    def history(self, node: yaml.Node) -> tuple[HistoryTier, ...]:
+        example = "[{every: sample, keep: 1h}, {every: 10s, keep: 1d}, {every: 1m, keep: 30d}]"
+        tiers = []
+        for item in self.sequence(node, "policy.history", example):
+            pairs = self.mapping(item, "policy.history entry")
+            self.check_keys(pairs, _HISTORY_KEYS, "policy.history entry")
+            for key in _HISTORY_KEYS:
+                if key not in pairs:
+                    raise self.error(item, f"policy.history entry: {key!r} is required")
+            every = pairs["every"][1]
+            sample = self.value(every) == "sample" if isinstance(every, yaml.ScalarNode) else False
+            step = 0.0 if sample else self.duration(every, "policy.history every")
+            tiers.append(HistoryTier(step, self.duration(pairs["keep"][1], "policy.history keep")))
+            problem = check_tiers(tiers) if len(tiers) > 1 or step else None
+            if problem:
+                raise self.error(item, f"policy.history: {problem}")
+        if not tiers:
+            raise self.error(node, f"policy.history: expected at least one tier, like {example}")
+        return tuple(tiers)
+
+    def percent(self, node: yaml.Node, label: str) -> float:
+        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+            return float(value)
+        raise self.error(node, f"{label}: expected a percentage 0-100, got {self.describe(node)}")
 
     def notify_target(self, node: yaml.Node) -> NotifyTarget:
         example = "{command: 'my-alert --lab'} or {webhook: 'https://hooks.slack.com/...'}"

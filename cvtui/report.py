@@ -64,6 +64,11 @@ def gpu_line(gpu: dict[str, Any]) -> str:
         f"  [{gpu['index']}] {gpu['name'][:22]:22} util {bar((util or 0) / 100, 6)}{util_text}"
         f"  mem {bar(mem_fraction, 6)} {human_bytes(used)}/{human_bytes(total)}{temp_text}"
         + (f"  {','.join(users)}" if users else "")
+        + (
+            f"  IDLE-HELD {short_age(time.time() - gpu['idle_since'])}"
+            if gpu.get("idle_held")
+            else ""
+        )
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,18 +62,16 @@ def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> Tele
         for g in latest.gpus
         for p in g.processes
     ]
-    history = [raw_history_row(name, samples, received)]
+    times = [received - (latest.time - s.time) for s in samples]  # controller clock, agent spacing
+    history = [raw_history_row(name, samples, times)]
     return TelemetryRows(host, gpus, processes, history)
 
 
-def raw_history_row(name: str, samples: list[Telemetry], received: float) -> tuple[Any, ...]:
-    """One telemetry_raw row holding every sample of a host in a batch (sorted by time).
-
-    Times are the controller's clock: the newest sample is stamped ``received`` and older
-    ones keep their spacing on the agent's clock.
-    """
-    latest = samples[-1]
-    times = [received - (latest.time - s.time) for s in samples]
+def raw_history_row(
+    name: str, samples: Sequence[Telemetry], times: Sequence[float]
+) -> tuple[Any, ...]:
+    """One telemetry_raw row holding samples of a host, oldest first, at these times
+    (unix seconds, controller clock)."""
     series = sorted({HOST_GPU_IDX} | {g.index for s in samples for g in s.gpus})
     where = {index: i for i, index in enumerate(series)}
     values: list[list[list[Any]]] = [[[None] * len(samples) for _ in series] for _ in range(4)]
@@ -97,8 +95,13 @@ def build_hosts_report(
     now: float,
     stale_after_s: float,
     disconnected_after_s: float,
+    idle: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Nest processes in GPUs in hosts, in the order the rows come (hosts by name)."""
+    """Nest processes in GPUs in hosts, in the order the rows come (hosts by name).
+
+    ``idle`` maps (host, GPU index) to its open idle-held episode (Catalog.idle_gpus).
+    """
+    idle = idle or {}
     processes: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for host, gpu_idx, pid, user, command, container, mem, run_id in process_rows:
         processes.setdefault((host, gpu_idx), []).append(
@@ -124,6 +127,9 @@ def build_hosts_report(
                 "temperature": temperature,
                 "power": power,
                 "processes": processes.get((host, idx), []),
+                # Held (run or process) with memory but under policy.idle_util for idle_after.
+                "idle_held": (host, idx) in idle,
+                "idle_since": idle[(host, idx)]["since"] if (host, idx) in idle else None,
             }
         )
     report = []

@@ -32,6 +32,7 @@ HOST_STATES = ("connecting", "healthy", "stale", "disconnected", "error")
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write to finish
 CATALOG_FILE = "catalog.db"
+IDLE_REFRESH_SLACK_S = 30.0  # an open idle episode not refreshed for this long is not shown
 
 
 class HostRow(Protocol):
@@ -250,7 +251,11 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMix
     # -- telemetry --------------------------------------------------------------------
 
     def record_telemetry(
-        self, batch: Sequence[tuple[str, Telemetry]], *, received: float | None = None
+        self,
+        batch: Sequence[tuple[str, Telemetry]],
+        *,
+        received: float | None = None,
+        history: Sequence[tuple[str, float, float, int, bytes]] | None = None,
     ) -> None:
         """Store a batch of telemetry in one transaction.
 
@@ -258,7 +263,9 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMix
         host healthy; every sample appends history rows. Times are the controller's clock:
         the newest sample of a host is stamped ``received`` and older ones in the same batch
         keep their spacing on the agent's clock. Hosts not in the catalog (removed from the
-        inventory while their sample was in flight) are skipped.
+        inventory while their sample was in flight) are skipped. ``history``, when given,
+        replaces the raw history rows of the batch (the engine groups a host's samples into
+        rows of a few seconds: rows.raw_history_row).
         """
         if not batch:
             return
@@ -268,6 +275,7 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMix
             by_host.setdefault(name, []).append(sample)
         # Rows are built before taking the write lock, which other writers wait on.
         rows = {name: telemetry_rows(name, samples, received) for name, samples in by_host.items()}
+        raw = [row for r in rows.values() for row in r.history] if history is None else history
 
         with self._write() as conn:
             known = {r[0] for r in conn.execute("SELECT name FROM hosts")}
@@ -296,7 +304,7 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMix
             conn.executemany(
                 "INSERT OR IGNORE INTO telemetry_raw (host, start, until, samples, data) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [row for r in kept for row in r.history],
+                [row for row in raw if row[0] in known],
             )
 
     # -- reports ----------------------------------------------------------------------
@@ -337,6 +345,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMix
                 "ORDER BY host, gpu_idx, rowid",
                 (wanted,),
             ).fetchall()
+        # An engine refreshes open episodes every few seconds; a dead one's age out.
+        idle = self.idle_gpus(now=now, max_age_s=disconnected_after_s + IDLE_REFRESH_SLACK_S)
 
         return build_hosts_report(
             host_rows,
@@ -345,6 +355,7 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMix
             now=now,
             stale_after_s=stale_after_s,
             disconnected_after_s=disconnected_after_s,
+            idle=idle,
         )
 
 

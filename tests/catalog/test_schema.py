@@ -20,7 +20,11 @@ TABLES = {
     "hosts",
     "gpus",
     "gpu_processes",
-    "telemetry",
+    "telemetry_raw",
+    "telemetry_chunks",
+    "gpu_idle",
+    "energy_usage",
+    "run_energy",
     "commands",
     "blobs",
     "signatures",
@@ -50,10 +54,11 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 6
+        assert cat.schema_version() == LATEST == 7
         assert set(cat.db.table_names()) >= TABLES
-        assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
-            i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
+        assert "telemetry" not in cat.db.table_names()  # moved into telemetry_raw by 7
+        assert {"telemetry_chunks_series", "gpu_processes_host"} <= {
+            i.name for t in ("telemetry_chunks", "gpu_processes") for i in cat.db.table(t).indexes
         }
         assert cat.db.table("gpus").pks == ["host", "idx"]
     rows = migration_rows(catalog_path)
@@ -64,6 +69,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (4, "migration_4_sync"),
         (5, "migration_5_reproducibility"),
         (6, "migration_6_metric_series"),
+        (7, "migration_7_operations"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 
