@@ -163,8 +163,14 @@ def hosts_undrain(settings: Settings, host: str) -> None:
     is_flag=True,
     help="Stay in the foreground. It always does (no forking); unit files say it to be clear.",
 )
+@click.option(
+    "--metrics",
+    metavar="[ADDRESS:]PORT",
+    help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (ADDRESS: 127.0.0.1 "
+    "unless given; e.g. 127.0.0.1:9469).",
+)
 @click.pass_context
-def daemon(ctx: click.Context, foreground: bool) -> None:
+def daemon(ctx: click.Context, foreground: bool, metrics: str | None) -> None:
     """Run the engine headless: dispatch, follow runs, reconnect hosts, reload the inventory.
 
     Logs one logfmt line per event to stderr (time=... level=... event=... msg=...). SIGTERM
@@ -178,7 +184,7 @@ def daemon(ctx: click.Context, foreground: bool) -> None:
     settings: Settings = ctx.obj
     verbose = int(ctx.find_root().params.get("verbose") or 0)
     level = logging.DEBUG if verbose > 1 else logging.INFO
-    sys.exit(run_daemon(settings.inventory_path(), settings.home(), level=level))
+    sys.exit(run_daemon(settings.inventory_path(), settings.home(), level=level, metrics=metrics))
 
 
 def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:

@@ -166,3 +166,22 @@ class UsageMixin:
                 (json.dumps(list(run_ids)),),
             ).fetchall()
         return {run_id: (joules / JOULES_PER_KWH, bool(sim)) for run_id, joules, sim in rows}
+
+    def sync_lag(self, now: float) -> float:
+        """Seconds since the oldest change of an active run's file that is not synced yet
+        (0 when the mirror is up to date)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(f.updated) FROM files f JOIN runs r ON r.id = f.run_id "
+                "WHERE r.state IN ('dispatching', 'running') "
+                "AND f.sync_status IN ('outdated', 'syncing')"
+            ).fetchone()
+        return 0.0 if row[0] is None else max(0.0, now - float(row[0]))
+
+    def queue_figures(self, now: float) -> tuple[int, float]:
+        """(queued runs, seconds the oldest of them has waited)."""
+        with self._read() as conn:
+            count, oldest = conn.execute(
+                "SELECT count(*), min(submitted) FROM runs WHERE state = 'queued'"
+            ).fetchone()
+        return int(count), 0.0 if oldest is None else max(0.0, now - float(oldest))
