@@ -435,13 +435,20 @@ class HistoryMixin:
         return _clip(block, since, until)
 
     def telemetry_history(
-        self, host: str, gpu_idx: int, since: float, until: float | None = None
+        self,
+        host: str,
+        gpu_idx: int,
+        since: float,
+        until: float | None = None,
+        *,
+        points: int | None = None,
     ) -> list[tuple[float, float | None, int | None]]:
         """(time, util percent, mem_used bytes) from ``since`` on, oldest first: samples
         where raw history reaches back that far, else the mean of each bucket of the finest
-        tier that does. For ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
+        tier that does (with ``points``: the coarsest tier giving at least that many). For
+        ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
         """
-        block = self.history(host, since, until)
+        block = self.history(host, since, until, points=points)
         row = block.row(gpu_idx)
         if row is None:
             return []
