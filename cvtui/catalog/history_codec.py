@@ -66,7 +66,7 @@ def encode_raw(
 ) -> bytes:
     """A raw block: values[field][series][sample] (None when not reported), no numpy needed."""
     parts = [_RAW_HEAD.pack(b"CR", _VERSION, len(series), len(times))]
-    columns = [array("h", series), array("d", times)]
+    columns: list[array[Any]] = [array("h", series), array("d", times)]
     for field, per_series in enumerate(values):
         columns.append(
             array(
@@ -115,7 +115,7 @@ class Block:
 def _dequantize(raw: Any, field: int) -> Floats:
     import numpy as np
 
-    out = raw.astype(np.float64) / _SCALES[field]
+    out: Floats = raw.astype(np.float64) / _SCALES[field]
     out[raw == _MISSING[field]] = np.nan
     return out
 
@@ -136,7 +136,7 @@ def _header_len(blob: bytes) -> int:
     magic, version, count, _ = _RAW_HEAD.unpack_from(blob)
     if magic != b"CR" or version != _VERSION:
         raise HistoryFormatError(f"not a raw history block (magic {magic!r}, version {version})")
-    return _RAW_HEAD.size + 2 * count
+    return int(_RAW_HEAD.size + 2 * count)
 
 
 def _decode_same_layout(blobs: Sequence[bytes]) -> Block:
@@ -163,13 +163,13 @@ def _decode_same_layout(blobs: Sequence[bytes]) -> Block:
         grid = rows[name].reshape(len(rows), count, samples).transpose(1, 0, 2)
         values.append(_dequantize(grid.reshape(count, -1), i))
     stacked = np.stack(values)
-    present = (~np.isnan(stacked)).any(axis=0).astype(np.int64)
+    present: Ints = np.asarray((~np.isnan(stacked)).any(axis=0), dtype=np.int64)
     return Block(
         0.0,
         rows["series"][0].astype(np.int64),
         times,
         present,
-        present.astype(np.float64),
+        np.asarray(present, dtype=np.float64),
         stacked,
         stacked,
         stacked,

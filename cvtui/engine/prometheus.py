@@ -32,7 +32,7 @@ log = logging.getLogger("cvtui.engine.prometheus")
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9469
 GPU_LABELS = ("host", "gpu", "model", "user", "run", "simulated")
-_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*))?:?(?P<port>\d+)$")
+_BRACKETED_RE = re.compile(r"\[([0-9A-Fa-f:.]+)\]:(\d+)")  # [IPv6]:PORT
 
 
 class MetricsAddressError(CvtuiError):
@@ -51,14 +51,22 @@ class ListenAddress:
 
 def parse_listen(text: str) -> ListenAddress:
     """ADDRESS:PORT, [IPv6]:PORT, :PORT or PORT; no address means 127.0.0.1."""
-    match = _LISTEN_RE.match(text.strip())
-    port = int(match["port"]) if match else -1
-    if not match or not 0 < port < 65536:
+    text = text.strip()
+    bracketed = _BRACKETED_RE.fullmatch(text)
+    if bracketed:
+        host, port_text = bracketed[1], bracketed[2]
+    elif text.isdigit():
+        host, port_text = "", text
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon or ":" in host:
+            host, port_text = "", ""
+    port = int(port_text) if port_text.isdigit() else -1
+    if not 0 < port < 65536:
         raise MetricsAddressError(
             f"--metrics: expected [ADDRESS:]PORT such as 127.0.0.1:{DEFAULT_PORT}, got {text!r}"
         )
-    host = match["v6"] or match["host"] or DEFAULT_ADDRESS
-    return ListenAddress(host, port)
+    return ListenAddress(host or DEFAULT_ADDRESS, port)
 
 
 def _label(value: Any) -> str:

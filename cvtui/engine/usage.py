@@ -110,6 +110,7 @@ class UsageTracker:
         """The runs and other users on a GPU, each once; a run's lease counts without a process."""
         found: dict[tuple[str, str | None], int] = {}
         for proc in gpu.processes:
+            key: tuple[str, str | None]
             if proc.run_id:
                 user = self._run_users.get(proc.run_id) or proc.user or "?"
                 key = (user, proc.run_id)
