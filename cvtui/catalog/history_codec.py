@@ -46,7 +46,7 @@ _MISSING = (0xFFFF, 0xFFFFFFFF, 0xFFFF, 0xFFFF)  # the "not reported" value of e
 _RAW_HEAD = struct.Struct("<2sBHI")
 _TIER_HEAD = struct.Struct("<2sBBHIqd")
 _VERSION = 1
-ZLIB_LEVEL_KEPT = 6  # chunks that stay for weeks: smaller beats faster
+ZLIB_LEVEL_KEPT = 3  # chunks kept for weeks: 2% larger than level 6, 3x faster to write
 ZLIB_LEVEL_PIECE = 1  # hourly pieces, merged (and compressed again) within a day
 _LITTLE = sys.byteorder == "little"
 
