@@ -31,7 +31,6 @@ from cvtui.catalog.history_codec import (
     concat_blocks,
     decode_raw,
     decode_tier,
-    empty_block,
     encode_raw,
     encode_tier,
     rebucket,
@@ -169,16 +168,6 @@ class CompactionReport:
     merged: int  # chunk windows merged
     expired: int  # chunk rows dropped past their tier's retention
     raw_rows: int  # raw rows consumed
-
-
-@dataclass(frozen=True)
-class HostUsage:
-    """One host's GPUs over a window, from the tiers: for `cvtui stats`."""
-
-    host: str
-    gpu_hours_seen: float  # hours of GPU buckets with samples, summed over GPUs
-    util_mean: float | None  # percent, weighted by samples
-    energy_kwh: float  # mean power x bucket time, summed over GPUs
 
 
 class HistoryMixin:
@@ -333,178 +322,6 @@ class HistoryMixin:
             )
             return expired + cursor.rowcount
 
-    # -- reads ------------------------------------------------------------------------
-
-    def history_steps(self) -> list[float]:
-        """The tier steps stored now, finest first (0, raw, when raw rows exist)."""
-        with self._read() as conn:
-            steps = [
-                float(r[0]) for r in conn.execute("SELECT DISTINCT step FROM telemetry_chunks")
-            ]
-            raw = conn.execute("SELECT 1 FROM telemetry_raw LIMIT 1").fetchone()
-        return sorted(steps + ([0.0] if raw else []))
-
-    def choose_step(
-        self, host: str | None, since: float, until: float, points: int | None = None
-    ) -> float:
-        """The tier for a range: with ``points``, the coarsest giving that many buckets;
-        else the finest whose history reaches back to ``since``; else the coarsest."""
-        steps = self.history_steps()
-        if not steps:
-            return 0.0
-        if points:
-            fine_enough = [s for s in steps if s <= (until - since) / points]
-            return max(fine_enough) if fine_enough else steps[0]
-        with self._read() as conn:
-            for step in steps:
-                if step == 0:
-                    row = conn.execute(
-                        "SELECT min(start) FROM telemetry_raw WHERE ?1 IS NULL OR host = ?1",
-                        (host,),
-                    ).fetchone()
-                else:
-                    row = conn.execute(
-                        "SELECT min(start) FROM telemetry_chunks "
-                        "WHERE step = ?1 AND (?2 IS NULL OR host = ?2)",
-                        (step, host),
-                    ).fetchone()
-                if row[0] is not None and row[0] <= since:
-                    return step
-        return steps[-1]
-
-    def history(
-        self,
-        host: str,
-        since: float,
-        until: float | None = None,
-        *,
-        step: float | None = None,
-        points: int | None = None,
-        raw: bool = True,
-    ) -> Block:
-        """A host's history over [since, until) at one tier's step (0: samples), stitched:
-        the tier's chunks, then finer tiers (and raw samples unless ``raw`` is False) after
-        its last bucket, rebucketed to its step. Series are the host's GPUs and -1."""
-        until = time.time() if until is None else until
-        if step is None:
-            step = self.choose_step(host, since, until, points)
-        finer = sorted((s for s in self.history_steps() if 0 < s < step), reverse=True)
-        order = [step, *finer] if step > 0 else []
-        if raw:
-            order.append(0.0)
-        blocks: list[Block] = []
-        covered = since
-        for source in order:
-            block = self._read_step(host, source, covered, until)
-            if len(block.times):
-                blocks.append(block)
-                covered = max(covered, block.end if source else float(block.times[-1]) + 1e-6)
-        combined = concat_blocks(blocks, step)
-        if step > 0:
-            return rebucket(combined, step)
-        return combined
-
-    def _read_step(self, host: str, step: float, since: float, until: float) -> Block:
-        from cvtui.catalog.history_codec import sort_block
-
-        with self._read() as conn:
-            if step == 0:
-                blobs = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT data FROM telemetry_raw WHERE host = ? AND start >= ? "
-                        "AND start < ? AND until >= ? ORDER BY start",
-                        (host, since - RAW_SPAN_S, until, since),
-                    )
-                ]
-            else:
-                blobs = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT data FROM telemetry_chunks WHERE step = ? AND host = ? "
-                        "AND start >= ? AND start < ? AND until > ? ORDER BY start",
-                        (step, host, since - chunk_window(step), until, since),
-                    )
-                ]
-        if not blobs:
-            return empty_block(step)
-        if step == 0:
-            block = decode_raw(blobs)
-        else:
-            block = sort_block(concat_blocks([decode_tier(b) for b in blobs], step))
-        return _clip(block, since, until)
-
-    def telemetry_history(
-        self,
-        host: str,
-        gpu_idx: int,
-        since: float,
-        until: float | None = None,
-        *,
-        points: int | None = None,
-    ) -> list[tuple[float, float | None, int | None]]:
-        """(time, util percent, mem_used bytes) from ``since`` on, oldest first: samples
-        where raw history reaches back that far, else the mean of each bucket of the finest
-        tier that does (with ``points``: the coarsest tier giving at least that many). For
-        ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
-        """
-        block = self.history(host, since, until, points=points)
-        row = block.row(gpu_idx)
-        if row is None:
-            return []
-        out = []
-        for t, n, util, mem in zip(
-            block.times.tolist(),
-            block.n[row].tolist(),
-            block.mean[0, row].tolist(),
-            block.mean[1, row].tolist(),
-            strict=True,
-        ):
-            if n:
-                out.append((t, None if util != util else util, None if mem != mem else int(mem)))
-        return out
-
-    def telemetry_usage(self, since: float | None, until: float | None = None) -> list[HostUsage]:
-        """Per host, its GPUs' sampled hours, mean utilisation and energy over the window,
-        from the coarsest tier and the finer ones after it (raw samples not yet compacted,
-        at most the first tier's retention plus an hour, are left out)."""
-        import numpy as np
-
-        until = time.time() if until is None else until
-        with self._read() as conn:
-            hosts = [r[0] for r in conn.execute("SELECT DISTINCT host FROM telemetry_chunks")]
-        steps = [s for s in self.history_steps() if s > 0]
-        if not steps:
-            return []
-        lower = 0.0 if since is None else since
-        out = []
-        for host in sorted(hosts):
-            block = self.history(host, lower, until, step=max(steps), raw=False)
-            gpus = block.series >= 0
-            if not len(block.times) or not gpus.any():
-                continue
-            secs = block.secs[gpus]
-            util, power = block.mean[0][gpus], block.mean[3][gpus]
-            weights = np.where(np.isnan(util), 0.0, secs)
-            total = float(weights.sum())
-            util_mean = float((np.nan_to_num(util) * weights).sum() / total) if total else None
-            joules = float((np.nan_to_num(power) * secs).sum())
-            hours_seen = float(secs.sum() / 3600.0)
-            out.append(HostUsage(host, hours_seen, util_mean, joules / 3.6e6))
-        return out
-
-    def history_sizes(self) -> list[tuple[str, int, int]]:
-        """(tier, rows, bytes of blocks) for raw history and each stored step."""
-        with self._read() as conn:
-            raw = conn.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM telemetry_raw")
-            rows = [("raw", *raw.fetchone())]
-            for step, count, size in conn.execute(
-                "SELECT step, count(*), sum(length(data)) FROM telemetry_chunks "
-                "GROUP BY step ORDER BY step"
-            ):
-                rows.append((f"{step:g}s", count, size))
-        return rows
-
 
 def _insert_raw(
     conn: sqlite3.Connection, rows: Iterable[tuple[str, float, float, int, bytes]]
@@ -531,23 +348,6 @@ def _chunk_row(host: str, block: Block, level: int = ZLIB_LEVEL_KEPT) -> tuple[A
     start = float(block.times[0])
     data = encode_tier(block, level=level)
     return (host, block.step, start, block.end, len(block.times), data)
-
-
-def _clip(block: Block, since: float, until: float) -> Block:
-    times = block.times
-    keep = (times >= since) & (times < until)
-    if keep.all():
-        return block
-    return Block(
-        block.step,
-        block.series,
-        times[keep],
-        block.n[:, keep],
-        block.secs[:, keep],
-        block.lo[:, :, keep],
-        block.mean[:, :, keep],
-        block.hi[:, :, keep],
-    )
 
 
 def _json_list(values: Sequence[float]) -> str:

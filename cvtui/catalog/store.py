@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cvtui.catalog import schema
 from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.history import HistoryMixin
+from cvtui.catalog.history_reads import HistoryReadsMixin
 from cvtui.catalog.hosts_admin import HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
 from cvtui.catalog.rows import build_hosts_report, telemetry_rows
@@ -50,12 +51,21 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, HistoryMixin, UsageMixin):
+class Catalog(
+    RunsMixin,
+    HostsAdminMixin,
+    SyncMixin,
+    ComponentsMixin,
+    HistoryMixin,
+    HistoryReadsMixin,
+    UsageMixin,
+):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in
-    HostsAdminMixin (hosts_admin.py), telemetry history in HistoryMixin (history.py); they
-    share these transactions.
+    HostsAdminMixin (hosts_admin.py), telemetry history in HistoryMixin (history.py) and
+    HistoryReadsMixin (history_reads.py), idle GPUs and energy in UsageMixin (usage.py);
+    they share these transactions.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils
