@@ -7,15 +7,18 @@ degree or a watt, and whole MiB; the largest value of each type means "not repor
 
 Raw blocks (one per host and engine flush) keep every sample with its time and are written
 by `encode_raw`, which needs only the standard library so the engine's ingest path does not
-import numpy. Tier blocks keep, per bucket of `step` seconds, the sample count and the
-min, mean and max of each field; their payload is zlib-compressed. Everything else here is
+import numpy. Tier blocks keep, per bucket of `step` seconds, the count of samples that
+reported each field, the seconds they covered, and the min, mean and max of each field (a
+count per field keeps means exact when a field is missing from some samples); their payload
+is zlib-compressed. Everything else here is
 numpy: decoding, and `rebucket`, which turns samples or finer buckets into coarser buckets.
 
 Layout, little-endian, series-major (each series' values over time are contiguous):
   raw:  b"CR" u8 version, u16 S, u32 N | i16 series[S] | f64 times[N] | per field: [S*N]
-  tier: b"CT" u8 version, u8 zlib, u16 S, u32 T, i64 first bucket, f64 step |
-        payload: i16 series[S] | u32 bucket offsets[T] | u32 n[S*T] | u32 ds[S*T] |
+  tier: b"CT" u8 version (2), u8 zlib, u16 S, u32 T, i64 first bucket, f64 step |
+        payload: i16 series[S] | u32 bucket offsets[T] | u32 n[4*S*T] | u32 ds[S*T] |
         per field: min[S*T], mean[S*T], max[S*T]
+  (version 1 tier blocks, with one count per series and point, are still read)
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ _SCALES = (_UTIL_SCALE, _MEM_SCALE, _TEMP_SCALE, _POWER_SCALE)
 _MISSING = (0xFFFF, 0xFFFFFFFF, 0xFFFF, 0xFFFF)  # the "not reported" value of each type
 _RAW_HEAD = struct.Struct("<2sBHI")
 _TIER_HEAD = struct.Struct("<2sBBHIqd")
-_VERSION = 1
+_VERSION = 1  # of raw blocks
+_TIER_VERSION = 2
 ZLIB_LEVEL_KEPT = 3  # chunks kept for weeks: 2% larger than level 6, 3x faster to write
 ZLIB_LEVEL_PIECE = 1  # hourly pieces, merged (and compressed again) within a day
 _LITTLE = sys.byteorder == "little"
@@ -85,8 +89,9 @@ def encode_raw(
 class Block:
     """Decoded history of one host: buckets (or samples) x series, four fields each.
 
-    ``n[s, t]`` counts the samples behind a point (1 or 0 for raw samples) and ``secs[s, t]``
-    the seconds they cover (a sample covers the time to the next one, gaps left out);
+    ``n[f, s, t]`` counts the samples behind a point that reported field f (1 or 0 for raw
+    samples) and ``secs[s, t]`` the seconds the point's samples cover (a sample covers the
+    time to the next one, gaps left out);
     ``lo``, ``mean`` and ``hi`` are float arrays [field, series, time] in reported units,
     NaN where missing.
     ``step`` is 0 for raw samples, whose ``times`` are sample times; else bucket starts.
@@ -163,13 +168,13 @@ def _decode_same_layout(blobs: Sequence[bytes]) -> Block:
         grid = rows[name].reshape(len(rows), count, samples).transpose(1, 0, 2)
         values.append(_dequantize(grid.reshape(count, -1), i))
     stacked = np.stack(values)
-    present: Ints = np.asarray((~np.isnan(stacked)).any(axis=0), dtype=np.int64)
+    known = ~np.isnan(stacked)
     return Block(
         0.0,
         rows["series"][0].astype(np.int64),
         times,
-        present,
-        np.asarray(present, dtype=np.float64),
+        np.asarray(known, dtype=np.int64),
+        np.asarray(known.any(axis=0), dtype=np.float64),
         stacked,
         stacked,
         stacked,
@@ -188,7 +193,7 @@ def decode_raw(blobs: Sequence[bytes]) -> Block:
         covered = np.minimum(np.r_[spacing, usual], 2 * usual)
     else:
         covered = np.ones(len(block.times))
-    block.secs = block.n * covered
+    block.secs = block.secs * covered
     return block
 
 
@@ -204,13 +209,12 @@ def empty_block(step: float) -> Block:
     import numpy as np
 
     fields = np.zeros((len(FIELDS), 0, 0))
-    none = np.zeros((0, 0), np.int64)
     return Block(
         step,
         np.zeros(0, np.int64),
         np.zeros(0),
-        none,
-        none.astype(np.float64),
+        np.zeros((len(FIELDS), 0, 0), np.int64),
+        np.zeros((0, 0)),
         fields,
         fields,
         fields,
@@ -230,7 +234,7 @@ def concat_blocks(blocks: Sequence[Block], step: float) -> Block:
             step,
             np.array(series, np.int64),
             np.concatenate([b.times for b in blocks]),
-            np.concatenate([b.n for b in blocks], axis=1),
+            np.concatenate([b.n for b in blocks], axis=2),
             np.concatenate([b.secs for b in blocks], axis=1),
             np.concatenate([b.lo for b in blocks], axis=2),
             np.concatenate([b.mean for b in blocks], axis=2),
@@ -238,14 +242,14 @@ def concat_blocks(blocks: Sequence[Block], step: float) -> Block:
         )
     position = {s: i for i, s in enumerate(series)}
     width = sum(len(b.times) for b in blocks)
-    n = np.zeros((len(series), width), np.int64)
+    n = np.zeros((len(FIELDS), len(series), width), np.int64)
     secs = np.zeros((len(series), width))
     lo, mean, hi = (np.full((len(FIELDS), len(series), width), np.nan) for _ in range(3))
     at = 0
     for b in blocks:
         rows = [position[int(s)] for s in b.series.tolist()]
         span = slice(at, at + len(b.times))
-        n[rows, span] = b.n
+        n[:, rows, span] = b.n
         secs[rows, span] = b.secs
         lo[:, rows, span], mean[:, rows, span], hi[:, rows, span] = b.lo, b.mean, b.hi
         at += len(b.times)
@@ -273,7 +277,7 @@ def rebucket(block: Block, step: float) -> Block:
     starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
     n = block.n
     known = ~np.isnan(block.mean)
-    weights = np.where(known, n.astype(np.float64), 0.0)  # n broadcast over the fields
+    weights = np.where(known, n.astype(np.float64), 0.0)
     total = np.add.reduceat(np.where(known, block.mean, 0.0) * weights, starts, axis=2)
     count = np.add.reduceat(weights, starts, axis=2)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -282,7 +286,7 @@ def rebucket(block: Block, step: float) -> Block:
         step,
         block.series,
         buckets[starts].astype(np.float64) * step,
-        np.add.reduceat(n, starts, axis=1),
+        np.add.reduceat(n, starts, axis=2),
         np.add.reduceat(block.secs, starts, axis=1),
         np.fmin.reduceat(block.lo, starts, axis=2),
         means,
@@ -295,7 +299,7 @@ def _take(block: Block, order: Ints) -> Block:
         block.step,
         block.series,
         block.times[order],
-        block.n[:, order],
+        block.n[:, :, order],
         block.secs[:, order],
         block.lo[:, :, order],
         block.mean[:, :, order],
@@ -320,7 +324,7 @@ def encode_tier(block: Block, *, level: int = ZLIB_LEVEL_KEPT) -> bytes:
         parts.append(_quantize_array(stats, field).tobytes())  # min, mean, max in a row
     payload = zlib.compress(b"".join(parts), level)
     head = _TIER_HEAD.pack(
-        b"CT", _VERSION, 1, len(block.series), len(block.times), first, block.step
+        b"CT", _TIER_VERSION, 1, len(block.series), len(block.times), first, block.step
     )
     return head + payload
 
@@ -344,7 +348,7 @@ def decode_tier(blob: bytes) -> Block:
         magic, version, compressed, count, width, first, step = _TIER_HEAD.unpack_from(blob)
     except struct.error as exc:
         raise HistoryFormatError(f"history block too short: {exc}") from exc
-    if magic != b"CT" or version != _VERSION:
+    if magic != b"CT" or version not in (1, _TIER_VERSION):
         raise HistoryFormatError(f"not a tier history block (magic {magic!r}, version {version})")
     payload = blob[_TIER_HEAD.size :]
     if compressed:
@@ -360,7 +364,12 @@ def decode_tier(blob: bytes) -> Block:
 
     series = take("<i2", count).astype(np.int64)
     times = (take("<u4", width).astype(np.int64) + first).astype(np.float64) * step
-    n = take("<u4", count * width).astype(np.int64).reshape(count, width)
+    if version == 1:  # one count for every field
+        per_series = take("<u4", count * width).astype(np.int64).reshape(count, width)
+        n = np.repeat(per_series[None], len(FIELDS), axis=0)
+    else:
+        n = take("<u4", len(FIELDS) * count * width).astype(np.int64)
+        n = n.reshape(len(FIELDS), count, width)
     secs = take("<u4", count * width).astype(np.float64).reshape(count, width) / 10
     stats: list[list[Floats]] = [[], [], []]
     for field in range(len(FIELDS)):

@@ -155,20 +155,25 @@ class HistoryReadsMixin:
         tier that does (with ``points``: the coarsest tier giving at least that many). For
         ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
         """
+        by_series = self.host_telemetry_history(host, since, until, points=points)
+        return by_series.get(gpu_idx, [])
+
+    def host_telemetry_history(
+        self, host: str, since: float, until: float | None = None, *, points: int | None = None
+    ) -> dict[int, list[tuple[float, float | None, int | None]]]:
+        """telemetry_history for every series of a host (its GPUs and -1), read once."""
         block = self.history(host, since, until, points=points)
-        row = block.row(gpu_idx)
-        if row is None:
-            return []
-        out = []
-        for t, n, util, mem in zip(
-            block.times.tolist(),
-            block.n[row].tolist(),
-            block.mean[0, row].tolist(),
-            block.mean[1, row].tolist(),
-            strict=True,
-        ):
-            if n:
-                out.append((t, None if util != util else util, None if mem != mem else int(mem)))
+        seen = block.n.max(axis=0).tolist()
+        times = block.times.tolist()
+        out: dict[int, list[tuple[float, float | None, int | None]]] = {}
+        for row, index in enumerate(block.series.tolist()):
+            series = out[index] = []
+            utils, mems = block.mean[0, row].tolist(), block.mean[1, row].tolist()
+            for t, n, util, mem in zip(times, seen[row], utils, mems, strict=True):
+                if n:
+                    series.append(
+                        (t, None if util != util else util, None if mem != mem else int(mem))
+                    )
         return out
 
     def telemetry_usage(self, since: float | None, until: float | None = None) -> list[HostUsage]:
@@ -195,7 +200,10 @@ class HistoryReadsMixin:
             weights = np.where(np.isnan(util), 0.0, secs)
             total = float(weights.sum())
             util_mean = float((np.nan_to_num(util) * weights).sum() / total) if total else None
-            joules = float((np.nan_to_num(power) * secs).sum())
+            # Power over the part of each point's time whose samples reported power.
+            n_power, n_any = block.n[3][gpus], block.n[:, gpus].max(axis=0)
+            share = np.where(n_any > 0, n_power / np.maximum(n_any, 1), 0.0)
+            joules = float((np.nan_to_num(power) * secs * share).sum())
             hours_seen = float(secs.sum() / 3600.0)
             out.append(HostUsage(host, hours_seen, util_mean, joules / 3.6e6))
         return out
@@ -222,7 +230,7 @@ def _clip(block: Block, since: float, until: float) -> Block:
         block.step,
         block.series,
         times[keep],
-        block.n[:, keep],
+        block.n[:, :, keep],
         block.secs[:, keep],
         block.lo[:, :, keep],
         block.mean[:, :, keep],

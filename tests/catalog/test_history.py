@@ -69,7 +69,7 @@ def test_an_hour_past_the_raw_window_becomes_tiers_and_leaves_raw(catalog: Catal
     assert np.allclose(block.mean[0, row], expected_mean)
     assert np.allclose(block.lo[0, row], [(10 * k) % 100 for k in range(360)])
     assert np.allclose(block.hi[0, row], [(10 * k + 9) % 100 for k in range(360)])
-    assert (block.n[row] == 10).all() and np.allclose(block.secs[row], 10)
+    assert (block.n[:, row] == 10).all() and np.allclose(block.secs[row], 10)
     # GPU 1 never reported util: NaN, while its memory is there.
     other = block.row(1)
     assert other is not None and np.isnan(block.mean[0, other]).all()
@@ -240,9 +240,35 @@ def slice_block(block, part):  # type: ignore[no-untyped-def]
         block.step,
         block.series,
         block.times[part],
-        block.n[:, part],
+        block.n[:, :, part],
         block.secs[:, part],
         block.lo[:, :, part],
         block.mean[:, :, part],
         block.hi[:, :, part],
     )
+
+
+def test_version_1_tier_blocks_are_still_read() -> None:
+    """Blocks written before counts were kept per field: one count stands for all four."""
+    import struct
+    import zlib
+
+    series, counts = np.array([0], "<i2"), np.array([[10, 7]], "<u4")
+    payload = b"".join(
+        [
+            series.tobytes(),
+            np.array([0, 1], "<u4").tobytes(),  # bucket offsets
+            counts.tobytes(),
+            np.array([[100, 70]], "<u4").tobytes(),  # tenths of a second
+            np.array([[[10, 20]], [[15, 25]], [[20, 30]]], "<u2").tobytes(),  # util min/mean/max
+            np.array([[[1024, 1024]]] * 3, "<u4").tobytes(),  # MiB
+            np.full((3, 1, 2), 0xFFFF, "<u2").tobytes(),  # no temperature
+            np.array([[[1000, 1000]]] * 3, "<u2").tobytes(),  # 100.0 W
+        ]
+    )
+    head = struct.pack("<2sBBHIqd", b"CT", 1, 1, 1, 2, 170_000_000, 10.0)
+    block = decode_tier(head + zlib.compress(payload))
+    assert block.times.tolist() == [1_700_000_000.0, 1_700_000_010.0]
+    assert block.n.tolist() == [[[10, 7]]] * 4 and block.secs.tolist() == [[10.0, 7.0]]
+    assert block.mean[0, 0].tolist() == [1.5, 2.5] and block.mean[1, 0, 0] == GIB
+    assert np.isnan(block.mean[2]).all() and block.hi[3, 0, 1] == 100.0

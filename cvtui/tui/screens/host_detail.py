@@ -76,12 +76,13 @@ class HostDetailScreen(DashboardScreen):
         history: dict[int, History] = {}
         try:
             with self.dashboard.reader.use() as catalog:
-                for gpu in host["gpus"]:
-                    history[gpu["index"]] = catalog.telemetry_history(
-                        self.host, gpu["index"], now - self.window_s, points=POINTS
-                    )
-                    # Raw history is written a few seconds at a time: end on the live value.
-                    history[gpu["index"]].append((now, gpu["util"], gpu["mem_used"]))
+                found = catalog.host_telemetry_history(
+                    self.host, now - self.window_s, now, points=POINTS
+                )
+            for gpu in host["gpus"]:
+                history[gpu["index"]] = found.get(gpu["index"], [])
+                # Raw history is written a few seconds at a time: end on the live value.
+                history[gpu["index"]].append((now, gpu["util"], gpu["mem_used"]))
         finally:
             deliver(self, self._history_read, host["gpus"], history)
 
