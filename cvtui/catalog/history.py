@@ -219,6 +219,8 @@ class HistoryMixin:
             hour = math.floor(first / BATCH_S) * BATCH_S
             written, consumed = self._compact_hour(hour, steps)
             hours, pieces, raw_rows = hours + 1, pieces + written, raw_rows + consumed
+            if not consumed:  # nothing there after all (a host removed meanwhile): stop
+                break
         merged = sum(self._merge_pieces(step, due_before) for step in steps)
         expired = self._expire(tiers, now)
         return CompactionReport(hours, pieces, merged, expired, raw_rows)
