@@ -20,6 +20,7 @@ HOST_KEYS = {
 }  # fmt: skip
 GPU_KEYS = {
     "index", "uuid", "name", "util", "mem_used", "mem_total", "temperature", "power", "processes",
+    "idle_held", "idle_since",
 }  # fmt: skip
 PROCESS_KEYS = {"pid", "user", "command", "container", "mem", "run_id"}
 

@@ -34,7 +34,9 @@ log = logging.getLogger("cvtui.engine")
 
 FLUSH_INTERVAL_S = 0.2
 COMPACT_INTERVAL_S = 300.0  # history compaction: hourly work, checked every 5 min
-COMPACT_MAX_HOURS = 24  # hours of backlog one compaction pass takes on (then it comes back)
+# Hours of backlog one compaction pass takes on before it comes back: one, so a stopping
+# engine waits at most for one hour's tiering (about a second) in its worker thread.
+COMPACT_MAX_HOURS = 1
 USAGE_FLUSH_S = 10.0  # energy and idle episodes are written this often
 LAG_PROBE_S = 0.5  # the loop-lag probe sleeps this long and measures how late it wakes
 EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
