@@ -162,9 +162,17 @@ def test_idle_held_gpus_are_shown_notified_once_and_counted_with_energy(
         run = catalog.get_run(run_id)
         assert run is not None
         kwh, simulated = catalog.run_energy([run_id])[run_id]
+        # The daemon kept every sample of the run in raw history (a row per 5 s per host).
+        history = catalog.telemetry_history("gpu-01", 0, run["started"], run["ended"])
     # Simulated idle power is 55 W; the run held its GPU for about its whole life.
     ran_s = run["ended"] - run["started"]
     assert simulated is True
+    assert len(history) >= 0.6 * ran_s and all(util == 0 for _, util, _ in history)
+    assert all(mem >= 4 * GIB for _, _, mem in history)
+    assert all(
+        b - a < 3
+        for a, b in zip([t for t, _, _ in history], [t for t, _, _ in history][1:], strict=False)
+    )
     assert 0.6 * 55 * ran_s / 3.6e6 < kwh < 1.3 * 55 * ran_s / 3.6e6
     stats = json.loads(cvtui(lab, home, "stats", "--json").stdout)
     energy = stats["energy_kwh"]
