@@ -2,7 +2,7 @@
 
 Time is warped, not waited for: each simulated hour is generated with numpy and encoded as
 the raw blocks the engine writes. The last hours are stored as the engine stores them (one
-telemetry_raw row per host and 5 s of samples) and Catalog.compact_history reads them back,
+telemetry_raw row per host and 10 s of samples) and Catalog.compact_history reads them back,
 tiers, deletes them, merges and expires: that is the cost held to the target. The hours
 before go to Catalog.tier_raw_blocks, the same tiering code fed from memory instead of a
 round trip through telemetry_raw (on this 2-core machine that round trip would make a year
@@ -264,13 +264,15 @@ def simulate(
             spent = time.process_time() - tick
             energy = energy_for_hour(lab, values, t0, hosts)
             catalog.record_usage(energy_by_user=energy, now=t0 + HOUR_S)
-            # The compaction after an engine-shaped hour reads that hour's rows back.
+            # The compaction after an engine-shaped hour reads that hour's rows back. The
+            # merges run once a day (when the day's pieces close): kept apart and spread
+            # over the day's hours below.
+            tiering = spent - report.merge_cpu_s
             if h >= hours - ENGINE_SHAPED_HOURS + 1:
-                engine_s.append(spent)
-            elif report.merged:
-                merges_s.append(spent)
+                engine_s.append(tiering)
             else:
-                bulk_s.append(spent)
+                bulk_s.append(tiering)
+            merges_s.append(report.merge_cpu_s)
             if h % 250 == 0 or h == hours - 1:
                 sizes = ", ".join(f"{t} {b / 1e6:.0f} MB" for t, _, b in catalog.history_sizes())
                 print(
@@ -382,6 +384,8 @@ def run(options: Options) -> list[Row]:
     engine = [sum(x) for x in zip(*(r["engine"] for r in results), strict=False)] or [0.0]
     bulk = [sum(x) for x in zip(*(r["bulk"] for r in results), strict=False)] or [0.0]
     merges = [sum(x) for x in zip(*(r["merges"] for r in results), strict=False)] or [0.0]
+    merge_per_hour = sum(merges) / max(1, len(merges))  # daily merges spread over the hours
+    per_hour = max(engine) + merge_per_hour
     span = f"{hours} h of {HOSTS} hosts x {GPUS} GPUs at 1 Hz"
     tiers = ", ".join(f"{tier} {size / 1e6:.0f} MB ({count} rows)" for tier, count, size in sizes)
     return [
@@ -405,13 +409,14 @@ def run(options: Options) -> list[Row]:
         ),
         Row(
             "history: compaction per hour",
-            max(engine),
+            per_hour,
             "s CPU",
             target=Target(LIMIT_COMPACT_S),
             note=(
-                f"read back from telemetry_raw as the engine stores it, worst of {len(engine)}; "
-                f"tiered from memory: mean {statistics.fmean(bulk):.2f} s/h; hours with the "
-                f"daily merges: mean {statistics.fmean(merges):.2f} s, max {max(merges):.2f} s; "
+                f"tiering an hour read back from telemetry_raw as the engine stores it "
+                f"(worst of {len(engine)}: {max(engine):.2f} s) + the daily merges spread over "
+                f"24 h ({merge_per_hour:.2f} s/h; a merging pass takes {max(merges):.2f} s once "
+                f"a day); tiered from memory: mean {statistics.fmean(bulk):.2f} s/h; "
                 f"whole simulation {wall:.0f} s"
             ),
         ),

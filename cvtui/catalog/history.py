@@ -45,7 +45,7 @@ CHUNK_WINDOWS_S = (3600.0, DAY_S, 30 * DAY_S)  # a tier's chunk: the largest tha
 MAX_CHUNK_POINTS = 1440
 MERGE_PIECES = 25  # an open window's pieces are merged once a day's worth has piled up
 RAW_SPAN_S = BATCH_S  # no raw row spans more than this: reads look back this far
-RAW_GROUP_S = 5.0  # the engine writes a host's raw samples in rows of this many seconds
+RAW_GROUP_S = 10.0  # the engine writes a host's raw samples in rows of this many seconds
 
 
 class HistoryTier(NamedTuple):
@@ -168,6 +168,7 @@ class CompactionReport:
     merged: int  # chunk windows merged
     expired: int  # chunk rows dropped past their tier's retention
     raw_rows: int  # raw rows consumed
+    merge_cpu_s: float = 0.0  # CPU seconds of this thread spent merging (daily work)
 
 
 class HistoryMixin:
@@ -221,9 +222,11 @@ class HistoryMixin:
             hours, pieces, raw_rows = hours + 1, pieces + written, raw_rows + consumed
             if not consumed:  # nothing there after all (a host removed meanwhile): stop
                 break
+        merging = time.thread_time()
         merged = sum(self._merge_pieces(step, due_before) for step in steps)
+        merge_cpu_s = time.thread_time() - merging
         expired = self._expire(tiers, now)
-        return CompactionReport(hours, pieces, merged, expired, raw_rows)
+        return CompactionReport(hours, pieces, merged, expired, raw_rows, merge_cpu_s)
 
     def _conn_first_raw(self) -> float | None:
         # Per host: the table is clustered by (host, start), so each lookup is one probe.

@@ -15,10 +15,11 @@ numpy: decoding, and `rebucket`, which turns samples or finer buckets into coars
 
 Layout, little-endian, series-major (each series' values over time are contiguous):
   raw:  b"CR" u8 version, u16 S, u32 N | i16 series[S] | f64 times[N] | per field: [S*N]
-  tier: b"CT" u8 version (2), u8 zlib, u16 S, u32 T, i64 first bucket, f64 step |
-        payload: i16 series[S] | u32 bucket offsets[T] | u32 n[4*S*T] | u32 ds[S*T] |
+  tier: b"CT" u8 version (2), u8 flags, u16 S, u32 T, i64 first bucket, f64 step |
+        payload: i16 series[S] | u32 bucket offsets[T] | uN n[4*S*T] | uN ds[S*T] |
         per field: min[S*T], mean[S*T], max[S*T]
-  (version 1 tier blocks, with one count per series and point, are still read)
+  flags: bit 0 zlib, bits 1-2 N (0: u8, 1: u16, 2: u32); version 1 blocks (u8 zlib flag,
+  one u32 count per series and point) are still read
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ _SCALES = (_UTIL_SCALE, _MEM_SCALE, _TEMP_SCALE, _POWER_SCALE)
 _MISSING = (0xFFFF, 0xFFFFFFFF, 0xFFFF, 0xFFFF)  # the "not reported" value of each type
 _RAW_HEAD = struct.Struct("<2sBHI")
 _TIER_HEAD = struct.Struct("<2sBBHIqd")
+_ZLIB_FLAG = 1  # tier header flags: bit 0 zlib payload, bits 1-2 the counts' type
+_COUNT_TYPES = ("<u1", "<u2", "<u4")
 _VERSION = 1  # of raw blocks
 _TIER_VERSION = 2
 ZLIB_LEVEL_KEPT = 3  # chunks kept for weeks: 2% larger than level 6, 3x faster to write
@@ -120,7 +123,7 @@ class Block:
 def _dequantize(raw: Any, field: int) -> Floats:
     import numpy as np
 
-    out: Floats = raw.astype(np.float64) / _SCALES[field]
+    out: Floats = np.multiply(raw, 1.0 / _SCALES[field], dtype=np.float64)
     out[raw == _MISSING[field]] = np.nan
     return out
 
@@ -276,10 +279,14 @@ def rebucket(block: Block, step: float) -> Block:
         buckets = buckets[order]
     starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
     n = block.n
-    known = ~np.isnan(block.mean)
-    weights = np.where(known, n.astype(np.float64), 0.0)
-    total = np.add.reduceat(np.where(known, block.mean, 0.0) * weights, starts, axis=2)
-    count = np.add.reduceat(weights, starts, axis=2)
+    if block.step == 0:  # samples: n is 1 exactly where the value is known
+        total = np.add.reduceat(np.nan_to_num(block.mean, nan=0.0), starts, axis=2)
+        count = np.add.reduceat(n, starts, axis=2)
+    else:
+        known = ~np.isnan(block.mean)
+        weights = np.where(known, n.astype(np.float64), 0.0)
+        total = np.add.reduceat(np.where(known, block.mean, 0.0) * weights, starts, axis=2)
+        count = np.add.reduceat(weights, starts, axis=2)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return Block(
@@ -313,20 +320,31 @@ def encode_tier(block: Block, *, level: int = ZLIB_LEVEL_KEPT) -> bytes:
 
     buckets = np.round(block.times / block.step).astype(np.int64)
     first = int(buckets[0]) if len(buckets) else 0
+    tenths = np.clip(np.round(block.secs * 10), 0, 0xFFFFFFFF)
+    # Counts and tenths of seconds in the narrowest integer that holds them: a 10 s tier
+    # needs one byte where a day's buckets need four, and zlib then reads less.
+    width = _count_width(max(int(block.n.max(initial=0)), int(tenths.max(initial=0))))
+    count_type = _COUNT_TYPES[width]
     parts = [
         block.series.astype("<i2").tobytes(),
         (buckets - first).astype("<u4").tobytes(),
-        np.minimum(block.n, 0xFFFFFFFF).astype("<u4").tobytes(),
-        np.clip(np.round(block.secs * 10), 0, 0xFFFFFFFF).astype("<u4").tobytes(),
+        np.minimum(block.n, 0xFFFFFFFF).astype(count_type).tobytes(),
+        tenths.astype(count_type).tobytes(),
     ]
     for field in range(len(FIELDS)):
         stats = np.stack((block.lo[field], block.mean[field], block.hi[field]))
         parts.append(_quantize_array(stats, field).tobytes())  # min, mean, max in a row
     payload = zlib.compress(b"".join(parts), level)
+    flags = _ZLIB_FLAG | width << 1
     head = _TIER_HEAD.pack(
-        b"CT", _TIER_VERSION, 1, len(block.series), len(block.times), first, block.step
+        b"CT", _TIER_VERSION, flags, len(block.series), len(block.times), first, block.step
     )
     return head + payload
+
+
+def _count_width(largest: int) -> int:
+    """Index into _COUNT_TYPES of the narrowest type holding ``largest``."""
+    return 0 if largest < 1 << 8 else 1 if largest < 1 << 16 else 2
 
 
 def _quantize_array(values: Floats, field: int) -> Any:
@@ -345,14 +363,15 @@ def decode_tier(blob: bytes) -> Block:
     import numpy as np
 
     try:
-        magic, version, compressed, count, width, first, step = _TIER_HEAD.unpack_from(blob)
+        magic, version, flags, count, width, first, step = _TIER_HEAD.unpack_from(blob)
     except struct.error as exc:
         raise HistoryFormatError(f"history block too short: {exc}") from exc
     if magic != b"CT" or version not in (1, _TIER_VERSION):
         raise HistoryFormatError(f"not a tier history block (magic {magic!r}, version {version})")
     payload = blob[_TIER_HEAD.size :]
-    if compressed:
+    if flags & _ZLIB_FLAG:
         payload = zlib.decompress(payload)
+    count_type = "<u4" if version == 1 else _COUNT_TYPES[flags >> 1 & 3]
     at = 0
 
     def take(dtype: str, size: int) -> Any:
@@ -368,9 +387,9 @@ def decode_tier(blob: bytes) -> Block:
         per_series = take("<u4", count * width).astype(np.int64).reshape(count, width)
         n = np.repeat(per_series[None], len(FIELDS), axis=0)
     else:
-        n = take("<u4", len(FIELDS) * count * width).astype(np.int64)
+        n = take(count_type, len(FIELDS) * count * width).astype(np.int64)
         n = n.reshape(len(FIELDS), count, width)
-    secs = take("<u4", count * width).astype(np.float64).reshape(count, width) / 10
+    secs = take(count_type, count * width).astype(np.float64).reshape(count, width) / 10
     stats: list[list[Floats]] = [[], [], []]
     for field in range(len(FIELDS)):
         for which in range(3):

@@ -37,7 +37,7 @@ T0 = 1_699_999_200.0  # a multiple of 3600 and of 10
 
 
 def one_hz(catalog: Catalog, host: str, start: float, seconds: int, util=None) -> None:  # type: ignore[no-untyped-def]
-    """Samples at 1 Hz written as the engine does: rows of 5 samples (record_telemetry)."""
+    """Samples at 1 Hz in rows of 5 samples (record_telemetry; the engine groups 10 s)."""
     util = util or (lambda s: float(s % 100))
     for first in range(0, seconds, 5):
         batch = [
