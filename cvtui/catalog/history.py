@@ -113,7 +113,12 @@ def migration_7_history(db: Database) -> None:
         " start REAL NOT NULL,"  # unix seconds: the first bucket's start
         " until REAL NOT NULL,"  # the last bucket's end
         " points INTEGER NOT NULL,"
-        " data BLOB NOT NULL)"  # history_codec tier block
+        " data BLOB NOT NULL,"  # history_codec tier block
+        # Sums over the chunk's GPU series, so `cvtui stats` adds rows instead of decoding:
+        " gpu_seconds REAL,"  # seconds covered by samples, summed over GPUs
+        " util_seconds REAL,"  # util % x seconds, over the samples that reported util
+        " util_weight REAL,"  # ... and those seconds
+        " joules REAL)"  # mean power x seconds
     )
     db.execute("CREATE INDEX telemetry_chunks_series ON telemetry_chunks (step, host, start)")
     db.execute("CREATE INDEX telemetry_chunks_until ON telemetry_chunks (step, until)")
@@ -258,7 +263,9 @@ class HistoryMixin:
             }
         out = _tier_pieces(by_host, steps)
         with self._write() as conn:
-            conn.executemany("INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?)", out)
+            conn.executemany(
+                "INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out
+            )
             # Only the engine writes raw rows, and only near now: none lands in this hour now.
             conn.executemany(
                 "DELETE FROM telemetry_raw WHERE host = ? AND start >= ? AND start < ?",
@@ -274,7 +281,9 @@ class HistoryMixin:
         uses it for the bulk of its simulated year; returns the pieces written."""
         out = _tier_pieces(by_host, [float(step) for step, _ in tiers[1:]])
         with self._write() as conn:
-            conn.executemany("INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?)", out)
+            conn.executemany(
+                "INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out
+            )
         return len(out)
 
     def _merge_pieces(self, step: float, due_before: float) -> int:
@@ -303,7 +312,7 @@ class HistoryMixin:
                     "DELETE FROM telemetry_chunks WHERE rowid = ?", [(p[0],) for p in parts]
                 )
                 conn.execute(
-                    "INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO telemetry_chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _chunk_row(host, block),
                 )
             merged += 1
@@ -352,7 +361,33 @@ def _tier_pieces(by_host: dict[str, list[bytes]], steps: Sequence[float]) -> lis
 def _chunk_row(host: str, block: Block, level: int = ZLIB_LEVEL_KEPT) -> tuple[Any, ...]:
     start = float(block.times[0])
     data = encode_tier(block, level=level)
-    return (host, block.step, start, block.end, len(block.times), data)
+    sums = usage_sums(block, -math.inf, math.inf)[0]
+    return (host, block.step, start, block.end, len(block.times), data, *sums)
+
+
+def usage_sums(block: Block, since: float, until: float) -> tuple[tuple[float, ...], float]:
+    """(gpu seconds, util x seconds, seconds with util, joules) of a block's GPU points in
+    [since, until), and where the last of them ends (``since`` when none is inside)."""
+    import numpy as np
+
+    keep = (block.times >= since) & (block.times < until)
+    gpus = block.series >= 0
+    if not keep.any() or not gpus.any():
+        return (0.0, 0.0, 0.0, 0.0), since
+    secs = block.secs[gpus][:, keep]
+    util, power = block.mean[0][gpus][:, keep], block.mean[3][gpus][:, keep]
+    weights = np.where(np.isnan(util), 0.0, secs)
+    # Power over the part of each point's time whose samples reported power.
+    counts = block.n[:, gpus][:, :, keep]
+    n_any = counts.max(axis=0)
+    share = np.where(n_any > 0, counts[3] / np.maximum(n_any, 1), 0.0)
+    sums = (
+        float(secs.sum()),
+        float((np.nan_to_num(util) * weights).sum()),
+        float(weights.sum()),
+        float((np.nan_to_num(power) * secs * share).sum()),
+    )
+    return sums, float(block.times[keep][-1]) + block.step
 
 
 def _json_list(values: Sequence[float]) -> str:

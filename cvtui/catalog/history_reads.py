@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cvtui.catalog.history import RAW_SPAN_S, chunk_window
+from cvtui.catalog.history import RAW_SPAN_S, chunk_window, usage_sums
 from cvtui.catalog.history_codec import (
     Block,
     concat_blocks,
@@ -90,10 +90,12 @@ class HistoryReadsMixin:
         step: float | None = None,
         points: int | None = None,
         raw: bool = True,
+        bucketed: bool = True,
     ) -> Block:
         """A host's history over [since, until) at one tier's step (0: samples), stitched:
         the tier's chunks, then finer tiers (and raw samples unless ``raw`` is False) after
-        its last bucket, rebucketed to its step. Series are the host's GPUs and -1."""
+        its last bucket, rebucketed to its step (``bucketed`` False leaves every tier's points
+        as stored, for sums). Series are the host's GPUs and -1."""
         until = time.time() if until is None else until
         if step is None:
             step = self.choose_step(host, since, until, points)
@@ -109,7 +111,7 @@ class HistoryReadsMixin:
                 blocks.append(block)
                 covered = max(covered, block.end if source else float(block.times[-1]) + 1e-6)
         combined = concat_blocks(blocks, step)
-        if step > 0:
+        if step > 0 and bucketed:
             return rebucket(combined, step)
         return combined
 
@@ -180,7 +182,6 @@ class HistoryReadsMixin:
         """Per host, its GPUs' sampled hours, mean utilisation and energy over the window,
         from the coarsest tier and the finer ones after it (raw samples not yet compacted,
         at most the first tier's retention plus an hour, are left out)."""
-        import numpy as np
 
         until = time.time() if until is None else until
         with self._read() as conn:
@@ -191,21 +192,31 @@ class HistoryReadsMixin:
         lower = 0.0 if since is None else since
         out = []
         for host in sorted(hosts):
-            block = self.history(host, lower, until, step=max(steps), raw=False)
-            gpus = block.series >= 0
-            if not len(block.times) or not gpus.any():
-                continue
-            secs = block.secs[gpus]
-            util, power = block.mean[0][gpus], block.mean[3][gpus]
-            weights = np.where(np.isnan(util), 0.0, secs)
-            total = float(weights.sum())
-            util_mean = float((np.nan_to_num(util) * weights).sum() / total) if total else None
-            # Power over the part of each point's time whose samples reported power.
-            n_power, n_any = block.n[3][gpus], block.n[:, gpus].max(axis=0)
-            share = np.where(n_any > 0, n_power / np.maximum(n_any, 1), 0.0)
-            joules = float((np.nan_to_num(power) * secs * share).sum())
-            hours_seen = float(secs.sum() / 3600.0)
-            out.append(HostUsage(host, hours_seen, util_mean, joules / 3.6e6))
+            # Chunks inside the window add their stored sums; only the ones cut by its edges
+            # are decoded. The coarsest tier first, then finer ones after its last point.
+            sums = [0.0, 0.0, 0.0, 0.0]  # seconds, util x seconds, seconds with util, joules
+            covered = lower
+            for step in sorted(steps, reverse=True):
+                with self._read() as conn:
+                    rows = conn.execute(
+                        "SELECT until, gpu_seconds, util_seconds, util_weight, joules, "
+                        "CASE WHEN start < ?3 OR until > ?4 THEN data END "
+                        "FROM telemetry_chunks WHERE step = ?1 AND host = ?2 "
+                        "AND start >= ?3 - ?5 AND start < ?4 AND until > ?3",
+                        (step, host, covered, until, chunk_window(step)),
+                    ).fetchall()
+                reached = covered
+                for chunk_until, *stored, data in rows:
+                    if data is not None:
+                        part, end = usage_sums(decode_tier(data), covered, until)
+                    else:
+                        part, end = tuple(stored), chunk_until
+                    sums = [a + b for a, b in zip(sums, part, strict=True)]
+                    reached = max(reached, end)
+                covered = reached
+            if sums[0] > 0:
+                util_mean = sums[1] / sums[2] if sums[2] else None
+                out.append(HostUsage(host, sums[0] / 3600.0, util_mean, sums[3] / 3.6e6))
         return out
 
     def history_sizes(self) -> list[tuple[str, int, int]]:
