@@ -2,7 +2,7 @@
 
 Time is warped, not waited for: each simulated hour is generated with numpy and encoded as
 the raw blocks the engine writes. The last hours are stored as the engine stores them (one
-telemetry_raw row per host and 10 s of samples) and Catalog.compact_history reads them back,
+telemetry_raw row per host and 5 s of samples) and Catalog.compact_history reads them back,
 tiers, deletes them, merges and expires: that is the cost held to the target. The hours
 before go to Catalog.tier_raw_blocks, the same tiering code fed from memory instead of a
 round trip through telemetry_raw (on this 2-core machine that round trip would make a year

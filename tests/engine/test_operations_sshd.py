@@ -162,7 +162,7 @@ def test_idle_held_gpus_are_shown_notified_once_and_counted_with_energy(
         run = catalog.get_run(run_id)
         assert run is not None
         kwh, simulated = catalog.run_energy([run_id])[run_id]
-        # The daemon kept every sample of the run in raw history (a row per 10 s per host).
+        # The daemon kept every sample of the run in raw history (a row per 5 s per host).
         history = catalog.telemetry_history("gpu-01", 0, run["started"], run["ended"])
     # Simulated idle power is 55 W; the run held its GPU for about its whole life.
     ran_s = run["ended"] - run["started"]
