@@ -25,7 +25,8 @@ from remote_agent.protocol import BACKEND_SIMULATED, GpuSample, Telemetry
 log = logging.getLogger("cvtui.engine.usage")
 
 MAX_GAP_INTERVALS = 3.0  # a sample covers at most this many telemetry intervals
-RUNS_REFRESH_S = 5.0  # how often the running runs (lease holders) are read again
+RUNS_REFRESH_S = 1.0  # how often the running runs (lease holders) are read again: an ended
+# run keeps being charged for its GPU until then
 FOREIGN = None  # run id of a holder that is another user's process
 
 
