@@ -11,3 +11,4 @@ class Options:
 
     quick: bool = False  # fewer iterations and shorter windows, for a smoke run
     profile: bool = False  # print a cProfile of the in-process measurement to stderr
+    history_hours: int | None = None  # simulated hours of the history benchmark (None: its own)

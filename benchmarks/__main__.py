@@ -16,6 +16,7 @@ from benchmarks import (
     components,
     connect,
     controller_cost,
+    history,
     queue_latency,
     runs,
     sync,
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "tui": tui.run,
     "sync": sync.run,
     "components": components.run,
+    "history": history.run,
 }
 
 
@@ -59,12 +61,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="print a cProfile of the in-process measurements (connect, controller) to stderr",
     )
+    parser.add_argument(
+        "--history-hours",
+        type=int,
+        metavar="N",
+        help="simulated hours of telemetry for `history` (default: a year, 8760; --quick: 30)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    options = Options(quick=args.quick, profile=args.profile)
+    options = Options(quick=args.quick, profile=args.profile, history_hours=args.history_hours)
     rows: list[Row] = []
     for name in args.only or list(BENCHMARKS):
         print(f"running {name} ...", file=sys.stderr, flush=True)

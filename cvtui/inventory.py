@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cvtui.catalog.history import DEFAULT_HISTORY, HistoryTier, check_tiers
 from cvtui.errors import InventoryError, InventoryErrors, UnknownHostError
 from cvtui.run_env import RunEnv, parse_links, parse_run_env
 
@@ -38,7 +39,11 @@ _POLICY_KEYS = (
     "host_keys",
     "foreign_processes",
     "max_grid",
+    "history",
+    "idle_util",
+    "idle_after",
 )
+_HISTORY_KEYS = ("every", "keep")
 _SIMULATE_KEYS = ("gpus", "model", "memory")
 _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
@@ -48,8 +53,9 @@ _NULLABLE_KEYS = {
 }  # fmt: skip
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w|y)?\s*", re.IGNORECASE)
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS_S |= {"w": 7 * 86400.0, "y": 365 * 86400.0}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20}
 _SIZE_UNITS |= {"gb": 10**9, "gib": 2**30, "tb": 10**12, "tib": 2**40}
@@ -63,7 +69,8 @@ _WATCH_TIMEOUT_MS = 200  # how often the watcher thread hands back control when 
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from 2, 2.5, "500ms", "1s", "2.5s", "2m" or "1h" (a bare number is seconds)."""
+    """Seconds from 2, 2.5, "500ms", "1s", "2.5s", "2m", "1h", "30d", "2w" or "2y" (365 d)
+    (a bare number is seconds)."""
     seconds: float | None = None
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -73,7 +80,9 @@ def parse_duration(value: object) -> float:
     except OverflowError:
         seconds = None
     if seconds is None or not math.isfinite(seconds):
-        raise ValueError(f"expected a duration such as 500ms, 1s, 2.5s, 2m or 1h, got {value!r}")
+        raise ValueError(
+            f"expected a duration such as 500ms, 1s, 2.5s, 2m, 1h or 30d, got {value!r}"
+        )
     if seconds <= 0:
         raise ValueError(f"a duration must be greater than 0, got {value!r}")
     return seconds
@@ -162,6 +171,19 @@ class Policy:
     host_keys: str = "strict"  # one of HOST_KEY_MODES
     foreign_processes: str = "avoid"  # one of FOREIGN_PROCESS_MODES: GPUs others use are avoided
     max_grid: int = 10_000  # runs one config may queue unless `cvtui run --max-runs` says more
+    history: tuple[HistoryTier, ...] = DEFAULT_HISTORY  # telemetry kept: (step, keep) tiers
+    idle_util: float = 5.0  # percent: a held GPU below this ...
+    idle_after_s: float = 1800.0  # ... for this long (memory allocated) is idle-held
+
+    def session_key(self) -> tuple[object, ...]:
+        """The fields whose change needs host sessions restarted (history and idle do not)."""
+        return (
+            self.interval_s,
+            self.stale_after_s,
+            self.disconnected_after_s,
+            self.host_keys,
+            self.foreign_processes,
+        )
 
 
 @dataclass(frozen=True)
@@ -584,6 +606,10 @@ class _Parser:
                     values[key] = self.choice(value, "policy.foreign_processes", modes)
                 elif key == "max_grid":
                     values[key] = self.integer(value, "policy.max_grid", "an integer >= 1", 1)
+                elif key == "history":
+                    values[key] = self.history(value)
+                elif key == "idle_util":
+                    values[key] = self.percent(value, "policy.idle_util")
                 else:
                     values[f"{key}_s"] = self.duration(value, f"policy.{key}")
                 read = True
@@ -602,6 +628,32 @@ class _Parser:
                     f"policy.{shorter} ({short_s:g}s)",
                 )
         return policy
+
+    def history(self, node: yaml.Node) -> tuple[HistoryTier, ...]:
+        example = "[{every: sample, keep: 1h}, {every: 10s, keep: 1d}, {every: 1m, keep: 30d}]"
+        tiers = []
+        for item in self.sequence(node, "policy.history", example):
+            pairs = self.mapping(item, "policy.history entry")
+            self.check_keys(pairs, _HISTORY_KEYS, "policy.history entry")
+            for key in _HISTORY_KEYS:
+                if key not in pairs:
+                    raise self.error(item, f"policy.history entry: {key!r} is required")
+            every = pairs["every"][1]
+            sample = self.value(every) == "sample" if isinstance(every, yaml.ScalarNode) else False
+            step = 0.0 if sample else self.duration(every, "policy.history every")
+            tiers.append(HistoryTier(step, self.duration(pairs["keep"][1], "policy.history keep")))
+            problem = check_tiers(tiers) if len(tiers) > 1 or step else None
+            if problem:
+                raise self.error(item, f"policy.history: {problem}")
+        if not tiers:
+            raise self.error(node, f"policy.history: expected at least one tier, like {example}")
+        return tuple(tiers)
+
+    def percent(self, node: yaml.Node, label: str) -> float:
+        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+            return float(value)
+        raise self.error(node, f"{label}: expected a percentage 0-100, got {self.describe(node)}")
 
     def notify_target(self, node: yaml.Node) -> NotifyTarget:
         example = "{command: 'my-alert --lab'} or {webhook: 'https://hooks.slack.com/...'}"

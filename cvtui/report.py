@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from cvtui.catalog.rows import gpu_is_free
-from cvtui.units import ago, size
+from cvtui.units import ago, duration, size
 
 BAR_CELLS = " ▏▎▍▌▋▊▉█"
 
@@ -34,6 +35,11 @@ def gpu_line(gpu: dict[str, Any]) -> str:
         f"  mem {bar(mem_fraction, 6)} {size(used)}/{size(total)}{temp_text}"
         + (f"  {','.join(users)}" if users else "")
         + (f"  leased by {leased}" if (leased := gpu.get("leased_by")) is not None else "")
+        + (
+            f"  IDLE-HELD {duration(time.time() - gpu['idle_since'])}"
+            if gpu.get("idle_held")
+            else ""
+        )
     )
 
 

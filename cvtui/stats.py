@@ -184,3 +184,94 @@ def format_stats(stats: RunStats) -> str:
         width = max(len(gpu) for gpu in stats.gpu_uses)
         lines += [f"  {gpu:{width}}  {count:5}" for gpu, count in stats.gpu_uses.items()]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class UsageStats:
+    """Energy, idle-held GPU time and GPU telemetry over the same window as RunStats.
+
+    Energy is NVML power integrated per holder (the engine's UsageTracker); simulated GPUs'
+    figures are kept apart so they never add to a real lab's kWh.
+    """
+
+    energy_kwh_by_user: dict[str, float]  # real GPUs, largest first
+    simulated_kwh_by_user: dict[str, float]  # simulated GPUs
+    idle_gpu_hours_by_user: dict[str, float]
+    hosts: dict[str, dict[str, Any]]  # host -> util_mean %, energy_kwh, gpu_hours, simulated
+    telemetry_step_s: float | None  # the history tier the host figures were read from
+
+    @property
+    def energy_kwh(self) -> float:
+        return sum(self.energy_kwh_by_user.values())
+
+    @property
+    def simulated_kwh(self) -> float:
+        return sum(self.simulated_kwh_by_user.values())
+
+
+def read_usage_stats(catalog: Any, since: float | None, now: float) -> UsageStats:
+    """UsageStats from a Catalog: energy and idle tables, and the coarsest history tier."""
+    real: dict[str, float] = {}
+    simulated: dict[str, float] = {}
+    for (user, is_simulated), kwh in catalog.energy_by_user(since, now).items():
+        target = simulated if is_simulated else real
+        target[user] = target.get(user, 0.0) + kwh
+    backends = {h["name"]: h["backend"] for h in catalog.hosts_report(now=now)}
+    hosts = {
+        usage.host: {
+            "util_mean": usage.util_mean,
+            "energy_kwh": usage.energy_kwh,
+            "gpu_hours": usage.gpu_hours_seen,
+            "simulated": backends.get(usage.host) == "simulated",
+        }
+        for usage in catalog.telemetry_usage(since, now)
+    }
+    steps = [s for s in catalog.history_steps() if s > 0]
+    return UsageStats(
+        energy_kwh_by_user=_largest_first(real),
+        simulated_kwh_by_user=_largest_first(simulated),
+        idle_gpu_hours_by_user=_largest_first(catalog.idle_hours_by_user(since, now)),
+        hosts=hosts,
+        telemetry_step_s=max(steps) if steps else None,
+    )
+
+
+def usage_json(usage: UsageStats) -> dict[str, Any]:
+    """The energy, idle and telemetry part of `cvtui stats --json`."""
+    return {
+        "energy_kwh": {
+            "total": usage.energy_kwh,
+            "by_user": usage.energy_kwh_by_user,
+            "simulated": {"total": usage.simulated_kwh, "by_user": usage.simulated_kwh_by_user},
+        },
+        "idle_gpu_hours": {
+            "total": sum(usage.idle_gpu_hours_by_user.values()),
+            "by_user": usage.idle_gpu_hours_by_user,
+        },
+        "gpu_telemetry": {"step_s": usage.telemetry_step_s, "by_host": usage.hosts},
+    }
+
+
+def format_usage(usage: UsageStats) -> str:
+    """The energy, idle and telemetry lines of the plain-text `cvtui stats` report."""
+    lines = [f"Energy (GPU power per user): {usage.energy_kwh:.2f} kWh"]
+    lines += _hours_lines("by user", usage.energy_kwh_by_user)
+    if usage.simulated_kwh_by_user:
+        lines.append(f"Energy on simulated GPUs (not real): {usage.simulated_kwh:.2f} kWh")
+        lines += _hours_lines("by user", usage.simulated_kwh_by_user)
+    idle = sum(usage.idle_gpu_hours_by_user.values())
+    lines.append(f"Idle-held GPU-hours: {idle:.2f}")
+    lines += _hours_lines("by user", usage.idle_gpu_hours_by_user)
+    if usage.hosts:
+        step = usage.telemetry_step_s or 0
+        lines.append(f"GPU telemetry by host ({step:g}s tier): mean util, kWh, GPU-hours seen")
+        width = max(len(host) for host in usage.hosts)
+        for host, figures in usage.hosts.items():
+            util = figures["util_mean"]
+            util_text = "    -" if util is None else f"{util:4.1f}%"
+            mark = "  (simulated)" if figures["simulated"] else ""
+            lines.append(
+                f"  {host:{width}}  {util_text}  {figures['energy_kwh']:9.2f}  "
+                f"{figures['gpu_hours']:9.2f}{mark}"
+            )
+    return "\n".join(lines)

@@ -40,6 +40,7 @@ class _SimClaim:
     run_id: str
     gpus: tuple[int, ...]
     mem: int  # bytes on each of its GPUs
+    util: float | None  # percent it keeps its GPUs at (CVTUI_SIM_UTIL); None: busy (~80%)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class _Foreign:
     command: str
     container: str | None
     mem: int | None  # bytes
+    util: float | None  # percent, from the entry's "util"; None: busy (~80%)
 
 
 def _sim_gpus(spec: str, uuids: dict[str, int], count: int) -> tuple[int, ...]:
@@ -75,7 +77,7 @@ class SimulatedBackend:
 
     Processes of this user that cvtui started (CVTUI_RUN_ID plus CVTUI_SIM_GPUS or
     CUDA_VISIBLE_DEVICES in their environment, and CVTUI_RUN_DIR, when set, under this agent's
-    root) hold CVTUI_SIM_MEM bytes on their GPUs, and
+    root) hold CVTUI_SIM_MEM bytes on their GPUs (at CVTUI_SIM_UTIL percent when set), and
     `<root>/simulate/foreign.json` injects other users' processes, so placement can be tested.
     """
 
@@ -139,7 +141,9 @@ class SimulatedBackend:
             mem = max(0, int(env.get("CVTUI_SIM_MEM", SIM_DEFAULT_RUN_MEM)))
         except ValueError:
             mem = SIM_DEFAULT_RUN_MEM
-        return _SimClaim(pid, parent_pid(pid), env["CVTUI_RUN_ID"], gpus, mem)
+        # A run that holds memory but does no work (idle-held GPU tests): CVTUI_SIM_UTIL=0.
+        util = _percent(env.get("CVTUI_SIM_UTIL"))
+        return _SimClaim(pid, parent_pid(pid), env["CVTUI_RUN_ID"], gpus, mem, util)
 
     def _scan_claims(self) -> list[_SimClaim]:
         """Our runs' processes. Each pid is read when first seen; one that is not a run is read
@@ -182,23 +186,26 @@ class SimulatedBackend:
 
     def sample(self) -> list[GpuSample]:
         now = time.time()
-        held: list[list[tuple[GpuProcess, int]]] = [[] for _ in self.uuids]
+        held: list[list[tuple[GpuProcess, int, float | None]]] = [[] for _ in self.uuids]
         for claim in self._scan_claims():
             info = self._reader.info(claim.pid)
             proc = GpuProcess(
                 claim.pid, info.user, info.command, info.container, claim.mem, claim.run_id
             )
             for index in claim.gpus:
-                held[index].append((proc, claim.mem))
+                held[index].append((proc, claim.mem, claim.util))
         for item in self._read_foreign():
             proc = GpuProcess(item.pid, item.user, item.command, item.container, item.mem, None)
-            held[item.gpu].append((proc, item.mem or 0))
+            held[item.gpu].append((proc, item.mem or 0, item.util))
         samples = []
         for index, uuid in enumerate(self.uuids):
             wave = math.sin(now / 9.0 + index * 1.3 + self._phase)
             busy = bool(held[index])
             util = 80.0 + 15.0 * wave if busy else max(0.0, 2.0 + 2.0 * wave)
-            used = SIM_IDLE_MEM + sum(mem for _, mem in held[index])
+            claimed = [u for _, _, u in held[index]]
+            if busy and None not in claimed:  # every holder says how busy it keeps the GPU
+                util = min(100.0, sum(u for u in claimed if u is not None))
+            used = SIM_IDLE_MEM + sum(mem for _, mem, _ in held[index])
             samples.append(
                 GpuSample(
                     index=index,
@@ -214,7 +221,7 @@ class SimulatedBackend:
                     power_limit=SIM_POWER_LIMIT_W,
                     # SXM boards report no fan through NVML either.
                     fan=None if "SXM" in self.model.upper() else round(30.0 + 0.5 * util, 1),
-                    processes=tuple(proc for proc, _ in held[index]),
+                    processes=tuple(proc for proc, _, _ in held[index]),
                     pci_bus_id=self.bus_ids[index],
                 )
             )
@@ -222,6 +229,17 @@ class SimulatedBackend:
 
     def close(self) -> None:
         pass
+
+
+def _percent(text: str | None) -> float | None:
+    """A percentage from an environment value; None when absent or not a number."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    if value is None or value != value:
+        return None
+    return max(0.0, min(100.0, value))
 
 
 def _parse_foreign(path: str, gpu_count: int) -> list[_Foreign]:
@@ -237,6 +255,9 @@ def _parse_foreign(path: str, gpu_count: int) -> list[_Foreign]:
             continue
         gpu, pid, mem = item.get("gpu"), item.get("pid"), item.get("mem")
         user, command, container = item.get("user"), item.get("command", ""), item.get("container")
+        util = item.get("util")
+        if isinstance(util, bool) or not isinstance(util, (int, float)):
+            util = None
         # bool is an int subclass, but true is no GPU index
         if not (isinstance(gpu, int) and 0 <= gpu < gpu_count and isinstance(pid, int)):
             continue
@@ -250,6 +271,7 @@ def _parse_foreign(path: str, gpu_count: int) -> list[_Foreign]:
                 command if isinstance(command, str) else "",
                 container if isinstance(container, str) else None,
                 mem if isinstance(mem, int) and not isinstance(mem, bool) and mem >= 0 else None,
+                None if util is None else max(0.0, min(100.0, float(util))),
             )
         )
     return found

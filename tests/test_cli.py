@@ -20,7 +20,7 @@ HOST_KEYS = {
 }  # fmt: skip
 GPU_KEYS = {
     "index", "uuid", "pci_bus_id", "name", "util", "mem_used", "mem_total", "temperature", "power",
-    "processes", "leased_by",
+    "processes", "leased_by", "idle_held", "idle_since",
 }  # fmt: skip
 PROCESS_KEYS = {"pid", "user", "command", "container", "mem", "run_id"}
 

@@ -505,6 +505,9 @@ def test_malformed_inventory_is_located(text: str, where: str, phrase: str) -> N
         ("3", 3.0),
         (" 10 s ", 10.0),
         ("1H", 3600.0),
+        ("30d", 30 * 86400.0),  # history retention is written in days, weeks, years
+        ("2w", 14 * 86400.0),
+        ("2y", 730 * 86400.0),
     ],
 )
 def test_parse_duration(value: object, seconds: float) -> None:
@@ -520,7 +523,7 @@ def test_parse_duration(value: object, seconds: float) -> None:
         ("0ms", "greater than 0"),
         ("-1s", "expected a duration"),
         ("abc", "expected a duration"),
-        ("1d", "expected a duration"),
+        ("1dd", "expected a duration"),
         ("1 sec", "expected a duration"),
         ("1.5.2s", "expected a duration"),
         ("", "expected a duration"),
@@ -862,3 +865,48 @@ def test_jump_lists_read_as_openssh_writes_them(text: str, hops: list[JumpHop]) 
 def test_bad_jump_lists_are_located(text: str) -> None:
     with pytest.raises(InventoryError, match=r"^<string>:2:13: jump: expected \[user@\]host"):
         parse_inventory(f"hosts:\n  a: {{jump: '{text}'}}\n")
+
+
+def test_policy_history_and_idle_thresholds(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        "policy:\n"
+        "  idle_util: 2.5\n"
+        "  idle_after: 10m\n"
+        "  history:\n"
+        "    - {every: sample, keep: 2h}\n"
+        "    - {every: 1m, keep: 90d}\n"
+        "hosts:\n  a: {}\n"
+    )
+    policy = load_inventory(path).policy
+    assert policy.history == ((0.0, 7200.0), (60.0, 90 * 86400.0))
+    assert (policy.idle_util, policy.idle_after_s) == (2.5, 600.0)
+    # Neither needs the hosts reconnected when edited.
+    assert policy.session_key() == Policy().session_key()
+
+
+@pytest.mark.parametrize(
+    ("history", "where", "problem"),
+    [
+        ("[{every: 10s, keep: 1d}]", "3:20", "the first tier must keep every sample"),
+        ("[{every: sample, keep: 1d}, {every: 1m, keep: 1h}]", "3:47", "must keep longer"),
+        (
+            "[{every: sample, keep: 1h}, {every: 10s, keep: 1d}, {every: 15s, keep: 2d}]",
+            "3:71",
+            "a multiple of the one before",
+        ),
+        ("[{every: sample}]", "3:20", "'keep' is required"),
+        ("[{every: sample, keep: 1h, step: 2}]", "3:46", "unknown key 'step'"),
+        ("{every: sample}", "3:19", "expected a list like"),
+        ("[{every: often, keep: 1h}]", "3:28", "expected a duration"),
+    ],
+)
+def test_policy_history_errors_name_the_place(
+    tmp_path: Path, history: str, where: str, problem: str
+) -> None:
+    path = tmp_path / "inventory.yaml"
+    path.write_text(f"hosts:\n  a: {{}}\npolicy: {{history: {history}}}\n")
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert f"inventory.yaml:{where}" in str(caught.value)
+    assert problem in str(caught.value)

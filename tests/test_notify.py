@@ -17,6 +17,7 @@ from cvtui.engine.notify import (
     Notifier,
     NotifyEvent,
     deliver,
+    gpu_idle_event,
     host_down_event,
     host_up_event,
     run_event,
@@ -94,6 +95,7 @@ def test_host_events() -> None:
         "run": None,
         "state": "disconnected",
         "reason": "connection lost",
+        "gpu": None,
     }
     up = host_up_event("gpu-02", 10.0, now=10.0 + 754)
     assert up.text == "cvtui: host gpu-02 is back after 12m34s down"
@@ -281,3 +283,37 @@ async def test_close_cancels_what_does_not_finish_in_time(tmp_path: Path) -> Non
     await notifier.close(wait_s=0.5)
     assert notifier.pending == 0
     assert marker.exists()
+
+
+def test_gpu_idle_events_name_the_gpu_its_holder_and_how_long() -> None:
+    held = gpu_idle_event(
+        "gpu-01",
+        3,
+        user="alice",
+        run=RUN,
+        since=1_000.0,
+        util=0.4,
+        mem_used=12 * 2**30,
+        simulated=False,
+        now=1_000.0 + 1900,
+    )
+    assert held.text == (
+        "cvtui: GPU 3 on gpu-01 held idle by run resnet-lr0.1 (01j9zk3q8v5w) of alice "
+        "for 31m40s at 0.4% util with 12.0GiB allocated"
+    )
+    payload = json.loads(held.body())
+    assert payload["event"] == "gpu_idle" and payload["gpu"] == 3 and payload["host"] == "gpu-01"
+    assert payload["run"]["id"] == RUN["id"] and payload["state"] == "idle"
+    foreign = gpu_idle_event(
+        "sim-01",
+        0,
+        user="bob",
+        run=None,
+        since=0.0,
+        util=None,
+        mem_used=None,
+        simulated=True,
+        now=3600.0,
+    )
+    assert foreign.text == "cvtui: GPU 0 on sim-01 (simulated) held idle by bob for 1h00m"
+    assert foreign.run is None

@@ -158,3 +158,49 @@ def test_parse_since() -> None:
     for bad in ("7", "0d", "-1d", "7days", ""):
         with pytest.raises(ValueError, match="expected a span"):
             parse_since(bad)
+
+
+def test_energy_idle_and_host_usage_from_the_catalog(tmp_path: Path) -> None:
+    from catalog.samples import InventoryHost, telemetry
+
+    from cvtui.catalog.history import DEFAULT_HISTORY
+    from cvtui.stats import format_usage, read_usage_stats, usage_json
+
+    hour = 1_700_002_800.0  # a whole hour, in unix seconds
+    with Catalog(tmp_path / "catalog.db") as catalog:
+        catalog.sync_hosts([InventoryHost("gpu-01")])
+        # An hour at 1 Hz of 2 GPUs at 100 W and 101 W, then tiered.
+        for first in range(0, 3600, 5):
+            batch = [("gpu-01", telemetry(float(s))) for s in range(first, first + 5)]
+            catalog.record_telemetry(batch, received=hour + first + 4)
+        catalog.compact_history(hour + 2 * 3600, DEFAULT_HISTORY)
+        catalog.record_usage(
+            energy_by_user={(hour, "alice", False): 7.2e6, (hour, "bob", True): 3.6e6},
+            energy_by_run={"r1": (7.2e6, False)},
+            now=hour + 3600,
+        )
+        episode = catalog.open_idle_episode(
+            "gpu-01", 1, user="bob", run_id=None, simulated=True, since=hour, until=hour
+        )
+        catalog.record_usage(idle=[(episode, hour + 1800, False)], now=hour + 3600)
+        usage = read_usage_stats(catalog, None, hour + 3 * 3600)
+        assert catalog.run_energy(["r1", "r2"]) == {"r1": (2.0, False)}
+        windowed = read_usage_stats(catalog, hour + 1200, hour + 3 * 3600)
+    assert usage.energy_kwh_by_user == {"alice": 2.0}
+    assert usage.simulated_kwh_by_user == {"bob": 1.0}
+    assert usage.idle_gpu_hours_by_user == {"bob": 0.5}
+    assert windowed.idle_gpu_hours_by_user == {"bob": pytest.approx(600 / 3600)}
+    host = usage.hosts["gpu-01"]
+    assert host["util_mean"] == pytest.approx(50.0)
+    assert host["gpu_hours"] == pytest.approx(2.0, rel=0.01)
+    assert host["energy_kwh"] == pytest.approx(0.201, rel=0.01)  # (100 W + 101 W) x 1 h
+    assert usage.telemetry_step_s == 3600.0
+    data = usage_json(usage)
+    assert json.loads(json.dumps(data)) == data
+    assert data["energy_kwh"]["total"] == 2.0
+    assert data["energy_kwh"]["simulated"] == {"total": 1.0, "by_user": {"bob": 1.0}}
+    assert data["idle_gpu_hours"] == {"total": 0.5, "by_user": {"bob": 0.5}}
+    text = format_usage(usage)
+    assert "Energy (GPU power per user): 2.00 kWh" in text
+    assert "Energy on simulated GPUs (not real): 1.00 kWh" in text
+    assert "Idle-held GPU-hours: 0.50" in text

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cvtui.catalog.history_codec import encode_raw
 from remote_agent.protocol import Telemetry
 
 HOST_GPU_IDX = -1  # gpu_idx of the host-level telemetry rows
@@ -18,7 +19,7 @@ class TelemetryRows:
     host: tuple[Any, ...]
     gpus: list[tuple[Any, ...]]
     processes: list[tuple[Any, ...]]
-    history: list[tuple[Any, ...]]
+    history: list[tuple[Any, ...]]  # telemetry_raw rows: (host, start, until, samples, data)
 
 
 def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> TelemetryRows:
@@ -63,16 +64,29 @@ def telemetry_rows(name: str, samples: list[Telemetry], received: float) -> Tele
         for g in latest.gpus
         for p in g.processes
     ]
-    history: list[tuple[Any, ...]] = []
-    for sample in samples:
-        at = received - (latest.time - sample.time)  # controller clock, agent spacing
-        hs = sample.host
-        history.append((name, HOST_GPU_IDX, at, None, hs.mem_used, None, None, hs.cpu_percent))
-        history.extend(
-            (name, g.index, at, g.util, g.mem_used, g.temperature, g.power, None)
-            for g in sample.gpus
-        )
+    times = [received - (latest.time - s.time) for s in samples]  # controller clock, agent spacing
+    history = [raw_history_row(name, samples, times)]
     return TelemetryRows(host, gpus, processes, history)
+
+
+def raw_history_row(
+    name: str, samples: Sequence[Telemetry], times: Sequence[float]
+) -> tuple[Any, ...]:
+    """One telemetry_raw row holding samples of a host, oldest first, at these times
+    (unix seconds, controller clock)."""
+    series = sorted({HOST_GPU_IDX} | {g.index for s in samples for g in s.gpus})
+    where = {index: i for i, index in enumerate(series)}
+    values: list[list[list[Any]]] = [[[None] * len(samples) for _ in series] for _ in range(4)]
+    util, mem, temp, power = values
+    host_row = where[HOST_GPU_IDX]
+    for at, sample in enumerate(samples):
+        util[host_row][at] = sample.host.cpu_percent
+        mem[host_row][at] = sample.host.mem_used
+        for g in sample.gpus:
+            row = where[g.index]
+            util[row][at], mem[row][at] = g.util, g.mem_used
+            temp[row][at], power[row][at] = g.temperature, g.power
+    return (name, times[0], times[-1], len(samples), encode_raw(series, times, values))
 
 
 def build_hosts_report(
@@ -83,8 +97,13 @@ def build_hosts_report(
     now: float,
     stale_after_s: float,
     disconnected_after_s: float,
+    idle: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Nest processes in GPUs in hosts, in the order the rows come (hosts by name)."""
+    """Nest processes in GPUs in hosts, in the order the rows come (hosts by name).
+
+    ``idle`` maps (host, GPU index) to its open idle-held episode (Catalog.idle_gpus).
+    """
+    idle = idle or {}
     processes: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for host, gpu_idx, pid, user, command, container, mem, run_id in process_rows:
         processes.setdefault((host, gpu_idx), []).append(
@@ -113,6 +132,9 @@ def build_hosts_report(
                 "power": power,
                 "processes": processes.get((host, idx), []),
                 "leased_by": leased,  # run id holding the GPU's lease on the host ("?": unknown)
+                # Held (run or process) with memory but under policy.idle_util for idle_after.
+                "idle_held": (host, idx) in idle,
+                "idle_since": idle[(host, idx)]["since"] if (host, idx) in idle else None,
             }
         )
     report = []

@@ -8,9 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from cvtui.catalog.components import migration_5_reproducibility
+from cvtui.catalog.history import migration_7_history
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
 from cvtui.catalog.runs import migration_7_work_dirs
+from cvtui.catalog.usage import create_usage_tables
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
@@ -199,6 +201,12 @@ def migration_8_gpu_leases(db: Database) -> None:
     db.execute("ALTER TABLE gpus ADD COLUMN leased_by TEXT")
 
 
+def migration_9_operations(db: Database) -> None:
+    """Months of operation: tiered telemetry history, idle-held GPU episodes, energy."""
+    migration_7_history(db)
+    create_usage_tables(db)
+
+
 # Migration N is MIGRATIONS[N - 1]. Append only: never edit or reorder an applied migration.
 MIGRATIONS: tuple[Migration, ...] = (
     migration_1_monitoring,
@@ -209,6 +217,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
     migration_7_work_dirs,  # cvtui/catalog/runs.py
     migration_8_gpu_leases,
+    migration_9_operations,  # history tiers (history.py), idle GPUs and energy (usage.py)
 )
 
 

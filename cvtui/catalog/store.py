@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import stat
@@ -17,11 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cvtui.catalog import schema
 from cvtui.catalog.components import ComponentsMixin
+from cvtui.catalog.history import HistoryMixin
+from cvtui.catalog.history_reads import HistoryReadsMixin
 from cvtui.catalog.hosts_admin import HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
-from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
+from cvtui.catalog.rows import build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
+from cvtui.catalog.usage import UsageMixin
 from remote_agent.protocol import Hello, Telemetry
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ HOST_STATES = ("connecting", "healthy", "stale", "disconnected", "error")
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write to finish
 CATALOG_FILE = "catalog.db"
+IDLE_REFRESH_SLACK_S = 30.0  # an open idle episode not refreshed for this long is not shown
 
 
 class HostRow(Protocol):
@@ -48,11 +51,21 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
+class Catalog(
+    RunsMixin,
+    HostsAdminMixin,
+    SyncMixin,
+    ComponentsMixin,
+    HistoryMixin,
+    HistoryReadsMixin,
+    UsageMixin,
+):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in
-    HostsAdminMixin (hosts_admin.py); they share these transactions.
+    HostsAdminMixin (hosts_admin.py), telemetry history in HistoryMixin (history.py) and
+    HistoryReadsMixin (history_reads.py), idle GPUs and energy in UsageMixin (usage.py);
+    they share these transactions.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils
@@ -200,7 +213,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             conn.executemany("DELETE FROM hosts WHERE name = ?", removed)
             conn.executemany("DELETE FROM gpus WHERE host = ?", removed)
             conn.executemany("DELETE FROM gpu_processes WHERE host = ?", removed)
-            conn.executemany("DELETE FROM telemetry WHERE host = ?", removed)
+            conn.executemany("DELETE FROM telemetry_raw WHERE host = ?", removed)
+            conn.executemany("DELETE FROM telemetry_chunks WHERE host = ?", removed)
             conn.executemany(
                 "INSERT INTO hosts (name, address, port, user, tags, state, updated) "
                 "VALUES (?, ?, ?, ?, ?, 'connecting', ?) "
@@ -247,7 +261,11 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
     # -- telemetry --------------------------------------------------------------------
 
     def record_telemetry(
-        self, batch: Sequence[tuple[str, Telemetry]], *, received: float | None = None
+        self,
+        batch: Sequence[tuple[str, Telemetry]],
+        *,
+        received: float | None = None,
+        history: Sequence[tuple[str, float, float, int, bytes]] | None = None,
     ) -> None:
         """Store a batch of telemetry in one transaction.
 
@@ -255,7 +273,9 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
         host healthy; every sample appends history rows. Times are the controller's clock:
         the newest sample of a host is stamped ``received`` and older ones in the same batch
         keep their spacing on the agent's clock. Hosts not in the catalog (removed from the
-        inventory while their sample was in flight) are skipped.
+        inventory while their sample was in flight) are skipped. ``history``, when given,
+        replaces the raw history rows of the batch (the engine groups a host's samples into
+        rows of a few seconds: rows.raw_history_row).
         """
         if not batch:
             return
@@ -265,6 +285,7 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             by_host.setdefault(name, []).append(sample)
         # Rows are built before taking the write lock, which other writers wait on.
         rows = {name: telemetry_rows(name, samples, received) for name, samples in by_host.items()}
+        raw = [row for r in rows.values() for row in r.history] if history is None else history
 
         with self._write() as conn:
             known = {r[0] for r in conn.execute("SELECT name FROM hosts")}
@@ -293,81 +314,10 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
                 [row for r in kept for row in r.processes],
             )
             conn.executemany(
-                "INSERT INTO telemetry (host, gpu_idx, time, util, mem_used, temperature, "
-                "power, cpu_percent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [row for r in kept for row in r.history],
+                "INSERT OR IGNORE INTO telemetry_raw (host, start, until, samples, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [row for row in raw if row[0] in known],
             )
-
-    def compact_telemetry(
-        self,
-        now: float | None = None,
-        *,
-        keep_full_s: float = 3600,
-        bucket_s: float = 10,
-        max_age_s: float | None = None,
-    ) -> int:
-        """Thin history older than ``keep_full_s`` to the first row of each ``bucket_s``
-        bucket per (host, GPU), drop rows older than ``max_age_s`` (when given), and return
-        how many rows were deleted. Idempotent.
-
-        A watermark per bucket size records how far history is already thinned, so each call
-        reads only the rows that aged past the window since the last one. Rows inserted
-        below the watermark later (a controller clock set back by over ``keep_full_s``) stay.
-        """
-        if bucket_s <= 0:
-            raise ValueError(f"bucket_s must be positive, got {bucket_s}")
-        now = time.time() if now is None else now
-        cutoff = now - keep_full_s
-        deleted = 0
-        with self._write() as conn:
-            if max_age_s is not None:
-                dropped = conn.execute("DELETE FROM telemetry WHERE time < ?", (now - max_age_s,))
-                deleted += dropped.rowcount
-            row = conn.execute(
-                "SELECT done_before FROM telemetry_compaction WHERE bucket_s = ?", (bucket_s,)
-            ).fetchone()
-            if row is None:
-                lower = -math.inf
-            elif cutoff <= row[0]:
-                return deleted
-            else:
-                # Re-read the bucket holding the watermark, whose kept row is the one to
-                # keep, and one more so float rounding at its edge cannot split it.
-                lower = (math.floor(row[0] / bucket_s) - 1) * bucket_s
-            # CAST truncates toward zero, which is floor() for the positive unix times here;
-            # floor() itself needs SQLite built with math functions.
-            thinned = conn.execute(
-                "DELETE FROM telemetry WHERE rowid IN ("
-                " SELECT rowid FROM ("
-                "  SELECT rowid, row_number() OVER ("
-                "   PARTITION BY host, gpu_idx, CAST(time / :bucket AS INTEGER)"
-                "   ORDER BY time, rowid) AS nth"
-                "  FROM telemetry WHERE time >= :lower AND time < :cutoff)"
-                " WHERE nth > 1)",
-                {"bucket": bucket_s, "lower": lower, "cutoff": cutoff},
-            )
-            deleted += thinned.rowcount
-            conn.execute(
-                "INSERT INTO telemetry_compaction (bucket_s, done_before) VALUES (?, ?) "
-                "ON CONFLICT (bucket_s) DO UPDATE SET done_before = excluded.done_before",
-                (bucket_s, cutoff),
-            )
-        return deleted
-
-    def telemetry_history(
-        self, host: str, gpu_idx: int, since: float
-    ) -> list[tuple[float, float | None, int | None]]:
-        """(time, util percent, mem_used bytes) from ``since`` on, oldest first.
-
-        For ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
-        """
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT time, CASE WHEN gpu_idx = ? THEN cpu_percent ELSE util END, mem_used "
-                "FROM telemetry WHERE host = ? AND gpu_idx = ? AND time >= ? ORDER BY time",
-                (HOST_GPU_IDX, host, gpu_idx, since),
-            ).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
 
     # -- reports ----------------------------------------------------------------------
 
@@ -413,6 +363,8 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
                 "ORDER BY host, gpu_idx, rowid",
                 (wanted,),
             ).fetchall()
+        # An engine refreshes open episodes every few seconds; a dead one's age out.
+        idle = self.idle_gpus(now=now, max_age_s=disconnected_after_s + IDLE_REFRESH_SLACK_S)
 
         return build_hosts_report(
             host_rows,
@@ -421,6 +373,7 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
             now=now,
             stale_after_s=stale_after_s,
             disconnected_after_s=disconnected_after_s,
+            idle=idle,
         )
 
 

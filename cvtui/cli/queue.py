@@ -139,8 +139,16 @@ def queue_move(settings: Settings, run_ref: str, priority: str) -> None:
     help="Stop after this long with nothing queued or running and no client "
     "(how `cvtui run` starts one in the background).",
 )
+@click.option(
+    "--metrics",
+    metavar="[ADDRESS:]PORT",
+    help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (ADDRESS: 127.0.0.1 "
+    "unless given; e.g. 127.0.0.1:9469).",
+)
 @click.pass_context
-def daemon(ctx: click.Context, foreground: bool, idle_exit: float | None) -> None:
+def daemon(
+    ctx: click.Context, foreground: bool, idle_exit: float | None, metrics: str | None
+) -> None:
     """Run the engine headless: dispatch, follow runs, reconnect hosts, reload the inventory.
 
     Logs one logfmt line per event to stderr (time=... level=... event=... msg=...). SIGTERM
@@ -155,7 +163,13 @@ def daemon(ctx: click.Context, foreground: bool, idle_exit: float | None) -> Non
     verbose = int(ctx.find_root().params.get("verbose") or 0)
     level = logging.DEBUG if verbose > 1 else logging.INFO
     sys.exit(
-        run_daemon(settings.inventory_path(), settings.home(), level=level, idle_exit_s=idle_exit)
+        run_daemon(
+            settings.inventory_path(),
+            settings.home(),
+            level=level,
+            idle_exit_s=idle_exit,
+            metrics=metrics,
+        )
     )
 
 
@@ -182,19 +196,28 @@ def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> f
 @click.pass_obj
 def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
     """Runs by state, average and median duration, GPU-hours by user, host and GPU model,
-    and how many runs each GPU (host:index) ran."""
+    how many runs each GPU (host:index) ran, energy (kWh) and idle-held GPU-hours by user,
+    and each host's mean GPU utilisation and energy from the telemetry history."""
     from cvtui.catalog import Catalog
-    from cvtui.stats import compute_stats, format_stats, stats_json
+    from cvtui.stats import (
+        compute_stats,
+        format_stats,
+        format_usage,
+        read_usage_stats,
+        stats_json,
+        usage_json,
+    )
 
     now = time.time()
     since = None if since_s is None else now - since_s
     settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(settings.home()) as catalog:
         report = compute_stats(catalog.run_usage(since), catalog.gpu_models(), since=since, now=now)
+        usage = read_usage_stats(catalog, since, now)
     if as_json:
-        click.echo(json.dumps(stats_json(report), indent=2))
+        click.echo(json.dumps({**stats_json(report), **usage_json(usage)}, indent=2))
     else:
-        click.echo(format_stats(report))
+        click.echo(f"{format_stats(report)}\n{format_usage(usage)}")
 
 
 def register(main: click.Group) -> None:

@@ -139,11 +139,14 @@ def run_daemon(
     level: int = logging.INFO,
     stream: TextIO | None = None,
     idle_exit_s: float | None = None,
+    metrics: str | None = None,
 ) -> int:
     """The `cvtui daemon` command: hold home's engine lock and run the engine until a signal.
 
     Raises EngineLockedError when another engine holds the lock and InventoryError when the
     inventory cannot be read at start; later inventory edits that fail are logged and skipped.
+    With ``metrics`` ([ADDRESS:]PORT) it serves Prometheus metrics there (MetricsAddressError
+    when that is malformed or cannot be bound).
     """
     from cvtui.catalog import Catalog
     from cvtui.engine.engine import Engine
@@ -151,6 +154,11 @@ def run_daemon(
     from cvtui.inventory import load_inventory
 
     configure_logging(stream or sys.stderr, level)
+    listen = None
+    if metrics is not None:
+        from cvtui.engine.prometheus import parse_listen
+
+        listen = parse_listen(metrics)  # a typo fails before the lock is taken
     inventory = load_inventory(inventory_path)
     lock = EngineLock(home)
     lock.acquire()
@@ -167,7 +175,17 @@ def run_daemon(
                 inventory_path,
                 extra={"event": "start"},
             )
-            stopped_by = asyncio.run(serve(engine))
+            exporter = None
+            if listen is not None:
+                from cvtui.engine.prometheus import MetricsServer
+
+                exporter = MetricsServer(engine, listen)
+                exporter.start()
+            try:
+                stopped_by = asyncio.run(serve(engine))
+            finally:
+                if exporter is not None:
+                    exporter.stop()
             log.info("engine stopped (%s)", stopped_by, extra={"event": "exit"})
     finally:
         lock.release()

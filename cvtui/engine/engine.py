@@ -14,6 +14,8 @@ from typing import Any
 import asyncssh
 
 from cvtui.catalog import Catalog
+from cvtui.catalog.history import RAW_GROUP_S
+from cvtui.catalog.rows import raw_history_row
 from cvtui.engine.agent_build import AgentBundle, build_agent
 from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
@@ -23,6 +25,7 @@ from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers kn
 from cvtui.engine.notify import Notifier
 from cvtui.engine.runner import RunController
 from cvtui.engine.transfer import Progress
+from cvtui.engine.usage import IdleGpu, UsageTracker
 from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
 from cvtui.repro.provenance import capture_host_environment
@@ -32,7 +35,13 @@ from remote_agent.protocol import Hello, ProtocolError, RunStatus, Telemetry
 log = logging.getLogger("cvtui.engine")
 
 FLUSH_INTERVAL_S = 0.2
-COMPACT_INTERVAL_S = 300.0
+COMPACT_INTERVAL_S = 300.0  # history compaction: hourly work, checked every 5 min
+# Hours of backlog one compaction pass takes on before it comes back: one, so a stopping
+# engine waits at most for one hour's tiering (about a second) in its worker thread.
+COMPACT_MAX_HOURS = 1
+USAGE_FLUSH_S = 10.0  # energy and idle episodes are written this often
+LAG_PROBE_S = 0.5  # the loop-lag probe sleeps this long and measures how late it wakes
+EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
 
 
 @dataclass
@@ -182,6 +191,11 @@ class Engine:
         # (a detached engine `cvtui run` started); None: run until stopped.
         self.idle_exit_s = idle_exit_s
         self.control = ControlServer(self, catalog.path.parent)
+        self.usage = UsageTracker(catalog, lambda: self.inventory.policy, self._gpu_idle)
+        # Per host, samples not yet in telemetry_raw: written RAW_GROUP_S at a time.
+        self._raw: dict[str, list[tuple[float, Telemetry]]] = {}
+        self.loop_lag_s = 0.0  # how late the event loop last woke a timer (seconds)
+        self.last_compaction: float | None = None  # unix seconds of the last finished pass
 
     # -- what sessions report -------------------------------------------------------------
     def set_state(self, name: str, state: str, reason: str | None) -> None:
@@ -195,6 +209,7 @@ class Engine:
 
     def host_failed(self, name: str, state: str, reason: str) -> None:
         log.info("host %s: %s (%s)", name, state, reason, extra={"event": state, "host": name})
+        self.usage.host_lost(name)
         self.notifier.host_failed(name, state, reason)
         self.set_state(name, state, reason)
         if name in self.answered:
@@ -223,20 +238,53 @@ class Engine:
     def telemetry_received(self, name: str, sample: Telemetry) -> None:
         if name not in self.sessions:
             return
+        arrived = time.time()
         self._pending.append((name, sample))
-        self._pending_times.append(time.time())
+        self._pending_times.append(arrived)
+        self._raw.setdefault(name, []).append((arrived, sample))
+        self.usage.observe(name, sample, arrived)
         self.notifier.host_seen(name)
         if not self.answered[name].is_set():
             # The first sample of a host is written at once so `cvtui hosts` can print it.
             self.flush()
             self.answered[name].set()
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
+        """Write pending telemetry: current state now, raw history in rows of RAW_GROUP_S."""
+        history = self._due_history(final)
         if not self._pending:
+            if history:
+                self.catalog.append_raw_history(history)
             return
         batch, self._pending = self._pending, []
         received, self._pending_times = self._pending_times[-1], []
-        self.catalog.record_telemetry(batch, received=received)
+        self.catalog.record_telemetry(batch, received=received, history=history)
+
+    def _due_history(self, final: bool) -> list[tuple[str, float, float, int, bytes]]:
+        # A few seconds a row: compaction later reads and deletes 5x fewer rows.
+        now = time.time()
+        rows = []
+        for name in list(self._raw):
+            samples = self._raw[name]
+            if final or now - samples[0][0] >= RAW_GROUP_S:
+                del self._raw[name]
+                if name in self.sessions or final:
+                    rows.append(
+                        raw_history_row(name, [s for _, s in samples], [t for t, _ in samples])
+                    )
+        return rows
+
+    def _gpu_idle(self, idle: IdleGpu) -> None:
+        self.notifier.gpu_idle(
+            idle.host,
+            idle.gpu,
+            user=idle.holder.user,
+            run=None if idle.holder.run_id is None else self.catalog.get_run(idle.holder.run_id),
+            since=idle.since,
+            util=idle.util,
+            mem_used=idle.mem_used,
+            simulated=idle.simulated,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     def wants(self, name: str) -> bool:
@@ -264,7 +312,7 @@ class Engine:
     async def _apply_inventory(self, new: Inventory) -> None:
         old_hosts = {h.name: h for h in self.inventory.hosts}
         new_hosts = {h.name: h for h in new.hosts}
-        policy_changed = new.policy != self.inventory.policy
+        policy_changed = new.policy.session_key() != self.inventory.policy.session_key()
         self.inventory = new
         self.inventory_error = None
         self.catalog.sync_hosts(new.hosts)
@@ -318,6 +366,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until stop is set; then close every session (agents exit on EOF)."""
         self.catalog.sync_hosts(self.inventory.hosts)
+        self.catalog.close_idle_episodes()  # an earlier engine's: nobody follows them now
         for host in self.inventory.hosts:
             if self.wants(host.name):
                 self.start_session(host)
@@ -325,11 +374,14 @@ class Engine:
         background = [
             asyncio.create_task(self._flush_loop(stop), name="flush"),
             asyncio.create_task(self.runs.run(stop), name="runs"),
+            asyncio.create_task(self._lag_loop(stop), name="loop-lag"),
         ]
         if self.idle_exit_s is not None:
             background.append(
                 asyncio.create_task(self._idle_exit(stop, self.idle_exit_s), name="idle-exit")
             )
+        if self.only is None:  # a short-lived engine (one command) leaves history alone
+            background.append(asyncio.create_task(self._compact_loop(stop), name="compact"))
         if self.inventory_path is not None:
             background.append(
                 asyncio.create_task(
@@ -350,7 +402,8 @@ class Engine:
             for name in list(self.sessions):
                 await self.stop_session(name)
             await asyncio.gather(*background, return_exceptions=True)
-            self.flush()
+            self.flush(final=True)
+            self.usage.flush()
 
     def busy(self) -> bool:
         """Whether anything needs this engine: runs queued or on hosts, commands pending,
@@ -377,16 +430,52 @@ class Engine:
                 stop.set()
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
-        last_compact = time.monotonic()
+        last_usage = time.monotonic()
         while not stop.is_set():
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
                 self.flush()
-                if time.monotonic() - last_compact > COMPACT_INTERVAL_S:
-                    self.catalog.compact_telemetry()
-                    last_compact = time.monotonic()
+                if time.monotonic() - last_usage > USAGE_FLUSH_S:
+                    last_usage = time.monotonic()
+                    self.usage.flush()
             except Exception:  # a busy or full disk must not end the engine
                 log.exception("catalog write failed")
+
+    async def _compact_loop(self, stop: asyncio.Event) -> None:
+        """Tier raw history, merge and expire, in a thread: hours of backlog never stall
+        telemetry, which waits at most for one short write transaction."""
+        while not stop.is_set():
+            wait_s = COMPACT_INTERVAL_S
+            try:
+                report = await asyncio.to_thread(
+                    self.catalog.compact_history,
+                    None,
+                    self.inventory.policy.history,
+                    max_hours=COMPACT_MAX_HOURS,
+                )
+                self.last_compaction = time.time()
+                if report.hours or report.expired:
+                    log.info(
+                        "history: %d h tiered, %d windows merged, %d chunks expired",
+                        report.hours,
+                        report.merged,
+                        report.expired,
+                        extra={"event": "compact"},
+                    )
+                if report.hours >= COMPACT_MAX_HOURS:
+                    wait_s = FLUSH_INTERVAL_S  # a backlog: go on soon
+            except Exception:
+                log.exception("history compaction failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait_s)
+
+    async def _lag_loop(self, stop: asyncio.Event) -> None:
+        """How late the loop runs a timer: what `engine loop lag` reports to Prometheus."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            asked = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self.loop_lag_s = max(0.0, loop.time() - asked - LAG_PROBE_S)
 
     def _inventory_changed(self, inventory: Inventory) -> None:
         log.info("inventory reloaded: %d hosts", len(inventory.hosts))

@@ -1,4 +1,4 @@
-"""Tell people when runs end and hosts go down or come back: local commands and webhooks.
+"""Tell people when runs end, hosts go down or come back, and GPUs sit held but idle.
 
 Every delivery runs in a task of its own: a slow webhook or a hanging command never holds up
 the engine loop, and a failed delivery is logged, never raised.
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cvtui.inventory import NotifyTarget
-from cvtui.units import duration
+from cvtui.units import duration, size
 
 log = logging.getLogger("cvtui.engine.notify")
 
 RUN_EVENTS = {"succeeded": "run_succeeded", "failed": "run_failed", "lost": "run_lost"}
-EVENT_KINDS = (*RUN_EVENTS.values(), "host_down", "host_up")
+EVENT_KINDS = (*RUN_EVENTS.values(), "host_down", "host_up", "gpu_idle")
 DOWN_STATES = ("disconnected", "error")  # host states that count as down; stale does not
 COMMAND_TIMEOUT_S = 30.0  # a notify command running longer is killed
 WEBHOOK_TIMEOUT_S = 5.0
@@ -46,6 +46,7 @@ class NotifyEvent:
     run: Mapping[str, Any] | None = None  # the run's catalog fields, plus duration_s
     state: str | None = None  # a host event's state (disconnected, error, healthy)
     reason: str | None = None
+    gpu: int | None = None  # the GPU index of a gpu_idle event
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class NotifyEvent:
             "run": None if self.run is None else dict(self.run),
             "state": self.state,
             "reason": self.reason,
+            "gpu": self.gpu,
         }
 
     def body(self) -> bytes:
@@ -108,6 +110,32 @@ def host_down_event(name: str, state: str, reason: str | None, *, now: float) ->
 def host_up_event(name: str, down_since: float, *, now: float) -> NotifyEvent:
     text = f"cvtui: host {name} is back after {duration(now - down_since)} down"
     return NotifyEvent("host_up", now, text, name, None, "healthy", None)
+
+
+def gpu_idle_event(
+    host: str,
+    gpu: int,
+    *,
+    user: str,
+    run: Mapping[str, Any] | None,
+    since: float,
+    util: float | None,
+    mem_used: int | None,
+    simulated: bool,
+    now: float,
+) -> NotifyEvent:
+    """A GPU held (by a run or another user's process) with memory allocated but no work."""
+    holder = f"run {run.get('name')} ({str(run.get('id'))[:12]}) of {user}" if run else user
+    used = "" if mem_used is None else f" with {size(mem_used)} allocated"
+    load = "" if util is None else f" at {util:g}% util"
+    kind = " (simulated)" if simulated else ""
+    text = (
+        f"cvtui: GPU {gpu} on {host}{kind} held idle by {holder} for "
+        f"{duration(now - since)}{load}{used}"
+    )
+    fields = None if run is None else {name: run.get(name) for name in _RUN_FIELDS}
+    reason = f"idle since {time.strftime('%Y-%m-%d %H:%M', time.localtime(since))}"
+    return NotifyEvent("gpu_idle", now, text, host, fields, "idle", reason, gpu)
 
 
 class NotifyError(Exception):
@@ -237,6 +265,35 @@ class Notifier:
             now = time.time() if now is None else now
             self._down_since[name] = now
             self.send(host_down_event(name, state, reason, now=now))
+
+    def gpu_idle(
+        self,
+        host: str,
+        gpu: int,
+        *,
+        user: str,
+        run: Mapping[str, Any] | None,
+        since: float,
+        util: float | None,
+        mem_used: int | None,
+        simulated: bool,
+        now: float | None = None,
+    ) -> None:
+        """A held GPU became idle-held (the tracker calls this once per episode)."""
+        now = time.time() if now is None else now
+        self.send(
+            gpu_idle_event(
+                host,
+                gpu,
+                user=user,
+                run=run,
+                since=since,
+                util=util,
+                mem_used=mem_used,
+                simulated=simulated,
+                now=now,
+            )
+        )
 
     def run_ended(self, run: Mapping[str, Any] | None) -> None:
         """A run reached a final state (called once per run, after the catalog changed)."""

@@ -132,7 +132,19 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
         if isinstance(run.get(name), str):
             run[name] = json.loads(run[name])
     run["provenance"] = run_provenance(conn, run_id)
+    run["energy"] = run_energy(conn, run_id)
     return run
+
+
+def run_energy(conn: sqlite3.Connection, run_id: str) -> tuple[float, bool] | None:
+    """(kWh its GPUs drew while it held them, simulated), or None before any was measured."""
+    try:
+        row = conn.execute(
+            "SELECT joules, simulated FROM run_energy WHERE run_id = ?", (run_id,)
+        ).fetchone()
+    except sqlite3.OperationalError:  # a catalog from before energy was measured
+        return None
+    return None if row is None else (row[0] / 3.6e6, bool(row[1]))
 
 
 def run_provenance(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:

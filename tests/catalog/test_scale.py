@@ -28,7 +28,11 @@ def test_recording_50_hosts_of_8_gpus_keeps_history_and_replaces_processes(
     batch = lab(catalog, 50, 8)
     for run in range(11):
         catalog.record_telemetry(batch, received=1_000.0 + run)
-    assert catalog.db.table("telemetry").count == 11 * 50 * 9
+    # One raw history row per host and call, holding its host series and 8 GPUs.
+    assert catalog.db.table("telemetry_raw").count == 11 * 50
+    block = catalog.history("gpu-007", 0.0, 2_000.0, step=0)
+    assert block.series.tolist() == [-1, *range(8)]
+    assert block.times.tolist() == [1_000.0 + run for run in range(11)]
     assert catalog.db.table("gpu_processes").count == 50 * 8
 
 

@@ -20,7 +20,11 @@ TABLES = {
     "hosts",
     "gpus",
     "gpu_processes",
-    "telemetry",
+    "telemetry_raw",
+    "telemetry_chunks",
+    "gpu_idle",
+    "energy_usage",
+    "run_energy",
     "commands",
     "blobs",
     "signatures",
@@ -50,10 +54,11 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 8
+        assert cat.schema_version() == LATEST == 9
         assert set(cat.db.table_names()) >= TABLES
-        assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
-            i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
+        assert "telemetry" not in cat.db.table_names()  # moved into telemetry_raw by 7
+        assert {"telemetry_chunks_series", "gpu_processes_host"} <= {
+            i.name for t in ("telemetry_chunks", "gpu_processes") for i in cat.db.table(t).indexes
         }
         assert cat.db.table("gpus").pks == ["host", "idx"]
     rows = migration_rows(catalog_path)
@@ -66,6 +71,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (6, "migration_6_metric_series"),
         (7, "migration_7_work_dirs"),
         (8, "migration_8_gpu_leases"),
+        (9, "migration_9_operations"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 

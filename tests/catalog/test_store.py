@@ -73,7 +73,7 @@ def test_sync_hosts_adds_updates_and_removes_with_their_rows(catalog: Catalog) -
         return {r[0] for r in catalog.db.execute(f"SELECT DISTINCT {column} FROM {table}")}
 
     assert hosts_in("hosts", "name") == {"a", "c"}
-    for table in ("gpus", "telemetry"):
+    for table in ("gpus", "telemetry_raw"):
         assert hosts_in(table) == {"a", "c"}, table
     row = catalog.db.table("hosts").get("c")
     # The inventory fields follow the file; what the engine learned is kept.
@@ -82,7 +82,7 @@ def test_sync_hosts_adds_updates_and_removes_with_their_rows(catalog: Catalog) -
     catalog.sync_hosts([InventoryHost("d")])
     assert catalog.db.table("hosts").get("d")["state"] == "connecting"
     assert hosts_in("hosts", "name") == {"d"}
-    assert catalog.db.execute("SELECT count(*) FROM telemetry").fetchone() == (0,)
+    assert catalog.db.execute("SELECT count(*) FROM telemetry_raw").fetchone() == (0,)
 
 
 def test_removing_a_host_drops_its_processes(catalog: Catalog) -> None:
@@ -158,6 +158,8 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
                         },
                     ],
                     "leased_by": None,
+                    "idle_held": False,
+                    "idle_since": None,
                 },
                 {
                     "index": 1,
@@ -171,6 +173,8 @@ def test_record_telemetry_then_hosts_report_is_the_documented_shape(catalog: Cat
                     "power": 101.0,
                     "processes": [],
                     "leased_by": None,
+                    "idle_held": False,
+                    "idle_since": None,
                 },
             ],
         }
@@ -298,7 +302,7 @@ def test_processes_and_vanished_gpus_are_replaced_not_accumulated(catalog: Catal
 def test_telemetry_for_a_host_not_in_the_catalog_is_skipped(catalog: Catalog) -> None:
     catalog.sync_hosts([InventoryHost("a")])
     catalog.record_telemetry([("ghost", telemetry()), ("a", telemetry())], received=1.0)
-    for table in ("gpus", "telemetry"):
+    for table in ("gpus", "telemetry_raw"):
         assert {r["host"] for r in catalog.db.table(table).rows} == {"a"}
     assert catalog.db.table("hosts").count == 1
 

@@ -16,11 +16,16 @@ from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 from cvtui.tui.screens.hosts import host_info
 from cvtui.tui.widgets.gpu_tables import GpuTable, History, ProcessTable
 
-WINDOWS_S = (300.0, 1800.0, 7200.0)  # history shown: 5 min, 30 min, 2 h
+# History shown: 5 min, 30 min, 2 h, a day, 30 days, a year; each read from the history
+# tier that gives the sparkline its cells (raw samples first, hour buckets last).
+WINDOWS_S = (300.0, 1800.0, 7200.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
+POINTS = 120  # buckets asked of the history: about two per sparkline cell
 
 
 def window_label(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.0f} h"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h" if seconds < 86400 else f"{seconds / 86400:.0f} d"
 
 
 class HostDetailScreen(DashboardScreen):
@@ -71,10 +76,13 @@ class HostDetailScreen(DashboardScreen):
         history: dict[int, History] = {}
         try:
             with self.dashboard.reader.use() as catalog:
-                for gpu in host["gpus"]:
-                    history[gpu["index"]] = catalog.telemetry_history(
-                        self.host, gpu["index"], now - self.window_s
-                    )
+                found = catalog.host_telemetry_history(
+                    self.host, now - self.window_s, now, points=POINTS
+                )
+            for gpu in host["gpus"]:
+                history[gpu["index"]] = found.get(gpu["index"], [])
+                # Raw history is written a few seconds at a time: end on the live value.
+                history[gpu["index"]].append((now, gpu["util"], gpu["mem_used"]))
         finally:
             deliver(self, self._history_read, host["gpus"], history)
 
@@ -92,7 +100,9 @@ class HostDetailScreen(DashboardScreen):
     def commands(self) -> list[PaletteCommand]:
         return [
             PaletteCommand(
-                "Host: change history window", "5 min, 30 min, 2 h", self.action_cycle_window
+                "Host: change history window",
+                "5 min, 30 min, 2 h, 1 d, 30 d, 365 d",
+                self.action_cycle_window,
             ),
             PaletteCommand("Host: back to hosts", "close this host", self.app.pop_screen),
         ]

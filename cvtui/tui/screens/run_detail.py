@@ -46,6 +46,11 @@ def run_header(run: dict[str, Any], now: float) -> Text:
         text.append(f"  waiting {units.duration(now - run['submitted'])}", style="dim")
     if run.get("exit_code") is not None:
         text.append(f"  exit {run['exit_code']}", style="red" if run["exit_code"] else "green")
+    energy = run.get("energy")
+    if energy is not None:  # NVML power integrated over the run's GPUs
+        text.append(f"  {energy[0]:.3f} kWh")
+        if energy[1]:
+            text.append(" (simulated)", style="italic yellow")
     line2 = Text(f"{run['id']} · {run.get('user') or '?'}/{run.get('project') or '-'}", style="dim")
     line2.append(f" · {run['priority']}", style="dim")
     if run.get("progress_msg"):
@@ -134,6 +139,8 @@ class RunDetailScreen(DashboardScreen):
 
     def show(self, view: CatalogView) -> None:
         run = view.run(self.run_id) or self.run
+        if run is not None and self.run is not None and "energy" not in run:
+            run = {**run, "energy": self.run.get("energy")}  # read with the whole row
         if run is not None:
             self.query_one("#run-header", Static).update(self.header(run, view.now))
         marked = [r for r in self.dashboard.marked if r != self.run_id]

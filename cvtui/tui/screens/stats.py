@@ -1,4 +1,5 @@
-"""Screen 4, Stats: runs by state, durations, GPU-hours by user, host and model, use per GPU.
+"""Screen 4, Stats: runs by state, durations, GPU-hours by user, host and model, use per GPU,
+energy and idle-held GPU-hours by user, mean GPU utilisation by host.
 
 The figures are `cvtui stats`'s (cvtui.stats.compute_stats), drawn as bars.
 """
@@ -23,7 +24,7 @@ from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 
 if TYPE_CHECKING:
-    from cvtui.stats import RunStats
+    from cvtui.stats import RunStats, UsageStats
 
 PERIODS: tuple[tuple[str, float | None], ...] = (
     ("all time", None),
@@ -33,7 +34,17 @@ PERIODS: tuple[tuple[str, float | None], ...] = (
 BAR_WIDTH = 16
 ROWS_SHOWN = 12
 REFRESH_S = 5.0  # stats change slowly; reading them more often is wasted work
-BLOCKS = ("states", "hours-user", "durations", "hours-host", "hours-model", "uses")
+BLOCKS = (
+    "states",
+    "hours-user",
+    "durations",
+    "hours-host",
+    "hours-model",
+    "uses",
+    "energy-user",
+    "idle-user",
+    "util-host",
+)
 
 
 def bar_rows(title: str, totals: Mapping[str, float], unit: str, style: str) -> Text:
@@ -105,20 +116,24 @@ class StatsScreen(DashboardScreen):
     @work(thread=True, exclusive=True, group="stats")
     def read_stats(self, now: float) -> None:
         stats: RunStats | None = None
+        usage: UsageStats | None = None
         problem = ""
         try:
-            from cvtui.stats import compute_stats
+            from cvtui.stats import compute_stats, read_usage_stats
 
             since = None if self.period[1] is None else now - self.period[1]
             with self.dashboard.reader.use() as catalog:
                 runs, models = catalog.run_usage(since), catalog.gpu_models()
+                usage = read_usage_stats(catalog, since, now)
             stats = compute_stats(runs, models, since=since, now=now)
         except (ImportError, AttributeError) as exc:  # an older cvtui without `cvtui stats`
             problem = f"stats are not available in this build: {exc}"
         finally:
-            deliver(self, self._stats_read, stats, problem)
+            deliver(self, self._stats_read, stats, problem, usage)
 
-    def _stats_read(self, stats: RunStats | None, problem: str) -> None:
+    def _stats_read(
+        self, stats: RunStats | None, problem: str, usage: UsageStats | None = None
+    ) -> None:
         self._reading = False
         if stats is None:
             self.set_info(Text(problem, style="red"))
@@ -135,6 +150,16 @@ class StatsScreen(DashboardScreen):
             ),
             "uses": bar_rows("Runs per GPU (host:index)", uses, "", "blue"),
         }
+        if usage is not None:
+            energy = dict(usage.energy_kwh_by_user)
+            for user, kwh in usage.simulated_kwh_by_user.items():
+                energy[f"{user} (simulated)"] = kwh
+            utils = {h: f["util_mean"] or 0.0 for h, f in usage.hosts.items()}
+            blocks["energy-user"] = bar_rows("Energy by user (GPU power)", energy, " kWh", "red")
+            blocks["idle-user"] = bar_rows(
+                "Idle-held GPU-hours by user", usage.idle_gpu_hours_by_user, " h", "magenta"
+            )
+            blocks["util-host"] = bar_rows("Mean GPU util by host", utils, " %", "green")
         for name, text in blocks.items():
             self.query_one(f"#stats-{name}", Static).update(text)
         self.set_info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -77,6 +78,13 @@ def host_cells(host: dict[str, Any], expanded: bool, wide: bool) -> list[Any]:
     return row
 
 
+def gpu_state(gpu: dict[str, Any]) -> Text:
+    """free, busy, or idle-held: held with memory allocated but (almost) no work for a while."""
+    if gpu.get("idle_held"):
+        return Text("idle", style="bold magenta")
+    return Text("busy", style="yellow") if gpu["processes"] else Text("free", style="green")
+
+
 def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str | None]) -> list[Any]:
     procs = gpu["processes"]
     users = sorted({p["user"] or "?" for p in procs})
@@ -89,6 +97,9 @@ def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str | Non
     util_text = cells.bar(None if util is None else util / 100, 4)
     util_text.append(f" {cells.percent(util):>3}")
     commands = Text()
+    if gpu.get("idle_held") and gpu.get("idle_since") is not None:
+        held_s = time.time() - gpu["idle_since"]
+        commands.append(f"idle-held {units.duration(held_s)} ", style="bold magenta")
     for proc in procs[:2]:
         run_id = proc.get("run_id")
         if run_id:
@@ -98,7 +109,7 @@ def gpu_cells(gpu: dict[str, Any], wide: bool, run_names: Mapping[str, str | Non
     row: list[Any] = [
         Text(f"  {gpu['index']} {gpu['name']}", style="dim"),
         Text(cells.fit(",".join(users), 12), style="bold") if users else Text("idle", style="dim"),
-        Text("busy", style="yellow") if procs else Text("free", style="green"),
+        gpu_state(gpu),
         util_text,
         mem_text,
         "-" if temp is None else f"{temp:.0f}°",
