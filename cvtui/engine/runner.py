@@ -56,6 +56,7 @@ class RunController:
         # as busy: the GPU counts as leased until a newer sample shows who holds it.
         self.refused: dict[tuple[str, int], float] = {}
         self.passes = 0  # dispatch passes done: a decision waits for one after its request
+        self.passes_begun = 0  # passes started (one more than passes while one runs)
         self._priorities: dict[str, str] = {}  # queued run -> priority at the last pass
         self._drained: set[str] | None = None  # drained hosts at the last pass
         self._pass_done = asyncio.Event()  # replaced after each pass, so waiters wake once
@@ -74,6 +75,7 @@ class RunController:
             if not woken and current == version and now - last_pass < PASS_EVERY_S:
                 continue
             version, last_pass = current, now
+            self.passes_begun += 1
             try:
                 await self.process_commands()
                 self.dispatch_pass()
@@ -92,20 +94,26 @@ class RunController:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        asked_at = self.passes
+
+        def rows() -> list[dict[str, Any]]:
+            return [r for r in (self.catalog.get_run(i) for i in run_ids) if r is not None]
+
+        def waiting() -> bool:
+            return any(r["state"] == "queued" for r in rows())
+
         self.wake.set()
-        while True:
-            rows = [self.catalog.get_run(run_id) for run_id in run_ids]
-            waiting = [r for r in rows if r is not None and r["state"] == "queued"]
-            answered = all(event.is_set() for event in self.engine.answered.values())
-            if not waiting or (self.passes > asked_at and answered) or loop.time() > deadline:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._pass_done.wait(), max(0.0, deadline - loop.time()))
-            if not answered and self.passes > asked_at:
-                self.wake.set()  # hosts came up since: one more pass with them
+        if waiting():
+            # A pass that began before every host answered may have said 'connecting':
+            # the decision is the first pass begun after they all did.
+            await self.engine.wait_answered(max(0.0, deadline - loop.time()))
+            informed_from = self.passes_begun
+            self.wake.set()
+            while waiting() and self.passes <= informed_from and loop.time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pass_done.wait(), max(0.0, deadline - loop.time()))
+        found = rows()
         keys = ("id", "name", "state", "host", "gpus", "reason")
-        return [{k: r[k] for k in keys} for r in rows if r is not None]
+        return [{k: r[k] for k in keys} for r in found]
 
     async def wait_commands(self, command_ids: list[int], timeout_s: float) -> list[dict[str, Any]]:
         """The commands once the engine finished them (or as they are after timeout_s)."""
