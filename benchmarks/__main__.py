@@ -16,6 +16,7 @@ from benchmarks import (
     components,
     connect,
     controller_cost,
+    grid,
     history,
     queue_latency,
     runs,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "sync": sync.run,
     "components": components.run,
     "history": history.run,
+    "grid": grid.run,
 }
 
 

@@ -53,28 +53,25 @@ def cancel_runs(
     by: str,
     grace_s: float = DEFAULT_GRACE_S,
     now: float | None = None,
-    direct: bool = True,
 ) -> list[CancelOutcome]:
-    """Cancel runs: placed ones get an engine command, queued ones leave the queue at once
-    (direct) or through the engine too (not direct: a running engine then logs every cancel).
+    """Cancel runs: queued ones leave the queue at once (all in one transaction; an engine
+    logs them at its next pass), placed ones get an engine command.
 
     The engine sends SIGTERM to the run's process group, SIGKILL after ``grace_s``. A run
     listed twice is cancelled once.
     """
+    unique = {r["id"]: r for r in runs}
+    queued = [run_id for run_id, run in unique.items() if run["state"] == "queued"]
+    dequeued = set(
+        catalog.cancel_queued(queued, detail=f"by {by}", ended=time.time() if now is None else now)
+    )
     outcomes = []
-    for run in {r["id"]: r for r in runs}.values():
+    for run in unique.values():
+        if run["id"] in dequeued:
+            outcomes.append(CancelOutcome(run["id"], run["name"], "cancelled (was queued)"))
+            continue
         if run["state"] not in ACTIVE:
             outcomes.append(CancelOutcome(run["id"], run["name"], f"already {run['state']}"))
-            continue
-        if direct and catalog.transition_run(
-            run["id"],
-            "cancelled",
-            expect=["queued"],
-            reason="cancelled before it started",
-            detail=f"by {by}",
-            ended=time.time() if now is None else now,
-        ):
-            outcomes.append(CancelOutcome(run["id"], run["name"], "cancelled (was queued)"))
             continue
         command_id = catalog.submit_command(
             "cancel", {"run_id": run["id"], "grace": grace_s, "by": by}, now=now

@@ -242,7 +242,7 @@ class Lab:
                 r for r in self.catalog.list_runs(states=list(ACTIVE_STATES)) if r["user"] == me
             ]
         client = self.engine()
-        outcomes = cancel_runs(self.catalog, runs, by=me, grace_s=grace_s, direct=client is None)
+        outcomes = cancel_runs(self.catalog, runs, by=me, grace_s=grace_s)
         commands = {o.command_id: o for o in outcomes if o.command_id is not None}
         results = {o.run_id: CancelResult(o.run_id, o.name, o.outcome) for o in outcomes}
         if commands and client is not None:

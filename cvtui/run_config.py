@@ -600,7 +600,7 @@ class _ConfigParser(_Parser):
 
     @staticmethod
     def resolved(document: dict[str, Any], nested: dict[str, Any]) -> dict[str, Any]:
-        config = copy.deepcopy(document)
+        config = dict(document)  # shared values: the spec keeps _listed(config), a copy
         if nested or "params" in config:
             config["params"] = nested
         return config

@@ -204,6 +204,42 @@ class RunsMixin:
             )
         return True
 
+    def cancel_queued(
+        self, run_ids: Sequence[str], *, detail: str, ended: float | None = None
+    ) -> list[str]:
+        """Cancel the runs of run_ids that are still queued, in one transaction (a 10,000-run
+        grid leaves the queue at once); the ids it cancelled. A run the engine placed in the
+        meantime is not queued any more and is left to a cancel command."""
+        now = time.time() if ended is None else ended
+        done = []
+        with self._write() as conn:
+            for run_id in run_ids:
+                changed = conn.execute(
+                    "UPDATE runs SET state = 'cancelled', updated = ?, ended = ?, reason = ? "
+                    "WHERE id = ? AND state = 'queued'",
+                    (now, now, "cancelled before it started", run_id),
+                ).rowcount
+                if changed == 1:
+                    done.append(run_id)
+            conn.executemany(
+                "INSERT INTO run_events (run_id, time, state, detail) "
+                "VALUES (?, ?, 'cancelled', ?)",
+                [(run_id, now, detail) for run_id in done],
+            )
+        return done
+
+    def left_queue(self, run_ids: Sequence[str]) -> list[tuple[str, str, str | None]]:
+        """(id, state, detail of its last event) of these runs: what became of runs that
+        left the queue."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT r.id, r.state, (SELECT e.detail FROM run_events e WHERE e.run_id = r.id "
+                "ORDER BY e.time DESC, e.id DESC LIMIT 1) FROM runs r "
+                "WHERE r.id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(run_ids)),),
+            ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def update_run(self, run_id: str, *, now: float | None = None, **fields: Any) -> None:
         """Set columns that change without a state change (progress, log_size, ...)."""
         sets = _assignments(fields)

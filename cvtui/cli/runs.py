@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -25,12 +26,23 @@ RAW_HELP = "Print the output byte for byte, terminal escape sequences included."
 
 
 def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]) -> None:
-    """Without a running engine, ask the hosts of active runs for their news first."""
+    """Ask the hosts of active runs for their news first: through the running engine when
+    there is one, else over connections of our own."""
     from cvtui.engine.lock import lock_holder
 
     home = settings.home()
     hosts = {r["host"] for r in runs if r["state"] in ("dispatching", "running") and r["host"]}
-    if not hosts or lock_holder(home) is not None:
+    if not hosts:
+        return
+    if lock_holder(home) is not None:
+        from cvtui.engine.client import EngineClient
+        from cvtui.errors import CvtuiError
+
+        engine = EngineClient.find(home)
+        running = [r["id"] for r in runs if r["state"] == "running" and r["host"]]
+        if engine is not None and running:
+            with contextlib.suppress(OSError, CvtuiError):  # the catalog is shown as it is
+                engine.request("refresh", run_ids=running, timeout_s=10, wait_s=15)
         return
     import asyncio
 

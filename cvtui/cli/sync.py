@@ -100,7 +100,8 @@ def sync(
     """Copy runs' output files from their hosts into the local mirror and the catalog.
 
     Only changed bytes travel, verified by digests; a second sync transfers nothing.
-    Progress (bytes and rate) goes to stderr. Exits 1 when a run could not be synced fully.
+    Progress (bytes and rate) goes to stderr. Exits 1 when a run could not be synced fully
+    (a running run: when a file could not be read; what it wrote since comes next pass).
     """
     import asyncio
 
@@ -150,15 +151,23 @@ def sync(
             names = {r["id"]: r["name"] for r in started}
             for run_id, result in outcome.items():
                 click.echo(f"{run_id[:12]}  {names.get(run_id, '')}: {describe_outcome(result)}")
-        if command.get("state") != "done" or any(not run_synced(o) for o in outcome.values()):
+        live = {
+            run_id
+            for run_id in outcome
+            if (catalog.get_run(run_id) or {}).get("state") in ("dispatching", "running")
+        }
+        if command.get("state") != "done" or any(
+            not run_synced(o, still_running=run_id in live) for run_id, o in outcome.items()
+        ):
             sys.exit(1)
 
 
-def run_synced(result: dict[str, Any]) -> bool:
+def run_synced(result: dict[str, Any], still_running: bool = False) -> bool:
+    """Whether the pass left every file of the run complete. A running run's files that
+    grew again after the pass read them are behind, not broken: its next pass takes them."""
     states = result.get("states") or {}
-    return result.get("error") is None and not any(
-        states.get(s) for s in ("outdated", "syncing", "error")
-    )
+    behind = ("error",) if still_running else ("outdated", "syncing", "error")
+    return result.get("error") is None and not any(states.get(s) for s in behind)
 
 
 def describe_outcome(result: dict[str, Any]) -> str:

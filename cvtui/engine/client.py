@@ -60,9 +60,9 @@ class EngineClient:
 
     def request(self, op: str, *, wait_s: float = 30.0, **args: Any) -> dict[str, Any]:
         """One request and its reply (at most wait_s); CvtuiError when the engine says no."""
-        with self._connect(wait_s) as sock:
+        with self._connect(wait_s) as sock, sock.makefile("rb") as replies:
             sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-            reply = _read_line(sock)
+            reply = _read_line(replies)
         if not reply.get("ok"):
             raise CvtuiError(f"the engine refused {op}: {reply.get('error', 'no reason given')}")
         return reply
@@ -77,16 +77,16 @@ class EngineClient:
     ) -> int | None:
         """Run argv on host over the engine's connection; its exit code, None when the engine
         could not (the host is not connected: nothing ran)."""
-        with self._connect(CONNECT_TIMEOUT_S) as sock:
+        with self._connect(CONNECT_TIMEOUT_S) as sock, sock.makefile("rb") as frames:
             sock.sendall(
                 json.dumps({"op": "exec", "host": host, "argv": argv, "gpus": gpus}).encode()
                 + b"\n"
             )
-            _read_line(sock)
+            _read_line(frames)
             sock.settimeout(None)
             while True:
-                kind, size = HEADER.unpack(_read_exactly(sock, HEADER.size))
-                payload = _read_exactly(sock, size)
+                kind, size = HEADER.unpack(_read_exactly(frames, HEADER.size))
+                payload = _read_exactly(frames, size)
                 if kind == STDOUT:
                     stdout.write(payload)
                     stdout.flush()
@@ -99,23 +99,18 @@ class EngineClient:
                     return None
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("the engine closed the connection")
-        data += chunk
-    return bytes(data)
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) < size:
+        raise ConnectionError("the engine closed the connection")
+    return data
 
 
-def _read_line(sock: socket.socket) -> dict[str, Any]:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError("the engine closed the connection before it answered")
-        data += chunk
+def _read_line(stream: BinaryIO) -> dict[str, Any]:
+    """One JSON object and its newline, read through the buffer (not a recv per byte)."""
+    data = stream.readline()
+    if not data.endswith(b"\n"):
+        raise ConnectionError("the engine closed the connection before it answered")
     found = json.loads(data)
     if not isinstance(found, dict):
         raise ConnectionError("the engine answered with something that is not an object")

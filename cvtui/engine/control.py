@@ -133,6 +133,15 @@ class ControlServer:
         settled = await self.engine.runs.wait_settled(run_ids, timeout_s)
         await _reply(writer, {"ok": True, "settled": settled})
 
+    async def op_refresh(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """Ask the hosts of these running runs for their news now, and wait until the catalog
+        holds it (the syncs it started included): what a command without an engine of its own
+        would have learnt by connecting."""
+        run_ids = [str(i) for i in request.get("run_ids") or []]
+        timeout_s = min(float(request.get("timeout_s") or 10.0), 60.0)
+        fresh = await self.engine.runs.refresh(run_ids, timeout_s)
+        await _reply(writer, {"ok": True, "fresh": fresh})
+
     async def op_exec(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         """Run a command on a host over the engine's open connection, output as frames."""
         from cvtui.engine.remote_exec import relay_exec

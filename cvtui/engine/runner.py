@@ -38,6 +38,9 @@ LEASE_RELEASE_S = 3.0
 RECHECK_LOST_S = 7 * 86400.0  # lost runs this recent are asked about again at each reconnect
 
 
+CANCEL_LINES = 20  # more runs cancelled while queued in one pass are logged as one line
+
+
 class RunController:
     """The engine's run half: everything between a `queued` row and a final state."""
 
@@ -214,6 +217,9 @@ class RunController:
         """Log the queue moves and drains made since the last pass (by the CLI or the TUI,
         straight in the catalog), so the daemon's log tells every change of plan."""
         priorities = {run_id: priority for run_id, priority, _, _ in entries}
+        gone = [run_id for run_id in self._priorities if run_id not in priorities]
+        if gone:
+            self.note_dequeued(gone)
         for run_id, priority in priorities.items():
             before = self._priorities.get(run_id)
             if before is not None and before != priority:
@@ -240,6 +246,29 @@ class RunController:
                     extra={"event": "undrain", "host": name},
                 )
         self._drained = drained
+
+    def note_dequeued(self, run_ids: list[str]) -> None:
+        """Log the runs cancelled while queued (by the CLI or the TUI, straight in the
+        catalog): one line each, or one line for a whole grid."""
+        cancelled = [
+            (i, d) for i, state, d in self.catalog.left_queue(run_ids) if state == "cancelled"
+        ]
+        if len(cancelled) > CANCEL_LINES:
+            by = sorted({detail or "-" for _, detail in cancelled})
+            log.info(
+                "%d queued runs cancelled (%s)",
+                len(cancelled),
+                ", ".join(by[:3]) + (", ..." if len(by) > 3 else ""),
+                extra={"event": "cancel"},
+            )
+            return
+        for run_id, detail in cancelled:
+            log.info(
+                "run %s: cancelled while queued (%s)",
+                run_id,
+                detail or "-",
+                extra={"event": "cancel", "run": run_id},
+            )
 
     def dispatch_pass(self) -> None:
         entries = self.catalog.queue_entries()
@@ -580,6 +609,40 @@ class RunController:
             await client.call(protocol.OP_WATCH, run_ids=still_active)
         if whole_host:
             self.reconciled.add(name)
+
+    async def refresh(self, run_ids: list[str], timeout_s: float) -> bool:
+        """Ask each host of these running runs about them now (one round trip per host) and
+        wait for the syncs that news started. False when a host did not answer in time."""
+        by_host: dict[str, list[str]] = {}
+        for run_id in run_ids:
+            run = self.catalog.get_run(run_id)
+            # dispatching runs are left out: their start may be in flight, and a host that
+            # does not know them yet must not send them back to the queue
+            if run is not None and run["state"] == "running" and run["host"]:
+                by_host.setdefault(run["host"], []).append(run_id)
+
+        async def ask(name: str, ids: list[str]) -> None:
+            session = self.engine.sessions.get(name)
+            if session is not None and session.client is not None:
+                await self.reconcile(session, ids)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(ask(n, ids) for n, ids in by_host.items()), return_exceptions=True
+                ),
+                timeout_s,
+            )
+        except TimeoutError:
+            return False
+        fresh = not any(isinstance(r, BaseException) for r in results)
+        while any(run_id in self.pulls for run_id in run_ids):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return fresh
 
     def settled(self, run_ids: list[str]) -> bool:
         """Whether these runs ended and their final sync is done (outputs all in)."""

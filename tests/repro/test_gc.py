@@ -77,7 +77,7 @@ def test_an_overwritten_checkpoint_is_collected_only_after_confirmation(
 
     code, out = cvtui(home, "gc", "--unreferenced", input="y\n")
     assert code == 0, out
-    assert "removed 1 blob(s) and 0 temp file(s), 293KiB freed" in out
+    assert "removed 1 blob(s) and 0 temp file(s), 293.0KiB freed" in out
     assert not store.has(old)
     with Catalog.open_home(home) as catalog:
         assert catalog.known_blobs([old]) == set()
