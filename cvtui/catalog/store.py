@@ -13,11 +13,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import schema
 from cvtui.catalog.components import ComponentsMixin
-from cvtui.catalog.hosts_admin import HostsAdminMixin
+from cvtui.catalog.hosts_admin import HostRow, HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
@@ -31,21 +31,6 @@ HOST_STATES = ("connecting", "healthy", "stale", "disconnected", "error")
 
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write to finish
 CATALOG_FILE = "catalog.db"
-
-
-class HostRow(Protocol):
-    """What sync_hosts needs of a host; the inventory's Host dataclass has it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def address(self) -> str | None: ...
-    @property
-    def port(self) -> int | None: ...
-    @property
-    def user(self) -> str | None: ...
-    @property
-    def tags(self) -> Iterable[str]: ...
 
 
 class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
