@@ -95,7 +95,7 @@ def follow_logs(
     run_ids may grow while this runs (retries join the followed runs). Escape sequences other
     than colours are dropped unless raw.
     """
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
     from cvtui.terminal_text import SafeTerminalText
 
     offsets: dict[str, int] = {}
@@ -147,7 +147,7 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
 
     Retries found on the way are appended to run_ids.
     """
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
 
     for run_id in list(run_ids):
         run = catalog.get_run(run_id)
@@ -361,7 +361,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None, raw: 
     (window title, clipboard, cursor movement) are dropped unless --raw.
     """
     from cvtui.catalog import Catalog
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
     from cvtui.terminal_text import SafeTerminalText
 
     home = settings.home()
@@ -435,7 +435,7 @@ def _follow_from(
     """Print what the run's mirrored log gains from offset until the run ended and its log
     is all here, or keep_following() is false; through screen (the filter for a terminal)
     unless it is None (--raw)."""
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
 
     path = run_log_path(home, run_id)
     while True:

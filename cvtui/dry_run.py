@@ -10,9 +10,9 @@ from typing import Any
 
 from cvtui.catalog import Catalog
 from cvtui.engine import scheduler
-from cvtui.engine.snapshot import take_snapshot
 from cvtui.inventory import Inventory
 from cvtui.report import human_bytes
+from cvtui.repro.snapshot import take_snapshot
 from cvtui.runspec import RunSpec
 
 SCRIPT_SUFFIXES = (".py", ".sh", ".bash")

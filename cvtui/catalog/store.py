@@ -19,6 +19,7 @@ from cvtui.catalog import schema
 from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.hosts_admin import HostRow, HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
+from cvtui.catalog.provenance import ProvenanceMixin
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
@@ -33,7 +34,7 @@ BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write to fi
 CATALOG_FILE = "catalog.db"
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
+class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, ProvenanceMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in

@@ -21,9 +21,9 @@ import asyncssh
 
 from cvtui.catalog.components import VersionEntry
 from cvtui.engine.agent_client import AgentClosedError
-from cvtui.engine.snapshot import SKIPPED_DIRS, SKIPPED_SUFFIXES
 from cvtui.errors import CvtuiError
 from cvtui.repro.blobstore import BlobStore, hash_file
+from cvtui.repro.snapshot import SKIPPED_DIRS, SKIPPED_SUFFIXES
 from cvtui.repro.sync_plan import (
     DELETE_HOST,
     REMOVE_LOCAL,

@@ -20,10 +20,10 @@ from cvtui.engine.connections import Backoff, HostConnectError, classify_error, 
 from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_root
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
+from cvtui.engine.provenance import capture_host_environment
 from cvtui.engine.runner import RunController
 from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
-from cvtui.repro.provenance import capture_host_environment
 from remote_agent import protocol
 from remote_agent.protocol import Hello, ProtocolError, RunStatus, Telemetry
 

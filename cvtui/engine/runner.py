@@ -7,7 +7,6 @@ import contextlib
 import logging
 import secrets
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -16,10 +15,10 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
-from cvtui.engine.mirror import mirror_dir as mirror_dir  # re-exported: `cvtui logs` reads there
+from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
-from cvtui.repro.provenance import capture_run_python, record_dispatch
+from cvtui.repro.snapshot import snapshot_archive
 from cvtui.runspec import RunSpec
 from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus
@@ -36,11 +35,6 @@ START_TIMEOUT_S = 30.0
 # supervisor releases the lease right after the end state, and a start waits that out.
 LEASE_RELEASE_S = 3.0
 RECHECK_LOST_S = 7 * 86400.0  # lost runs this recent are asked about again at each reconnect
-
-
-def snapshot_archive(home: Path, code_hash: str) -> Path:
-    """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
-    return home / "code" / f"{code_hash}.tar"
 
 
 class RunController:

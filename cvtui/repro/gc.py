@@ -218,7 +218,7 @@ def mirror_copies(
     catalog: Catalog, home: str | os.PathLike[str], blobs: Iterable[Garbage]
 ) -> list[MirrorCopy]:
     """Run mirror files whose content is one of these blobs (the first file found per blob)."""
-    from cvtui.engine.mirror import Mirror, UnsafePathError
+    from cvtui.mirror import Mirror, UnsafePathError
 
     by_size: dict[int, set[str]] = {}
     for blob in blobs:

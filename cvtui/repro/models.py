@@ -103,7 +103,7 @@ def register_model(
     An existing name is an error unless force, which re-points it. The file must be synced
     and its local copy untouched since, so the registered bytes are the host's.
     """
-    from cvtui.engine.mirror import Mirror, UnsafePathError
+    from cvtui.mirror import Mirror, UnsafePathError
 
     rel = model_path(path)
     check_label("model name", name)

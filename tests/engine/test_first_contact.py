@@ -23,7 +23,6 @@ import yaml
 from cvtui.catalog import Catalog
 from cvtui.lab import Lab, LabHostSpec
 from cvtui.repro.blobstore import BlobStore
-from cvtui.repro.provenance import provenance
 
 pytestmark = pytest.mark.sshd
 
@@ -192,7 +191,7 @@ def test_a_framework_project_runs_unchanged_in_its_venv(
         runs = [r for r in catalog.list_runs() if r["name"].startswith("supervised")]
         assert sorted(r["state"] for r in runs) == ["succeeded"] * 4
         gpus = {(g["index"]): g["uuid"] for g in catalog.hosts_report(names=["gpu-01"])[0]["gpus"]}
-        rows = {r["id"]: provenance(catalog, r["id"]) for r in runs}
+        rows = {r["id"]: catalog.run_provenance(r["id"]) for r in runs}
         for run in runs:
             mirror = home / "runs" / run["id"]
             said = json.loads((mirror / ".cvtui" / "output.log").read_text().splitlines()[-1])

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from cvtui.catalog import Catalog
-from cvtui.engine.mirror import Mirror
 from cvtui.lab import Lab, LabHostSpec
+from cvtui.mirror import Mirror
 from remote_agent.blocktree import block_size_for
 
 pytestmark = pytest.mark.sshd

@@ -27,9 +27,9 @@ from typing import Any
 import yaml
 
 from cvtui.catalog import Catalog
-from cvtui.engine.mirror import Mirror
 from cvtui.inventory import load_inventory
 from cvtui.lab import Lab, descendants
+from cvtui.mirror import Mirror
 from cvtui.submit import prepare_runs, submit
 
 JOB = r"""

@@ -18,8 +18,8 @@ from support import add_finished_run
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.engine.mirror import Mirror
 from cvtui.lab import Lab, LabHostSpec
+from cvtui.mirror import Mirror
 from cvtui.repro.blobstore import BlobStore, hash_bytes
 from cvtui.repro.models import ModelError, model_path
 

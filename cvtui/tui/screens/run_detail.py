@@ -15,7 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
-from cvtui.engine.mirror import run_log_path
+from cvtui.mirror import run_log_path
 from cvtui.outputs_note import outputs_note
 from cvtui.tui import cells, queries
 from cvtui.tui.messages import deliver

@@ -77,6 +77,11 @@ class Snapshot:
         return buffer.getvalue()
 
 
+def snapshot_archive(home: Path, code_hash: str) -> Path:
+    """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
+    return home / "code" / f"{code_hash}.tar"
+
+
 def write_snapshot_tar(
     out: BinaryIO, files: Sequence[SnapshotFile], content: Callable[[SnapshotFile], bytes]
 ) -> None:
