@@ -16,9 +16,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import schema
+from cvtui.catalog.blobs import BlobsMixin
 from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.hosts_admin import HostRow, HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
+from cvtui.catalog.models import ModelsMixin
 from cvtui.catalog.provenance import ProvenanceMixin
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
@@ -34,11 +36,21 @@ BUSY_TIMEOUT_S = 5.0  # how long a write waits for another process's write to fi
 CATALOG_FILE = "catalog.db"
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, ProvenanceMixin):
+class Catalog(
+    RunsMixin,
+    HostsAdminMixin,
+    SyncMixin,
+    ComponentsMixin,
+    BlobsMixin,
+    ProvenanceMixin,
+    ModelsMixin,
+):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in
-    HostsAdminMixin (hosts_admin.py); they share these transactions.
+    HostsAdminMixin (hosts_admin.py), synced files and metrics in SyncMixin (metrics.py),
+    the reproducibility tables in ComponentsMixin, BlobsMixin, ProvenanceMixin and
+    ModelsMixin; they share these transactions. No module outside this package holds SQL.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils
@@ -208,6 +220,14 @@ class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, Provenance
                 "UPDATE hosts SET state = ?, reason = ?, updated = ? WHERE name = ?",
                 (state, reason, now, name),
             )
+
+    def host_state(self, name: str) -> tuple[str, str | None] | None:
+        """(state, reason) as stored for a host; None for a host not in the catalog."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT state, reason FROM hosts WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), row[1])
 
     def record_hello(
         self, name: str, hello: Hello, agent_hash: str, *, now: float | None = None
