@@ -49,14 +49,7 @@ def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]
     hosts &= set(inventory.names())
 
     def settled(engine: Any) -> bool:
-        if engine is None:
-            return True
-        done = engine.runs.reconciled | {
-            name
-            for name, ev in engine.answered.items()
-            if ev.is_set() and not engine.sessions[name].client
-        }
-        return hosts <= done and not engine.runs.pulls
+        return engine is None or bool(engine.runs.settled(hosts))
 
     asyncio.run(drive(inventory, catalog, home, settled, timeout_s=15, hosts=sorted(hosts)))
 

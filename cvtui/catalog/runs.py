@@ -351,12 +351,6 @@ class RunsMixin:
             usage.append(run)
         return usage
 
-    def runs_summary(self) -> dict[str, int]:
-        """How many runs are in each state; every state is present, zero included."""
-        with self._read() as conn:
-            counts = dict(conn.execute("SELECT state, count(*) FROM runs GROUP BY state"))
-        return {state: int(counts.get(state, 0)) for state in RUN_STATES}
-
     # -- commands: CLI/TUI -> engine ----------------------------------------------------
 
     def submit_command(

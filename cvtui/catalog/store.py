@@ -175,11 +175,6 @@ class Catalog(
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def integrity_ok(self) -> bool:
-        with self._lock:
-            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
-        return [tuple(r) for r in rows] == [("ok",)]
-
     # -- hosts ------------------------------------------------------------------------
 
     def sync_hosts(self, hosts: Iterable[HostRow], *, now: float | None = None) -> None:

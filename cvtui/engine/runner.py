@@ -499,8 +499,15 @@ class RunController:
             self.reconciled.add(name)
 
     def settled(self, hosts: set[str]) -> bool:
-        """Whether these hosts were reconciled and every sync has finished."""
-        return hosts <= self.reconciled and not self.pulls
+        """Whether every sync has finished and each of these hosts was reconciled, or answered
+        without an agent (it failed: there is nothing to reconcile there now)."""
+        sessions = self.engine.sessions
+        failed = {
+            name
+            for name, answered in self.engine.answered.items()
+            if answered.is_set() and not (name in sessions and sessions[name].client)
+        }
+        return hosts <= self.reconciled | failed and not self.pulls
 
     # -- commands from the CLI and TUI ----------------------------------------------------
     async def process_commands(self) -> None:

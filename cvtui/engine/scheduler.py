@@ -127,19 +127,6 @@ def queue_order(runs: Iterable[QueuedRun]) -> list[QueuedRun]:
     return ordered
 
 
-def gpu_is_free(gpu: GpuState, run: QueuedRun, foreign_processes: str) -> bool:
-    """Whether run may use gpu (the host's allowed list aside)."""
-    if gpu.leased_by is not None:
-        return False
-    # A process of ours without a lease is a run whose supervisor died: the GPU is still in use.
-    if (gpu.foreign or gpu.ours) and foreign_processes != "share":
-        return False
-    if run.min_free_mem <= 0:
-        return True
-    free = gpu.mem_free
-    return free is not None and free >= run.min_free_mem
-
-
 def plan(
     queue: Sequence[QueuedRun], hosts: Sequence[HostState], *, foreign_processes: str = "avoid"
 ) -> Plan:

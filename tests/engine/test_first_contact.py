@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import metric_count
 
 from cvtui.catalog import Catalog
 from cvtui.lab import Lab, LabHostSpec
@@ -201,7 +202,7 @@ def test_a_framework_project_runs_unchanged_in_its_venv(
             assert Path(said["python"]).parent == venv / "bin"
             assert run["progress"] == 100.0
             # Metrics and the checkpoint came back; the shipped configs did not.
-            assert catalog.metric_count(run["id"], "logs/supervised/metrics.csv") == 3 * 2
+            assert metric_count(catalog, run["id"], "logs/supervised/metrics.csv") == 3 * 2
             remote = Path(run["work_dir"])
             assert (mirror / "checkpoints" / "last.pt").read_bytes() == (
                 remote / "checkpoints" / "last.pt"

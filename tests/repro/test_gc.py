@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import catalog_intact
 
 from cvtui.catalog import Catalog
 from cvtui.catalog.blobs import BLOB_REFERENCES
@@ -85,7 +86,7 @@ def test_an_overwritten_checkpoint_is_collected_only_after_confirmation(
         left = list(store.hashes())
         assert left == [hash_bytes(two_runs["b/last.ckpt"])]  # m2 is still registered
         assert all(store.verify(h) for h in left)
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
     code, out = cvtui(home, "gc", "--unreferenced")
     assert code == 0 and "nothing to remove (1 blob(s) in the store)" in out
 
