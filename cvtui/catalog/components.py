@@ -1,4 +1,4 @@
-"""Catalog side of the reproducibility store: blobs, component versions, snapshots, manifests."""
+"""Catalog side of the reproducibility store: component versions, code snapshots, manifests."""
 
 from __future__ import annotations
 
