@@ -37,7 +37,6 @@ from cvtui.engine.sync import RunSync
 from cvtui.inventory import load_inventory
 from cvtui.lab import Lab, LabHostSpec
 from cvtui.metrics_parse import CSV, MetricRow, ParseState, parse_new
-from cvtui.repro.provenance import host_environment
 from cvtui.submit import prepare_runs, submit
 
 HOST = "bench-sync"
@@ -155,7 +154,7 @@ async def connected(inventory_path: Path, home: Path) -> AsyncIterator[tuple[Hos
         # A new connection reads the host's packages once (a child python on the host, for
         # run provenance); let it finish so the copies are timed on a settled connection.
         deadline = time.monotonic() + 20
-        while host_environment(catalog, HOST) is None and time.monotonic() < deadline:  # noqa: ASYNC110 (a catalog row, no event to wait on)
+        while catalog.host_environment(HOST) is None and time.monotonic() < deadline:  # noqa: ASYNC110 (a catalog row, no event to wait on)
             await asyncio.sleep(0.05)
         yield session, catalog
     finally:

@@ -10,8 +10,8 @@ from typing import Any
 
 from cvtui.catalog import Catalog
 from cvtui.engine import scheduler
-from cvtui.engine.snapshot import take_snapshot
 from cvtui.inventory import Inventory
+from cvtui.repro.snapshot import take_snapshot
 from cvtui.runspec import RunSpec
 from cvtui.units import size
 

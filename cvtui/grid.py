@@ -97,15 +97,6 @@ def points(
         yield nested, chosen
 
 
-def expand_grid(
-    params: Mapping[str, Any], *, keep_lists: Collection[str] = (), framework: bool = False
-) -> list[dict[str, Any]]:
-    """Every combination of the axes of params, as dotted-key dicts (see the module doc)."""
-    keep = frozenset(keep_lists)
-    paths = axis_paths(params, keep, framework=framework)
-    return [copy.deepcopy(flatten(nested)) for nested, _ in points(params, paths)]
-
-
 # -- writing an experiment config back ------------------------------------------------------
 
 

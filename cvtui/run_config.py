@@ -25,7 +25,6 @@ import yaml
 
 from cvtui import grid
 from cvtui.errors import ConfigError
-from cvtui.inventory import _Pairs, _Parser, _syntax_error, compose_yaml
 from cvtui.run_env import RunEnv, parse_links, parse_run_env
 from cvtui.runspec import (
     BUILTIN_PLACEHOLDERS,
@@ -38,6 +37,7 @@ from cvtui.runspec import (
     placeholders,
 )
 from cvtui.states import PRIORITIES
+from cvtui.yaml_nodes import NodeParser, Pairs, compose_document, compose_yaml
 
 CVTUI_BLOCK = "cvtui"  # an experiment config's own cvtui settings
 DEFAULT_MAX_GRID = 10_000  # runs one config may queue unless --max-runs says more
@@ -133,16 +133,14 @@ def git_top(directory: pathlib.Path) -> pathlib.Path | None:
     return pathlib.Path(top) if done.returncode == 0 and top else None
 
 
-class _ConfigParser(_Parser):
-    """The inventory's node walker, raising ConfigError, plus the run config's own values."""
+class _ConfigParser(NodeParser[ConfigError]):
+    """The YAML node walker, raising ConfigError, plus the run config's own values."""
+
+    error_type = ConfigError
 
     def __init__(self, path: str, code_base: pathlib.Path | None = None) -> None:
         super().__init__(path)
         self.code_base = code_base or pathlib.Path.cwd()
-
-    def error(self, node: yaml.Node, problem: str) -> ConfigError:
-        mark = node.start_mark
-        return ConfigError(self.path, mark.line + 1, mark.column + 1, problem)
 
     def located(self, node: yaml.Node | None, problem: str) -> ConfigError:
         return (
@@ -296,7 +294,7 @@ class _ConfigParser(_Parser):
             raise self.located(node, f"{label}: {what}: {directory}")
         return str(directory)
 
-    def present(self, pairs: _Pairs) -> _Pairs:
+    def present(self, pairs: Pairs) -> Pairs:
         """The pairs whose value is not null: an empty key means its default."""
         return {name: pair for name, pair in pairs.items() if not self.is_null(pair[1])}
 
@@ -369,8 +367,8 @@ class _ConfigParser(_Parser):
     def _grid(
         self,
         root: yaml.Node,
-        settings: _Pairs,
-        experiment: _Pairs,
+        settings: Pairs,
+        experiment: Pairs,
         labels: Mapping[str, str],
         prefix: str,
         mixed: bool,
@@ -446,7 +444,7 @@ class _ConfigParser(_Parser):
                 index=index,
             )
 
-    def base_spec(self, settings: _Pairs, labels: Mapping[str, str]) -> RunSpec:
+    def base_spec(self, settings: Pairs, labels: Mapping[str, str]) -> RunSpec:
         def node(key: str) -> yaml.Node | None:
             return settings[key][1] if key in settings else None
 
@@ -501,7 +499,7 @@ class _ConfigParser(_Parser):
         )
 
     def effective_command(
-        self, settings: _Pairs, template: str | None, label: str
+        self, settings: Pairs, template: str | None, label: str
     ) -> tuple[str | tuple[str, ...] | None, list[tuple[str, yaml.Node | None]], str]:
         """The config's command, else the template; its parts with their nodes; its label."""
         if "command" in settings:
@@ -514,8 +512,8 @@ class _ConfigParser(_Parser):
 
     def check_experiment(
         self,
-        experiment: _Pairs,
-        settings: _Pairs,
+        experiment: Pairs,
+        settings: Pairs,
         parts: list[tuple[str, yaml.Node | None]],
         label: str,
         mixed: bool,
@@ -550,8 +548,8 @@ class _ConfigParser(_Parser):
 
     def grid_tree(
         self,
-        settings: _Pairs,
-        experiment: _Pairs,
+        settings: Pairs,
+        experiment: Pairs,
         overrides: Sequence[tuple[_Path, object, str]],
         keep: Collection[str],
         framework: bool,
@@ -590,7 +588,7 @@ class _ConfigParser(_Parser):
 
     def optional_strings(
         self,
-        settings: _Pairs,
+        settings: Pairs,
         key: str,
         labels: Mapping[str, str],
         example: str,
@@ -652,16 +650,7 @@ def open_run_config(
     limit) is refused before any run is made.
     """
     parsed = [(*parse_override(text), text) for text in overrides]
-    try:
-        root = compose_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        located = _syntax_error(path, exc)
-        raise ConfigError(path, located.line, located.column, located.problem) from exc
-    except yaml.reader.ReaderError as exc:
-        before = text[: exc.position]
-        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
-        problem = f"invalid YAML: unacceptable character #x{exc.character:04x} ({exc.reason})"
-        raise ConfigError(path, line, column, problem) from exc
+    root = compose_document(text, path, ConfigError)
     if base_dir is not None:
         code_base = pathlib.Path(base_dir).expanduser().absolute()
     elif path != "<string>":

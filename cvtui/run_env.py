@@ -19,7 +19,7 @@ import xxhash
 if TYPE_CHECKING:
     import yaml
 
-    from cvtui.inventory import _Parser
+    from cvtui.yaml_nodes import NodeParser
 
 RUN_ENV_KEYS = ("setup", "path", "python")
 DEFAULT_PYTHON = "python3"  # what {python} means when nothing names one: found on PATH
@@ -82,7 +82,7 @@ def merge_links(host: Mapping[str, str], config: Mapping[str, str]) -> dict[str,
     return {**host, **config}
 
 
-def parse_run_env(parser: _Parser, node: yaml.Node, label: str) -> RunEnv:
+def parse_run_env(parser: NodeParser[Any], node: yaml.Node, label: str) -> RunEnv:
     """`run_env: {setup: ..., path: [...], python: ...}` with file:line:column errors."""
     if parser.is_null(node):
         return RunEnv()
@@ -122,7 +122,7 @@ def parse_run_env(parser: _Parser, node: yaml.Node, label: str) -> RunEnv:
     return RunEnv(setup, path, python)
 
 
-def parse_links(parser: _Parser, node: yaml.Node, label: str) -> dict[str, str]:
+def parse_links(parser: NodeParser[Any], node: yaml.Node, label: str) -> dict[str, str]:
     """`links: {data: /mnt/datasets}`: names in the work dir -> absolute host paths."""
     if parser.is_null(node):
         return {}

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from cvtui.catalog import Catalog, new_run_id
-from cvtui.engine.snapshot import Snapshot, take_snapshot
 from cvtui.errors import UnknownHostError
 from cvtui.inventory import Inventory
 from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.components import store_snapshot
-from cvtui.repro.provenance import submit_half, write_submit_half
+from cvtui.repro.provenance import submit_half
+from cvtui.repro.snapshot import Snapshot, take_snapshot
 from cvtui.run_config import load_run_config
 from cvtui.runspec import RunSpec, with_overrides
 
@@ -118,5 +118,5 @@ def submit(catalog: Catalog, home: Path, specs: Sequence[RunSpec]) -> list[str]:
     untracked = {code_dir: bool(snap.untracked) for (code_dir, _), snap in snapshots.items()}
     provenance = submit_half(catalog, BlobStore.in_home(home), rows, specs, untracked)
     run_ids = catalog.insert_runs(rows)
-    write_submit_half(catalog, provenance)
+    catalog.write_submit_provenance(provenance)
     return run_ids

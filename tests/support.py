@@ -15,6 +15,58 @@ if TYPE_CHECKING:
     from cvtui.catalog import Catalog
 
 
+def catalog_intact(catalog: Catalog) -> bool:
+    """Whether SQLite's integrity_check finds the catalog file sound."""
+    rows = catalog.db.execute("PRAGMA integrity_check").fetchall()
+    return [tuple(r) for r in rows] == [("ok",)]
+
+
+def metric_count(catalog: Catalog, run_id: str, path: str | None = None) -> int:
+    """Values stored for a run (from one file when path is given), as the metrics view has them."""
+    row = catalog.db.execute(
+        "SELECT count(*) FROM metrics WHERE run_id = ?1 AND (?2 IS NULL OR file = ?2)",
+        [run_id, path],
+    ).fetchone()
+    return int(row[0])
+
+
+def parse_logfmt(line: str) -> dict[str, str]:
+    """The fields of one logfmt line: the inverse of cvtui.engine.daemon.LogfmtFormatter."""
+    fields: dict[str, str] = {}
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] == " ":
+            i += 1
+        start = i
+        while i < n and line[i] not in "= ":
+            i += 1
+        key = line[start:i]
+        if not key:
+            break
+        if i >= n or line[i] != "=":
+            fields[key] = ""
+            continue
+        i += 1
+        if i < n and line[i] == '"':
+            i += 1
+            chars = []
+            while i < n and line[i] != '"':
+                if line[i] == "\\" and i + 1 < n:
+                    i += 1
+                    chars.append({"n": "\n", "r": "\r", "t": "\t"}.get(line[i], line[i]))
+                else:
+                    chars.append(line[i])
+                i += 1
+            i += 1
+            fields[key] = "".join(chars)
+        else:
+            start = i
+            while i < n and line[i] != " ":
+                i += 1
+            fields[key] = line[start:i]
+    return fields
+
+
 async def wait_for(
     predicate: Callable[[], object], timeout_s: float = 10.0, step_s: float = 0.05
 ) -> None:

@@ -13,7 +13,7 @@ from support import add_finished_run
 from cvtui.catalog import Catalog
 from cvtui.cli import main
 from cvtui.cli.follow import follow_logs
-from cvtui.engine.mirror import mirror_dir
+from cvtui.mirror import mirror_dir
 
 RUN = "01hzzlogs0test0run00000000"
 HOSTILE = (

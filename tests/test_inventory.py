@@ -19,12 +19,11 @@ from cvtui.inventory import (
     SimulateSpec,
     default_inventory_path,
     load_inventory,
-    parse_duration,
     parse_inventory,
     parse_jump,
-    parse_size,
     watch_inventory,
 )
+from cvtui.quantities import parse_duration, parse_size
 from cvtui.run_env import RunEnv
 
 GiB = 2**30

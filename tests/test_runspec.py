@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cvtui import grid
 from cvtui.errors import ConfigError, InventoryError
-from cvtui.grid import expand_grid
 from cvtui.run_config import load_run_config, parse_override, parse_run_config
 from cvtui.runspec import (
     DEFAULT_OUTPUTS,
@@ -601,7 +602,14 @@ def test_resources_host_tags_and_sizes(tmp_path: Path) -> None:
     assert spec.resources == Resources(min_free_mem=1024, hosts=("a", "b"))
 
 
-# --- expand_grid properties -------------------------------------------------------------
+# --- grid properties ----------------------------------------------------------------------
+
+
+def expand_grid(params: dict[str, Any], keep_lists: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every run's values, dotted, made the way run_config makes them from the grid module."""
+    paths = grid.axis_paths(params, frozenset(keep_lists), framework=False)
+    return [grid.flatten(nested) for nested, _ in grid.points(params, paths)]
+
 
 _KEYS = st.text(alphabet="abcdefg_", min_size=1, max_size=3)
 _SCALARS = st.one_of(

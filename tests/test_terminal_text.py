@@ -8,9 +8,15 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvtui.cli.terminal_text import SafeTerminalText, safe_for_terminal
+from cvtui.cli.terminal_text import SafeTerminalText
 
 SGR = re.compile(rb"\x1b\[[0-9;:]*m")
+
+
+def safe_for_terminal(data: bytes) -> bytes:
+    """data filtered as one whole stream."""
+    text = SafeTerminalText()
+    return text.feed(data) + text.finish()
 
 
 def harmless(out: bytes) -> bool:

@@ -1,5 +1,6 @@
 """The catalog: the SQLite file shared by the engine (writer) and the CLI and TUI (readers)."""
 
+from cvtui.catalog.hosts_admin import HostRow
 from cvtui.catalog.runs import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -9,7 +10,7 @@ from cvtui.catalog.runs import (
     priority_rank,
 )
 from cvtui.catalog.schema import CatalogError
-from cvtui.catalog.store import HOST_STATES, Catalog, HostRow
+from cvtui.catalog.store import HOST_STATES, Catalog
 
 __all__ = [
     "ACTIVE_STATES",

@@ -1,4 +1,4 @@
-"""Catalog side of the reproducibility store: blobs, component versions, snapshots, manifests."""
+"""Catalog side of the reproducibility store: component versions, code snapshots, manifests."""
 
 from __future__ import annotations
 
@@ -128,18 +128,6 @@ def migration_5_reproducibility(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN reproduces TEXT")  # the run this one reproduces
 
 
-def blobs_among(conn: sqlite3.Connection, hashes: Iterable[str]) -> set[str]:
-    """The hashes the blobs table holds, out of these (queried 500 at a time)."""
-    wanted = list(set(hashes))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        query = f"SELECT hash FROM blobs WHERE hash IN ({marks})"  # noqa: S608 (placeholders)
-        found.update(r[0] for r in conn.execute(query, chunk))
-    return found
-
-
 def split_component(path: str) -> tuple[str, str]:
     """(category, name) of a relative path: its first directory and its stem."""
     parts = path.split("/")
@@ -160,27 +148,13 @@ class VersionEntry:
 
 
 class ComponentsMixin:
-    """Catalog methods for the content store and component versions (mixed into Catalog)."""
+    """Catalog methods for component versions, snapshots and manifests (mixed into Catalog)."""
 
     if TYPE_CHECKING:
         _lock: threading.RLock
 
         def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    # -- blobs ----------------------------------------------------------------------------
-    def record_blobs(self, rows: Iterable[tuple[str, int]], kind: str) -> None:
-        """Index blobs (hash, size bytes) already written to the store; known ones are kept."""
-        now = time.time()
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO blobs (hash, size, kind, created) VALUES (?, ?, ?, ?)",
-                [(h, s, kind, now) for h, s in rows],
-            )
-
-    def known_blobs(self, hashes: Iterable[str]) -> set[str]:
-        with self._read() as conn:
-            return blobs_among(conn, hashes)
 
     # -- components -----------------------------------------------------------------------
     def record_versions(
@@ -278,6 +252,16 @@ class ComponentsMixin:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor]
 
+    def version_history(self, root: str) -> list[tuple[str, str, float, str]]:
+        """(path, hash, created unix seconds, source) of every version of a code dir's files."""
+        with self._read() as conn:
+            return [
+                (str(path), str(hash_), float(created), str(source))
+                for path, hash_, created, source in conn.execute(
+                    "SELECT path, hash, created, source FROM components WHERE root = ?", (root,)
+                )
+            ]
+
     # -- scan cache -----------------------------------------------------------------------
     def update_scan_cache(
         self, root: str, rows: Sequence[tuple[str, int, int, str]], gone: Sequence[str]
@@ -343,19 +327,6 @@ class ComponentsMixin:
                 r[0]
                 for r in conn.execute(
                     "SELECT DISTINCT category FROM components WHERE root = ? ORDER BY 1", (root,)
-                )
-            ]
-
-    def blobs_with_prefix(self, prefix: str, limit: int = 10) -> list[tuple[str, int]]:
-        """(hash, size bytes) of indexed blobs whose hash starts with a lowercase hex prefix."""
-        upper = prefix + "g"  # 'g' sorts after every hex digit: a range scan of the primary key
-        with self._read() as conn:
-            return [
-                (str(h), int(s))
-                for h, s in conn.execute(
-                    "SELECT hash, size FROM blobs WHERE hash >= ? AND hash < ? ORDER BY hash"
-                    " LIMIT ?",
-                    (prefix, upper, limit),
                 )
             ]
 

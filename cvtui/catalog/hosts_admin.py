@@ -6,14 +6,27 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cvtui.catalog.store import HostRow
+from typing import TYPE_CHECKING, Protocol
 
 # A reason with this prefix belongs to a host that works; telemetry does not clear it.
 HOST_WARNING_PREFIX = "warning: "
+
+
+class HostRow(Protocol):
+    """What sync_hosts and set_host_drained need of a host; the inventory's Host has it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str | None: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def tags(self) -> Iterable[str]: ...
 
 
 class HostsAdminMixin:

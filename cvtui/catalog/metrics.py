@@ -312,16 +312,6 @@ class SyncMixin:
             out.extend((s, key, f, v, t) for s, f, v, t in merged)
         return out
 
-    def metric_count(self, run_id: str, path: str | None = None) -> int:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT coalesce(sum(c.count), 0) FROM metric_series s"
-                " JOIN metric_chunks c ON c.series = s.id"
-                " WHERE s.run_id = ?1 AND (?2 IS NULL OR s.file = ?2)",
-                (run_id, path),
-            ).fetchone()
-        return int(row[0])
-
     def metric_summary(
         self, run_id: str, keys: Sequence[str] | None = None
     ) -> dict[str, dict[str, Any]]:

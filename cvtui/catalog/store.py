@@ -12,14 +12,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import schema
+from cvtui.catalog.blobs import BlobsMixin
 from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.history import HistoryMixin
 from cvtui.catalog.history_reads import HistoryReadsMixin
-from cvtui.catalog.hosts_admin import HostsAdminMixin
+from cvtui.catalog.hosts_admin import HostRow, HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
+from cvtui.catalog.models import ModelsMixin
+from cvtui.catalog.provenance import ProvenanceMixin
 from cvtui.catalog.rows import build_hosts_report, telemetry_rows
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
@@ -36,21 +39,6 @@ CATALOG_FILE = "catalog.db"
 IDLE_REFRESH_SLACK_S = 30.0  # an open idle episode not refreshed for this long is not shown
 
 
-class HostRow(Protocol):
-    """What sync_hosts needs of a host; the inventory's Host dataclass has it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def address(self) -> str | None: ...
-    @property
-    def port(self) -> int | None: ...
-    @property
-    def user(self) -> str | None: ...
-    @property
-    def tags(self) -> Iterable[str]: ...
-
-
 class Catalog(
     RunsMixin,
     HostsAdminMixin,
@@ -59,13 +47,18 @@ class Catalog(
     HistoryMixin,
     HistoryReadsMixin,
     UsageMixin,
+    BlobsMixin,
+    ProvenanceMixin,
+    ModelsMixin,
 ):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in
-    HostsAdminMixin (hosts_admin.py), telemetry history in HistoryMixin (history.py) and
-    HistoryReadsMixin (history_reads.py), idle GPUs and energy in UsageMixin (usage.py);
-    they share these transactions.
+    HostsAdminMixin (hosts_admin.py), synced files and metrics in SyncMixin (metrics.py),
+    telemetry history in HistoryMixin (history.py) and HistoryReadsMixin (history_reads.py),
+    idle GPUs and energy in UsageMixin (usage.py), the reproducibility tables in
+    ComponentsMixin, BlobsMixin, ProvenanceMixin and ModelsMixin; they share these
+    transactions. No module outside this package holds SQL.
 
     Every Catalog, reader or writer, opens the file read-write in WAL mode so that readers
     never block the engine and always see its last commit. ``db`` is the sqlite-utils
@@ -190,11 +183,6 @@ class Catalog(
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def integrity_ok(self) -> bool:
-        with self._lock:
-            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
-        return [tuple(r) for r in rows] == [("ok",)]
-
     # -- hosts ------------------------------------------------------------------------
 
     def sync_hosts(self, hosts: Iterable[HostRow], *, now: float | None = None) -> None:
@@ -236,6 +224,14 @@ class Catalog(
                 "UPDATE hosts SET state = ?, reason = ?, updated = ? WHERE name = ?",
                 (state, reason, now, name),
             )
+
+    def host_state(self, name: str) -> tuple[str, str | None] | None:
+        """(state, reason) as stored for a host; None for a host not in the catalog."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT state, reason FROM hosts WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), row[1])
 
     def record_hello(
         self, name: str, hello: Hello, agent_hash: str, *, now: float | None = None

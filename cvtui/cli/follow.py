@@ -34,7 +34,7 @@ def follow_logs(
     than colours are dropped unless raw.
     """
     from cvtui.cli.terminal_text import SafeTerminalText
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
 
     offsets: dict[str, int] = {}
     names: dict[str, str] = {}
@@ -85,7 +85,7 @@ def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
 
     Retries found on the way are appended to run_ids.
     """
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
 
     for run_id in list(run_ids):
         run = catalog.get_run(run_id)

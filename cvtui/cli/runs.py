@@ -222,7 +222,7 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None, raw: 
     from cvtui.catalog import Catalog
     from cvtui.cli.follow import last_states
     from cvtui.cli.terminal_text import SafeTerminalText
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
 
     home = settings.home()
     settings.inventory_if_valid()  # only to warn while the inventory is invalid
@@ -281,7 +281,7 @@ def _follow_from(
     """Print what the run's mirrored log gains from offset until the run ended and its log
     is all here, or keep_following() is false; through screen (the filter for a terminal)
     unless it is None (--raw)."""
-    from cvtui.engine.mirror import run_log_path
+    from cvtui.mirror import run_log_path
 
     path = run_log_path(home, run_id)
     while True:

@@ -156,9 +156,3 @@ class SafeTerminalText:
             # A log line ends the string: a stray introducer must not hide the rest of the log.
             self._state = _TEXT
             self._text(byte, out)
-
-
-def safe_for_terminal(data: bytes) -> bytes:
-    """data filtered as one whole stream."""
-    text = SafeTerminalText()
-    return text.feed(data) + text.finish()

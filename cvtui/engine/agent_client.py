@@ -11,8 +11,11 @@ from typing import Any
 
 import asyncssh
 
+from cvtui.engine.tasks import log_failure
 from remote_agent import protocol
 from remote_agent.protocol import Hello, ProtocolError, RemoteError
+
+log = logging.getLogger("cvtui.engine.agent_client")
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -48,6 +51,7 @@ class AgentClient:
             protocol.parse_reply(message)
         self.hello = Hello.from_wire(message)
         self._reader = asyncio.create_task(self._read_loop(), name="agent-reader")
+        self._reader.add_done_callback(lambda done: log_failure(done, log))
         return self.hello
 
     async def _read_loop(self) -> None:

@@ -21,9 +21,9 @@ import asyncssh
 
 from cvtui.catalog.components import VersionEntry
 from cvtui.engine.agent_client import AgentClosedError
-from cvtui.engine.snapshot import SKIPPED_DIRS, SKIPPED_SUFFIXES
 from cvtui.errors import CvtuiError
 from cvtui.repro.blobstore import BlobStore, hash_file
+from cvtui.repro.snapshot import SKIPPED_DIRS, SKIPPED_SUFFIXES
 from cvtui.repro.sync_plan import (
     DELETE_HOST,
     REMOVE_LOCAL,
@@ -106,21 +106,17 @@ def default_remote_dir(host_root: str, local_root: str) -> str:
 def store_versions(catalog: Catalog, root: str) -> dict[str, dict[str, KnownVersion]]:
     """path -> hash -> every version of one code dir, as classify() needs them."""
     found: dict[str, dict[str, KnownVersion]] = {}
-    with catalog._read() as conn:
-        for path, hash_, created, source in conn.execute(
-            "SELECT path, hash, created, source FROM components WHERE root = ?", (root,)
-        ):
-            from_host = str(source).startswith("host:")
-            found.setdefault(path, {})[hash_] = KnownVersion(float(created), from_host)
+    for path, hash_, created, source in catalog.version_history(root):
+        found.setdefault(path, {})[hash_] = KnownVersion(created, source.startswith("host:"))
     return found
 
 
 def host_reason(catalog: Catalog, name: str) -> str:
-    with catalog._read() as conn:
-        row = conn.execute("SELECT state, reason FROM hosts WHERE name = ?", (name,)).fetchone()
-    if row is None:
+    found = catalog.host_state(name)
+    if found is None:
         return "not connected"
-    return str(row[1] or row[0])
+    state, reason = found
+    return reason or state
 
 
 async def run_components_sync(engine: Engine, command: dict[str, Any]) -> None:

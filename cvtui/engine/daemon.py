@@ -60,43 +60,6 @@ class LogfmtFormatter(logging.Formatter):
         )
 
 
-def parse_logfmt(line: str) -> dict[str, str]:
-    """The fields of one logfmt line (the inverse of LogfmtFormatter, for tests and tools)."""
-    fields: dict[str, str] = {}
-    i, n = 0, len(line)
-    while i < n:
-        while i < n and line[i] == " ":
-            i += 1
-        start = i
-        while i < n and line[i] not in "= ":
-            i += 1
-        key = line[start:i]
-        if not key:
-            break
-        if i >= n or line[i] != "=":
-            fields[key] = ""
-            continue
-        i += 1
-        if i < n and line[i] == '"':
-            i += 1
-            chars = []
-            while i < n and line[i] != '"':
-                if line[i] == "\\" and i + 1 < n:
-                    i += 1
-                    chars.append({"n": "\n", "r": "\r", "t": "\t"}.get(line[i], line[i]))
-                else:
-                    chars.append(line[i])
-                i += 1
-            i += 1
-            fields[key] = "".join(chars)
-        else:
-            start = i
-            while i < n and line[i] != " ":
-                i += 1
-            fields[key] = line[start:i]
-    return fields
-
-
 def configure_logging(stream: TextIO, level: int = logging.INFO) -> logging.Handler:
     """Send every log record of this process to stream as logfmt, replacing other handlers."""
     handler = logging.StreamHandler(stream)

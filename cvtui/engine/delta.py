@@ -126,15 +126,6 @@ def total_bytes(ranges: Iterable[Range]) -> int:
     return sum(length for _, length in ranges)
 
 
-def leaves_in(ranges: Iterable[Range], block_size: int) -> list[int]:
-    """Leaf indexes touched by byte ranges."""
-    found: set[int] = set()
-    for offset, length in ranges:
-        if length > 0:
-            found.update(range(offset // block_size, (offset + length - 1) // block_size + 1))
-    return sorted(found)
-
-
 def merge_leaves(local_leaves: bytes, updates: Mapping[int, bytes], count: int) -> bytes:
     """Leaf digests of a file of `count` leaves: local ones, replaced where updates say."""
     out = bytearray(local_leaves[: count * DIGEST_BYTES])
@@ -162,17 +153,6 @@ class Tree:
     @property
     def digest(self) -> bytes:
         return tree_digest(self.size, self.block_size, self.groups, self.algo)
-
-
-def plan_leaves(
-    local: Tree, remote_groups: bytes, remote_leaves: Mapping[int, bytes], remote_size: int
-) -> list[int]:
-    """The leaves to fetch so that local equals remote, given every differing group's leaves."""
-    groups = differing_groups(local.leaves, remote_groups, local.algo)
-    missing = [g for g in groups if g not in remote_leaves]
-    if missing:
-        raise KeyError(f"leaf digests of groups {missing[:5]} are needed to plan")
-    return needed_leaves(local.leaves, remote_leaves, groups, remote_size, local.block_size)
 
 
 def group_batches(groups: Sequence[int], per_batch: int) -> list[list[int]]:

@@ -23,12 +23,13 @@ from cvtui.engine.control import ControlServer
 from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_root
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
+from cvtui.engine.provenance import capture_host_environment
 from cvtui.engine.runner import RunController
+from cvtui.engine.tasks import TaskSet, log_failure
 from cvtui.engine.transfer import Progress
 from cvtui.engine.usage import IdleGpu, UsageTracker
 from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
-from cvtui.repro.provenance import capture_host_environment
 from remote_agent import protocol
 from remote_agent.protocol import Hello, ProtocolError, RunStatus, Telemetry
 
@@ -178,7 +179,9 @@ class Engine:
         self.on_inventory_error = on_inventory_error
         self.only = only  # connect to these hosts only (a short-lived engine for one command)
         self.sessions: dict[str, HostSession] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # one per host session
+        # The flush and run loops, the inventory watch and each reload it applies.
+        self.background = TaskSet(log)
         # Set when a host sent its first telemetry or failed: `cvtui hosts` waits on these.
         self.answered = {h.name: asyncio.Event() for h in inventory.hosts if self.wants(h.name)}
         self.inventory_error: InventoryError | None = None
@@ -294,7 +297,9 @@ class Engine:
         session = HostSession(host, self.inventory.policy, self)
         self.sessions[host.name] = session
         self.answered.setdefault(host.name, asyncio.Event())
-        self.tasks[host.name] = asyncio.create_task(session.run(), name=f"host-{host.name}")
+        task = asyncio.create_task(session.run(), name=f"host-{host.name}")
+        task.add_done_callback(lambda done: log_failure(done, log))
+        self.tasks[host.name] = task
 
     async def stop_session(self, name: str) -> None:
         self.sessions.pop(name, None)
@@ -371,37 +376,30 @@ class Engine:
             if self.wants(host.name):
                 self.start_session(host)
         await self.control.start()
-        background = [
-            asyncio.create_task(self._flush_loop(stop), name="flush"),
-            asyncio.create_task(self.runs.run(stop), name="runs"),
-            asyncio.create_task(self._lag_loop(stop), name="loop-lag"),
-        ]
+        self.background.spawn(self._flush_loop(stop), name="flush")
+        self.background.spawn(self.runs.run(stop), name="runs")
+        self.background.spawn(self._lag_loop(stop), name="loop-lag")
         if self.idle_exit_s is not None:
-            background.append(
-                asyncio.create_task(self._idle_exit(stop, self.idle_exit_s), name="idle-exit")
-            )
+            self.background.spawn(self._idle_exit(stop, self.idle_exit_s), name="idle-exit")
         if self.only is None:  # a short-lived engine (one command) leaves history alone
-            background.append(asyncio.create_task(self._compact_loop(stop), name="compact"))
+            self.background.spawn(self._compact_loop(stop), name="compact")
         if self.inventory_path is not None:
-            background.append(
-                asyncio.create_task(
-                    watch_inventory(
-                        self.inventory_path, self._inventory_changed, self._inventory_invalid, stop
-                    ),
-                    name="inventory-watch",
-                )
+            self.background.spawn(
+                watch_inventory(
+                    self.inventory_path, self._inventory_changed, self._inventory_invalid, stop
+                ),
+                name="inventory-watch",
             )
         try:
             await stop.wait()
         finally:
             await self.control.close()
-            for task in background:
-                task.cancel()
+            # Loops and reloads first, so none starts a session or a run while the rest stops.
+            await self.background.cancel_all()
             await self.runs.close()
             await self.notifier.close()
             for name in list(self.sessions):
                 await self.stop_session(name)
-            await asyncio.gather(*background, return_exceptions=True)
             self.flush(final=True)
             self.usage.flush()
 
@@ -479,7 +477,7 @@ class Engine:
 
     def _inventory_changed(self, inventory: Inventory) -> None:
         log.info("inventory reloaded: %d hosts", len(inventory.hosts))
-        asyncio.get_running_loop().create_task(self.apply_inventory(inventory))
+        self.background.spawn(self.apply_inventory(inventory), name="apply-inventory")
 
     def _inventory_invalid(self, error: InventoryError) -> None:
         log.error("inventory edit rejected, keeping the last good one: %s", error)

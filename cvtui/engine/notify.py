@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvtui.engine.tasks import TaskSet
 from cvtui.inventory import NotifyTarget
 from cvtui.units import duration, size
 
@@ -238,7 +239,7 @@ class Notifier:
     webhook_timeout_s: float = WEBHOOK_TIMEOUT_S
     _healthy: dict[str, bool] = field(default_factory=dict)  # host -> last seen healthy
     _down_since: dict[str, float] = field(default_factory=dict)  # hosts announced down
-    _tasks: set[asyncio.Task[bool]] = field(default_factory=set)
+    _tasks: TaskSet = field(default_factory=lambda: TaskSet(log))  # deliveries in flight
     _slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(PARALLEL_DELIVERIES)
     )
@@ -312,9 +313,7 @@ class Notifier:
             extra={"event": event.kind, "host": event.host, "run": _run_id(event)},
         )
         for target in self.targets():
-            task = asyncio.get_running_loop().create_task(self._deliver(target, event))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._deliver(target, event), name=f"notify-{event.kind}")
 
     async def _deliver(self, target: NotifyTarget, event: NotifyEvent) -> bool:
         async with self._slots:
@@ -332,9 +331,4 @@ class Notifier:
 
     async def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Let deliveries in flight finish for up to wait_s, then cancel the rest."""
-        if not self._tasks:
-            return
-        _, late = await asyncio.wait(set(self._tasks), timeout=wait_s)
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
+        await self._tasks.wait(wait_s)

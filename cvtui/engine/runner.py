@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -15,10 +16,11 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
+from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
+from cvtui.engine.tasks import TaskSet
 from cvtui.paths import snapshot_archive
-from cvtui.repro.provenance import capture_run_python, record_dispatch
 from cvtui.runspec import RunSpec
 from cvtui.states import ACTIVE_STATES
 from remote_agent import protocol
@@ -52,7 +54,7 @@ class RunController:
         self.waiting_reasons: dict[str, str] = {}
         self.sync = Syncer(engine)
         self.pulls: dict[str, asyncio.Task[None]] = self.sync.tasks  # in-flight syncs, by run
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet(log)  # starts, bookkeeping, commands being served
         self.reconciled: set[str] = set()  # hosts reconciled since this engine started
         self.just_ended: dict[str, float] = {}  # run id -> monotonic time it reached a final state
         # (host, GPU) -> the telemetry time (HostSession.latest_at) when a start there was refused
@@ -132,15 +134,16 @@ class RunController:
                     self._pass_done.wait(), max(0.0, min(1.0, deadline - loop.time()))
                 )
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run coro in the background, held until it ends; cancelled by close()."""
+        self.tasks.spawn(coro)
 
     async def close(self) -> None:
-        for task in [*self.tasks, *self.pulls.values()]:
+        pulls = list(self.pulls.values())
+        for task in pulls:
             task.cancel()
-        await asyncio.gather(*self.tasks, *self.pulls.values(), return_exceptions=True)
+        await self.tasks.cancel_all()
+        await asyncio.gather(*pulls, return_exceptions=True)
 
     # -- placement and start --------------------------------------------------------------
     def host_states(self) -> list[scheduler.HostState]:

@@ -33,14 +33,14 @@ from cvtui.engine.host_files import (
     reply_stat,
 )
 from cvtui.engine.ingest import ingest_file
-from cvtui.engine.mirror import (
+from cvtui.engine.transfer import FileResult, Progress, TransferMixin, proven_mtime
+from cvtui.metrics_parse import metrics_kind
+from cvtui.mirror import (
     Mirror,
     UnsafePathError,
     file_leaves,
 )
-from cvtui.engine.mirror import range_digests as local_range_digests
-from cvtui.engine.transfer import FileResult, Progress, TransferMixin, proven_mtime
-from cvtui.metrics_parse import metrics_kind
+from cvtui.mirror import range_digests as local_range_digests
 from remote_agent import protocol
 from remote_agent.protocol import FileEntry, FileListing, ProtocolError, RemoteError
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtui.engine.host_files import HostGone, SshSource
 from cvtui.engine.sync import RunSync, output_globs
+from cvtui.engine.tasks import log_failure
 from cvtui.engine.transfer import FileResult, Progress
 from remote_agent import protocol
 from remote_agent.protocol import FileEntry, FileListing, ProtocolError, RunStatus
@@ -147,7 +148,7 @@ class Syncer:
         if run_id not in self.tasks:
             task = asyncio.create_task(self._drain(run_id), name=f"sync-{run_id}")
             self.tasks[run_id] = task
-            task.add_done_callback(lambda _t: self._task_done(run_id))
+            task.add_done_callback(lambda done: self._task_done(run_id, done))
 
     async def _drain(self, run_id: str) -> None:
         while (request := self.pending.pop(run_id, None)) is not None:
@@ -173,8 +174,9 @@ class Syncer:
                 self.passes_ended[run_id] = self.passes_begun[run_id]
                 self._wake()
 
-    def _task_done(self, run_id: str) -> None:
+    def _task_done(self, run_id: str, task: asyncio.Task[None]) -> None:
         self.tasks.pop(run_id, None)
+        log_failure(task, log)
         self._wake()
 
     def _wake(self) -> None:

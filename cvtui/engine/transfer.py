@@ -29,14 +29,14 @@ from cvtui.engine.host_files import (
     first_error,
     remote_leaves,
 )
-from cvtui.engine.mirror import clone_into, file_leaves, open_part
+from cvtui.mirror import clone_into, file_leaves, open_part
 from remote_agent.blocktree import DIGEST_BYTES, block_size_for, leaf_count
 from remote_agent.protocol import FileEntry, host_relpath
 
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.engine.host_files import FileSource
-    from cvtui.engine.mirror import Mirror
+    from cvtui.mirror import Mirror
 
 log = logging.getLogger("cvtui.engine.sync")
 

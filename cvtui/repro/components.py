@@ -13,9 +13,9 @@ from typing import Any
 
 from cvtui.catalog import Catalog
 from cvtui.catalog.components import VersionEntry
-from cvtui.engine.snapshot import Snapshot, split_code_files
 from cvtui.errors import CvtuiError
 from cvtui.repro.blobstore import HASH_HEX_CHARS, BlobError, BlobStore, hash_file
+from cvtui.repro.snapshot import Snapshot, split_code_files
 
 # A file whose mtime is this close to the scan (or later) may change again within the same
 # timestamp tick without its mtime moving; the cache keeps it as "racy" so the next scan

@@ -1,14 +1,13 @@
 """Garbage collection of the content store: the only code that deletes blobs, after asking.
 
-A blob is referenced when a catalog row names it (REFERENCES) or when some run's mirror holds
-a file with the same content: a checkpoint registered as a model and then unregistered is
-still the output of its run while the run's mirror file has those bytes. Mirror files are
-compared by size first; only same-size files are hashed.
+A blob is referenced when a catalog row names it (cvtui.catalog.blobs.BLOB_REFERENCES) or
+when some run's mirror holds a file with the same content: a checkpoint registered as a model
+and then unregistered is still the output of its run while the run's mirror file has those
+bytes. Mirror files are compared by size first; only same-size files are hashed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
@@ -17,25 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cvtui.catalog.components import blobs_among
+from cvtui.catalog.models import MODEL_KIND
 from cvtui.repro.blobstore import BlobStore, hash_file
-from cvtui.repro.models import MODEL_KIND
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from cvtui.catalog import Catalog
 
-# Every (table, column) that names a blob. A new one must be added here, or gc deletes its blobs.
-REFERENCES: tuple[tuple[str, str], ...] = (
-    ("components", "hash"),
-    ("snapshot_files", "hash"),
-    ("run_manifests", "hash"),
-    ("models", "hash"),
-    ("run_provenance", "git_diff_hash"),
-    ("run_provenance", "pip_freeze_hash"),
-    ("host_environments", "pip_freeze_hash"),
-)
 TEMP_PREFIX = ".tmp."  # BlobStore writes here first, then renames into place
 TEMP_MAX_AGE_S = 3600.0  # a temp file older than this was left by a writer that died
 # Scans, submits and provenance write a blob, then its blobs row, then the rows naming it, in
@@ -43,7 +29,6 @@ TEMP_MAX_AGE_S = 3600.0  # a temp file older than this was left by a writer that
 # exempt: `models register` commits the blob row with the model row naming it.
 WRITER_GRACE_S = TEMP_MAX_AGE_S
 UNINDEXED = "unindexed"  # the kind shown for a blob file without a blobs row
-CHUNK = 500  # hashes per IN (...) query
 
 
 @dataclass(frozen=True)
@@ -135,49 +120,11 @@ class GcResult:
         )
 
 
-def referenced_hashes(conn: sqlite3.Connection) -> set[str]:
-    """Every blob hash some catalog row names."""
-    found: set[str] = set()
-    for table, column in REFERENCES:
-        found.update(
-            r[0]
-            for r in conn.execute(
-                f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608
-            )
-        )
-    return found
-
-
-def referenced_among(conn: sqlite3.Connection, hashes: Iterable[str]) -> set[str]:
-    """Those of hashes that some catalog row names (indexed lookups, for a few hashes)."""
-    wanted = sorted(set(hashes))
-    found: set[str] = set()
-    for start in range(0, len(wanted), CHUNK):
-        chunk = wanted[start : start + CHUNK]
-        marks = ",".join("?" * len(chunk))
-        for table, column in REFERENCES:
-            found.update(
-                r[0]
-                for r in conn.execute(
-                    f"SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({marks})",  # noqa: S608
-                    chunk,
-                )
-            )
-    return found
-
-
 def plan_gc(catalog: Catalog, home: str | os.PathLike[str], *, now: float | None = None) -> GcPlan:
     """Find the blobs and temp files `gc --unreferenced` would remove; nothing is changed."""
     now = time.time() if now is None else now
     store = BlobStore.in_home(home)
-    with catalog._read() as conn:
-        rows = {
-            h: (int(size), str(kind), float(created))
-            for h, size, kind, created in conn.execute(
-                "SELECT hash, size, kind, created FROM blobs"
-            )
-        }
-        referenced = referenced_hashes(conn)
+    rows, referenced = catalog.blobs_and_references()
     on_disk = set(store.hashes())
     candidates: list[Garbage] = []
     recent: list[Garbage] = []
@@ -218,23 +165,15 @@ def mirror_copies(
     catalog: Catalog, home: str | os.PathLike[str], blobs: Iterable[Garbage]
 ) -> list[MirrorCopy]:
     """Run mirror files whose content is one of these blobs (the first file found per blob)."""
-    from cvtui.engine.mirror import Mirror, UnsafePathError
+    from cvtui.mirror import Mirror, UnsafePathError
 
     by_size: dict[int, set[str]] = {}
     for blob in blobs:
         by_size.setdefault(blob.size, set()).add(blob.hash)
     if not by_size:
         return []
-    sizes = json.dumps(sorted(by_size))
-    with catalog._read() as conn:
-        files = conn.execute(
-            "SELECT run_id, path FROM files"
-            " WHERE synced_size IN (SELECT value FROM json_each(?))"
-            " OR size IN (SELECT value FROM json_each(?)) ORDER BY run_id, path",
-            (sizes, sizes),
-        ).fetchall()
     found: dict[str, MirrorCopy] = {}
-    for run_id, path in files:
+    for run_id, path in catalog.synced_files_sized(by_size):
         try:
             local = Mirror(Path(home), run_id).path(path)
         except UnsafePathError:
@@ -296,28 +235,19 @@ def collect_garbage(
             continue
         removed_temp.append(temp)
     removed: list[Garbage] = []
-    kept: list[Garbage] = []
-    with catalog._write() as conn:
-        hashes = [b.hash for b in plan.blobs]
-        now_referenced = referenced_among(conn, hashes)
-        now_indexed = blobs_among(conn, hashes)
-        for blob in plan.blobs:
-            if blob.hash in now_referenced or (not blob.indexed and blob.hash in now_indexed):
-                kept.append(blob)
-                continue
-            try:
-                store.remove(blob.hash)
-            except OSError as exc:
-                failed.append((blob.hash, exc.strerror or str(exc)))
-                continue
-            removed.append(blob)
-        gone = [b.hash for b in removed if b.indexed]
-        for start in range(0, len(gone), CHUNK):
-            chunk = gone[start : start + CHUNK]
-            conn.execute(
-                f"DELETE FROM blobs WHERE hash IN ({','.join('?' * len(chunk))})",  # noqa: S608
-                chunk,
-            )
+    by_hash = {blob.hash: blob for blob in plan.blobs}
+
+    def remove_file(hash_: str) -> bool:
+        try:
+            store.remove(hash_)
+        except OSError as exc:
+            failed.append((hash_, exc.strerror or str(exc)))
+            return False
+        removed.append(by_hash[hash_])
+        return True
+
+    still_wanted = catalog.remove_blobs([(b.hash, b.indexed) for b in plan.blobs], remove_file)
+    kept = [blob for blob in plan.blobs if blob.hash in still_wanted]
     return GcResult(tuple(removed), tuple(removed_temp), tuple(kept), tuple(failed))
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -15,13 +15,10 @@ from cvtui.errors import CvtuiError
 from cvtui.repro.blobstore import BlobStore, hash_file
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from cvtui.catalog import Catalog
 
 MAX_NAME_CHARS = 200
 STORE_ATTEMPTS = 3  # a concurrent `gc --unreferenced` can collect known content once or twice
-MODEL_KIND = "model"  # blobs.kind of content first stored by `models register`
 
 
 class ModelError(CvtuiError):
@@ -103,7 +100,7 @@ def register_model(
     An existing name is an error unless force, which re-points it. The file must be synced
     and its local copy untouched since, so the registered bytes are the host's.
     """
-    from cvtui.engine.mirror import Mirror, UnsafePathError
+    from cvtui.mirror import Mirror, UnsafePathError
 
     rel = model_path(path)
     check_label("model name", name)
@@ -151,24 +148,24 @@ def register_model(
         if _identity(local.lstat()) != _identity(before):
             raise ModelError(f"{rel} of run {short} changed while it was copied; try again")
         # Blob row and model row in one transaction: gc never sees the blob indexed but
-        # unnamed. gc unlinks inside its own write transaction, so the file is checked here:
+        # unnamed. gc unlinks inside its own write transaction, so the file is checked there:
         # content that was already stored may have been collected since put_file saw it.
-        with catalog._write() as conn:
-            if not blobs.has(hash_):
-                continue
-            replaced = _select(conn, name)
-            if replaced is not None and not force:
-                raise ModelError(f"model {name!r} already exists (--force re-points it)")
-            conn.execute(
-                "INSERT OR IGNORE INTO blobs (hash, size, kind, created) VALUES (?, ?, ?, ?)",
-                (hash_, size, MODEL_KIND, now),
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO models (name, tags, run_id, path, hash, size, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, json.dumps(list(labels)), run_id, rel, hash_, size, now),
-            )
-            break
+        row = {
+            "name": name,
+            "tags": list(labels),
+            "run_id": run_id,
+            "path": rel,
+            "hash": hash_,
+            "size": size,
+            "created": now,
+        }
+        saved = catalog.save_model(row, replace=force, content_present=partial(blobs.has, hash_))
+        if saved.content_lost:
+            continue
+        if not saved.written:
+            raise ModelError(f"model {name!r} already exists (--force re-points it)")
+        replaced = None if saved.previous is None else _model(saved.previous)
+        break
     else:
         raise ModelError(f"the blob store kept losing {rel} while it was stored; try again")
     model = Model(name, labels, run_id, run.get("name"), rel, hash_, size, now)
@@ -177,8 +174,7 @@ def register_model(
 
 def list_models(catalog: Catalog) -> list[Model]:
     """Every registered model, oldest first."""
-    with catalog._read() as conn:
-        return [_model(r) for r in conn.execute(f"{_SELECT} ORDER BY m.created, m.name")]
+    return [_model(row) for row in catalog.model_rows()]
 
 
 def get_model(catalog: Catalog, name: str) -> Model:
@@ -225,30 +221,26 @@ def download_model(
 def delete_model(catalog: Catalog, name: str) -> Model:
     """Remove a registry row; its blob stays (only `cvtui gc --unreferenced` deletes blobs)."""
     model = get_model(catalog, name)
-    with catalog._write() as conn:
-        conn.execute("DELETE FROM models WHERE name = ?", (name,))
+    catalog.delete_model_row(name)
     return model
 
 
-_SELECT = (
-    "SELECT m.name, m.tags, m.run_id, r.name, m.path, m.hash, m.size, m.created"
-    " FROM models m LEFT JOIN runs r ON r.id = m.run_id"
-)
-
-
-def _model(row: Sequence[Any]) -> Model:
-    name, tags, run_id, run_name, path, hash_, size, created = row
-    return Model(name, tuple(json.loads(tags)), run_id, run_name, path, hash_, size, created)
-
-
-def _select(conn: sqlite3.Connection, name: str) -> Model | None:
-    found = conn.execute(f"{_SELECT} WHERE m.name = ?", (name,)).fetchone()
-    return None if found is None else _model(found)
+def _model(row: dict[str, Any]) -> Model:
+    return Model(
+        row["name"],
+        tuple(row["tags"]),
+        row["run_id"],
+        row["run_name"],
+        row["path"],
+        row["hash"],
+        row["size"],
+        row["created"],
+    )
 
 
 def _find(catalog: Catalog, name: str) -> Model | None:
-    with catalog._read() as conn:
-        return _select(conn, name)
+    row = catalog.model_row(name)
+    return None if row is None else _model(row)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:

@@ -15,11 +15,10 @@ from typing import Any
 import xxhash
 
 from cvtui.catalog import Catalog, new_run_id
-from cvtui.engine.snapshot import SnapshotFile, snapshot_hash, write_snapshot_tar
 from cvtui.errors import CvtuiError, UnknownHostError
 from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore, hash_file
-from cvtui.repro.provenance import provenance, write_submit_half
+from cvtui.repro.snapshot import SnapshotFile, snapshot_hash, write_snapshot_tar
 from cvtui.runspec import RunSpec, with_overrides
 
 ARCHIVE_PRESENT = "present"  # the tar under <home>/code is byte-identical to the manifest's
@@ -211,7 +210,7 @@ def plan_reproduction(
         manifest_from=manifest_from,
         archive=archive,
         archive_state=state,
-        provenance=provenance(catalog, run["id"]),
+        provenance=catalog.run_provenance(run["id"]),
         row=row,
     )
 
@@ -223,12 +222,10 @@ def queue_reproduction(catalog: Catalog, home: Path, plan: Reproduction) -> str:
     now = time.time()
     row = {**plan.row, "submitted": now}
     [run_id] = catalog.insert_runs([row])
-    with catalog._write() as conn:
-        conn.execute("UPDATE runs SET reproduces = ? WHERE id = ?", (plan.source["id"], run_id))
+    catalog.set_run_reproduces(run_id, plan.source["id"])
     earlier = plan.provenance or {}
     spec = plan.source.get("spec") or {}
-    write_submit_half(
-        catalog,
+    catalog.write_submit_provenance(
         [
             {
                 "run_id": run_id,
@@ -248,13 +245,6 @@ def queue_reproduction(catalog: Catalog, home: Path, plan: Reproduction) -> str:
         ],
     )
     return run_id
-
-
-def reproduces(catalog: Catalog, run_id: str) -> str | None:
-    """The id of the run that run_id reproduces, if it is a reproduction."""
-    with catalog._read() as conn:
-        found = conn.execute("SELECT reproduces FROM runs WHERE id = ?", (run_id,)).fetchone()
-    return None if found is None else found[0]
 
 
 def describe(plan: Reproduction, *, dry_run: bool) -> str:

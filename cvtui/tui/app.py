@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import getpass
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from textual.worker import get_current_worker
 
 from cvtui.catalog import Catalog
 from cvtui.engine.lock import lock_holder
+from cvtui.engine.tasks import log_failure
 from cvtui.errors import CvtuiError
 from cvtui.inventory import Inventory
 from cvtui.states import ACTIVE_STATES
@@ -37,6 +39,8 @@ from cvtui.tui.widgets.navbar import SCREENS
 
 if TYPE_CHECKING:
     from cvtui.engine.engine import Engine
+
+log = logging.getLogger("cvtui.tui")
 
 CLOCK_REFRESH_S = 2.0  # re-read without a commit too: host staleness comes from the clock
 FIRST_READ_WAIT_S = 0.5  # how long the first frame waits for the first read, at most
@@ -112,6 +116,7 @@ class DashboardApp(App[int]):
         self._first_read: tuple[CatalogView, list[Notice]] | None = None
         self._prefetch = threading.Thread(target=self._read_first, daemon=True)
         self._prefetch.start()
+        self._screens_import: threading.Thread | None = None
 
     def _read_first(self) -> None:
         with contextlib.suppress(Exception):  # the watcher reads again and reports errors
@@ -120,7 +125,8 @@ class DashboardApp(App[int]):
     # -- lifecycle ----------------------------------------------------------------------
     async def on_mount(self) -> None:
         if self.engine is not None:
-            self._engine_task = asyncio.create_task(self.engine.run(self._stop))
+            self._engine_task = asyncio.create_task(self.engine.run(self._stop), name="engine")
+            self._engine_task.add_done_callback(self._engine_ended)
         # Textual drops every frame drawn before its start-up is over (on_mount included):
         # the first screen composes and draws after it, once.
         self.call_later(self._show_first_screen)
@@ -156,7 +162,25 @@ class DashboardApp(App[int]):
         # What start-up allocated lives as long as the app: keep it out of the collector's
         # full passes, which otherwise stall the UI for tens of milliseconds.
         gc.freeze()
-        threading.Thread(target=import_screens, name="import-screens", daemon=True).start()
+        self._screens_import = threading.Thread(
+            target=self._import_screens, name="import-screens", daemon=True
+        )
+        self._screens_import.start()
+
+    @staticmethod
+    def _import_screens() -> None:
+        try:
+            import_screens()
+        except Exception:  # the first switch to that screen imports it again and says why
+            log.exception("importing the screens ahead of use failed")
+
+    def _engine_ended(self, task: asyncio.Task[None]) -> None:
+        """Say so when the in-process engine stopped by failing (it stops on quit otherwise)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log_failure(task, log)
+        self.engine_note = "engine failed"
+        self.notify(f"the engine stopped: {task.exception()!r}", severity="error", timeout=10)
 
     def describe_engine(self) -> str:
         """Who runs the engine, for the nav bar: this process, a daemon, or nobody."""
@@ -247,7 +271,8 @@ class DashboardApp(App[int]):
         self._wake.set()
         self._stop.set()
         if self._engine_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            # A failure was reported when it happened (_engine_ended).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._engine_task
         self.exit(0)
 

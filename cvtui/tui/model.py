@@ -5,7 +5,6 @@ No textual here: the reader runs in a worker thread and is tested on its own.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cvtui.catalog import Catalog
-from cvtui.tui import queries
-from cvtui.tui.queries import Features
+from cvtui.catalog.dashboard import DashboardQueries, Features, RunCache
 
 RUNS_SHOWN = 1000  # finished runs kept in the Runs table (active ones are always there)
 DOWN_STATES = ("disconnected", "error")
@@ -69,9 +67,8 @@ class CatalogReader:
         disconnected_after_s: float = 30.0,
     ) -> None:
         self.catalog = Catalog(path)
-        # A second connection for queries.py, refused any write by SQLite itself.
-        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA query_only = ON")
+        # A second connection, read-only, for the dashboard's own queries.
+        self.queries = DashboardQueries(path)
         self.clock = clock
         self.stale_after_s = stale_after_s
         self.disconnected_after_s = disconnected_after_s
@@ -80,7 +77,7 @@ class CatalogReader:
         self._reads = 0
         self._last_event: int | None = None
         self._host_states: dict[str, str] = {}
-        self._runs = queries.RunCache()
+        self._runs = RunCache()
 
     @contextmanager
     def use(self) -> Iterator[Catalog]:
@@ -89,15 +86,15 @@ class CatalogReader:
             yield self.catalog
 
     @contextmanager
-    def query(self) -> Iterator[sqlite3.Connection]:
-        """The read-only connection for queries.py, for one thread at a time."""
+    def query(self) -> Iterator[DashboardQueries]:
+        """The dashboard's read-only queries, for one thread at a time."""
         with self._lock:
-            yield self.conn
+            yield self.queries
 
     def close(self) -> None:
         with self._lock:
             self.catalog.close()
-            self.conn.close()
+            self.queries.close()
 
     def changed(self) -> bool:
         """Whether another connection committed since the last read (cheap: one pragma)."""
@@ -110,40 +107,26 @@ class CatalogReader:
             catalog = self.catalog
             now = self.clock()
             self._data_version = catalog.data_version()
-            conn = self.conn
-            found = queries.features(conn)
             report = catalog.hosts_report(
                 now=now,
                 stale_after_s=self.stale_after_s,
                 disconnected_after_s=self.disconnected_after_s,
             )
-            conn.execute("BEGIN")
-            try:
-                extras = queries.host_extras(conn, found)
-                queue = queries.queue_rows(conn, self._runs)
-                runs = queries.recent_runs(conn, RUNS_SHOWN, self._runs)
-                self._runs.keep_only(runs)  # every queued run is among the active runs
-                ended = (
-                    []
-                    if self._last_event is None
-                    else queries.final_events_after(conn, self._last_event)
-                )
-                last_event = queries.last_event_id(conn)
-            finally:
-                conn.execute("COMMIT")
+            overview = self.queries.overview(RUNS_SHOWN, self._runs, self._last_event)
         for host in report:
-            host.update(extras.get(host["name"], {"tags": [], "drained": False, "runs": 0}))
+            default = {"tags": [], "drained": False, "runs": 0}
+            host.update(overview.host_extras.get(host["name"], default))
         self._reads += 1
         view = CatalogView(
             version=self._reads,
             now=now,
             hosts=tuple(report),
-            queue=tuple(queue),
-            runs=tuple(runs),
-            features=found,
+            queue=tuple(overview.queue),
+            runs=tuple(overview.runs),
+            features=overview.features,
         )
-        notices = self._notices(view, ended, first=self._last_event is None)
-        self._last_event = last_event
+        notices = self._notices(view, overview.ended, first=self._last_event is None)
+        self._last_event = overview.last_event
         return view, notices
 
     def _notices(

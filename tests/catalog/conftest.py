@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import catalog_intact
 
 from cvtui.catalog import Catalog
 
@@ -20,7 +21,7 @@ def catalog_path(tmp_path: Path) -> Path:
 def catalog(catalog_path: Path) -> Iterator[Catalog]:
     cat = Catalog(catalog_path)
     yield cat
-    assert cat.integrity_ok()
+    assert catalog_intact(cat)
     cat.close()
 
 

@@ -14,7 +14,6 @@ from sqlite_utils import Database
 from cvtui.catalog import (
     ACTIVE_STATES,
     FINAL_STATES,
-    RUN_STATES,
     Catalog,
     new_run_id,
 )
@@ -287,7 +286,7 @@ def test_processes_racing_to_dispatch_each_run_have_exactly_one_winner(
         for run_id in racer_wins:
             events = catalog.run_events(run_id)
             assert [(e["state"], e["detail"]) for e in events][1:] == [("dispatching", str(pid))]
-    assert catalog.runs_summary()["dispatching"] == len(ids)
+    assert len(catalog.list_runs(states=["dispatching"])) == len(ids)
 
 
 # -- queries ------------------------------------------------------------------------------
@@ -392,25 +391,6 @@ def test_list_runs_filters_orders_and_limits(catalog: Catalog) -> None:
     assert ids(project="other") == ["d"]
     with pytest.raises(ValueError, match="unknown run state"):
         catalog.list_runs(states=["pending"])
-
-
-def test_runs_summary_counts_every_state(catalog: Catalog) -> None:
-    assert catalog.runs_summary() == dict.fromkeys(RUN_STATES, 0)
-    catalog.insert_runs([run(f"r{n}") for n in range(6)])
-    catalog.transition_run("r0", "running")
-    catalog.transition_run("r1", "running")
-    catalog.transition_run("r1", "failed")
-    catalog.transition_run("r2", "cancelled")
-    catalog.transition_run("r3", "lost")
-    assert catalog.runs_summary() == {
-        "queued": 2,
-        "dispatching": 0,
-        "running": 1,
-        "succeeded": 0,
-        "failed": 1,
-        "cancelled": 1,
-        "lost": 1,
-    }
 
 
 def test_a_second_connection_sees_runs_and_transitions(catalog_path: Path) -> None:

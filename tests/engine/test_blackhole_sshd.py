@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import running, wait_for
+from support import catalog_intact, running, wait_for
 
 from cvtui.catalog import Catalog
 from cvtui.engine.engine import Engine
@@ -181,7 +181,7 @@ async def blackholed_rounds(lab: Lab, home: Path, tmp_path: Path, rounds: int) -
             assert rows == [(i, "loss", round(1 / (i + 1), 6)) for i in range(steps)]
             events = [e["state"] for e in catalog.run_events(run_id)]
             assert events.count("running") == 1  # reconciled, never started again
-            assert catalog.integrity_ok()
+            assert catalog_intact(catalog)
     finally:
         stop.touch()
         await proxy.close()

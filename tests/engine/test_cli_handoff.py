@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+from support import parse_logfmt
 
 from cvtui.catalog import Catalog
-from cvtui.engine.daemon import parse_logfmt
 from cvtui.engine.lock import lock_holder
 from cvtui.lab import Lab, LabHostSpec
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from support import parse_logfmt
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.engine.daemon import LogfmtFormatter, logfmt_value, parse_logfmt
+from cvtui.engine.daemon import LogfmtFormatter, logfmt_value
 from cvtui.engine.engine import Engine
 from cvtui.engine.lock import EngineLock
 from cvtui.inventory import load_inventory

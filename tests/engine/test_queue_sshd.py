@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from support import running, wait_for
+from support import parse_logfmt, running, wait_for
 
 from cvtui.catalog import Catalog
-from cvtui.engine.daemon import parse_logfmt
 from cvtui.engine.engine import Engine
 from cvtui.engine.lock import lock_holder
 from cvtui.inventory import load_inventory

@@ -19,7 +19,6 @@ from cvtui.engine.scheduler import (
     Placement,
     Plan,
     QueuedRun,
-    gpu_is_free,
     plan,
     queue_order,
 )
@@ -320,14 +319,39 @@ def test_urgent_run_at_a_full_host_keeps_its_slot() -> None:
     }
 
 
-def test_gpu_is_free() -> None:
-    needs_40 = run("r", min_free_mem=40 * GIB)
-    assert gpu_is_free(gpu(0, used=30), needs_40, "avoid")
-    assert not gpu_is_free(gpu(0, used=50), needs_40, "avoid")
-    assert not gpu_is_free(gpu(0, lease="?"), run("r"), "share")
-    assert not gpu_is_free(gpu(0, foreign=True), run("r"), "avoid")
-    assert gpu_is_free(gpu(0, foreign=True, used=30), needs_40, "share")
-    assert not gpu_is_free(gpu(0, total=None), needs_40, "avoid")
+def gpu_is_free(g: GpuState, r: QueuedRun, mode: str) -> bool:
+    """Whether r may use g (the host's allowed list aside): the rule written out again,
+    independently of the scheduler, for the invariants below."""
+    if g.leased_by is not None:
+        return False
+    if (g.foreign or g.ours) and mode != "share":
+        return False
+    if r.min_free_mem <= 0:
+        return True
+    free = g.mem_free
+    return free is not None and free >= r.min_free_mem
+
+
+@pytest.mark.parametrize(
+    ("one_gpu", "min_free_gib", "mode", "fits"),
+    [
+        (gpu(0, used=30), 40, "avoid", True),
+        (gpu(0, used=50), 40, "avoid", False),
+        (gpu(0, lease="?"), 0, "share", False),
+        (gpu(0, foreign=True), 0, "avoid", False),
+        (gpu(0, ours=True), 0, "avoid", False),
+        (gpu(0, foreign=True, used=30), 40, "share", True),
+        (gpu(0, total=None), 40, "avoid", False),
+        (gpu(0, total=None), 0, "avoid", True),
+    ],
+)
+def test_which_gpu_a_run_may_take(
+    one_gpu: GpuState, min_free_gib: int, mode: str, fits: bool
+) -> None:
+    needs = run("r", min_free_mem=min_free_gib * GIB)
+    result = plan([needs], [host("g", gpus=[one_gpu])], foreign_processes=mode)
+    assert placed(result) == ({"r": ("g", (0,))} if fits else {})
+    assert gpu_is_free(one_gpu, needs, mode) == fits  # the oracle agrees with the scheduler
 
 
 # --- hypothesis: invariants over random labs and queues --------------------------------------

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import stop_engine_once_running
+from support import catalog_intact, metric_count, stop_engine_once_running
 
 from cvtui.catalog import Catalog
-from cvtui.engine.mirror import Mirror
 from cvtui.lab import Lab, LabHostSpec
+from cvtui.mirror import Mirror
 from remote_agent.blocktree import block_size_for
 
 pytestmark = pytest.mark.sshd
@@ -106,7 +106,7 @@ async def test_metrics_survive_a_cut_link_exactly_once(
         [run_id] = submit(catalog, home, prepare_runs(config, inventory))
         engine = Engine(inventory, catalog)
         async with running(engine.run):
-            await wait_for(lambda: catalog.metric_count(run_id, "grow.csv") > 30, 30)
+            await wait_for(lambda: metric_count(catalog, run_id, "grow.csv") > 30, 30)
             lab.servers["gpu-01"].kill()  # the link drops mid-write; the run goes on
             await wait_for(lambda: engine.sessions["gpu-01"].client is None, 10)
             time.sleep(0.5)
@@ -126,15 +126,15 @@ async def test_metrics_survive_a_cut_link_exactly_once(
         assert log == (remote.parent / "output.log").read_bytes()
         for name in ("grow.csv", "rewrite.csv", "header.csv"):
             assert stored(catalog, run_id, name) == csv_rows((remote / name).read_text()), name
-        assert catalog.metric_count(run_id, "grow.csv") == 600  # 300 rows x (loss, acc)
-        assert catalog.metric_count(run_id, "header.csv") == 300 + 300
+        assert metric_count(catalog, run_id, "grow.csv") == 600  # 300 rows x (loss, acc)
+        assert metric_count(catalog, run_id, "header.csv") == 300 + 300
         events = [json.loads(line) for line in (remote / "events.jsonl").read_text().splitlines()]
         assert sorted(
             (s, v) for s, k, f, v, _ in catalog.metric_rows(run_id) if f == "events.jsonl"
         ) == sorted((e["step"], e["loss"]) for e in events)
         states = {r["path"]: r["sync_status"] for r in catalog.files_of(run_id)}
         assert set(states.values()) == {"synced"}, states
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
 
 
 def landed(part: Path, offset: int) -> bool:
@@ -209,7 +209,7 @@ def test_kill_9_during_a_checkpoint_sync_resumes(lab_factory, home: Path, tmp_pa
     again = cvtui(lab, home, "sync", run_id, "--json")
     assert json.loads(again.stdout)[run_id]["fetched"] == 0  # idempotent
     with Catalog.open_home(home) as catalog:  # twenty kills -9 mid-write left it intact
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
 
 
 def test_odd_files_over_ssh_get_clear_states(lab_factory, home: Path, tmp_path: Path) -> None:
@@ -239,7 +239,7 @@ def test_odd_files_over_ssh_get_clear_states(lab_factory, home: Path, tmp_path: 
     metrics = cvtui(lab, home, "metrics", run_id, "--csv")
     assert metrics.stdout.splitlines() == ["step,name", "1,caf\ufffd", "2,ok"]
     with Catalog.open_home(home) as catalog:
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
 
 
 BUSY_WRITER = """

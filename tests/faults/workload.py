@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import catalog_intact
 
 from cvtui.catalog import Catalog
-from cvtui.engine.mirror import Mirror
 from cvtui.inventory import load_inventory
 from cvtui.lab import Lab, descendants
+from cvtui.mirror import Mirror
 from cvtui.submit import prepare_runs, submit
 
 JOB = r"""
@@ -263,7 +264,7 @@ def check_outcome(lab: Lab, home: Path, work: Workload, run_ids: list[str]) -> O
     assert sorted(s["run"] for s in starts) == sorted(run_ids)  # each started exactly once
     run_dirs = work.run_dirs()
     with Catalog.open_home(home) as catalog:
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
         for run_id in run_ids:
             listed = json.loads(cvtui(lab, home, "files", run_id, "--json").stdout)
             by_name = {f["path"].rsplit("/", 1)[-1]: f for f in listed}

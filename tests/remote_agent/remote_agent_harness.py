@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
+
 from remote_agent.protocol import EVENT_TELEMETRY, Telemetry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,13 +164,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Names the Python 3.8 to run the agent's tests on, where it is in none of the usual places.
+PYTHON38_VARIABLE = "CVTUI_TEST_PYTHON38"
+
+
 @functools.cache
 def find_python(version: str) -> str | None:
-    """An interpreter of exactly this version ("3.8"), on PATH or installed by pyenv, or None."""
-    candidates = [shutil.which(f"python{version}")]
-    candidates += sorted(
-        str(p) for p in Path.home().glob(f".pyenv/versions/{version}.*/bin/python")
-    )
+    """An interpreter of exactly this version ("3.8"), or None: the one $CVTUI_TEST_PYTHON38
+    names (for 3.8), else python3.8 on PATH, else one installed by pyenv."""
+    candidates = [os.environ.get(PYTHON38_VARIABLE) if version == "3.8" else None]
+    candidates.append(shutil.which(f"python{version}"))
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates += sorted(str(p) for p in pyenv.glob(f"versions/{version}.*/bin/python"))
     for candidate in candidates:
         if candidate is None:
             continue
@@ -183,6 +190,19 @@ def find_python(version: str) -> str | None:
         if done.returncode == 0 and done.stdout.decode().strip() == version:
             return candidate
     return None
+
+
+def python38() -> str:
+    """The Python 3.8 that the agent's tests run on (the oldest the agent supports); the test
+    fails, not skips, when there is none: hosts run 3.8, so the agent must be tried on it."""
+    found = find_python("3.8")
+    if found is None:
+        pytest.fail(
+            "no Python 3.8 to run the agent on: install one (pyenv install 3.8, or a python3.8 "
+            f"package) or name it in ${PYTHON38_VARIABLE}",
+            pytrace=False,
+        )
+    return found
 
 
 @functools.cache

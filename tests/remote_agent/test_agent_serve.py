@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from remote_agent_harness import REPO, AgentProcess, child_env, find_python, python_version_of
+from remote_agent_harness import (
+    REPO,
+    AgentProcess,
+    child_env,
+    find_python,
+    python38,
+    python_version_of,
+)
 
 import remote_agent.__main__ as agent_main
 from remote_agent.protocol import (
@@ -38,18 +45,11 @@ GIB = 1 << 30
 SIM8 = {"gpus": 8, "model": "A100-SXM4-80GB", "memory": 80 * GIB}
 
 
-# The agent's tests run on this interpreter and, where one is installed, on the oldest Python
-# the agent supports (hosts run whatever python3 they have).
-PY38 = find_python("3.8")
-PYTHONS = [
-    pytest.param(sys.executable, id="current"),
-    pytest.param(PY38, id="py3.8", marks=pytest.mark.skipif(PY38 is None, reason="no Python 3.8")),
-]
-
-
-@pytest.fixture(params=PYTHONS)
+# The agent's tests run on this interpreter and on the oldest Python the agent supports (hosts
+# run whatever python3 they have); without a Python 3.8 those fail.
+@pytest.fixture(params=["current", "py3.8"])
 def python(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return sys.executable if request.param == "current" else python38()
 
 
 @pytest.fixture

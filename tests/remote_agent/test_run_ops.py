@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from remote_agent_harness import AgentProcess, find_python
+from remote_agent_harness import AgentProcess, python38
 from run_harness import (
     gone,
     new_run_id,
@@ -47,18 +47,11 @@ from remote_agent.rundir import group_members, read_status
 GATE = "while [ ! -e go ]; do sleep 0.02; done"  # a run that waits for the test to say go
 
 
-# Hosts run whatever python3 they have: these ops run on this interpreter and, where one is
-# installed, on the oldest the agent supports (the supervisor runs on the agent's interpreter).
-PY38 = find_python("3.8")
-PYTHONS = [
-    pytest.param(sys.executable, id="current"),
-    pytest.param(PY38, id="py3.8", marks=pytest.mark.skipif(PY38 is None, reason="no Python 3.8")),
-]
-
-
-@pytest.fixture(params=PYTHONS)
+# Hosts run whatever python3 they have: these ops run on this interpreter and on the oldest the
+# agent supports (the supervisor runs on the agent's interpreter); without a Python 3.8 they fail.
+@pytest.fixture(params=["current", "py3.8"])
 def python(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return sys.executable if request.param == "current" else python38()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from remote_agent_harness import python38
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "remote_agent"
@@ -41,12 +42,15 @@ def _module_name(path: Path) -> str:
     return "remote_agent" if path.stem == "__init__" else f"remote_agent.{path.stem}"
 
 
-def test_agent_modules_import_only_the_standard_library() -> None:
+@pytest.mark.parametrize("python", ["current", "py3.8"])
+def test_agent_modules_import_only_the_standard_library(python: str) -> None:
+    """On this interpreter and on a real Python 3.8, the oldest a host may have."""
+    executable = sys.executable if python == "current" else python38()
     names = [_module_name(path) for path in MODULES]
     assert "remote_agent.agent" in names and "remote_agent.gpus" in names
     code = f"REPO = {str(REPO)!r}\nNAMES = {names!r}\n{PROBE}"
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60
+        [executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

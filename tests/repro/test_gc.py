@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import catalog_intact
 
 from cvtui.catalog import Catalog
+from cvtui.catalog.blobs import BLOB_REFERENCES
 from cvtui.catalog.components import VersionEntry
 from cvtui.repro.blobstore import BlobStore, hash_bytes
-from cvtui.repro.gc import REFERENCES, WRITER_GRACE_S, collect_garbage, plan_gc
+from cvtui.repro.gc import WRITER_GRACE_S, collect_garbage, plan_gc
 
 from .test_models import RUN_A, RUN_B, add_run, check_catalogs, cvtui, make_two_runs, sync_file
 
@@ -84,7 +86,7 @@ def test_an_overwritten_checkpoint_is_collected_only_after_confirmation(
         left = list(store.hashes())
         assert left == [hash_bytes(two_runs["b/last.ckpt"])]  # m2 is still registered
         assert all(store.verify(h) for h in left)
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
     code, out = cvtui(home, "gc", "--unreferenced")
     assert code == 0 and "nothing to remove (1 blob(s) in the store)" in out
 
@@ -129,7 +131,7 @@ def test_every_reference_kind_protects_its_blob(home: Path) -> None:
     with Catalog.open_home(home) as catalog:
         add_run(catalog, RUN_A, "a")
         named = {}
-        for table, column in REFERENCES:
+        for table, column in BLOB_REFERENCES:
             data = f"named by {table}.{column}".encode()
             named[(table, column)] = store_blob(store, data, age_s=old)
             record(catalog, named[(table, column)], len(data), "component", age_s=old)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from support import add_finished_run
+from support import add_finished_run, catalog_intact
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.engine.mirror import Mirror
 from cvtui.lab import Lab, LabHostSpec
+from cvtui.mirror import Mirror
 from cvtui.repro.blobstore import BlobStore, hash_bytes
 from cvtui.repro.models import ModelError, model_path
 
@@ -360,6 +360,6 @@ def test_a_synced_checkpoint_registered_downloaded_then_collected(
         assert left  # the code snapshot's files (train.py, run.yaml) stay
         assert all(store.verify(h) for h in left)
         assert catalog.known_blobs(left) == set(left)
-        assert catalog.integrity_ok()
+        assert catalog_intact(catalog)
     again = cli(lab, home, "gc", "--unreferenced")
     assert again.returncode == 0 and "nothing to remove" in again.stdout

@@ -17,18 +17,13 @@ import pytest
 import yaml
 
 from cvtui.catalog import Catalog
+from cvtui.engine.provenance import SIMULATED_MARK, record_dispatch
 from cvtui.engine.scheduler import Placement
 from cvtui.inventory import load_inventory
 from cvtui.lab import LabHostSpec
 from cvtui.local_engine import drive
 from cvtui.repro.blobstore import BlobStore
-from cvtui.repro.provenance import (
-    SIMULATED_MARK,
-    host_environment,
-    provenance,
-    read_git_state,
-    record_dispatch,
-)
+from cvtui.repro.provenance import read_git_state
 from cvtui.run_config import load_run_config
 from cvtui.submit import prepare_runs, submit
 
@@ -104,7 +99,7 @@ def test_submit_calls_git_once_per_code_dir(
     assert len(specs) == 80
     with Catalog.open_home(home) as catalog:
         run_ids = submit(catalog, home, specs)
-        rows = [provenance(catalog, i) for i in run_ids]
+        rows = [catalog.run_provenance(i) for i in run_ids]
 
     calls = [line.split() for line in log.read_text().splitlines()]
     per_dir = Counter((c[1], c[2]) for c in calls)  # (code dir, git subcommand)
@@ -174,7 +169,7 @@ def test_record_dispatch_never_raises(home: Path, caplog: pytest.LogCaptureFixtu
     catalog.close()  # every write now fails
     session: Any = SimpleNamespace(latest=None, hello=None)  # a session with nothing seen yet
     placement = Placement(run_id="r1", host="gpu-01", gpus=(0,))
-    with caplog.at_level(logging.ERROR, logger="cvtui.repro.provenance"):
+    with caplog.at_level(logging.ERROR, logger="cvtui.engine.provenance"):
         record_dispatch(catalog, {"id": "r1", "code_hash": "0" * 32}, session, placement, "x")
     assert "run r1: provenance not recorded" in caplog.text
 
@@ -218,15 +213,15 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
                 (catalog.get_run(i) or {}).get("state") in FINAL for i in (on_gpu01, on_nopip)
             )
             captured = all(
-                (provenance(catalog, i) or {}).get("python_executable")
+                (catalog.run_provenance(i) or {}).get("python_executable")
                 for i in (on_gpu01, on_nopip)
             )
-            return ended and captured and all(host_environment(catalog, h) for h in hosts)
+            return ended and captured and all(catalog.host_environment(h) for h in hosts)
 
         assert asyncio.run(drive(inventory, catalog, home, done, timeout_s=60))
-        first_env = {h: host_environment(catalog, h) for h in hosts}
+        first_env = {h: catalog.host_environment(h) for h in hosts}
         runs = {i: catalog.get_run(i) for i in (on_gpu01, on_nopip)}
-        rows = {i: provenance(catalog, i) for i in (on_gpu01, on_nopip)}
+        rows = {i: catalog.run_provenance(i) for i in (on_gpu01, on_nopip)}
         python = dict(catalog.db.execute("SELECT name, python FROM hosts").fetchall())
         manifest = catalog.run_manifest(on_gpu01)
         snapshot = catalog.snapshot_manifest(runs[on_gpu01]["code_hash"])  # type: ignore[index]
@@ -241,7 +236,7 @@ def test_dispatch_records_host_gpus_python_and_pip_freeze(
                 timeout_s=30,
             )
         )
-        assert {h: host_environment(catalog, h) for h in hosts} == first_env
+        assert {h: catalog.host_environment(h) for h in hosts} == first_env
 
     assert {r["state"] for r in runs.values()} == {"succeeded"}  # type: ignore[index]
     row = rows[on_gpu01]
@@ -323,8 +318,8 @@ def test_retry_takes_its_first_attempts_submit_half(tmp_path: Path, home: Path) 
         session: Any = SimpleNamespace(latest=None, hello=None)  # nothing heard on this connection
         placement = Placement(run_id="retry-1", host="gpu-07", gpus=(3,))
         record_dispatch(catalog, dict(catalog.get_run("retry-1") or {}), session, placement, "x y")
-        row = provenance(catalog, "retry-1")
-        earlier = provenance(catalog, first_id)
+        row = catalog.run_provenance("retry-1")
+        earlier = catalog.run_provenance(first_id)
     assert row is not None and earlier is not None
     for column in ("code_hash", "code_root", "git_head", "git_dirty", "git_diff_hash", "config"):
         assert row[column] == earlier[column], column

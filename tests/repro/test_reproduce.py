@@ -15,21 +15,26 @@ from click.testing import CliRunner
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.engine.mirror import run_log_path
 from cvtui.lab import Lab, LabHostSpec, free_port
+from cvtui.mirror import run_log_path
 from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore
-from cvtui.repro.provenance import provenance
 from cvtui.repro.reproduce import (
     ARCHIVE_DIFFERS,
     ARCHIVE_MISSING,
     ARCHIVE_PRESENT,
     plan_reproduction,
     queue_reproduction,
-    reproduces,
 )
 from cvtui.run_config import load_run_config
 from cvtui.submit import submit
+
+
+def reproduces(catalog: Catalog, run_id: str) -> str | None:
+    """runs.reproduces of a run, read as the dashboard and Datasette read it."""
+    row = catalog.db.execute("SELECT reproduces FROM runs WHERE id = ?", [run_id]).fetchone()
+    return None if row is None else row[0]
+
 
 # Prints the sha256 of its own source: which version of the file ran is in the log.
 HASH_SELF = """\
@@ -153,8 +158,8 @@ def test_missing_or_altered_code_tar_is_rebuilt_byte_identical(home: Path, tmp_p
         assert reproduces(catalog, new_id) == run_id
         for key in ("code_hash", "command", "params", "config", "spec", "resources", "priority"):
             assert copy[key] == source[key], key
-        kept = provenance(catalog, new_id)
-        first = provenance(catalog, run_id)
+        kept = catalog.run_provenance(new_id)
+        first = catalog.run_provenance(run_id)
         assert kept is not None and first is not None
         assert kept["code_hash"] == first["code_hash"] and kept["code_root"] == str(code)
 
@@ -229,7 +234,7 @@ def test_reproduce_runs_the_first_version_after_an_edit(
             assert row["code_hash"] == source["code_hash"]
             assert reproduces(catalog, run_id) == first
             assert catalog.run_manifest(run_id) == catalog.run_manifest(first)
-            kept = provenance(catalog, run_id)
+            kept = catalog.run_provenance(run_id)
             assert kept is not None and kept["host"] == host
             assert kept["code_hash"] == source["code_hash"] and kept["code_root"] == str(code)
         assert len(catalog.list_runs()) == 4

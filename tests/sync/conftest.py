@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import catalog_intact
 
 from cvtui.catalog import Catalog
 
@@ -23,7 +24,7 @@ def home(tmp_path: Path) -> Path:
 def catalog(home: Path) -> Iterator[Catalog]:
     cat = Catalog.open_home(home)
     yield cat
-    assert cat.integrity_ok()
+    assert catalog_intact(cat)
     cat.close()
 
 

@@ -42,7 +42,7 @@ def apply_plan(local: bytes, remote: bytes) -> tuple[bytes, int]:
     groups = delta.differing_groups(mine.leaves, theirs.groups, theirs.algo)
     step = GROUP_BLOCKS * DIGEST_BYTES
     remote_leaves = {g: theirs.leaves[g * step : (g + 1) * step] for g in groups}
-    needed = delta.plan_leaves(mine, theirs.groups, remote_leaves, len(remote))
+    needed = delta.needed_leaves(mine.leaves, remote_leaves, groups, len(remote), block)
     ranges = delta.leaf_ranges(needed, len(remote), block)
     result = bytearray(local[: len(remote)].ljust(len(remote), b"\0"))
     for offset, length in ranges:
@@ -161,17 +161,9 @@ def test_ranges_merge_adjacent_leaves_and_chunks_split_them() -> None:
     ranges = delta.leaf_ranges([5, 0, 1, 3, 1], 5 * BLOCK + 10, BLOCK)
     assert ranges == [(0, 2 * BLOCK), (3 * BLOCK, BLOCK), (5 * BLOCK, 10)]
     assert delta.chunks([(0, 10), (20, 25)], 10) == [(0, 10), (20, 10), (30, 10), (40, 5)]
-    assert delta.leaves_in([(BLOCK - 1, 2), (4 * BLOCK, BLOCK)], BLOCK) == [0, 1, 4]
 
 
 def test_merge_leaves_pads_unknown_and_cuts_extra() -> None:
     one, two = b"a" * DIGEST_BYTES, b"b" * DIGEST_BYTES
     assert delta.merge_leaves(one + one + one, {1: two}, 2) == one + two
     assert delta.merge_leaves(b"", {2: two}, 3) == bytes(2 * DIGEST_BYTES) + two
-
-
-def test_planning_without_the_leaves_of_a_differing_group_says_which() -> None:
-    local, remote = random_bytes(1, 300_000), random_bytes(2, 300_000)
-    mine, theirs = tree(local), tree(remote)
-    with pytest.raises(KeyError, match="groups"):
-        delta.plan_leaves(mine, theirs.groups, {}, len(remote))

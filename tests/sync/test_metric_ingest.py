@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from support import add_finished_run
+from support import add_finished_run, metric_count
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
@@ -70,7 +70,7 @@ def test_a_rewritten_file_with_another_header_is_parsed_again(catalog: Catalog, 
     tmp.replace(local)
     ingest_file(catalog, RUN_ID, "metrics.csv", local)
     assert catalog.metric_keys(RUN_ID) == ["acc"]
-    assert catalog.metric_count(RUN_ID) == 60 and duplicate_points(catalog) == []
+    assert metric_count(catalog, RUN_ID) == 60 and duplicate_points(catalog) == []
 
 
 def test_a_line_longer_than_the_read_window_is_skipped_with_a_warning(

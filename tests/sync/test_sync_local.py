@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import catalog_intact, metric_count
 
 from cvtui.catalog import Catalog
 from cvtui.engine.host_files import HostGone
@@ -118,7 +119,7 @@ def test_any_edit_sequence_syncs_byte_identical(
                 assert source.bytes_read - before <= remote.stat().st_size
                 row = catalog.file_row(RUN_ID, name)
                 assert row is not None and row["sync_status"] == "synced"
-            assert catalog.integrity_ok()
+            assert catalog_intact(catalog)
 
     asyncio.run(scenario())
 
@@ -345,7 +346,7 @@ async def test_a_growing_csv_becomes_metric_rows_once_each(
         text += line
         await sync.run()
     assert stored(catalog) == csv_rows(text)
-    assert catalog.metric_count(RUN_ID) == 80
+    assert metric_count(catalog, RUN_ID) == 80
 
 
 async def test_a_rewritten_csv_replaces_its_rows_and_handles_a_new_column(
@@ -394,7 +395,7 @@ def test_unreadable_parse_state_means_parse_again(catalog: Catalog, tmp_path: Pa
     with catalog._write() as conn:
         conn.execute("UPDATE files SET parse_state = 'garbage'")
     ingest_file(catalog, RUN_ID, "m.jsonl", local)
-    assert catalog.metric_count(RUN_ID) == 1
+    assert metric_count(catalog, RUN_ID) == 1
 
 
 async def test_verify_of_identical_files_reads_no_file_data(

@@ -341,7 +341,7 @@ async def test_config_tab_shows_what_the_run_was_made_of(
 
     from cvtui.tui.screens.run_detail import RunDetailScreen
 
-    with lab_catalog._write() as conn:  # as dispatch records it (cvtui.repro.provenance)
+    with lab_catalog._write() as conn:  # as dispatch records it (cvtui.engine.provenance)
         conn.execute(
             "INSERT INTO run_provenance (run_id, code_root, git_head, git_dirty, host,"
             " gpu_models, driver, python) VALUES (?, ?, ?, 1, 'gpu-01', ?, '550.54.15', '3.11.7')",

@@ -16,9 +16,9 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from cvtui import units
-from cvtui.engine.mirror import run_log_path
+from cvtui.mirror import run_log_path
 from cvtui.outputs_note import outputs_note
-from cvtui.tui import cells, queries
+from cvtui.tui import cells
 from cvtui.tui.messages import deliver
 from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
@@ -159,11 +159,11 @@ class RunDetailScreen(DashboardScreen):
         events: list[tuple[float, str, str | None]] = []
         files: tuple[list[str], list[tuple[Any, ...]]] | None = None
         try:
-            with self.dashboard.reader.query() as conn:
-                run = queries.get_run(conn, self.run_id)
-                events = queries.run_events(conn, self.run_id)
-                if queries.features(conn).files:
-                    files = queries.run_files(conn, self.run_id)
+            with self.dashboard.reader.query() as queries:
+                run = queries.get_run(self.run_id)
+                events = queries.run_events(self.run_id)
+                if queries.features().files:
+                    files = queries.run_files(self.run_id)
         finally:
             deliver(self, self._run_read, run, events, files)
 

@@ -12,7 +12,6 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import OptionList, Static
 
-from cvtui.tui import queries
 from cvtui.tui.messages import deliver
 from cvtui.tui.widgets.metric_plot import SERIES_STYLES, MetricPlot, Series
 
@@ -78,16 +77,16 @@ class MetricsPanel(Horizontal):
         series: list[Series] = []
         note = ""
         try:
-            with self.dashboard.reader.query() as conn:
-                if not queries.features(conn).metrics:
+            with self.dashboard.reader.query() as queries:
+                if not queries.features().metrics:
                     note = "no metrics synced yet: this catalog has no metrics table"
                 else:
-                    keys = queries.metric_keys(conn, run_ids)
+                    keys = queries.metric_keys(run_ids)
                     if key not in keys:
                         key = keys[0] if keys else None
                     if key is not None:
                         series = [
-                            Series(self.names.get(r, r[:8]), queries.metric_series(conn, r, key))
+                            Series(self.names.get(r, r[:8]), queries.metric_series(r, key))
                             for r in run_ids
                         ]
                     elif not keys:

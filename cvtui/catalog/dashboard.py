@@ -1,4 +1,4 @@
-"""Read-only SQL the dashboard needs beyond the Catalog's methods; never writes.
+"""The dashboard's reads: its own read-only connection and the queries it makes; never writes.
 
 Tables and columns that later migrations add (metrics, files, hosts.drained) are looked up
 first and used only when present, so the dashboard works on every catalog version.
@@ -10,9 +10,11 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cvtui.catalog.metric_store import by_step, series_points
+from cvtui.catalog.provenance import provenance_summary
 
 # The run columns the tables show; the big JSON ones (spec, config) are read per run only.
 RUN_FIELDS = (
@@ -131,7 +133,7 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
     for name in ("gpus", "command", "params", "config", "spec", "resources", "outputs_unmatched"):
         if isinstance(run.get(name), str):
             run[name] = json.loads(run[name])
-    run["provenance"] = run_provenance(conn, run_id)
+    run["provenance"] = provenance_summary(conn, run_id)
     run["energy"] = run_energy(conn, run_id)
     return run
 
@@ -145,25 +147,6 @@ def run_energy(conn: sqlite3.Connection, run_id: str) -> tuple[float, bool] | No
     except sqlite3.OperationalError:  # a catalog from before energy was measured
         return None
     return None if row is None else (row[0] / 3.6e6, bool(row[1]))
-
-
-def run_provenance(conn: sqlite3.Connection, run_id: str) -> dict[str, Any] | None:
-    """What the run was made of (git state, host software), or None before it was recorded."""
-    try:
-        cursor = conn.execute(
-            "SELECT code_root, git_head, git_dirty, git_diff_hash, host, gpu_models, driver,"
-            " python, pip_freeze_hash FROM run_provenance WHERE run_id = ?",
-            (run_id,),
-        )
-    except sqlite3.OperationalError:  # a catalog from before reproducibility
-        return None
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    found = dict(zip([d[0] for d in cursor.description], row, strict=True))
-    if isinstance(found["gpu_models"], str):
-        found["gpu_models"] = json.loads(found["gpu_models"])
-    return found
 
 
 def host_extras(conn: sqlite3.Connection, features: Features) -> dict[str, dict[str, Any]]:
@@ -254,3 +237,65 @@ def run_files(conn: sqlite3.Connection, run_id: str) -> tuple[list[str], list[tu
 
 def _ordered_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """One consistent read of what every dashboard screen shows beyond hosts_report."""
+
+    features: Features
+    host_extras: dict[str, dict[str, Any]]  # per host: tags, drained, runs placed or running
+    queue: list[dict[str, Any]]  # dispatching, then queued in start order
+    runs: list[dict[str, Any]]  # active and recent runs, newest first
+    ended: list[dict[str, Any]]  # final events after the given event id (none without one)
+    last_event: int  # the newest run_events id
+
+
+class DashboardQueries:
+    """The dashboard's own connection to the catalog, refused any write by SQLite itself
+    (PRAGMA query_only), and the reads the dashboard makes through it. One thread at a time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA query_only = ON")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def features(self) -> Features:
+        return features(self._conn)
+
+    def overview(self, limit: int, cache: RunCache, after_event: int | None) -> Overview:
+        """Host extras, queue, the runs shown (at most ``limit``), and the runs that ended
+        since event ``after_event`` (None: none asked), in one read transaction."""
+        conn = self._conn
+        found = features(conn)
+        conn.execute("BEGIN")
+        try:
+            extras = host_extras(conn, found)
+            queue = queue_rows(conn, cache)
+            runs = recent_runs(conn, limit, cache)
+            cache.keep_only(runs)  # every queued run is among the active runs
+            ended = [] if after_event is None else final_events_after(conn, after_event)
+            last_event = last_event_id(conn)
+        finally:
+            conn.execute("COMMIT")
+        return Overview(found, extras, queue, runs, ended, last_event)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return get_run(self._conn, run_id)
+
+    def run_events(self, run_id: str) -> list[tuple[float, str, str | None]]:
+        return run_events(self._conn, run_id)
+
+    def run_files(self, run_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return run_files(self._conn, run_id)
+
+    def metric_keys(self, run_ids: Sequence[str]) -> list[str]:
+        return metric_keys(self._conn, run_ids)
+
+    def metric_series(
+        self, run_id: str, key: str, max_points: int = 4000
+    ) -> list[tuple[float, float]]:
+        return metric_series(self._conn, run_id, key, max_points)
