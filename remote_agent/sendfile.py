@@ -24,7 +24,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import sys
 import threading
 import time
@@ -201,7 +200,8 @@ class SendOps:
             if not self._swept:
                 self._swept = True
                 self._sweep()
-            fifo = os.path.join(self.fifo_dir, secrets.token_hex(8) + FIFO_SUFFIX)
+            # os.urandom, not secrets: secrets loads OpenSSL (hmac), 3 MB of an idle agent's RSS.
+            fifo = os.path.join(self.fifo_dir, os.urandom(8).hex() + FIFO_SUFFIX)
             os.mkfifo(fifo, 0o600)
         except OSError as exc:
             with self._lock:

@@ -121,10 +121,12 @@ async def ensure_agent(
     *,
     force: bool = False,
     sftp: asyncssh.SFTPClient | None = None,
+    root_secured: bool = False,
 ) -> tuple[str, bool]:
     """Upload the agent unless this exact build is already there; returns (path, uploaded).
 
-    ``sftp`` reuses an open SFTP session (one round trip less than starting another).
+    ``sftp`` reuses an open SFTP session (one round trip less than starting another);
+    ``root_secured``: the caller ran secure_root on it already (its round trips are saved).
     """
     async with contextlib.AsyncExitStack() as stack:
         if sftp is None:
@@ -132,7 +134,8 @@ async def ensure_agent(
         path = agent_file(host, bundle)
         if not force and await sftp.exists(path):
             return path, False
-        await secure_root(sftp, host)  # before anything is made under it
+        if not root_secured:
+            await secure_root(sftp, host)  # before anything is made under it
         directory = path.rsplit("/", 1)[0]
         await sftp.makedirs(directory, exist_ok=True)
         # A name of its own: two controllers uploading at once must not write one file.

@@ -4,7 +4,8 @@ The host reads the file once, hashing as it sends (remote_agent/sendfile.py, whi
 defines the stream: header line, exactly `size` bytes, trailer line). Here SendParser splits
 the stream, and PartWriter writes the bytes into the part file in segments, each written and
 hashed in a thread while the next one arrives, so disk and digests overlap the wire; while too
-many segments wait the channel is paused (its SSH window then holds the host back).
+many segments wait the channel is paused (its SSH window then holds the host back). The SSH
+packets are written and hashed where they lie, never joined into one buffer.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from remote_agent.blocktree import DIGEST_BYTES, buffer_leaves, leaf_count, valid_block_size
+from remote_agent.blocktree import (
+    DIGEST_BYTES,
+    hash_function,
+    leaf_count,
+    new_hasher,
+    valid_block_size,
+)
 from remote_agent.protocol import ProtocolError, RemoteError
 from remote_agent.wire_fields import FieldError, integer, text
 
 SEGMENT_BYTES = 8 << 20  # written and hashed as one piece; a multiple of every block size
 SEGMENTS_HASHING = 3  # segments in writing and hashing before the channel is paused
 MAX_LINE_BYTES = 64 << 10  # a header or trailer line longer than this is not one
+MAX_IOVECS = 512  # pieces per pwritev (Linux takes 1024)
 
 
 class StreamFailed(Exception):
@@ -177,37 +186,37 @@ class PartWriter:
         os.ftruncate(self.fd, header.size)
 
     def data(self, view: memoryview) -> None:
-        self._batch.append(view)
-        self._batched += len(view)
         self.counted(len(view))
-        if self._batched >= SEGMENT_BYTES or self._offset + self._batched == self.size:
-            self._write_batch()
+        while view:
+            # Segments start on block boundaries: each is hashed into whole leaves on its own.
+            piece = view[: SEGMENT_BYTES - self._batched]
+            view = view[len(piece) :]
+            self._batch.append(piece)
+            self._batched += len(piece)
+            if self._batched == SEGMENT_BYTES or self._offset + self._batched == self.size:
+                self._write_batch()
 
     def _write_batch(self) -> None:
-        data = b"".join(self._batch)
-        offset = self._offset
+        pieces, offset = self._batch, self._offset
+        self._offset += self._batched
         self._batch, self._batched = [], 0
-        self._offset += len(data)
-        task = asyncio.get_running_loop().create_task(self._store(offset, data))
+        task = asyncio.get_running_loop().create_task(self._store(offset, pieces))
         self._hashing.add(task)
         task.add_done_callback(self._hashed)
         if len(self._hashing) >= SEGMENTS_HASHING and not self._paused:
             self._paused = True
             self.pause()
 
-    async def _store(self, offset: int, data: bytes) -> None:
+    async def _store(self, offset: int, pieces: list[memoryview]) -> None:
         # In a thread: a write to a busy disk must not stall the event loop, which meanwhile
         # decrypts the next segment (pwrite and hashlib both release the GIL).
         self.found[offset // self.block_size] = await asyncio.to_thread(
-            self._write_and_hash, offset, data
+            self._write_and_hash, offset, pieces
         )
 
-    def _write_and_hash(self, offset: int, data: bytes) -> bytes:
-        view = memoryview(data)
-        written = 0
-        while written < len(data):
-            written += os.pwrite(self.fd, view[written:], offset + written)
-        return buffer_leaves(data, self.block_size, self.algo)
+    def _write_and_hash(self, offset: int, pieces: list[memoryview]) -> bytes:
+        write_pieces(self.fd, pieces, offset)
+        return pieces_leaves(pieces, self.block_size, self.algo)
 
     def _hashed(self, task: asyncio.Task[None]) -> None:
         self._hashing.discard(task)
@@ -233,8 +242,54 @@ class PartWriter:
         """After a failed or cancelled stream: what came is written (a retry resumes from the
         part file and fetches only what differs) and no thread is left writing into it."""
         if self._batch:
-            data, offset = b"".join(self._batch), self._offset
+            pieces, offset = self._batch, self._offset
             self._batch, self._batched = [], 0
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(os.pwrite, self.fd, data, offset)
+                await asyncio.to_thread(write_pieces, self.fd, pieces, offset)
         await asyncio.gather(*self._hashing, return_exceptions=True)
+
+
+def write_pieces(fd: int, pieces: list[memoryview], offset: int) -> None:
+    """Write the pieces one after another at offset, without joining them first."""
+    for start in range(0, len(pieces), MAX_IOVECS):
+        batch = pieces[start : start + MAX_IOVECS]
+        while batch:
+            written = os.pwritev(fd, batch, offset)
+            offset += written
+            while batch and written >= len(batch[0]):
+                written -= len(batch[0])
+                batch = batch[1:]
+            if batch and written:
+                batch[0] = batch[0][written:]
+
+
+def pieces_leaves(pieces: list[memoryview], block_size: int, algo: str) -> bytes:
+    """Leaf digests of the pieces taken as one buffer that starts on a block boundary.
+
+    A leaf within one piece is hashed in one call; one that straddles pieces (SSH packets
+    rarely fall on block boundaries) is fed to an incremental hasher piece by piece.
+    """
+    digest = hash_function(algo)
+    out: list[bytes] = []
+    partial: Any = None  # the hasher of a leaf begun in an earlier piece
+    filled = 0  # bytes in it
+    for piece in pieces:
+        at = 0
+        if partial is not None:
+            at = min(block_size - filled, len(piece))
+            partial.update(piece[:at])
+            filled += at
+            if filled < block_size:
+                continue
+            out.append(partial.digest())
+            partial = None
+        while len(piece) - at >= block_size:
+            out.append(digest(piece[at : at + block_size]))
+            at += block_size
+        if at < len(piece):
+            partial = new_hasher(algo)
+            partial.update(piece[at:])
+            filled = len(piece) - at
+    if partial is not None:
+        out.append(partial.digest())
+    return b"".join(out)

@@ -21,7 +21,16 @@ from hypothesis import strategies as st
 
 from cvtui.catalog import Catalog
 from cvtui.engine import delta
-from cvtui.engine.file_stream import SendParser, StreamFailed, StreamHeader, parse_header
+from cvtui.engine.file_stream import (
+    SEGMENT_BYTES,
+    PartWriter,
+    SendParser,
+    StreamFailed,
+    StreamHeader,
+    parse_header,
+    pieces_leaves,
+    write_pieces,
+)
 from cvtui.engine.host_files import HostGone, choose_algorithm, local_speeds
 from cvtui.engine.sync import RunSync
 from cvtui.engine.transfer import STREAM_MIN_BYTES
@@ -272,6 +281,51 @@ def test_the_parser_refuses_what_is_not_a_stream() -> None:
     for bad in (b'{"size": -1}\n', b"[1]\n", b"not json\n"):
         with pytest.raises(ProtocolError):
             SendParser(lambda header: None, lambda view: None).feed(bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(0, 200_000),
+    cuts=st.lists(st.integers(0, 200_000), max_size=40),
+    algo=st.sampled_from([ALGO_SHA256, ALGO_BLAKE2B, ALGO_XXH3]),
+)
+def test_pieces_are_written_and_hashed_as_one_buffer(
+    tmp_path_factory: pytest.TempPathFactory, size: int, cuts: list[int], algo: str
+) -> None:
+    data = os.urandom(size)
+    edges = sorted({c % (size + 1) for c in cuts} | {0, size})
+    pieces = [memoryview(data)[a:b] for a, b in itertools.pairwise(edges)]
+    block = 16384
+    assert pieces_leaves(pieces, block, algo) == buffer_leaves(data, block, algo)
+    path = tmp_path_factory.mktemp("pieces") / "part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        write_pieces(fd, pieces, 5)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == (bytes(5) + data if data else b"")
+
+
+async def test_a_stream_in_odd_chunks_lands_in_aligned_segments(tmp_path: Path) -> None:
+    size = 2 * SEGMENT_BYTES + 12345
+    data = os.urandom(size)
+    raw = stream_bytes(data)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        writer = PartWriter(fd, ALGO_SHA256, lambda count: None)
+        parser = SendParser(writer.header, writer.data)
+        at = 0
+        for step in itertools.cycle((32_768 - 150, 65_536, 1, 1_000_003)):
+            parser.feed(raw[at : at + step])
+            at += step
+            if at >= len(raw):
+                break
+        leaves = await writer.leaves()
+        await writer.close()
+    finally:
+        os.close(fd)
+    assert leaves == buffer_leaves(data, block_size_for(size), ALGO_SHA256)
+    assert (tmp_path / "part").read_bytes() == data
 
 
 # -- sync ----------------------------------------------------------------------------------------
