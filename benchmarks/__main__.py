@@ -17,6 +17,7 @@ from benchmarks import (
     controller_cost,
     queue_latency,
     runs,
+    scale,
     sync,
     tui,
 )
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "cli": cli_startup.run,
     "agent": agent_cost.run,
     "controller": controller_cost.run,
+    "scale": scale.run,
     "runs": runs.run,
     "queue": queue_latency.run,
     "scheduler": queue_latency.run_scheduler,

@@ -30,8 +30,8 @@ _slots = weakref.WeakKeyDictionary()
 @contextlib.asynccontextmanager
 async def handshake_slot(server: Hashable) -> AsyncIterator[None]:
     """Held from the TCP connect until logged in, so one server never sees more than
-    MAX_HANDSHAKES_PER_SERVER of ours unauthenticated at once. Waiting for a slot is not
-    part of a connect timeout."""
+    MAX_HANDSHAKES_PER_SERVER of ours unauthenticated at once (and, under its own key,
+    while an agent starts there). Waiting for a slot is not part of a connect timeout."""
     table = _slots.setdefault(asyncio.get_running_loop(), {})
     slot = table.get(server)
     if slot is None:
