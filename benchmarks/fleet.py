@@ -207,7 +207,24 @@ class Fleet:
             await asyncio.sleep(interval)
 
 
+def send_as_openssh_does() -> None:
+    """asyncssh puts an SSH_MSG_IGNORE before every packet it sends; OpenSSH's sshd does not,
+    and the controller would decrypt two packets per telemetry line instead of one. The fleet
+    stands in for OpenSSH hosts, so it leaves them out."""
+    from asyncssh.connection import SSHConnection
+    from asyncssh.constants import MSG_IGNORE
+
+    send_packet = SSHConnection.send_packet
+
+    def without_ignore(self: SSHConnection, pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if pkttype != MSG_IGNORE:
+            send_packet(self, pkttype, *args, **kwargs)
+
+    SSHConnection.send_packet = without_ignore  # type: ignore[method-assign]
+
+
 async def main(directory: Path, hosts: int, per_port: int, agent_hash: str) -> None:
+    send_as_openssh_does()
     prepare_roots(directory, hosts, agent_hash)
     fleet = Fleet(directory, hosts, gpus=8)
     host_key = asyncssh.read_private_key(str(directory / "host_key"))
