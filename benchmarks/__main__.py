@@ -20,6 +20,7 @@ from benchmarks import (
     history,
     queue_latency,
     runs,
+    scale,
     sync,
     tui,
 )
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "commands": cli_commands.run,
     "agent": agent_cost.run,
     "controller": controller_cost.run,
+    "scale": scale.run,
     "runs": runs.run,
     "queue": queue_latency.run,
     "scheduler": queue_latency.run_scheduler,

@@ -71,7 +71,7 @@ async def open_agent_session(
         # As the engine's HostSession: one SFTP session for the root check and the deploy.
         sftp = await conn.start_sftp_client()
         await secure_root(sftp, host)
-        path, uploaded = await ensure_agent(conn, host, bundle, sftp=sftp)
+        path, uploaded = await ensure_agent(conn, host, bundle, sftp=sftp, root_secured=True)
         marks["deployed"] = time.perf_counter()
         command = agent_command(host, path, interval_s or policy.interval_s)
         process = await conn.create_process(command, encoding=None)

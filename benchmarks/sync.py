@@ -32,7 +32,7 @@ from benchmarks.sandbox import ssh_command, temporary_lab
 from benchmarks.table import Row, Target
 from cvtui.catalog import Catalog
 from cvtui.engine.engine import Engine, HostSession
-from cvtui.engine.host_files import SshSource
+from cvtui.engine.ssh_files import SshSource
 from cvtui.engine.sync import RunSync
 from cvtui.inventory import load_inventory
 from cvtui.lab import Lab, LabHostSpec
@@ -206,7 +206,7 @@ async def copies(lab: Lab, work: Path, size: int, options: Options) -> list[Row]
         home = work / f"home-{seed}"
         inventory = write_inventory(lab, work, quiet=True, python=python)
         async with connected(inventory, home) as (session, catalog):
-            algo = SshSource(session).algorithms[0]
+            algo = await SshSource(session).hash_algorithm()
             assert session.conn is not None
             cipher = session.conn.get_extra_info("recv_cipher")
             fresh_s, _, _ = await timed_sync(session, catalog, home, ["*.pt"])

@@ -121,6 +121,9 @@ class SshServer:
     process: subprocess.Popen[bytes] | None = None
     log_level: str = "ERROR"  # DEBUG logs each forwarded connection (a jump host's hops)
     extra_config: tuple[str, ...] = ()  # more sshd_config lines (HostCertificate, ...)
+    # The lab's own limits are generous; OpenSSH's defaults are "10:30:100" and 10.
+    max_startups: str = "200:30:400"
+    max_sessions: int = 200
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -151,8 +154,8 @@ class SshServer:
                     "PubkeyAuthentication yes",
                     "PermitRootLogin prohibit-password",
                     "Subsystem sftp internal-sftp",
-                    "MaxSessions 200",
-                    "MaxStartups 200:30:400",
+                    f"MaxSessions {self.max_sessions}",
+                    f"MaxStartups {self.max_startups}",
                     "ClientAliveInterval 0",
                     f"LogLevel {self.log_level}",
                     *self.extra_config,

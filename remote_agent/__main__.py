@@ -1,4 +1,4 @@
-"""`python3 agent.pyz serve|exec ...`: refuse Pythons older than 3.8, else serve or exec."""
+"""`python3 agent.pyz serve|exec ...`: refuse Pythons older than 3.8, else run the command."""
 
 # Keep this file parseable by any python3 (and python2): it is what an old interpreter reads first.
 import json
@@ -20,12 +20,13 @@ if sys.version_info[:2] < MIN_PYTHON:
     sys.stdout.flush()
     sys.exit(EXIT_PYTHON_TOO_OLD)
 
-from remote_agent.agent import main  # noqa: E402  (only once the version is known to be enough)
-
 if __name__ == "__main__":
+    # Each command imports only what it uses: a start costs what its modules cost to compile.
     if sys.argv[1:2] == ["exec"]:
         # `exec --leases-dir D --gpus 0,1 -- CMD ...`: hold GPU leases for the life of CMD
         from remote_agent.leases import exec_main
 
         sys.exit(exec_main(sys.argv[2:]))
+    from remote_agent.agent import main
+
     sys.exit(main(sys.argv[1:]))

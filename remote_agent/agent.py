@@ -45,6 +45,7 @@ from remote_agent.protocol import (
     reply_ok,
 )
 from remote_agent.runs import RunOps
+from remote_agent.sendfile import SendOps
 from remote_agent.workspace import WorkspaceOps
 
 DEFAULT_ROOT = "~/.cache/cvtui"
@@ -194,6 +195,7 @@ class Agent:
         self.ops.update(self.runs.ops)
         self.files = FileOps(options.root, self.send)
         self.ops.update(self.files.ops)
+        self.ops.update(SendOps(options.root, lambda: self.files.algorithms).ops)
         self.ops.update(WorkspaceOps().ops)  # `cvtui components sync`
         self.ops.update(EnvironmentOps(self._driver_version).ops)  # run provenance
         self.ops.update(RunPythonOps(options.root).ops)

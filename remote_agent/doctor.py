@@ -5,6 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
+from remote_agent.blocktree import (
+    ALGO_BLAKE2B,
+    ALGO_XXH3,
+    BLOCK_ALGORITHMS,
+    measure_speeds,
+    rank_algorithms,
+    xxhash_available,
+)
 from remote_agent.hoststats import GIB, existing_ancestor
 from remote_agent.protocol import BACKEND_NONE, BACKEND_SIMULATED, MIN_PYTHON, Check
 
@@ -12,14 +20,14 @@ DISK_LOW_BYTES = GIB  # the disk check fails below this much free space under th
 
 
 def hash_algorithms() -> list[str]:
-    """Whole-file hashes this host can compute, fastest first."""
-    try:
-        import xxhash  # optional on hosts; much faster than blake2b
+    """Whole-file hashes of code files this host can compute (hello), fastest first."""
+    return [ALGO_XXH3, ALGO_BLAKE2B] if xxhash_available() else [ALGO_BLAKE2B]
 
-        available = ["xxh3_128"] if hasattr(xxhash, "xxh3_128") else []
-    except Exception:
-        available = []
-    return [*available, "blake2b-128"]
+
+def block_hash_algorithms() -> list[str]:
+    """The hashes file sync may use here (files_algorithms times them)."""
+    rest = [a for a in BLOCK_ALGORITHMS if a != ALGO_XXH3]
+    return [ALGO_XXH3, *rest] if xxhash_available() else rest
 
 
 def python_version() -> str:
@@ -95,9 +103,9 @@ def check_disk(root: str) -> Check:
 
 
 def check_hashing() -> Check:
-    algorithms = hash_algorithms()
-    detail = ", ".join(algorithms)
-    if "xxh3_128" not in algorithms:
+    speeds = measure_speeds(block_hash_algorithms())
+    detail = ", ".join(f"{a} {speeds[a] / 1e9:.2f} GB/s" for a in rank_algorithms(speeds))
+    if ALGO_XXH3 not in speeds:
         detail += " (pip install --user xxhash makes file sync hashing faster)"
     return Check("hashing", True, detail)
 

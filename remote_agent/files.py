@@ -21,16 +21,19 @@ from remote_agent.blocktree import (
     block_size_for,
     group_digests,
     leaf_digests,
+    measure_speeds,
     new_hasher,
+    rank_algorithms,
     tree_digest,
     valid_block_size,
 )
-from remote_agent.doctor import hash_algorithms
+from remote_agent.doctor import block_hash_algorithms
 from remote_agent.outputs import check_relpath, list_files, matches, open_in_run_dir, stat_key
 from remote_agent.protocol import (
     E_BAD_REQUEST,
     E_NO_SUCH_FILE,
     EVENT_FILES,
+    OP_FILES_ALGORITHMS,
     OP_FILES_HASH,
     OP_FILES_LIST,
     OP_FILES_SIGNATURE,
@@ -64,6 +67,24 @@ RESCAN_S = 1.0  # the whole run dir is listed again (new files) this often, at m
 RESCAN_COST_FACTOR = 20  # ... and only after 20 times as long as the last listing took
 
 Op = Callable[[Dict[str, Any]], Dict[str, Any]]
+
+
+def run_dir_of(runs_dir: str, run_id: Any) -> str:
+    """The run dir of a run id from a request, or RemoteError saying why there is none."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise RemoteError(E_BAD_REQUEST, f"run id {run_id!r} is not 10 to 64 of [0-9a-z]")
+    run_dir = os.path.join(runs_dir, run_id)
+    if not os.path.isdir(run_dir):
+        raise RemoteError(E_NO_SUCH_FILE, f"no run dir {run_dir}")
+    return run_dir
+
+
+def open_output(run_dir: str, path: str) -> tuple[int, os.stat_result, str]:
+    """(fd, fstat, real path) of an output file named as listings name it (host_relpath)."""
+    base = WORK_DIR if os.path.isdir(os.path.join(run_dir, WORK_DIR)) else ""
+    if path.startswith(OWN_FILES_PREFIX) and path[len(OWN_FILES_PREFIX) :] not in OWN_OUTPUTS:
+        raise RemoteError(E_NO_SUCH_FILE, f"{path[:200]} is not a file of cvtui's")
+    return open_in_run_dir(run_dir, host_relpath(check_relpath(path), base))
 
 
 # --- hashing jobs ---
@@ -188,7 +209,8 @@ class FileOps:
         self.code_root = os.path.join(root, "code")
         self._compared: dict[Any, bool] = {}  # rewritten code files: same bytes as shipped?
         self.send = send
-        self.algorithms = hash_algorithms()
+        self.algorithms = block_hash_algorithms()
+        self._speeds: dict[str, float] | None = None  # timed on the first files_algorithms
         self._lock = threading.Lock()
         self._jobs: OrderedDict[tuple[str, str, str, int], _HashJob] = OrderedDict()
         self._watched: dict[str, _Watch] = {}
@@ -198,18 +220,14 @@ class FileOps:
             OP_FILES_WATCH: self.op_watch,
             OP_FILES_SIGNATURE: self.op_signature,
             OP_FILES_HASH: self.op_hash,
+            OP_FILES_ALGORITHMS: self.op_algorithms,
         }
 
     # --- arguments ---
 
     def run_dir(self, message: dict[str, Any]) -> tuple[str, str]:
         run_id = message.get("run_id")
-        if not isinstance(run_id, str) or not RUN_ID.match(run_id):
-            raise RemoteError(E_BAD_REQUEST, f"run id {run_id!r} is not 10 to 64 of [0-9a-z]")
-        run_dir = os.path.join(self.runs_dir, run_id)
-        if not os.path.isdir(run_dir):
-            raise RemoteError(E_NO_SUCH_FILE, f"no run dir {run_dir}")
-        return run_id, run_dir
+        return str(run_id), run_dir_of(self.runs_dir, run_id)
 
     def algo(self, message: dict[str, Any]) -> str:
         algo = message.get("algo")
@@ -228,6 +246,14 @@ class FileOps:
         ):
             raise RemoteError(E_BAD_REQUEST, '"globs" must be a list of non-empty strings')
         return globs
+
+    def op_algorithms(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The hashes this host offers for sync, fastest first, timed once (about 10 ms)."""
+        with self._lock:
+            if self._speeds is None:
+                self._speeds = measure_speeds(self.algorithms)
+            speeds = dict(self._speeds)
+        return {"algorithms": rank_algorithms(speeds), "speeds": speeds}
 
     # --- list and watch ---
 
@@ -310,11 +336,9 @@ class FileOps:
         watch.rescan_s = max(RESCAN_S, RESCAN_COST_FACTOR * (watch.scanned - started))
         return found
 
-    def _open(self, run_dir: str, path: str) -> tuple[int, os.stat_result, str]:
-        base = WORK_DIR if os.path.isdir(os.path.join(run_dir, WORK_DIR)) else ""
-        if path.startswith(OWN_FILES_PREFIX) and path[len(OWN_FILES_PREFIX) :] not in OWN_OUTPUTS:
-            raise RemoteError(E_NO_SUCH_FILE, f"{path[:200]} is not a file of cvtui's")
-        return open_in_run_dir(run_dir, host_relpath(path, base))
+    @staticmethod
+    def _open(run_dir: str, path: str) -> tuple[int, os.stat_result, str]:
+        return open_output(run_dir, path)
 
     # --- hashing ---
 

@@ -360,6 +360,13 @@ OP_FILES_LIST = "files_list"  # {run_id, globs} -> FileListing fields
 OP_FILES_WATCH = "files_watch"  # {run_id, globs, watch} -> FileListing fields; then EVENT_FILES
 OP_FILES_SIGNATURE = "files_signature"  # {run_id, path, algo, ...} -> FileSignature fields
 OP_FILES_HASH = "files_hash"  # {run_id, path, algo, ranges: [[offset, length]..]} -> {digests..}
+# {} -> {algorithms: [name, ...] fastest first, speeds: {name: bytes per second}}: the hashes
+# files_signature and files_hash take here, timed once per agent (the first ask costs ~10 ms).
+OP_FILES_ALGORITHMS = "files_algorithms"
+# {run_id, path, algo} -> {fifo, size}: the file is streamed into the FIFO at that path (read it
+# with `cat` on a channel of its own) as remote_agent/sendfile.py says: a header line, its
+# bytes, a trailer line with the digest. Refused with E_SEND_BUSY while two are being sent.
+OP_FILES_SEND = "files_send"
 # files_signature and files_hash replies carry the file's size, mtime_ns and ino as read, and
 # read_ns: the host clock when it was read. A file modified within a timestamp tick of that
 # (mtime_ns close to read_ns) may change again without its stat showing it.
@@ -368,6 +375,7 @@ EVENT_FILES = "files"  # {run_id, files: [FileEntry], removed: [path]}: a watche
 
 E_NO_SUCH_FILE = "no_such_file"  # the file (or the run dir) is not there (any more)
 E_UNSAFE_PATH = "unsafe_path"  # absolute, '..', or a symlink that leaves the run dir
+E_SEND_BUSY = "send_busy"  # files_send refused for now: fetch the file another way
 
 SIGNATURE_READY = "ready"
 SIGNATURE_HASHING = "hashing"  # still hashing: ask again (each ask waits a little)

@@ -195,19 +195,140 @@ def gpu_sample(data: Any, problems: list[str]) -> GpuSample:
     )
 
 
+# -- telemetry, the common case ------------------------------------------------------------------
+# A controller reads one sample per host per second: 1,000 hosts of 8 GPUs are 8,000 GPU entries
+# a second. These read an entry that is exactly as an agent writes it in a few type checks, and
+# answer None at the first thing out of the ordinary; the checked readers above then read that
+# entry and name what is wrong. Same results for every entry: only the cost differs.
+
+_GPU_MEASURES = (
+    ("util", 0.0, 100.0),
+    ("temperature", -273.15, 1000.0),
+    ("power", 0.0, 1e6),
+    ("power_limit", 0.0, 1e6),
+    ("fan", 0.0, 1000.0),
+)
+_HOST_MEASURES = (
+    ("cpu_percent", 0.0, 100_000.0),
+    ("load1", 0.0, 1e9),
+    ("load5", 0.0, 1e9),
+    ("load15", 0.0, 1e9),
+)
+_HOST_COUNTS = ("mem_used", "mem_total", "disk_free", "disk_total")
+_ODD = object()  # a value the fast readers leave to the checked ones
+
+
+def _plain_number(value: Any, low: float, high: float) -> Any:
+    """value as number() reads it (optional), or _ODD."""
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is int:
+        if not -INT64_MAX <= value <= INT64_MAX:
+            return _ODD
+        value = float(value)
+    elif kind is not float:
+        return _ODD
+    return value if low <= value <= high else _ODD  # NaN and infinities fail this too
+
+
+def _plain_count(value: Any) -> Any:
+    """value as integer(..., 0, optional=True) reads it, or _ODD."""
+    if value is None or (type(value) is int and 0 <= value <= INT64_MAX):
+        return value
+    return _ODD
+
+
+def _plain_text(value: Any, longest: int) -> Any:
+    """An optional string of at most longest characters, or _ODD."""
+    if value is None or (type(value) is str and len(value) <= longest):
+        return value
+    return _ODD
+
+
+def _plain_process(data: Any) -> GpuProcess | None:
+    if type(data) is not dict:
+        return None
+    pid, command, mem = data.get("pid"), data.get("command"), data.get("mem")
+    if type(pid) is not int or not 0 <= pid <= PID_MAX or type(command) is not str:
+        return None
+    user = _plain_text(data.get("user"), MAX_NAME)
+    container = data.get("container")
+    run_id = _plain_text(data.get("run_id"), MAX_ID)
+    if user is _ODD or run_id is _ODD or _plain_count(mem) is _ODD:
+        return None
+    if container is not None:
+        if type(container) is not str:
+            return None
+        container = container[:MAX_NAME]
+    return GpuProcess(pid, user, command[:MAX_COMMAND], container, mem, run_id)
+
+
+def _plain_gpu(data: Any) -> GpuSample | None:
+    if type(data) is not dict:
+        return None
+    index, uuid, name = data.get("index"), data.get("uuid"), data.get("name")
+    if type(index) is not int or not 0 <= index <= MAX_GPU_INDEX:
+        return None
+    if type(uuid) is not str or len(uuid) > MAX_ID or type(name) is not str:
+        return None
+    measured = [_plain_number(data.get(key), low, high) for key, low, high in _GPU_MEASURES]
+    mem_used, mem_total = _plain_count(data.get("mem_used")), _plain_count(data.get("mem_total"))
+    leased_by = _plain_text(data.get("leased_by"), MAX_ID)
+    pci_bus_id = _plain_text(data.get("pci_bus_id"), MAX_NAME)
+    if _ODD in measured or _ODD in (mem_used, mem_total, leased_by, pci_bus_id):
+        return None
+    raw = data.get("processes", [])
+    if type(raw) is not list or len(raw) > MAX_PROCESSES:
+        return None
+    processes = []
+    for item in raw:
+        process = _plain_process(item)
+        if process is None:
+            return None
+        processes.append(process)
+    util, temperature, power, power_limit, fan = measured
+    return GpuSample(
+        index,
+        uuid,
+        name[:MAX_NAME],
+        util,
+        mem_used,
+        mem_total,
+        temperature,
+        power,
+        power_limit,
+        fan,
+        tuple(processes),
+        leased_by,
+        pci_bus_id,
+    )
+
+
+def _plain_host(data: Any) -> HostSample | None:
+    if type(data) is not dict:
+        return None
+    measured = [_plain_number(data.get(key), low, high) for key, low, high in _HOST_MEASURES]
+    counts = [_plain_count(data.get(key)) for key in _HOST_COUNTS]
+    if _ODD in measured or _ODD in counts:
+        return None
+    return HostSample(*measured, *counts)
+
+
 def telemetry(data: Any) -> Telemetry:
     problems: list[str] = []
     try:
         time = number(data, "time", 0, TIME_MAX_S) or 0.0
         backend = text(data, "backend", MAX_NAME) or ""
-        host = host_sample(get(data, "host"), problems)
+        raw_host = get(data, "host")
+        host = _plain_host(raw_host) or host_sample(raw_host, problems)
         raw_gpus = items(data, "gpus", MAX_GPUS)
     except FieldError as exc:
         raise ProtocolError(f"bad telemetry: {exc}") from None
     gpus: dict[int, GpuSample] = {}
     for raw in raw_gpus:
         try:
-            gpu = gpu_sample(raw, problems)
+            gpu = _plain_gpu(raw) or gpu_sample(raw, problems)
         except FieldError as exc:
             problems.append(f"a GPU refused: {exc}")
             continue

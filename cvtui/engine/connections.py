@@ -1,4 +1,4 @@
-"""SSH connections to hosts: ssh config, jump hosts, strict known_hosts, failures named."""
+"""SSH connections to hosts: ssh config, shared jump hosts, strict known_hosts, failures named."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import contextlib
 import errno
 import os
 import socket
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
+from cvtui.engine.jump_hosts import handshake_slot, jump_hosts
 from cvtui.engine.known_hosts import (
     HostKeys,
     describe_entries,
@@ -216,25 +218,32 @@ class _Attempt:
         return options
 
 
+def server_of(target: SshTarget, through: tuple[SshTarget, ...]) -> Hashable:
+    """What one sshd is known by, for pacing: where it listens, as reached (jump hosts first)."""
+    return (through, target.hostname, target.port, target.proxy_command)
+
+
 async def fetch_server_key(
     name: str,
     target: SshTarget,
     tunnel: asyncssh.SSHClientConnection | None,
     timeout_s: float,
+    through: tuple[SshTarget, ...] = (),
 ) -> asyncssh.SSHKey:
     """The key target presents now, without logging in (through tunnel when given)."""
     attempt = _Attempt(name, target, timeout_s)
     try:
-        key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(
-                target.alias,
-                target.port,
-                tunnel=tunnel,
-                proxy_command=target.proxy_command,
-                config=[str(path) for path in target.config_files],
-            ),
-            timeout_s,
-        )
+        async with handshake_slot(server_of(target, through)):
+            key = await asyncio.wait_for(
+                asyncssh.get_server_host_key(
+                    target.alias,
+                    target.port,
+                    tunnel=tunnel,
+                    proxy_command=target.proxy_command,
+                    config=[str(path) for path in target.config_files],
+                ),
+                timeout_s,
+            )
     except Exception as exc:
         raise attempt.explain(exc) from exc
     if key is None:
@@ -249,18 +258,21 @@ async def connect_target(
     tunnel: asyncssh.SSHClientConnection | None = None,
     timeout_s: float = 10.0,
     via: SshTarget | None = None,
+    through: tuple[SshTarget, ...] = (),
 ) -> asyncssh.SSHClientConnection:
-    """Log in to one server. With policy accept-new, a server known_hosts says nothing about
-    is recorded first (trust on first use); a changed or revoked key never is."""
+    """Log in to one server (`through`: the jump hosts before it). With policy accept-new, a
+    server known_hosts says nothing about is recorded first (trust on first use); a changed
+    or revoked key never is. Handshakes are paced per server (jump_hosts.handshake_slot)."""
     keys = host_keys_of(target)
     if policy.host_keys == "accept-new" and not keys.known:
-        key = await fetch_server_key(name, target, tunnel, timeout_s)
+        key = await fetch_server_key(name, target, tunnel, timeout_s, through)
         if keys.revoked_entry(key) is None and keys.trusted_entry(key) is None:
             record_key(target.record_file, target.key_name, key, hashed=target.hash_known_hosts)
             keys = host_keys_of(target)
     attempt = _Attempt(name, target, timeout_s, via, keys)
     try:
-        return await asyncssh.connect(target.alias, **attempt.options(keys, tunnel))
+        async with handshake_slot(server_of(target, through)):
+            return await asyncssh.connect(target.alias, **attempt.options(keys, tunnel))
     except Exception as exc:
         raise attempt.explain(exc) from exc
 
@@ -272,17 +284,10 @@ async def open_route(
     route = target.route()
     chain: list[asyncssh.SSHClientConnection] = []
     try:
-        for index, hop in enumerate(route):
+        for index in range(len(route)):
             tunnel = chain[-1] if chain else None
-            try:
-                conn = await connect_target(
-                    name, hop, policy, tunnel, timeout_s, via=route[index - 1] if index else None
-                )
-            except HostConnectError as exc:
-                where = f"hop {index + 1} of {len(route)}, {hop.address}"
-                raise HostConnectError(
-                    name, f"jump host {hop.label} failed ({where}): {exc.reason}", exc.state
-                ) from exc
+            prefix = route[: index + 1]
+            conn = await connect_hop(name, prefix, len(route), policy, tunnel, timeout_s)
             if tunnel is not None:
                 conn.set_tunnel(tunnel)  # closing a hop closes the hops before it
             chain.append(conn)
@@ -297,25 +302,56 @@ def close_route(chain: list[asyncssh.SSHClientConnection]) -> None:
         conn.close()
 
 
+async def connect_hop(
+    name: str,
+    route: tuple[SshTarget, ...],
+    hops: int,
+    policy: Policy,
+    tunnel: asyncssh.SSHClientConnection | None,
+    timeout_s: float,
+) -> asyncssh.SSHClientConnection:
+    """Log in to the last jump host of route (hop len(route) of `hops`), naming it on failure."""
+    hop = route[-1]
+    try:
+        return await connect_target(
+            name, hop, policy, tunnel, timeout_s, route[-2] if len(route) > 1 else None, route[:-1]
+        )
+    except HostConnectError as exc:
+        where = f"hop {len(route)} of {hops}, {hop.address}"
+        reason = f"jump host {hop.label} failed ({where}): {exc.reason}"
+        raise HostConnectError(name, reason, exc.state) from exc
+
+
 async def open_connection(
     host: Host, policy: Policy, timeout_s: float = 10.0
 ) -> asyncssh.SSHClientConnection:
     """Connect and log in to host through its jump hosts, or raise HostConnectError naming why.
 
-    Closing the returned connection closes the jump host connections too.
+    Hosts behind the same jump hosts share one login to each (jump_hosts.py), released when
+    the last connection through it closes.
     """
     target = resolve_target(host)
-    chain = await open_route(host.name, target, policy, timeout_s)
-    via = target.route()[-1] if chain else None
+    route = target.route()
+    if not route:
+        return await connect_target(host.name, target, policy, None, timeout_s)
+    shared = jump_hosts()
+
+    async def open_hop(
+        prefix: tuple[Hashable, ...], tunnel: asyncssh.SSHClientConnection | None
+    ) -> asyncssh.SSHClientConnection:
+        hops = cast("tuple[SshTarget, ...]", prefix)
+        return await connect_hop(host.name, hops, len(route), policy, tunnel, timeout_s)
+
     try:
-        conn = await connect_target(
-            host.name, target, policy, chain[-1] if chain else None, timeout_s, via
-        )
+        tunnel = await shared.acquire(route, open_hop)
+    except HostConnectError as exc:  # maybe another host's attempt: say it as this host's
+        raise HostConnectError(host.name, exc.reason, exc.state) from exc
+    try:
+        conn = await connect_target(host.name, target, policy, tunnel, timeout_s, route[-1], route)
     except BaseException:
-        close_route(chain)
+        shared.release(route)
         raise
-    if chain:
-        conn.set_tunnel(chain[-1])
+    shared.hold_until_closed(route, conn)
     return conn
 
 

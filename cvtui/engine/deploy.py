@@ -16,6 +16,7 @@ import asyncssh
 from cvtui.engine.agent_build import AgentBundle, remote_agent_path
 from cvtui.engine.agent_client import AgentClient, AgentClosedError, EventHandler
 from cvtui.engine.connections import HostConnectError
+from cvtui.engine.jump_hosts import handshake_slot
 from remote_agent.protocol import ProtocolError, RemoteError
 
 if TYPE_CHECKING:
@@ -121,10 +122,12 @@ async def ensure_agent(
     *,
     force: bool = False,
     sftp: asyncssh.SFTPClient | None = None,
+    root_secured: bool = False,
 ) -> tuple[str, bool]:
     """Upload the agent unless this exact build is already there; returns (path, uploaded).
 
-    ``sftp`` reuses an open SFTP session (one round trip less than starting another).
+    ``sftp`` reuses an open SFTP session (one round trip less than starting another);
+    ``root_secured``: the caller ran secure_root on it already (its round trips are saved).
     """
     async with contextlib.AsyncExitStack() as stack:
         if sftp is None:
@@ -132,7 +135,8 @@ async def ensure_agent(
         path = agent_file(host, bundle)
         if not force and await sftp.exists(path):
             return path, False
-        await secure_root(sftp, host)  # before anything is made under it
+        if not root_secured:
+            await secure_root(sftp, host)  # before anything is made under it
         directory = path.rsplit("/", 1)[0]
         await sftp.makedirs(directory, exist_ok=True)
         # A name of its own: two controllers uploading at once must not write one file.
@@ -233,7 +237,23 @@ async def launch_agent(
     timeout_s: float = START_TIMEOUT_S,
 ) -> AgentClient:
     """Start the agent and read its hello. On any failure the started process is killed (a
-    host `python` that never answers must not stay behind) and HostConnectError says why."""
+    host `python` that never answers must not stay behind) and HostConnectError says why.
+
+    Inventory hosts on one server (one address) start their agents a few at a time: fifty
+    pythons starting at once on one machine would each take long enough to time out.
+    """
+    async with handshake_slot(("agent start", host.address, host.port, host.jump)):
+        return await _launch_agent(conn, host, path, interval_s, on_event, timeout_s)
+
+
+async def _launch_agent(
+    conn: asyncssh.SSHClientConnection,
+    host: Host,
+    path: str,
+    interval_s: float,
+    on_event: EventHandler,
+    timeout_s: float,
+) -> AgentClient:
     process = await conn.create_process(agent_command(host, path, interval_s), encoding=None)
     starting = KillableProcess(process)
     client = AgentClient(process, on_event)

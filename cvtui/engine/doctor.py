@@ -212,7 +212,7 @@ async def _agent_checks(
         )
         bundle = build_agent()
         try:
-            path, uploaded = await ensure_agent(conn, host, bundle, sftp=sftp)
+            path, uploaded = await ensure_agent(conn, host, bundle, sftp=sftp, root_secured=True)
         except (asyncssh.Error, OSError) as exc:
             yield Check("agent deployed", False, f"upload to {host.root} failed: {exc}")
             return

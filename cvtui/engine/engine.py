@@ -43,6 +43,8 @@ COMPACT_MAX_HOURS = 1
 USAGE_FLUSH_S = 10.0  # energy and idle episodes are written this often
 LAG_PROBE_S = 0.5  # the loop-lag probe sleeps this long and measures how late it wakes
 EXIT_NOT_FOUND = 127  # what a POSIX shell returns when `exec python3` finds no python3
+ENVIRONMENT_DELAY_S = 30.0  # host environments wait this long at most for the connect burst
+ENVIRONMENT_CAPTURES = 4  # host environments read at once, engine-wide
 
 
 @dataclass
@@ -119,7 +121,7 @@ class HostSession:
         self.engine.root_checked(self.host.name, root)
         for attempt in range(2):
             path, self.uploaded = await ensure_agent(
-                conn, self.host, bundle, force=attempt > 0, sftp=sftp
+                conn, self.host, bundle, force=attempt > 0, sftp=sftp, root_secured=True
             )
             client = await launch_agent(
                 conn, self.host, path, self.policy.interval_s, self.on_event
@@ -131,7 +133,7 @@ class HostSession:
                 self.hello = hello
                 self.engine.agent_started(self.host.name, hello, bundle.hash)
                 # Packages and GPU driver for provenance, off the dispatch path.
-                self.engine.runs.spawn(capture_host_environment(self.engine.catalog, self))
+                self.engine.runs.spawn(self.engine.capture_environment(self))
                 return client
             await client.close()
         raise HostConnectError(
@@ -188,6 +190,7 @@ class Engine:
         self._pending: list[tuple[str, Telemetry]] = []
         self._pending_times: list[float] = []
         self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
+        self._environment_slots = asyncio.Semaphore(ENVIRONMENT_CAPTURES)
         self.notifier = Notifier(lambda: self.inventory.notify)
         self.runs = RunController(self)
         # Stop by itself after this long with nothing queued or running and no client asking
@@ -288,6 +291,20 @@ class Engine:
             mem_used=idle.mem_used,
             simulated=idle.simulated,
         )
+
+    async def capture_environment(self, session: HostSession) -> None:
+        """A connected host's environment for provenance, once the connect burst is over.
+
+        Each capture starts a python on its host: while hosts still connect, those would
+        compete with agent starts (on a shared bastion, or hosts sharing a machine), so they
+        wait until every host has answered (at most ENVIRONMENT_DELAY_S), a few at a time.
+        """
+        since = time.time()  # runs dispatched from now on get the driver it reads
+        waits = [event.wait() for event in self.answered.values()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), ENVIRONMENT_DELAY_S)
+        async with self._environment_slots:
+            await capture_host_environment(self.catalog, session, since=since)
 
     # -- lifecycle ------------------------------------------------------------------------
     def wants(self, name: str) -> bool:

@@ -1,8 +1,7 @@
-"""What sync needs of a host, behind a small Protocol: the agent's file ops and random reads.
+"""What sync needs of a host, behind a small Protocol: the agent's file ops, reads, streams.
 
-SshSource is the one transport today: agent RPC over the host session's channel, reads over
-its SFTP session (several in flight, each at most one SFTP request so none runs past the end).
-The helpers here turn the agent's paged, polled replies into one Signature, and ranges into
+SshSource (ssh_files.py) is the one transport today. The helpers here pick the hash both
+sides use, turn the agent's paged, polled replies into one Signature, and ranges into
 parallel reads.
 """
 
@@ -10,31 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-import asyncssh
+from typing import Any, Protocol
 
 from cvtui.engine import delta
-from cvtui.engine.agent_client import AgentClosedError
+from cvtui.engine.file_stream import PartWriter, StreamEnd, StreamHeader
 from remote_agent import protocol
 from remote_agent.blocktree import (
-    ALGO_BLAKE2B,
-    ALGO_XXH3,
+    BLOCK_ALGORITHMS,
     DIGEST_BYTES,
     GROUP_BLOCKS,
+    measure_speeds,
+    rank_algorithms,
     valid_block_size,
 )
-from remote_agent.protocol import ProtocolError
+from remote_agent.protocol import ProtocolError, RemoteError
 from remote_agent.wire_fields import FieldError, integer, one_of, text
 
-if TYPE_CHECKING:
-    from cvtui.engine.engine import HostSession
-
-CONTROLLER_ALGORITHMS = (ALGO_XXH3, ALGO_BLAKE2B)  # in order of preference
+CONTROLLER_ALGORITHMS = BLOCK_ALGORITHMS  # in order of preference (xxhash is a dependency)
 CHUNK_BYTES = 256 << 10  # the longest SFTP read asked for (if the server serves that much)
 DEFAULT_READ_BYTES = 32 << 10  # what every SFTP server serves (without a limits extension)
 IN_FLIGHT = 16  # SFTP reads outstanding per file
@@ -70,13 +65,65 @@ class FileSource(Protocol):
 
     async def call(self, op: str, **args: Any) -> dict[str, Any]: ...
     async def open(self, run_id: str, path: str) -> RemoteFile: ...
+    async def hash_algorithm(self) -> str:
+        """The hash a sync of this host uses (negotiate_algorithm, kept per connection)."""
+
+    async def send(
+        self, run_id: str, path: str, algo: str, writer: PartWriter
+    ) -> tuple[StreamHeader, StreamEnd]:
+        """Stream a whole output file (named as listings name it) into writer; StreamFailed
+        when streaming cannot be used here (the caller reads it over SFTP instead)."""
 
 
 def pick_algorithm(offered: Sequence[str]) -> str:
-    for algo in CONTROLLER_ALGORITHMS:
-        if algo in offered:
+    """The first hash of a host's (hello) list this controller knows."""
+    for algo in offered:
+        if algo in CONTROLLER_ALGORITHMS:
             return algo
     raise HostGone(f"the host offers no hash this controller knows ({', '.join(offered)})")
+
+
+@functools.cache
+def local_speeds() -> dict[str, float]:
+    """Bytes per second this controller hashes with each algorithm (timed once, ~10 ms)."""
+    return measure_speeds(list(CONTROLLER_ALGORITHMS))
+
+
+def choose_algorithm(host: Mapping[str, float], local: Mapping[str, float]) -> str:
+    """The hash that costs both sides least: the host hashes what it sends, this controller
+    what it receives, so the two times per byte add (rank_algorithms breaks near ties)."""
+    combined = {
+        algo: 1.0 / (1.0 / speed + 1.0 / local[algo])
+        for algo, speed in host.items()
+        if algo in local and speed > 0 and local[algo] > 0
+    }
+    if not combined:
+        offered = ", ".join(host)
+        raise HostGone(f"the host offers no hash this controller knows ({offered})")
+    return rank_algorithms(combined)[0]
+
+
+def _speeds(reply: dict[str, Any]) -> dict[str, float]:
+    speeds = reply.get("speeds")
+    if not isinstance(speeds, dict) or len(speeds) > 16:
+        raise ProtocolError(f"bad reply: speeds {speeds!r:.60} is not a mapping")
+    found: dict[str, float] = {}
+    for algo, speed in speeds.items():
+        if not isinstance(speed, int | float) or isinstance(speed, bool) or not speed >= 0:
+            raise ProtocolError(f"bad reply: speed {speed!r:.40} of {algo!r:.40}")
+        found[str(algo)[:64]] = float(speed)
+    return found
+
+
+async def negotiate_algorithm(source: FileSource) -> str:
+    """Ask the host how fast it hashes with what, and choose the hash for a sync."""
+    try:
+        reply = await source.call(protocol.OP_FILES_ALGORITHMS)
+    except RemoteError as exc:
+        if exc.code != protocol.E_UNKNOWN_OP:
+            raise
+        return pick_algorithm(source.algorithms)  # an agent from before the op
+    return choose_algorithm(_speeds(reply), await asyncio.to_thread(local_speeds))
 
 
 @dataclass(frozen=True)
@@ -290,81 +337,3 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
-
-
-# -- over SSH ---------------------------------------------------------------------------------
-
-
-class SftpFile:
-    """One host file open over SFTP; errors become RemoteFileMissing, PermissionError, HostGone."""
-
-    def __init__(self, handle: asyncssh.SFTPClientFile) -> None:
-        self.handle = handle
-
-    async def read(self, offset: int, length: int) -> bytes:
-        """Up to length bytes at offset; fewer only at the end of the file."""
-        pieces: list[bytes] = []
-        got = 0
-        while got < length:
-            try:
-                data: bytes = await self.handle.read(length - got, offset + got)  # opened "rb"
-            except asyncssh.SFTPEOFError:
-                break
-            except asyncssh.SFTPError as exc:
-                raise _sftp_error(exc) from exc
-            except (asyncssh.Error, OSError) as exc:
-                raise HostGone(f"SFTP read failed: {exc}") from exc
-            if not data:
-                break
-            pieces.append(data)
-            got += len(data)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    async def close(self) -> None:
-        with contextlib.suppress(asyncssh.Error, OSError):
-            await self.handle.close()
-
-
-class SshSource:
-    """A connected host session: agent file ops over its channel, reads over its SFTP."""
-
-    chunk_bytes = CHUNK_BYTES
-
-    def __init__(self, session: HostSession) -> None:
-        if session.client is None or session.hello is None:
-            raise HostGone(f"{session.host.name} is not connected")
-        self.session = session
-        self.client = session.client
-        self.name = session.host.name
-        self.algorithms: Sequence[str] = tuple(session.hello.hash_algorithms)
-        self.runs_dir = f"{session.hello.root.rstrip('/')}/runs"
-
-    async def call(self, op: str, **args: Any) -> dict[str, Any]:
-        try:
-            return await self.client.call(op, timeout_s=CALL_TIMEOUT_S, **args)
-        except (AgentClosedError, TimeoutError, asyncssh.Error, OSError) as exc:
-            raise HostGone(f"{self.name}: {op} failed: {exc!r}") from exc
-
-    async def open(self, run_id: str, path: str) -> SftpFile:
-        try:
-            sftp = await self.session.sftp()  # one client per connection, however many ask
-            # A read longer than the server serves comes back short and costs a second round
-            # trip (OpenSSH serves 255 KiB): ask for what it serves, one request per read.
-            self.chunk_bytes = min(CHUNK_BYTES, sftp.limits.max_read_len or DEFAULT_READ_BYTES)
-            # block_size 0: each read is one request, its reply handed over without a copy.
-            handle = await sftp.open(f"{self.runs_dir}/{run_id}/{path}", "rb", block_size=0)
-        except asyncssh.SFTPError as exc:
-            raise _sftp_error(exc) from exc
-        except (AgentClosedError, asyncssh.Error, OSError) as exc:
-            raise HostGone(f"{self.name}: SFTP open failed: {exc!r}") from exc
-        return SftpFile(handle)
-
-
-def _sftp_error(exc: asyncssh.SFTPError) -> Exception:
-    if isinstance(exc, asyncssh.SFTPNoSuchFile):
-        return RemoteFileMissing(exc.reason)
-    if isinstance(exc, asyncssh.SFTPPermissionDenied):
-        return PermissionError(exc.reason)
-    if isinstance(exc, asyncssh.SFTPConnectionLost | asyncssh.SFTPNoConnection):
-        return HostGone(f"SFTP connection lost: {exc.reason}")
-    return PermissionError(f"SFTP error: {exc.reason}")

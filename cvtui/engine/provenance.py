@@ -119,19 +119,22 @@ def _store_packages(catalog: Catalog, packages: object) -> str | None:
     return freeze_hash
 
 
-async def capture_host_environment(catalog: Catalog, session: HostSession) -> None:
+async def capture_host_environment(
+    catalog: Catalog, session: HostSession, since: float | None = None
+) -> None:
     """Once per connection, in the background: the GPU driver and the interpreter's packages.
 
     Asked of the agent (OP_ENVIRONMENT: a child interpreter lists the installed distributions
     like `pip freeze`, about 0.1 s); skipped when the catalog has an answer for the same python
-    younger than an hour. Never raises (but lets itself be cancelled): dispatch never waits.
+    younger than an hour. Runs dispatched to the host since `since` (default: now) get its
+    driver. Never raises (but lets itself be cancelled): dispatch never waits.
     """
     hello = session.hello
     client = session.client
     if hello is None or client is None:
         return
     name = session.host.name
-    since = time.time()
+    since = time.time() if since is None else since
     try:
         env = catalog.host_environment(name)
         if (

@@ -27,7 +27,6 @@ from cvtui.engine.host_files import (
     HostGone,
     RemoteFileMissing,
     Signature,
-    pick_algorithm,
     range_digests,
     remote_signature,
     reply_stat,
@@ -80,7 +79,7 @@ class RunSync(TransferMixin):
         self.globs = list(globs)
         self.mirror = Mirror(home, run_id)
         self.progress = progress or Progress()
-        self.algo = pick_algorithm(source.algorithms)
+        self.algo = ""  # the hash both sides use, agreed with the host on first need
         self.fetched = 0  # bytes read from the host by this RunSync
         self.fetched_by_path: dict[str, int] = {}
 
@@ -105,6 +104,7 @@ class RunSync(TransferMixin):
         final: bool = False,
     ) -> list[FileResult]:
         """Sync every listed file (listing None: ask the host), or only the changed entries."""
+        await self._agree_algorithm()
         if changed is None:
             listing = listing or await self.listing()
             entries: Sequence[FileEntry] = listing.files
@@ -215,6 +215,7 @@ class RunSync(TransferMixin):
         before = self.fetched_by_path.get(path, 0)
         row = self.catalog.file_row(self.run_id, path) or {}
         try:
+            await self._agree_algorithm()
             self.mirror.prepare(path)
             self.catalog.set_file(self.run_id, path, sync_status="syncing")
             local = self.mirror.local_stat(path)
@@ -351,6 +352,10 @@ class RunSync(TransferMixin):
             return FileResult(path, "synced", delta.APPEND)
         row = self.catalog.file_row(self.run_id, path) or {}
         return await self._transfer(entry, row, seed=True, trust_cache=False)
+
+    async def _agree_algorithm(self) -> None:
+        if not self.algo:
+            self.algo = await self.source.hash_algorithm()
 
     async def _signature(self, path: str) -> Signature:
         return await remote_signature(self.source, self.run_id, path, self.algo)

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cvtui.engine.host_files import HostGone, SshSource
+from cvtui.engine.host_files import HostGone
+from cvtui.engine.ssh_files import SshSource
 from cvtui.engine.sync import RunSync, output_globs
 from cvtui.engine.tasks import log_failure
 from cvtui.engine.transfer import FileResult, Progress

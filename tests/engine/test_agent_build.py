@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import marshal
 import subprocess
 import sys
 import zipfile
@@ -16,6 +17,7 @@ from cvtui.engine.agent_build import (
     ZIP_DATE_TIME,
     AgentBundle,
     build_agent,
+    compiled,
     remote_agent_path,
     zip_entries,
 )
@@ -45,6 +47,18 @@ def test_same_sources_give_the_same_bytes() -> None:
     assert again == build_agent()
 
 
+def test_bytecode_is_the_same_on_every_build() -> None:
+    # Sets of names compile to frozenset constants, which marshal writes in hash order: only
+    # a seeded child interpreter gives the same bytes each time (the bundle's address).
+    sources = [("m.py", b"def f(x):\n    return x in {'alpha', 'beta', 'gamma', 'delta'}\n")]
+    first = compiled(sources)
+    assert [name for name, _ in first] == ["m.pyc"]
+    assert compiled(sources) == first
+    namespace: dict[str, object] = {}
+    exec(marshal.loads(first[0][1][16:]), namespace)
+    assert namespace["f"]("beta") is True  # type: ignore[operator]
+
+
 def test_bundle_contents() -> None:
     archive = zipfile.ZipFile(io.BytesIO(build_agent().data))
     names = archive.namelist()
@@ -52,7 +66,17 @@ def test_bundle_contents() -> None:
     agent_files = sorted(f"remote_agent/{p.name}" for p in (REPO / "remote_agent").glob("*.py"))
     assert set(agent_files) <= set(names)
     assert "__main__.py" in names and "pynvml.py" in names
-    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+    assert not [name for name in names if "__pycache__" in name]
+    # Beside each source, its bytecode for this python: unchecked hash-based, so the zip's
+    # fixed dates never make it stale, and foreign to any other python version.
+    sources = [name for name in names if name.endswith(".py")]
+    assert sorted(name for name in names if name.endswith(".pyc")) == sorted(
+        name + "c" for name in sources
+    )
+    for name in sources:
+        pyc, source = archive.read(name + "c"), archive.read(name)
+        assert pyc[:4] == importlib.util.MAGIC_NUMBER and pyc[4:8] == (1).to_bytes(4, "little")
+        assert pyc[8:16] == importlib.util.source_hash(source)
     spec = importlib.util.find_spec("pynvml")
     assert spec is not None and spec.origin is not None
     assert archive.read("pynvml.py") == Path(spec.origin).read_bytes()
@@ -98,6 +122,31 @@ def test_the_built_zipapp_serves(tmp_path: Path) -> None:
     assert telemetry.backend == BACKEND_SIMULATED and len(telemetry.gpus) == 2
     replies = [line for line in lines if "id" in line]
     assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (2, True)]
+
+
+def test_a_python_of_another_version_compiles_the_sources(tmp_path: Path) -> None:
+    # The same bundle with every .pyc's magic number changed, as another python sees it.
+    archive = zipfile.ZipFile(io.BytesIO(build_agent().data))
+    entries = []
+    for name in archive.namelist():
+        content = archive.read(name)
+        if name.endswith(".pyc"):
+            content = b"\x00\x00\r\n" + content[4:]
+        entries.append((name, content))
+    pyz = tmp_path / "agent.pyz"
+    pyz.write_bytes(zip_entries(entries))
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import remote_agent.agent as a; "
+    code += "print(a.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(pyz)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("remote_agent/agent.py")  # from source
+    pyz.write_bytes(build_agent().data)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(pyz)], capture_output=True, text=True
+    )
+    assert done.stdout.strip().endswith("remote_agent/agent.pyc")  # this python: bytecode
 
 
 def test_the_built_zipapp_loads_its_own_pynvml(tmp_path: Path) -> None:

@@ -303,8 +303,12 @@ def test_sync_reports_the_bytes_that_came_for_the_run_while_it_waited(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.5)  # the run has ended by now
-    synced = cvtui(lab, home, "sync", run_id)
+    synced = cvtui(lab, home, "-v", "sync", run_id)
     assert synced.returncode == 0, synced.stderr
+    # The new checkpoint came whole on a channel of its own (files_send), read once on the
+    # host, and the agent left no FIFO behind.
+    assert "streaming unavailable" not in synced.stderr
+    assert not list((lab.host_dir("gpu-01") / "root" / "agent").glob("*.send"))
     line = next(li for li in synced.stdout.splitlines() if li.startswith(run_id[:12]))
     fetched = line.rsplit(", ", 1)[1].split()[0]
     assert line.endswith("MiB fetched") and float(fetched[:-3]) >= 30.0, line  # 30 MiB, the log

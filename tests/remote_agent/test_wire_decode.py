@@ -22,7 +22,7 @@ from remote_agent.protocol import (
     Telemetry,
     WorkspaceListing,
 )
-from remote_agent.wire_fields import INT64_MAX, INT64_MIN
+from remote_agent.wire_fields import INT64_MAX, INT64_MIN, FieldError
 
 # Values a hostile or broken agent may put anywhere: edge numbers, wrong types, long text.
 edge_ints = st.sampled_from([-5, -1, 0, 1, 2**31, 2**63 - 1, 2**63, 10**30, -(10**30)])
@@ -152,6 +152,44 @@ def test_telemetry_values_are_checked_or_unknown(gpus: list[Any], host: Any, tim
             for process in gpu.processes:
                 assert sound_int(process.pid, 0) and isinstance(process.command, str)
                 assert process.mem is None or sound_int(process.mem, 0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.one_of(mutated(GOOD_GPU), st.just(GOOD_GPU), json_values), max_size=4),
+    st.one_of(mutated(GOOD_HOST), st.just(GOOD_HOST), json_values),
+    st.lists(mutated(GOOD_GPU["processes"][0]), max_size=3),
+)
+def test_the_fast_telemetry_readers_agree_with_the_checked_ones(
+    gpus: list[Any], host: Any, processes: list[Any]
+) -> None:
+    # The fast path reads an ordinary entry itself and leaves anything else to the checked
+    # readers: whatever the entry, the result (and every problem named) is theirs.
+    assert wire_decode._plain_gpu(GOOD_GPU) is not None  # an agent's entry takes the fast path
+    assert wire_decode._plain_host(GOOD_HOST) is not None
+    gpus = [*gpus, dict(GOOD_GPU, index=9, processes=processes)]
+    data = {"time": 1.7e9, "backend": "nvml", "host": host, "gpus": gpus}
+    problems: list[str] = []
+    try:
+        slow_host = wire_decode.host_sample(host, problems)
+    except FieldError:
+        with pytest.raises(ProtocolError):  # refused as a whole, as the checked reader does
+            wire_decode.telemetry(data)
+        return
+    fast = wire_decode.telemetry(data)
+    slow_gpus: dict[int, Any] = {}
+    for raw in gpus:
+        try:
+            gpu = wire_decode.gpu_sample(raw, problems)
+        except FieldError as exc:
+            problems.append(f"a GPU refused: {exc}")
+            continue
+        if gpu.index in slow_gpus:
+            problems.append(f"GPU {gpu.index} listed twice: the second left out")
+            continue
+        slow_gpus[gpu.index] = gpu
+    assert fast.host == slow_host and fast.gpus == tuple(slow_gpus.values())
+    assert fast.problems == tuple(problems)
 
 
 @settings(max_examples=300, deadline=None)

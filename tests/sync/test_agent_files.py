@@ -19,6 +19,8 @@ import pytest
 from cvtui.engine import delta
 from remote_agent.blocktree import (
     ALGO_BLAKE2B,
+    ALGO_SHA1,
+    ALGO_SHA256,
     ALGO_XXH3,
     DIGEST_BYTES,
     GROUP_BLOCKS,
@@ -148,7 +150,7 @@ def test_listing_stops_at_its_limit_and_says_so(ops: FileOps, run_dir: Path, mon
     assert len(found.files) == 5 and found.truncated
 
 
-@pytest.mark.parametrize("algo", [ALGO_XXH3, ALGO_BLAKE2B])
+@pytest.mark.parametrize("algo", [ALGO_XXH3, ALGO_BLAKE2B, ALGO_SHA256, ALGO_SHA1])
 def test_signature_matches_what_the_controller_computes(
     ops: FileOps, run_dir: Path, algo: str
 ) -> None:
