@@ -1,0 +1,477 @@
+"""Run ops on a Slurm login node: each run is one sbatch job that starts cvtui's supervisor.
+
+The run dir is made as on any host (work dir, code copy, links, config.yaml), on the shared
+file system; then the supervisor's start message is left in it and a batch script that runs
+the supervisor is submitted. Slurm picks the node and GPUs; the supervisor keeps status.json
+and output.log as on an SSH host. A run's state joins Slurm's view of its job (one squeue
+call per interval for all of the user's jobs) with the supervisor's record; the verdict on a
+run that ended is written to slurm.json so it never changes afterwards.
+Python 3.8+, standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from remote_agent import slurm
+from remote_agent.protocol import (
+    BACKEND_SLURM,
+    E_INTERNAL,
+    E_NO_SUCH_RUN,
+    E_SUBMIT_REFUSED,
+    EVENT_RUN,
+    RECORDED_BY_AGENT,
+    RECORDED_BY_SLURM,
+    RECORDED_BY_SUPERVISOR,
+    RUN_CANCELLED,
+    RUN_FINAL_STATES,
+    RUN_LOST,
+    RUN_PENDING,
+    RUN_RUNNING,
+    RUN_STARTING,
+    RUN_SUCCEEDED,
+    ClusterSample,
+    GpuSample,
+    RemoteError,
+    RunStatus,
+    SlurmNode,
+    SlurmPartition,
+    StartRequest,
+    event,
+)
+from remote_agent.rundir import (
+    CANCEL_FILE,
+    LOG_FILE,
+    SUPERVISOR_LOG,
+    file_size,
+    read_status,
+    stat_key,
+    status_from,
+    write_json,
+)
+from remote_agent.runs import _BOOT, RunOps, _remove_tree, _run_id, importable_parent
+from remote_agent.slurm import JobRow, SlurmError
+
+SLURM_RECORD = "slurm.json"  # {job_id, submitted, options, verdict?}: the agent's, per run
+START_FILE = "start.json"  # the supervisor's start message, read when the job starts
+BATCH_SCRIPT = "job.sh"
+SUBMIT_TIMEOUT_S = 20.0  # under the controller's 30 s for OP_START
+CLUSTER_EVERY_S = 5.0  # sinfo at most this often; squeue every interval
+FOLLOW_S = 0.05  # how often a just-submitted or just-cancelled job is polled ...
+FOLLOW_FOR_S = 10.0  # ... and for how long, so its start or end is seen at once
+SETTLE_S = 10.0  # how long an ended job waits for its supervisor's record to show up
+JOB_NAME_CHARS = 64
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._=,+\[\]-]+")
+
+
+class ClusterBackend:
+    """The GPU backend of a login node: none of its own; the cluster's are in the sample."""
+
+    name = BACKEND_SLURM
+
+    def sample(self) -> list[GpuSample]:
+        return []
+
+    def driver_version(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def job_name(name: str, run_id: str) -> str:
+    """`cvtui-<run name>` as squeue shows it, with characters a shell or Slurm mangles dropped."""
+    safe = _UNSAFE_NAME.sub("_", name).strip("_") or run_id
+    return ("cvtui-" + safe)[:JOB_NAME_CHARS]
+
+
+def sbatch_options(request: StartRequest, run_dir: str) -> list[str]:
+    """The sbatch options of a run (besides --parsable), from its request's slurm settings."""
+    settings = request.slurm
+    options = [
+        f"--job-name={job_name(str(settings.get('name') or ''), request.run_id)}",
+        f"--comment={slurm.COMMENT_PREFIX}{request.run_id}",
+        f"--chdir={run_dir}",
+        f"--output={os.path.join(run_dir, LOG_FILE)}",
+        "--open-mode=append",  # the supervisor writes the command's output there too
+        "--no-requeue",  # a run never starts twice: cvtui's `retries` make new attempts
+    ]
+    gpus = int(settings.get("gpus") or 0)
+    if gpus > 0:
+        kind = str(settings.get("gres_type") or "gpu")
+        options.append(f"--gres=gpu:{gpus}" if kind == "gpu" else f"--gres=gpu:{kind}:{gpus}")
+    for key in ("partition", "account", "qos", "time"):
+        if settings.get(key):
+            options.append(f"--{key}={settings[key]}")
+    nice = int(settings.get("nice") or 0)
+    if nice > 0:
+        options.append(f"--nice={nice}")
+    return options
+
+
+def batch_script(python: str, import_from: str, run_dir: str) -> str:
+    """A POSIX sh script that execs the supervisor (so Slurm signals it directly)."""
+    supervisor = [import_from, "--slurm", run_dir]
+    return (
+        "#!/bin/sh\n"
+        "# Written by cvtui's agent: Slurm runs this, it runs cvtui's supervisor for the run.\n"
+        f"PY={shlex.quote(python)}\n"
+        '[ -x "$PY" ] || PY=python3  # a node without the login node\'s interpreter path\n'
+        f'exec "$PY" -I -c {shlex.quote(_BOOT)} {shlex.join(supervisor)} '
+        f"2>>{shlex.quote(os.path.join(run_dir, SUPERVISOR_LOG))}\n"
+    )
+
+
+def read_record(run_dir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(run_dir, SLURM_RECORD), "rb") as f:
+            data = json.loads(f.read(1 << 16).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cancelled_by(run_dir: str) -> str | None:
+    try:
+        with open(os.path.join(run_dir, CANCEL_FILE), "rb") as f:
+            asked = json.loads(f.read(65536).decode("utf-8"))
+        return str(asked.get("by")) if isinstance(asked, dict) and asked.get("by") else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def judge(
+    status: RunStatus,
+    supervisor: RunStatus | None,
+    job: JobRow | None,
+    submitted: float,
+    polled_at: float,
+    now: float,
+    who: str | None = None,
+) -> RunStatus:
+    """A run's state from Slurm's view of its job (None: squeue no longer lists it) and the
+    supervisor's status.json (None: not started). `status` carries the run's identity; the
+    result is final only when Slurm's is (or Slurm forgot a job that must have ended)."""
+    recorded = None  # the supervisor's own record of the command's end
+    if supervisor is not None:
+        if supervisor.recorded_by == RECORDED_BY_SUPERVISOR:
+            recorded = supervisor if supervisor.state in RUN_FINAL_STATES else None
+        status = replace(
+            supervisor, run_id=status.run_id, run_dir=status.run_dir, job_id=status.job_id
+        )
+    if job is None:
+        if polled_at < submitted + 1.0:  # the poll began before the job existed
+            return replace(status, state=RUN_PENDING, reason="PENDING (submitted)")
+        if recorded is not None:
+            return recorded
+        why = f"job {status.job_id} is no longer known to Slurm"
+        why += " and its supervisor recorded no end" if supervisor else "; it never started"
+        return replace(status, state=RUN_LOST, reason=why, ended=now, recorded_by=RECORDED_BY_AGENT)
+    if job.state in slurm.PENDING_STATES:
+        why = f" ({job.reason})" if job.reason and job.reason != "None" else ""
+        return replace(status, state=RUN_PENDING, reason=f"{job.state}{why}")
+    still = replace(status, state=RUN_RUNNING, ended=None, exit_code=None, recorded_by=None)
+    if job.state not in slurm.FINAL_STATES:  # RUNNING, COMPLETING, SUSPENDED, ...
+        # A supervisor's end state waits for Slurm's: a TIMEOUT or NODE_FAIL outranks it.
+        note = None if job.state in ("RUNNING", "COMPLETING") else job.state
+        return replace(still, started=status.started or job.start, reason=note)
+    verdict = slurm.FINAL_STATES[job.state]
+    if job.state in ("COMPLETED", "FAILED"):
+        if recorded is not None:  # the exit code is the supervisor's to tell
+            if recorded.state == RUN_SUCCEEDED:
+                return recorded
+            return replace(recorded, reason=f"{job.state}: {recorded.reason}")
+        if job.end is not None and now - job.end < SETTLE_S:
+            return still  # its status.json may not have reached this node yet
+    reason = job.state
+    if job.state == "CANCELLED" and who:
+        reason = f"CANCELLED by {who}"
+    elif recorded is not None and recorded.reason and verdict != RUN_CANCELLED:
+        reason = f"{job.state}: {recorded.reason}"
+    return replace(
+        status,
+        state=verdict,
+        reason=None if verdict == RUN_SUCCEEDED else reason,
+        started=status.started or job.start,
+        ended=(recorded.ended if recorded else None) or job.end or now,
+        exit_code=recorded.exit_code if recorded else (0 if verdict == RUN_SUCCEEDED else None),
+        recorded_by=RECORDED_BY_SLURM,
+    )
+
+
+class _Seen:
+    """What the controller was last told about a watched run, and the files behind it."""
+
+    __slots__ = ("key", "record", "status_key", "supervisor")
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record  # slurm.json as read (it changes only when a verdict is written)
+        self.status_key: Any = None  # status.json's (mtime, size) when last read
+        self.supervisor: RunStatus | None = None
+        self.key: Any = None  # the last status sent
+
+
+class SlurmRunOps(RunOps):
+    """RunOps whose start submits a job and whose status, cancel and watch ask Slurm."""
+
+    def __init__(
+        self,
+        root: str,
+        leases_dir: str,
+        user: str,
+        interval_s: float,
+        send: Callable[[dict[str, Any]], bool],
+    ) -> None:
+        super().__init__(root, leases_dir, user)
+        self.interval_s = interval_s
+        self.send = send
+        self.missing = slurm.missing_commands()
+        self.jobs: dict[str, JobRow] = {}  # run id -> its job in the last poll
+        self.all_jobs: list[JobRow] = []
+        self.polled_at = 0.0  # time.time() when the last good poll began
+        self.poll_error: str | None = None
+        self._poll_lock = threading.Lock()
+        self._emit_lock = threading.Lock()
+        self._seen: dict[str, _Seen] = {}
+        self._nodes: tuple[list[SlurmNode], list[SlurmPartition]] | None = None
+        self._nodes_at = 0.0
+        self._nodes_key: list[tuple[str, str]] = []  # the jobs' states when nodes were read
+        # run id -> (monotonic time it was submitted or cancelled, follow until it ended)
+        self._young: dict[str, tuple[float, bool]] = {}
+        self._follower: threading.Thread | None = None
+
+    # --- Slurm's view ---
+
+    def refresh(self, max_age_s: float | None = None) -> None:
+        """Poll the user's jobs (one squeue call) unless the last poll is younger than max_age_s."""
+        with self._poll_lock:
+            age = time.time() - self.polled_at
+            if max_age_s is not None and age < max_age_s and self.poll_error is None:
+                return
+            if self.missing:
+                self.poll_error = f"{self.missing[0]} not found"
+                return
+            started = time.time()
+            try:
+                rows = slurm.poll_jobs(self.user)
+            except SlurmError as exc:
+                self.poll_error = str(exc)
+                return
+            self.poll_error = None
+            self.polled_at = started
+            self.all_jobs = rows
+            self.jobs = {row.run_id: row for row in rows if row.run_id is not None}
+
+    def cluster_sample(self) -> ClusterSample:
+        """The cluster for telemetry: partitions and nodes (sinfo, cached), our jobs, or why
+        Slurm cannot be read."""
+        self.refresh(max_age_s=self.interval_s * 0.5)
+        if self.poll_error is not None:
+            return ClusterSample(error=f"slurm: {self.poll_error}")
+        now = time.monotonic()
+        # Nodes change as jobs start and end: read them again then, else every few seconds.
+        jobs_key = [(job.job_id, job.state) for job in self.all_jobs]
+        if (
+            self._nodes is None
+            or now - self._nodes_at >= CLUSTER_EVERY_S
+            or jobs_key != self._nodes_key
+        ):
+            try:
+                self._nodes = slurm.read_nodes()
+            except SlurmError as exc:
+                return ClusterSample(error=f"slurm: {exc}")
+            self._nodes_at, self._nodes_key = now, jobs_key
+        return slurm.cluster_sample(*self._nodes, self.all_jobs)
+
+    # --- start ---
+
+    def launch(self, request: StartRequest, run_dir: str) -> dict[str, Any]:
+        if self.missing:
+            raise RemoteError(E_SUBMIT_REFUSED, f"slurm: {self.missing[0]} not found")
+        if self._import_from is None:
+            self._import_from = importable_parent()
+        start = {"request": request.to_wire(), "run_dir": run_dir}
+        write_json(os.path.join(run_dir, START_FILE), start)
+        script = os.path.join(run_dir, BATCH_SCRIPT)
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o700)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(batch_script(sys.executable or "python3", self._import_from, run_dir))
+        options = sbatch_options(request, run_dir)
+        submitted = time.time()
+        try:
+            job_id = slurm.submit(script, options, timeout_s=SUBMIT_TIMEOUT_S)
+        except SlurmError as exc:
+            _remove_tree(run_dir)  # nothing was queued: the run id may be used again
+            raise RemoteError(E_SUBMIT_REFUSED, str(exc)) from None
+        record = {"job_id": job_id, "submitted": submitted, "options": options}
+        write_json(os.path.join(run_dir, SLURM_RECORD), record)
+        self._follow(request.run_id, until_end=False)
+        return {"job_id": job_id}
+
+    # --- status ---
+
+    def status_of(self, run_id: str) -> RunStatus | None:
+        run_dir = self.run_dir(run_id)
+        seen = self._seen.get(run_id)
+        record = seen.record if seen is not None else read_record(run_dir)
+        if record is None:
+            if not os.path.isdir(run_dir):
+                return None
+            return RunStatus(run_id, RUN_LOST, run_dir, reason=f"{SLURM_RECORD} is missing")
+        if seen is None:
+            seen = _Seen(record)
+        job_id = str(record.get("job_id") or "")
+        log_size = file_size(os.path.join(run_dir, LOG_FILE))
+        status = RunStatus(run_id, RUN_PENDING, run_dir, job_id=job_id, log_size=log_size)
+        key = stat_key(os.path.join(run_dir, "status.json"))
+        if key != seen.status_key:
+            data = read_status(run_dir)
+            seen.supervisor = None if data is None else status_from(data, run_id, run_dir)
+            seen.status_key = key
+        supervisor = seen.supervisor
+        if supervisor is not None:
+            supervisor = replace(supervisor, log_size=log_size, job_id=job_id)
+        verdict = record.get("verdict")
+        if isinstance(verdict, dict):
+            base = supervisor or status
+            return replace(base, **{k: v for k, v in verdict.items() if k in VERDICT_FIELDS})
+        if self.poll_error is not None:
+            # Slurm cannot be asked: say what the run dir says, never a verdict.
+            if supervisor is None:
+                return replace(status, reason=f"slurm unreachable: {self.poll_error}")
+            if supervisor.state in RUN_FINAL_STATES or supervisor.state == RUN_STARTING:
+                return replace(supervisor, state=RUN_RUNNING, ended=None, recorded_by=None)
+            return supervisor
+        judged = judge(
+            status,
+            supervisor,
+            self.jobs.get(run_id),
+            float(record.get("submitted") or 0.0),
+            self.polled_at,
+            time.time(),
+            cancelled_by(run_dir),
+        )
+        if judged.state in RUN_FINAL_STATES:
+            record = dict(record)
+            record["verdict"] = {name: getattr(judged, name) for name in VERDICT_FIELDS}
+            try:
+                write_json(os.path.join(run_dir, SLURM_RECORD), record)
+            except OSError as exc:  # told again next time; the verdict is the same
+                sys.stderr.write(f"cvtui agent: cannot write {SLURM_RECORD} of {run_id}: {exc}\n")
+            seen.record = record
+        return replace(judged, log_size=log_size)
+
+    def op_runs(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.refresh(max_age_s=self.interval_s * 0.5)
+        return super().op_runs(message)
+
+    # --- cancel ---
+
+    def op_cancel(self, message: dict[str, Any]) -> dict[str, Any]:
+        run_id = _run_id(message.get("run_id"))
+        by = message.get("by")
+        by = by if isinstance(by, str) and by else self.user
+        run_dir = self.run_dir(run_id)
+        record = read_record(run_dir)
+        if record is None or not record.get("job_id"):
+            raise RemoteError(E_NO_SUCH_RUN, f"no Slurm job recorded for run {run_id} at {run_dir}")
+        self.refresh(max_age_s=self.interval_s * 0.5)
+        status = self.status_of(run_id)
+        if status is not None and status.state in RUN_FINAL_STATES:
+            return {"state": status.state, "signalled": False}
+        write_json(os.path.join(run_dir, CANCEL_FILE), {"by": by, "time": time.time()})
+        try:
+            slurm.cancel(str(record["job_id"]), self.user)
+        except SlurmError as exc:
+            raise RemoteError(E_INTERNAL, f"scancel: {exc}") from None
+        self._follow(run_id, until_end=True)
+        return {"state": status.state if status else RUN_PENDING, "signalled": True}
+
+    # --- watch ---
+
+    def watch(self, run_ids: list[str]) -> None:
+        with self._emit_lock:
+            for run_id in run_ids:
+                record = read_record(self.run_dir(run_id))
+                if record is not None:
+                    self._seen[run_id] = _Seen(record)
+        super().watch(run_ids)
+
+    def watch_events(self) -> list[dict[str, Any]]:
+        """EVENT_RUN messages for watched runs whose state, progress or log changed."""
+        self.refresh(max_age_s=self.interval_s * 0.5)
+        with self._lock:
+            watched = list(self._watched)
+        return self._changes(watched)
+
+    def _changes(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        events = []
+        with self._emit_lock:
+            for run_id in run_ids:
+                status = self.status_of(run_id)
+                seen = self._seen.get(run_id)
+                if status is None or seen is None:
+                    with self._lock:
+                        self._watched.pop(run_id, None)
+                    self._seen.pop(run_id, None)
+                    continue
+                key = (status.state, status.reason, status.progress, status.log_size, status.gpus)
+                if key == seen.key:
+                    continue
+                seen.key = key
+                events.append(event(EVENT_RUN, **status.to_wire()))
+                if status.state in RUN_FINAL_STATES:
+                    with self._lock:
+                        self._watched.pop(run_id, None)
+                    self._seen.pop(run_id, None)
+        return events
+
+    def _follow(self, run_id: str, until_end: bool) -> None:
+        """Poll often for a while, so a job's start (or end, after scancel) is seen at once."""
+        with self._lock:
+            self._young[run_id] = (time.monotonic(), until_end)
+            if self._follower is not None and self._follower.is_alive():
+                return
+            self._follower = threading.Thread(target=self._follow_loop, name="follow", daemon=True)
+            self._follower.start()
+
+    def _follow_loop(self) -> None:
+        while True:
+            time.sleep(FOLLOW_S)
+            horizon = time.monotonic() - FOLLOW_FOR_S
+            with self._lock:
+                for run_id in [r for r, (at, _) in self._young.items() if at < horizon]:
+                    del self._young[run_id]
+                young = [r for r in self._young if r in self._watched]
+                if not self._young:
+                    self._follower = None
+                    return
+            if not young:
+                continue
+            try:
+                self.refresh()
+                events = self._changes(young)
+            except Exception as exc:  # never let one bad run dir end the follower
+                sys.stderr.write(
+                    f"cvtui agent: following jobs failed: {type(exc).__name__}: {exc}\n"
+                )
+                continue
+            for message in events:
+                with self._lock:
+                    _, until_end = self._young.get(message["run_id"], (0.0, False))
+                    if message["state"] in RUN_FINAL_STATES or (
+                        message["state"] == RUN_RUNNING and not until_end
+                    ):
+                        self._young.pop(message["run_id"], None)
+                self.send(message)
+
+
+VERDICT_FIELDS = ("state", "reason", "exit_code", "started", "ended", "recorded_by")
