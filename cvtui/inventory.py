@@ -17,6 +17,7 @@ import yaml
 
 from cvtui.errors import InventoryError, InventoryErrors, UnknownHostError
 from cvtui.run_env import RunEnv, parse_links, parse_run_env
+from cvtui.slurm_settings import HOST_KINDS, SlurmSettings, parse_slurm_settings
 
 if TYPE_CHECKING:
     import asyncio
@@ -30,7 +31,11 @@ _DEFAULT_KEYS = (
     "user", "port", "identity", "python", "root", "leases_dir", "known_hosts", "jump",
     "run_env", "links",
 )  # fmt: skip
-_HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate")
+_HOST_KEYS = (
+    "address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate",
+    "kind", "slurm",  # cvtui/slurm_settings.py
+)  # fmt: skip
+_NOT_ON_SLURM = ("simulate", "gpus", "gpu_order", "max_runs")  # Slurm allocates the GPUs
 _POLICY_KEYS = (
     "interval",
     "stale_after",
@@ -44,7 +49,7 @@ _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
 _NULLABLE_KEYS = {
     "user", "port", "identity", "known_hosts", "jump", "gpus", "max_runs", "gpu_order", "simulate",
-    "run_env", "links",
+    "run_env", "links", "slurm",
 }  # fmt: skip
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -186,6 +191,8 @@ class Host:
     # What runs before a run's command there (setup lines, PATH, python); see cvtui.run_env.
     run_env: RunEnv | None = None
     links: tuple[tuple[str, str], ...] = ()  # (name in a run's work dir, host path) pairs
+    kind: str = "ssh"  # one of HOST_KINDS: "slurm" is a cluster reached through its login node
+    slurm: SlurmSettings | None = None  # a Slurm host's sbatch defaults
     line: int = field(default=0, compare=False)  # 1-based line of the host's key in the file
 
     def __post_init__(self) -> None:
@@ -205,6 +212,7 @@ class Host:
             self.known_hosts,
             self.jump,
             self.simulate,
+            self.kind,
         )
 
 
@@ -514,6 +522,10 @@ class _Parser:
             return () if self.is_null(node) else self.tags(node)
         if key == "simulate":
             return self.simulate(node)
+        if key == "kind":
+            return self.choice(node, key, HOST_KINDS)
+        if key == "slurm":
+            return SlurmSettings(**parse_slurm_settings(self, node, key))
         if key == "run_env":
             return parse_run_env(self, node, "run_env")
         if key == "links":
@@ -550,6 +562,7 @@ class _Parser:
                     parsed.add(setting_key)
         if settings.get("links") is None:
             settings.pop("links", None)
+        self.check_kind(name, pairs, settings)
         simulate = settings.get("simulate")
         for setting_key in ("gpus", "gpu_order"):
             if simulate is None or setting_key not in parsed or settings[setting_key] is None:
@@ -564,6 +577,20 @@ class _Parser:
                         )
                     )
         return Host(name=name, line=key.start_mark.line + 1, **settings)
+
+    def check_kind(self, name: str, pairs: _Pairs, settings: dict[str, Any]) -> None:
+        """Keys that make no sense for the host's kind are errors, not silently ignored."""
+        if settings.get("kind", "ssh") != "slurm":
+            if "slurm" in pairs:
+                problem = f"host {name!r}: 'slurm' settings need 'kind: slurm' on the host"
+                self.report(self.error(pairs["slurm"][0], problem))
+            return
+        for key in _NOT_ON_SLURM:
+            if key in pairs and settings.get(key) is not None:
+                problem = (
+                    f"host {name!r}: {key!r} does not apply to kind: slurm (Slurm allocates GPUs)"
+                )
+                self.report(self.error(pairs[key][0], problem))
 
     def policy(self, node: yaml.Node) -> Policy:
         if self.is_null(node):

@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from remote_agent.protocol import (
     RUN_CANCELLED,
@@ -287,6 +287,20 @@ def cluster_sample(
         pending=sum(1 for job in jobs if job.state in PENDING_STATES),
         running=sum(1 for job in jobs if job.state == "RUNNING"),
     )
+
+
+def job_options(settings: dict[str, Any]) -> list[str]:
+    """sbatch/srun options for a job's resources (protocol.SLURM_OPTION_KEYS): GPUs as
+    --gres=gpu:N (gpu:TYPE:N for a gres_type other than gpu), partition, account, qos, time."""
+    options = []
+    gpus = int(settings.get("gpus") or 0)
+    if gpus > 0:
+        kind = str(settings.get("gres_type") or "gpu")
+        options.append(f"--gres=gpu:{gpus}" if kind == "gpu" else f"--gres=gpu:{kind}:{gpus}")
+    for key in ("partition", "account", "qos", "time"):
+        if settings.get(key):
+            options.append(f"--{key}={settings[key]}")
+    return options
 
 
 def submit(script: str, options: Sequence[str], timeout_s: float = CALL_TIMEOUT_S) -> str:

@@ -104,13 +104,7 @@ def sbatch_options(request: StartRequest, run_dir: str) -> list[str]:
         "--open-mode=append",  # the supervisor writes the command's output there too
         "--no-requeue",  # a run never starts twice: cvtui's `retries` make new attempts
     ]
-    gpus = int(settings.get("gpus") or 0)
-    if gpus > 0:
-        kind = str(settings.get("gres_type") or "gpu")
-        options.append(f"--gres=gpu:{gpus}" if kind == "gpu" else f"--gres=gpu:{kind}:{gpus}")
-    for key in ("partition", "account", "qos", "time"):
-        if settings.get(key):
-            options.append(f"--{key}={settings[key]}")
+    options += slurm.job_options(settings)
     nice = int(settings.get("nice") or 0)
     if nice > 0:
         options.append(f"--nice={nice}")

@@ -55,6 +55,7 @@ RUN_COLUMNS = (
     "work_dir",
     "final_by",
     "outputs_unmatched",
+    "slurm_job",  # migration 9 (clusters.py)
 )
 JSON_COLUMNS = frozenset(
     {"gpus", "command", "params", "config", "spec", "resources", "outputs_unmatched"}

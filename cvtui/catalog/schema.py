@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cvtui.catalog.clusters import migration_9_slurm
 from cvtui.catalog.components import migration_5_reproducibility
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
@@ -209,6 +210,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
     migration_7_work_dirs,  # cvtui/catalog/runs.py
     migration_8_gpu_leases,
+    migration_9_slurm,  # cvtui/catalog/clusters.py
 )
 
 

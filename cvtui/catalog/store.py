@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cvtui.catalog import schema
+from cvtui.catalog.clusters import ClustersMixin
 from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.hosts_admin import HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
@@ -48,7 +49,7 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
+class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, ClustersMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in

@@ -16,8 +16,8 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
+from cvtui.engine.host_kinds import HostKind, QueueEntry, engine_kinds
 from cvtui.engine.mirror import mirror_dir as mirror_dir  # re-exported: `cvtui logs` reads there
-from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
 from cvtui.repro.provenance import capture_run_python, record_dispatch
 from cvtui.runspec import RunSpec
@@ -60,6 +60,7 @@ class RunController:
         # (host, GPU) -> the telemetry time (HostSession.latest_at) when a start there was refused
         # as busy: the GPU counts as leased until a newer sample shows who holds it.
         self.refused: dict[tuple[str, int], float] = {}
+        self.kinds = engine_kinds()  # how runs start on each kind of host (host_kinds.py)
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,6 +111,8 @@ class RunController:
         states = []
         for name, session in self.engine.sessions.items():
             host = session.host
+            if not self.kinds[host.kind].places_runs:
+                continue  # a cluster places its own jobs
             sample = session.latest
             fresh = (
                 sample is not None
@@ -162,10 +165,45 @@ class RunController:
             telemetry_time=seen_at,
         )
 
+    def kind(self, host: str) -> HostKind:
+        """The kind of a host of the inventory (ssh for a name it no longer has)."""
+        for entry in self.engine.inventory.hosts:
+            if entry.name == host:
+                return self.kinds[entry.kind]
+        return self.kinds["ssh"]
+
+    def slurm_host(self, resources: dict[str, Any]) -> str | None:
+        """The first host a run names that places its own runs (a Slurm cluster), if any."""
+        for name in resources.get("hosts", ()):
+            if not self.kind(name).places_runs:
+                return str(name)
+        return None
+
     def dispatch_pass(self) -> None:
+        """Hand each queued run to its kind of host: the scheduler places runs on ssh hosts,
+        runs naming a cluster go to its own queue."""
         entries = self.catalog.queue_entries()
         if not entries:
             return
+        by_kind: dict[str, list[QueueEntry]] = {}
+        for entry in entries:
+            host = self.slurm_host(entry[3])
+            by_kind.setdefault(self.kind(host).name if host else "ssh", []).append(entry)
+        for name, chosen in by_kind.items():
+            self.kinds[name].dispatch(self, chosen)
+
+    def note_waiting(self, reasons: dict[str, str]) -> None:
+        """Why queued runs wait, written when it changed."""
+        changed = {
+            run_id: reason
+            for run_id, reason in reasons.items()
+            if self.waiting_reasons.get(run_id) != reason
+        }
+        self.waiting_reasons.update(changed)
+        self.catalog.set_waiting_reasons(changed)
+
+    def place(self, entries: list[QueueEntry]) -> None:
+        """Place queued runs on ssh hosts' GPUs (the scheduler) and start them."""
         queue = [
             scheduler.QueuedRun(
                 run_id=run_id,
@@ -183,13 +221,7 @@ class RunController:
             self.host_states(),
             foreign_processes=self.engine.inventory.policy.foreign_processes,
         )
-        changed = {
-            run_id: reason
-            for run_id, reason in plan.waiting.items()
-            if self.waiting_reasons.get(run_id) != reason
-        }
-        self.waiting_reasons.update(changed)
-        self.catalog.set_waiting_reasons(changed)
+        self.note_waiting(dict(plan.waiting))
         for placement in plan.placements:
             self.waiting_reasons.pop(placement.run_id, None)
             run = self.catalog.get_run(placement.run_id)
@@ -223,7 +255,8 @@ class RunController:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await self.ensure_code(session, run["code_hash"])
-            request = start_request(run, spec, session.host, session.hello, placement.gpus)
+            kind = self.kinds[session.host.kind]
+            request = kind.start_request(run, spec, session.host, session.hello, placement.gpus)
             command = request.command
             reply = await client.call(
                 protocol.OP_START, timeout_s=START_TIMEOUT_S, **request.to_wire()
@@ -399,7 +432,21 @@ class RunController:
             "progress_msg": status.progress_msg,
             "log_size": status.log_size,
         }
+        if status.job_id is not None:
+            fields["slurm_job"] = status.job_id
+        if status.gpus and not run["gpus"]:  # a cluster's job: Slurm said which GPUs
+            fields["gpus"] = list(status.gpus)
+        held = run["state"] == "queued" and run["host"] == host  # in the host's own queue
+        if status.state == protocol.RUN_PENDING:
+            from cvtui.engine.hosts_slurm import SlurmKind
+
+            kind = self.kinds["slurm"]
+            assert isinstance(kind, SlurmKind)  # only a Slurm login node's agent says pending
+            kind.on_pending(self, run, status)
+            return
         if status.state in protocol.RUN_FINAL_STATES:
+            if status.started and not run["started"]:
+                fields["started"] = status.started
             ended = self.catalog.transition_run(
                 status.run_id,
                 status.state,
@@ -421,20 +468,27 @@ class RunController:
             if not ended:
                 self.correct(run, status)
             self.wake.set()  # GPUs are free again
-        elif status.state == protocol.RUN_RUNNING and run["state"] == "dispatching":
-            self.catalog.transition_run(
+        elif status.state == protocol.RUN_RUNNING and (run["state"] == "dispatching" or held):
+            started = self.catalog.transition_run(
                 status.run_id,
                 "running",
-                expect=["dispatching"],
+                expect=[run["state"]],
                 run_dir=status.run_dir,
                 work_dir=status.work_dir or None,
                 supervisor_pid=status.supervisor_pid,
                 pgid=status.pgid,
                 started=status.started,
+                reason=None,
                 **fields,
             )
+            session = self.engine.sessions.get(host)
+            if started and session is not None:
+                self.kinds[session.host.kind].on_running(self, session, status.run_id)
         else:
             self.catalog.update_run(status.run_id, pgid=status.pgid, **fields)
+            session = self.engine.sessions.get(host)
+            if "gpus" in fields and session is not None:
+                self.kinds[session.host.kind].on_running(self, session, status.run_id)
         session = self.engine.sessions.get(host)
         if session is not None:
             self.sync.on_run_status(session, status)
@@ -449,7 +503,8 @@ class RunController:
         if whole_host:
             self.sync.host_ready(session)
         if run_ids is None:
-            active = self.catalog.list_runs(states=["dispatching", "running"], host=name)
+            # Queued runs with a host are held in its own queue (Slurm jobs pending there).
+            active = self.catalog.list_runs(states=["queued", "dispatching", "running"], host=name)
             run_ids = [r["id"] for r in active]
             # Runs taken for lost (their supervisor looked gone, their run dir missing): the
             # host may have the supervisor's own record of how they ended by now.
@@ -485,10 +540,10 @@ class RunController:
                 continue
             if run["state"] == "dispatching":
                 self.requeue(run_id, f"the start never reached {name}")
-            elif run["state"] == "running" and self.catalog.transition_run(
+            elif run["state"] in ("running", "queued") and self.catalog.transition_run(
                 run_id,
                 "lost",
-                expect=["running"],
+                expect=[run["state"]],
                 reason=f"run dir missing on {name}",
                 detail=f"run dir missing on {name}",
                 ended=time.time(),
@@ -546,13 +601,17 @@ class RunController:
         if run["state"] not in ("queued", "dispatching", "running"):
             self.catalog.finish_command(command["id"], ok=True, result=f"already {run['state']}")
             return
-        if run["state"] == "queued" and self.catalog.transition_run(
-            run_id,
-            "cancelled",
-            expect=["queued"],
-            reason="cancelled before it started",
-            detail=command["args"].get("by"),
-            ended=time.time(),
+        if (
+            run["state"] == "queued"
+            and not run["host"]
+            and self.catalog.transition_run(
+                run_id,
+                "cancelled",
+                expect=["queued"],
+                reason="cancelled before it started",
+                detail=command["args"].get("by"),
+                ended=time.time(),
+            )
         ):
             self.catalog.finish_command(command["id"], ok=True, result="cancelled while queued")
             return
