@@ -31,7 +31,7 @@ from remote_agent.protocol import (
     RECORDED_BY_AGENT,
     RECORDED_BY_SLURM,
     RECORDED_BY_SUPERVISOR,
-    RUN_CANCELLED,
+    RUN_FAILED,
     RUN_FINAL_STATES,
     RUN_LOST,
     RUN_PENDING,
@@ -178,23 +178,28 @@ def judge(
         note = None if job.state in ("RUNNING", "COMPLETING") else job.state
         return replace(still, started=status.started or job.start, reason=note)
     verdict = slurm.FINAL_STATES[job.state]
-    if job.state in ("COMPLETED", "FAILED"):
-        if recorded is not None:  # the exit code is the supervisor's to tell
-            if recorded.state == RUN_SUCCEEDED:
-                return recorded
-            return replace(recorded, reason=f"{job.state}: {recorded.reason}")
-        if job.end is not None and now - job.end < SETTLE_S:
-            return still  # its status.json may not have reached this node yet
+    if recorded is None and supervisor is not None and job.end and now - job.end < SETTLE_S:
+        # The command ran: its supervisor records how it ended (its exit code) as it stops,
+        # and that record may take a moment to reach this node over the shared file system.
+        return still
+    if job.state in ("COMPLETED", "FAILED") and recorded is not None:
+        if recorded.state == RUN_SUCCEEDED:  # the exit code is the supervisor's to tell
+            return recorded
+        return replace(recorded, reason=f"{job.state}: {recorded.reason}")
+    # Slurm gives a job cancelled while pending a start time equal to its end: it never ran.
+    ran_from = job.start if job.start and job.end and job.start < job.end else None
     reason = job.state
     if job.state == "CANCELLED" and who:
         reason = f"CANCELLED by {who}"
-    elif recorded is not None and recorded.reason and verdict != RUN_CANCELLED:
+    elif recorded is not None and recorded.reason and recorded.state == RUN_FAILED:
+        # e.g. OUT_OF_MEMORY: killed by signal 9. A supervisor that took Slurm's SIGTERM for a
+        # cancel (at a time limit) has nothing to add.
         reason = f"{job.state}: {recorded.reason}"
     return replace(
         status,
         state=verdict,
         reason=None if verdict == RUN_SUCCEEDED else reason,
-        started=status.started or job.start,
+        started=status.started or ran_from,
         ended=(recorded.ended if recorded else None) or job.end or now,
         exit_code=recorded.exit_code if recorded else (0 if verdict == RUN_SUCCEEDED else None),
         recorded_by=RECORDED_BY_SLURM,
@@ -241,6 +246,7 @@ class SlurmRunOps(RunOps):
         # run id -> (monotonic time it was submitted or cancelled, follow until it ended)
         self._young: dict[str, tuple[float, bool]] = {}
         self._follower: threading.Thread | None = None
+        self._moved: set[str] = set()  # runs whose job changed state in a poll, not yet told
 
     # --- Slurm's view ---
 
@@ -262,7 +268,12 @@ class SlurmRunOps(RunOps):
             self.poll_error = None
             self.polled_at = started
             self.all_jobs = rows
+            before = self.jobs
             self.jobs = {row.run_id: row for row in rows if row.run_id is not None}
+            for run_id, row in self.jobs.items():
+                old = before.get(run_id)
+                if old is None or old.state != row.state:
+                    self._moved.add(run_id)
 
     def cluster_sample(self) -> ClusterSample:
         """The cluster for telemetry: partitions and nodes (sinfo, cached), our jobs, or why
@@ -407,8 +418,11 @@ class SlurmRunOps(RunOps):
         return self._changes(watched)
 
     def _changes(self, run_ids: list[str]) -> list[dict[str, Any]]:
+        """Events for these runs' changes, ends first (GPUs freed before others take them)."""
         events = []
         with self._emit_lock:
+            for run_id in run_ids:
+                self._moved.discard(run_id)
             for run_id in run_ids:
                 status = self.status_of(run_id)
                 seen = self._seen.get(run_id)
@@ -426,6 +440,7 @@ class SlurmRunOps(RunOps):
                     with self._lock:
                         self._watched.pop(run_id, None)
                     self._seen.pop(run_id, None)
+        events.sort(key=lambda message: message["state"] not in RUN_FINAL_STATES)
         return events
 
     def _follow(self, run_id: str, until_end: bool) -> None:
@@ -452,7 +467,11 @@ class SlurmRunOps(RunOps):
                 continue
             try:
                 self.refresh()
-                events = self._changes(young)
+                # Every job the poll saw change goes with them: a job that ended is told no
+                # later than the one that started in its place.
+                with self._lock:
+                    moved = [r for r in list(self._moved) if r in self._watched and r not in young]
+                events = self._changes(young + moved)
             except Exception as exc:  # never let one bad run dir end the follower
                 sys.stderr.write(
                     f"cvtui agent: following jobs failed: {type(exc).__name__}: {exc}\n"
