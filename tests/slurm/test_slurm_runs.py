@@ -171,3 +171,22 @@ async def test_exec_runs_through_srun_with_the_gpus_asked(
     line = out.read_text().strip()
     assert line.startswith("gpus=0,1 job=") and line != "gpus=0,1 job="
     await asyncio.sleep(0)
+
+
+def test_hosts_lists_the_clusters_partitions_and_nodes(cluster: SlurmLab, home: Path) -> None:
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
+    argv += ["--inventory", str(cluster.inventory_path), "hosts"]
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("cluster        healthy      slurm: 4 GPUs (4 idle) on 1 nodes")
+    assert lines[1].split()[:3] == ["partition", "gpu*", "up"]
+    assert lines[2].split()[:3] == ["node", cluster.cluster.node, "idle"]
+    as_json = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    [host] = json.loads(as_json.stdout)
+    assert host["backend"] == "slurm" and host["gpus"] == []
+    assert host["cluster"]["nodes"][0]["gpus"] == 4
+    assert host["cluster"]["error"] is None
