@@ -205,6 +205,54 @@ def poll_jobs(user: str) -> list[JobRow]:
     return parse_jobs(text)
 
 
+ACCOUNTING_FIELDS = ("JobID", "State", "Start", "End", "NNodes", "AllocTRES", "NodeList")
+
+
+def parse_accounting(text: str) -> dict[str, JobRow]:
+    """Job id -> its row from `sacct --parsable2 --format` with ACCOUNTING_FIELDS (allocations
+    only; a state such as `CANCELLED by 1000` keeps its first word)."""
+    found = {}
+    for line in text.splitlines():
+        parts = line.split(FIELD_END)
+        if len(parts) != len(ACCOUNTING_FIELDS) or not _JOB_ID.match(parts[0].strip()):
+            continue
+        job_id, state, start, end, nodes, alloc, nodelist = (p.strip() for p in parts)
+        try:
+            node_count = int(nodes or "0")
+        except ValueError:
+            node_count = 0
+        found[job_id] = JobRow(
+            job_id=job_id,
+            state=(state.split() or ["UNKNOWN"])[0].rstrip("+"),
+            start=_time(start),
+            end=_time(end),
+            gpus=gpu_count("", alloc, node_count),
+            nodes=nodelist,
+            reason="",
+            run_id=None,
+        )
+    return found
+
+
+def accounted_jobs(job_ids: Sequence[str]) -> dict[str, JobRow]:
+    """Jobs slurmctld no longer lists, from Slurm's accounting (sacct): one call for all.
+    SlurmError when accounting is off (then a run's own record is all there is)."""
+    wanted = [job_id for job_id in job_ids if _JOB_ID.match(job_id)]
+    if not wanted:
+        return {}
+    text = run_slurm(
+        [
+            "sacct",
+            f"--jobs={','.join(wanted)}",
+            "--allocations",
+            "--noheader",
+            "--parsable2",
+            f"--format={','.join(ACCOUNTING_FIELDS)}",
+        ]
+    )
+    return parse_accounting(text)
+
+
 def _gres_gpus(gres: str) -> int:
     return sum(int(m.group(1)) for m in _GRES_GPU.finditer(gres.replace("(", ",(")))
 

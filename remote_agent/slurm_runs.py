@@ -57,7 +57,7 @@ from remote_agent.rundir import (
     status_from,
     write_json,
 )
-from remote_agent.runs import _BOOT, RunOps, _remove_tree, _run_id, importable_parent
+from remote_agent.runs import _BOOT, RUN_ID, RunOps, _remove_tree, _run_id, importable_parent
 from remote_agent.slurm import JobRow, SlurmError
 
 SLURM_RECORD = "slurm.json"  # {job_id, submitted, options, verdict?}: the agent's, per run
@@ -247,6 +247,10 @@ class SlurmRunOps(RunOps):
         self._young: dict[str, tuple[float, bool]] = {}
         self._follower: threading.Thread | None = None
         self._moved: set[str] = set()  # runs whose job changed state in a poll, not yet told
+        # Jobs squeue no longer lists, as Slurm's accounting (sacct) knows them; None as long
+        # as accounting answers, else why it does not (then the run dir is all there is).
+        self.accounted: dict[str, JobRow] = {}
+        self.no_accounting: str | None = None
 
     # --- Slurm's view ---
 
@@ -355,10 +359,11 @@ class SlurmRunOps(RunOps):
             if supervisor.state in RUN_FINAL_STATES or supervisor.state == RUN_STARTING:
                 return replace(supervisor, state=RUN_RUNNING, ended=None, recorded_by=None)
             return supervisor
+        job = self.jobs.get(run_id) or self.accounted.get(job_id)
         judged = judge(
             status,
             supervisor,
-            self.jobs.get(run_id),
+            job,
             float(record.get("submitted") or 0.0),
             self.polled_at,
             time.time(),
@@ -376,7 +381,30 @@ class SlurmRunOps(RunOps):
 
     def op_runs(self, message: dict[str, Any]) -> dict[str, Any]:
         self.refresh(max_age_s=self.interval_s * 0.5)
+        run_ids = message.get("run_ids")
+        if isinstance(run_ids, list):
+            self.account_for([r for r in run_ids if isinstance(r, str)])
         return super().op_runs(message)
+
+    def account_for(self, run_ids: list[str]) -> None:
+        """Ask Slurm's accounting, in one sacct call, about the jobs of these runs that squeue
+        no longer lists (they ended over MinJobAge ago, say while cvtui was away)."""
+        if self.no_accounting is not None or self.poll_error is not None:
+            return
+        missing = []
+        for run_id in run_ids:
+            record = read_record(self.run_dir(run_id)) if RUN_ID.match(run_id) else None
+            if record is None or "verdict" in record or run_id in self.jobs:
+                continue
+            job_id = str(record.get("job_id") or "")
+            if job_id and job_id not in self.accounted:
+                missing.append(job_id)
+        if not missing:
+            return
+        try:
+            self.accounted.update(slurm.accounted_jobs(missing))
+        except SlurmError as exc:  # accounting off: "Slurm accounting storage is disabled"
+            self.no_accounting = str(exc)
 
     # --- cancel ---
 
@@ -401,6 +429,13 @@ class SlurmRunOps(RunOps):
         return {"state": status.state if status else RUN_PENDING, "signalled": True}
 
     # --- watch ---
+
+    def op_watch(self, message: dict[str, Any]) -> dict[str, Any]:
+        run_ids = message.get("run_ids")
+        if isinstance(run_ids, list):
+            self.refresh(max_age_s=self.interval_s * 0.5)
+            self.account_for([r for r in run_ids if isinstance(r, str)])
+        return super().op_watch(message)
 
     def watch(self, run_ids: list[str]) -> None:
         with self._emit_lock:

@@ -194,3 +194,19 @@ def test_a_job_slurm_forgot() -> None:
 def test_states_cover_every_slurm_end_state() -> None:
     assert set(slurm.FINAL_STATES.values()) <= {"succeeded", "failed", "cancelled", "lost"}
     assert not set(slurm.FINAL_STATES) & slurm.PENDING_STATES
+
+
+def test_accounting_rows_for_jobs_squeue_forgot() -> None:
+    # sacct --allocations --noheader --parsable2 --format=JobID,State,Start,End,NNodes,
+    # AllocTRES,NodeList (its documented layout; the test cluster runs without slurmdbd).
+    text = (
+        "7|TIMEOUT|1796525771|1796525831|1|billing=1,cpu=1,gres/gpu=2,node=1|vm\n"
+        "8|CANCELLED by 1000|1796525771|1796525771|0||\n"
+        "9|COMPLETED|1796525700|1796525790|2|cpu=2,gres/gpu:a100=8,node=2|n[1-2]\n"
+    )
+    rows = slurm.parse_accounting(text)
+    assert rows["7"] == JobRow("7", "TIMEOUT", 1796525771.0, 1796525831.0, 2, "vm", "", None)
+    assert rows["8"].state == "CANCELLED" and rows["8"].gpus == 0
+    assert rows["9"].gpus == 8
+    judged = judge(_status(), _supervisor("cancelled"), rows["7"], 0, 1796526000, 1796526000)
+    assert (judged.state, judged.reason) == ("failed", "TIMEOUT")  # not the supervisor's cancel
