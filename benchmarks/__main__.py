@@ -17,6 +17,7 @@ from benchmarks import (
     controller_cost,
     queue_latency,
     runs,
+    slurm,
     sync,
     tui,
 )
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "tui": tui.run,
     "sync": sync.run,
     "components": components.run,
+    "slurm": slurm.run,
 }
 
 

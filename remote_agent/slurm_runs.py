@@ -209,13 +209,14 @@ def judge(
 class _Seen:
     """What the controller was last told about a watched run, and the files behind it."""
 
-    __slots__ = ("key", "record", "status_key", "supervisor")
+    __slots__ = ("key", "record", "status_key", "supervisor", "waiting")
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record  # slurm.json as read (it changes only when a verdict is written)
         self.status_key: Any = None  # status.json's (mtime, size) when last read
         self.supervisor: RunStatus | None = None
         self.key: Any = None  # the last status sent
+        self.waiting: JobRow | None = None  # the pending job row last told, unchanged since
 
 
 class SlurmRunOps(RunOps):
@@ -459,14 +460,23 @@ class SlurmRunOps(RunOps):
             for run_id in run_ids:
                 self._moved.discard(run_id)
             for run_id in run_ids:
-                status = self.status_of(run_id)
                 seen = self._seen.get(run_id)
+                if seen is not None and seen.waiting is not None:
+                    # A pending job Slurm lists just as before, not started: nothing to read
+                    # (a queue of thousands costs a dict lookup each).
+                    if self.jobs.get(run_id) == seen.waiting:
+                        continue
+                    seen.waiting = None
+                status = self.status_of(run_id)
                 if status is None or seen is None:
                     with self._lock:
                         self._watched.pop(run_id, None)
                     self._seen.pop(run_id, None)
                     continue
                 key = (status.state, status.reason, status.progress, status.log_size, status.gpus)
+                job = self.jobs.get(run_id)
+                if status.state == RUN_PENDING and job is not None and seen.supervisor is None:
+                    seen.waiting = job
                 if key == seen.key:
                     continue
                 seen.key = key
