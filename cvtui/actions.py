@@ -63,7 +63,9 @@ def cancel_runs(
         if run["state"] not in ACTIVE:
             outcomes.append(CancelOutcome(run["id"], run["name"], f"already {run['state']}"))
             continue
-        if catalog.transition_run(
+        # A queued run with a host is held in that host's own queue (a pending Slurm job):
+        # the engine cancels it there.
+        if not run.get("host") and catalog.transition_run(
             run["id"],
             "cancelled",
             expect=["queued"],

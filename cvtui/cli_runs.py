@@ -277,8 +277,11 @@ def wait_or_follow(
     from cvtui.local_engine import drive
 
     def dispatched(engine: Any) -> bool:
+        # A queued run with a host is held in that host's own queue (a pending Slurm job).
         return all(
-            (r := catalog.get_run(i)) is None or r["state"] not in ("queued", "dispatching")
+            (r := catalog.get_run(i)) is None
+            or r["state"] not in ("queued", "dispatching")
+            or (r["state"] == "queued" and r["host"])
             for i in run_ids
         )
 

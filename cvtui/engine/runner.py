@@ -437,6 +437,14 @@ class RunController:
         if status.gpus and not run["gpus"]:  # a cluster's job: Slurm said which GPUs
             fields["gpus"] = list(status.gpus)
         held = run["state"] == "queued" and run["host"] == host  # in the host's own queue
+        if (
+            run["state"] == "cancelled"
+            and status.job_id is not None
+            and status.state in (protocol.RUN_PENDING, protocol.RUN_RUNNING)
+        ):
+            # Cancelled in the catalog while its submit was under way: cancel it there too.
+            self.spawn(self.cancel_on_host(host, status.run_id))
+            return
         if status.state == protocol.RUN_PENDING:
             from cvtui.engine.hosts_slurm import SlurmKind
 
@@ -591,6 +599,15 @@ class RunController:
             await relay_exec(session.conn, session.host, args)
         except (OSError, asyncssh.Error) as exc:
             log.warning("exec on %s: %r", session.host.name, exc)
+
+    async def cancel_on_host(self, host: str, run_id: str) -> None:
+        session = self.engine.sessions.get(host)
+        if session is None or session.client is None:
+            return
+        try:
+            await session.client.call(protocol.OP_CANCEL, run_id=run_id)
+        except (RemoteError, TimeoutError, AgentClosedError) as exc:
+            log.warning("run %s: cancel on %s failed: %s", run_id, host, exc)
 
     async def cancel(self, command: dict[str, Any]) -> None:
         run_id = command["args"].get("run_id", "")

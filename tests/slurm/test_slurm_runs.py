@@ -190,3 +190,42 @@ def test_hosts_lists_the_clusters_partitions_and_nodes(cluster: SlurmLab, home: 
     assert host["backend"] == "slurm" and host["gpus"] == []
     assert host["cluster"]["nodes"][0]["gpus"] == 4
     assert host["cluster"]["error"] is None
+
+
+def test_the_cli_hands_a_run_to_slurm_and_cancels_it_there(cluster: SlurmLab, home: Path) -> None:
+    """`cvtui run` returns once Slurm holds the run (pending), `ps` shows it with Slurm's
+    reason, and `cvtui cancel` cancels the job in Slurm, not only in the catalog."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
+    base += ["--inventory", str(cluster.inventory_path)]
+    blocker = (
+        cluster.cluster.command(["sbatch", "--parsable", "--gres=gpu:4", "--wrap", "sleep 60"])
+        .stdout.decode()
+        .strip()
+    )
+    try:
+        config = write_config(home.parent, params={"steps": 1})
+        queued = subprocess.run(
+            [*base, "run", str(config)], capture_output=True, text=True, timeout=60
+        )
+        assert queued.returncode == 0, queued.stderr
+        catalog = Catalog.open_home(home)
+        [run] = catalog.list_runs()
+        assert (run["state"], run["host"]) == ("queued", "cluster")
+        assert run["reason"].startswith("PENDING"), run["reason"]
+        listed = subprocess.run([*base, "ps"], capture_output=True, text=True, timeout=60)
+        assert "cluster" in listed.stdout and "queued" in listed.stdout
+        cancelled = subprocess.run(
+            [*base, "cancel", run["id"]], capture_output=True, text=True, timeout=60
+        )
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert (catalog.get_run(run["id"]) or {})["state"] == "cancelled"
+        jobs = cluster.cluster.command(
+            ["squeue", "--noheader", "--states=all", "--Format=JobID:|,State:|"]
+        ).stdout.decode()
+        assert f"{run['slurm_job']}|CANCELLED|" in jobs
+        catalog.close()
+    finally:
+        cluster.cluster.command(["scancel", blocker])
