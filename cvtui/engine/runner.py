@@ -61,6 +61,7 @@ class RunController:
         # as busy: the GPU counts as leased until a newer sample shows who holds it.
         self.refused: dict[tuple[str, int], float] = {}
         self.kinds = engine_kinds()  # how runs start on each kind of host (host_kinds.py)
+        self.uploads: dict[tuple[str, str], asyncio.Lock] = {}  # (host, code hash) in upload
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -404,7 +405,15 @@ class RunController:
         self.wake.set()
 
     async def ensure_code(self, session: HostSession, code_hash: str) -> None:
-        """Upload and unpack a code snapshot on the host unless it is already there."""
+        """Upload and unpack a code snapshot on the host unless it is already there (once,
+        however many runs of a grid start at the same moment)."""
+        if code_hash in session.known_code:
+            return
+        lock = self.uploads.setdefault((session.host.name, code_hash), asyncio.Lock())
+        async with lock:
+            await self._ensure_code(session, code_hash)
+
+    async def _ensure_code(self, session: HostSession, code_hash: str) -> None:
         if code_hash in session.known_code:
             return
         root = remote_path(session.host.root).rstrip("/")
