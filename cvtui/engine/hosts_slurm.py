@@ -202,7 +202,9 @@ class SlurmKind:
 
     # -- status ---------------------------------------------------------------------------
 
-    def on_pending(self, controller: RunController, run: dict[str, Any], status: RunStatus) -> None:
+    def on_pending(
+        self, controller: RunController, host: str, run: dict[str, Any], status: RunStatus
+    ) -> None:
         """A job waiting in Slurm's queue: the run is queued, held by its host, with Slurm's
         reason (PENDING (Resources), PENDING (Priority), ...)."""
         reason = status.reason or "PENDING"
@@ -216,8 +218,11 @@ class SlurmKind:
                 slurm_job=status.job_id,
                 run_dir=status.run_dir or run["run_dir"],
             )
-        elif run["state"] == "queued" and run["reason"] != reason:
-            controller.catalog.update_run(run["id"], reason=reason, slurm_job=status.job_id)
+        elif run["state"] == "queued" and (run["reason"] != reason or run["host"] != host):
+            # (A run the catalog had not seen handed over is held by the host all the same.)
+            controller.catalog.update_run(
+                run["id"], reason=reason, slurm_job=status.job_id, host=host
+            )
 
     def on_running(self, controller: RunController, session: HostSession, run_id: str) -> None:
         """The job started: its provenance gets the GPUs Slurm gave it, and its python."""

@@ -459,7 +459,7 @@ class RunController:
 
             kind = self.kinds["slurm"]
             assert isinstance(kind, SlurmKind)  # only a Slurm login node's agent says pending
-            kind.on_pending(self, run, status)
+            kind.on_pending(self, host, run, status)
             return
         if status.state in protocol.RUN_FINAL_STATES:
             if status.started and not run["started"]:

@@ -12,7 +12,7 @@ from remote_agent.protocol import (
     StartRequest,
 )
 from remote_agent.slurm import JobRow, gpu_count, job_options, parse_jobs, parse_nodes
-from remote_agent.slurm_runs import batch_script, job_name, judge, sbatch_options
+from remote_agent.slurm_jobs import batch_script, job_name, judge, sbatch_options
 
 # squeue --user=root --states=all --noheader --Format=JobID:|,State:|,... (SLURM_TIME_FORMAT=%s)
 SQUEUE = """\
