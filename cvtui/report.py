@@ -84,6 +84,11 @@ def cluster_lines(cluster: dict[str, Any]) -> list[str]:
             f"  node {node['name']:17} {node['state']:12} GPUs {node['gpus_idle']} idle, "
             f"{node['gpus_alloc']} allocated of {node['gpus']}  ({','.join(node['partitions'])})"
         )
+    for job in cluster.get("jobs") or []:
+        ids = ",".join(str(g) for g in job.get("gpu_ids") or [])
+        where = f" on {job['nodes']}" + (f" GPUs {ids}" if ids else "") if job["nodes"] else ""
+        why = f" ({job['reason']})" if job["state"] == "PENDING" and job["reason"] else ""
+        lines.append(f"  job {job['job_id']:17} {job['state']}{why}{where}  run {job['run_id']}")
     return lines
 
 

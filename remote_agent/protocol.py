@@ -527,6 +527,7 @@ class SlurmJob:
     reason: str  # squeue's reason (Resources, Priority, None, ...)
     gpus: int  # GPUs allocated (or asked for, while pending)
     nodes: str  # node list, '' while pending
+    gpu_ids: tuple[int, ...] = ()  # the node's GPU indexes it got (SLURM_JOB_GPUS), once known
 
 
 @dataclass(frozen=True)

@@ -320,11 +320,24 @@ def read_nodes() -> tuple[list[SlurmNode], list[SlurmPartition]]:
 
 
 def cluster_sample(
-    nodes: Sequence[SlurmNode], partitions: Sequence[SlurmPartition], jobs: Sequence[JobRow]
+    nodes: Sequence[SlurmNode],
+    partitions: Sequence[SlurmPartition],
+    jobs: Sequence[JobRow],
+    gpu_ids: dict[str, tuple[int, ...]] | None = None,
 ) -> ClusterSample:
-    """The cluster as telemetry shows it: nodes, partitions, and the user's jobs of a poll."""
+    """The cluster as telemetry shows it: nodes, partitions, and the user's jobs of a poll
+    (gpu_ids: run id -> the GPU indexes its job got, as far as known)."""
+    known = gpu_ids or {}
     ours = [
-        SlurmJob(job.job_id, job.run_id, job.state, job.reason, job.gpus, job.nodes)
+        SlurmJob(
+            job.job_id,
+            job.run_id,
+            job.state,
+            job.reason,
+            job.gpus,
+            job.nodes,
+            known.get(job.run_id, ()),
+        )
         for job in jobs
         if job.run_id is not None and job.state not in FINAL_STATES
     ]

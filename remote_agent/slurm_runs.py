@@ -188,7 +188,12 @@ class SlurmRunOps(RunOps):
             except SlurmError as exc:
                 return ClusterSample(error=f"slurm: {exc}")
             self._nodes_at, self._nodes_key = now, jobs_key
-        return slurm.cluster_sample(*self._nodes, self.all_jobs)
+        gpu_ids = {
+            run_id: seen.supervisor.gpus
+            for run_id, seen in list(self._seen.items())
+            if seen.supervisor is not None and seen.supervisor.gpus
+        }
+        return slurm.cluster_sample(*self._nodes, self.all_jobs, gpu_ids)
 
     # --- start ---
 

@@ -280,6 +280,7 @@ def slurm_job(data: Any) -> SlurmJob:
         reason=text(data, "reason", MAX_TEXT, cut=True) or "",
         gpus=_count(data, "gpus"),
         nodes=text(data, "nodes", MAX_TEXT, cut=True) or "",
+        gpu_ids=_gpu_indexes({"gpus": get(data, "gpu_ids", [])}),
     )
 
 

@@ -110,7 +110,9 @@ def test_a_config_overrides_the_hosts_slurm_settings() -> None:
 
 
 def test_a_bad_slurm_key_in_a_config_is_located() -> None:
-    with pytest.raises(ConfigError, match=r"run.yaml:3:21: unknown key 'partion' in resources.slurm"):
+    with pytest.raises(
+        ConfigError, match=r"run.yaml:3:21: unknown key 'partion' in resources.slurm"
+    ):
         parse_run_config(
             "name: x\ncommand: python t.py\nresources: {slurm: {partion: gpu}}\n", "run.yaml"
         )

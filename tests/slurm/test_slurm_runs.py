@@ -32,6 +32,7 @@ async def test_grid_two_run_two_pend_and_all_succeed(cluster: SlurmLab, home: Pa
     engine_catalog, catalog = Catalog.open_home(home), Catalog.open_home(home)
     engine = Engine(inventory, engine_catalog)
     seen_pending: set[str] = set()
+    seen_gpu_ids: dict[str, list[int]] = {}  # from the cluster's telemetry: our jobs' GPUs
     most_running = 0
     async with running(engine.run):
         await engine.wait_answered(20)
@@ -43,6 +44,9 @@ async def test_grid_two_run_two_pend_and_all_succeed(cluster: SlurmLab, home: Pa
             runs = runs_of(catalog, ids)
             states = [r["state"] for r in runs]
             most_running = max(most_running, states.count("running"))
+            for job in (catalog.clusters().get("cluster") or {}).get("jobs", []):
+                if job["gpu_ids"]:
+                    seen_gpu_ids[job["run_id"]] = job["gpu_ids"]
             seen_pending.update(
                 r["reason"] for r in runs if r["state"] == "queued" and r["host"] == "cluster"
             )
@@ -67,6 +71,9 @@ async def test_grid_two_run_two_pend_and_all_succeed(cluster: SlurmLab, home: Pa
         for gpus_b, start_b, end_b in held[i + 1 :]:
             if start_a < end_b and start_b < end_a:
                 assert not gpus_a & gpus_b
+    assert seen_gpu_ids  # the cluster row named the GPUs of the jobs it showed
+    for run in runs:
+        assert seen_gpu_ids.get(run["id"], run["gpus"]) == run["gpus"]
     # Outputs and metrics came back through the login node, as from any host.
     for run in runs:
         assert catalog.metric_keys(run["id"]) == ["loss"]

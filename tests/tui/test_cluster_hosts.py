@@ -43,7 +43,7 @@ def cluster_catalog(home: Path) -> Catalog:
             SlurmNode("node02", "allocated", ("gpu", "debug"), gpus=4, gpus_alloc=4, gpus_idle=0),
         ),
         jobs=(
-            SlurmJob("41", RUNNING, "RUNNING", "None", 2, "node01"),
+            SlurmJob("41", RUNNING, "RUNNING", "None", 2, "node01", (0, 1)),
             SlurmJob("42", PENDING, "PENDING", "Resources", 4, ""),
         ),
         pending=1,
@@ -100,7 +100,7 @@ async def test_a_cluster_under_hosts_and_its_pending_runs_in_the_queue(tmp_path:
         assert str(table.get_cell("part:cluster:gpu", "name")).strip() == "▪ gpu*"
         assert str(table.get_cell("part:cluster:debug", "state")) == "down"
         assert str(table.get_cell("node:cluster:node01", "util")).endswith("2/4")
-        assert "job 41" in str(table.get_cell("node:cluster:node01", "note"))
+        assert "job 41 (GPUs 0,1)" in str(table.get_cell("node:cluster:node01", "note"))
         assert "GPUs 2 idle, 6 allocated of 8" in str(app.screen.query_one("#info").render())
         await pilot.press("space")  # collapse: partitions and nodes fold under the cluster
         assert table.row_keys == ["host:cluster"]

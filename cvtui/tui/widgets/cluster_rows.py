@@ -85,7 +85,10 @@ def node_cells(node: Mapping[str, Any], wide: bool, jobs: list[Mapping[str, Any]
     usable = node["gpus_idle"] > 0 or state.startswith(("alloc", "mixed", "idle"))
     note = Text(",".join(node.get("partitions") or []), style="dim")
     for job in jobs[:3]:
+        gpus = job.get("gpu_ids") or []
         note.append(f" job {job['job_id']}", style="cyan")
+        if gpus:
+            note.append(f" (GPUs {','.join(str(g) for g in gpus)})", style="cyan")
     row: list[Any] = [
         Text(f"    {node['name']}", style="dim"),
         Text(cells.fit(state, 10), style="" if usable else "red"),
