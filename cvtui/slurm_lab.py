@@ -105,6 +105,9 @@ class SlurmCluster:
             "JobCompType=jobcomp/none",
             "KillWait=3",  # seconds from SIGTERM to SIGKILL at a cancel or a time limit
             "MailProg=/bin/true",
+            # Start a batch job as soon as it is submitted (Slurm batches them for up to 3 s
+            # by default): Slurm's own start is then its scheduling alone.
+            "SchedulerParameters=batch_sched_delay=0",
             f"NodeName={self.node} CPUs={self.cpus} Boards=1 SocketsPerBoard=1 "
             f"CoresPerSocket={self.cpus} ThreadsPerCore=1 RealMemory=1000 "
             f"Gres=gpu:{self.gpus} State=UNKNOWN",
