@@ -175,6 +175,7 @@ class Agent:
         self._gpu_uuids: dict[int, str] = {}  # of the last sample
         self.runs: RunOps
         self.cluster: Callable[[], ClusterSample] | None = None
+        self.slurm_check: Callable[[], Check] | None = None
         if options.slurm:
             # Imported here: subprocess and threads cost an agent on a GPU host memory for nothing.
             from remote_agent.slurm_runs import SlurmRunOps
@@ -183,6 +184,7 @@ class Agent:
                 options.root, options.leases_dir, user_name(), options.interval_s, self.send
             )
             self.runs, self.cluster = slurm_ops, slurm_ops.cluster_sample
+            self.slurm_check = slurm_ops.check
         else:
             self.runs = RunOps(
                 options.root, options.leases_dir, user_name(), lambda: dict(self._gpu_uuids)
@@ -404,13 +406,16 @@ class Agent:
 
     def checks(self) -> list[Check]:
         """What `cvtui doctor` shows for this host."""
-        return run_checks(
+        checks = run_checks(
             self.options.root,
             self.options.leases_dir,
             self.backend.name,
             self.backend_errors,
             self._gpu_count,
         )
+        if self.slurm_check is not None:
+            checks.append(self.slurm_check())
+        return checks
 
 
 def _refuse(message: str) -> int:

@@ -31,6 +31,7 @@ from remote_agent.protocol import (
     RUN_PENDING,
     RUN_RUNNING,
     RUN_STARTING,
+    Check,
     ClusterSample,
     GpuSample,
     RemoteError,
@@ -194,6 +195,18 @@ class SlurmRunOps(RunOps):
             if seen.supervisor is not None and seen.supervisor.gpus
         }
         return slurm.cluster_sample(*self._nodes, self.all_jobs, gpu_ids)
+
+    def check(self) -> Check:
+        """`cvtui doctor`'s line for Slurm: its commands, and whether slurmctld answers."""
+        if self.missing:
+            return Check("slurm", False, f"not on PATH: {', '.join(self.missing)}")
+        self.refresh()
+        if self.poll_error is not None:
+            return Check("slurm", False, f"squeue: {self.poll_error}")
+        ours = len(self.jobs)
+        return Check(
+            "slurm", True, f"squeue lists {len(self.all_jobs)} of your jobs ({ours} cvtui's)"
+        )
 
     # --- start ---
 
