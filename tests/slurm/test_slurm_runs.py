@@ -197,6 +197,9 @@ def test_hosts_lists_the_clusters_partitions_and_nodes(cluster: SlurmLab, home: 
     assert host["backend"] == "slurm" and host["gpus"] == []
     assert host["cluster"]["nodes"][0]["gpus"] == 4
     assert host["cluster"]["error"] is None
+    doctor = subprocess.run([*argv[:-1], "doctor", "cluster"], capture_output=True, text=True)
+    slurm_line = next(line for line in doctor.stdout.splitlines() if "slurm" in line.split())
+    assert "squeue lists" in slurm_line and "FAIL" not in slurm_line, doctor.stdout
 
 
 def test_the_cli_hands_a_run_to_slurm_and_cancels_it_there(cluster: SlurmLab, home: Path) -> None:
