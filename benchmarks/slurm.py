@@ -37,8 +37,9 @@ SUBMIT_TARGET = 1.2  # ratio to ssh + `sbatch --wrap true` + Slurm's own start
 # (cvtui asks every 50 ms after a submit) until the job has left PENDING (running, or done).
 # A loop without a pause would keep slurmctld busy answering it and delay the very start.
 SBATCH_AND_WAIT = (
-    'jid=$(sbatch --parsable --wrap true) && while [ "$(squeue --noheader --jobs="$jid" '
-    '--Format=State 2>/dev/null | tr -d " ")" = PENDING ]; do sleep 0.02; done'
+    "jid=$(sbatch --parsable --output=/dev/null --wrap true) && "
+    'while [ "$(squeue --noheader --jobs="$jid" --Format=State 2>/dev/null | tr -d " ")" '
+    "= PENDING ]; do sleep 0.02; done"
 )
 
 
@@ -148,6 +149,7 @@ def poll_of_many_jobs(lab: SlurmLab, directory: Path, jobs: int) -> tuple[float,
                 "--hold",
                 f"--comment={COMMENT_PREFIX}{run_id}",
                 "--job-name=cvtui-bench",
+                "--output=/dev/null",
                 "--wrap",
                 "true",
             ]
@@ -215,7 +217,8 @@ def run(options: Options) -> list[Row]:
             submit_s, sbatch_s = asyncio.run(submit_to_running(lab, home, config, runs))
             baseline_s = sbatch_baseline(lab, runs, SBATCH_AND_WAIT)
             local_s = sbatch_baseline(lab, runs, SBATCH_AND_WAIT, ssh=False)
-            bare_sbatch_s = sbatch_baseline(lab, runs, "sbatch --parsable --wrap true")
+            bare = "sbatch --parsable --output=/dev/null --wrap true"
+            bare_sbatch_s = sbatch_baseline(lab, runs, bare)
             tick_s, bare_s, calls = poll_of_many_jobs(lab, directory / "poll", jobs)
         finally:
             lab.stop()

@@ -173,8 +173,11 @@ class SlurmCluster:
         return done.returncode == 0 and state in ("idle", "mixed", "allocated")
 
     def command(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        """Run one of Slurm's commands against this cluster."""
-        return subprocess.run(argv, env=self.env, capture_output=True, check=check, timeout=30)
+        """Run one of Slurm's commands against this cluster (in its directory, where a job
+        submitted without --output leaves its slurm-N.out)."""
+        return subprocess.run(
+            argv, env=self.env, capture_output=True, check=check, timeout=30, cwd=self.directory
+        )
 
     def _wait(self, ready: object, name: str, timeout_s: float) -> None:
         assert callable(ready)

@@ -211,7 +211,9 @@ def test_the_cli_hands_a_run_to_slurm_and_cancels_it_there(cluster: SlurmLab, ho
     base = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
     base += ["--inventory", str(cluster.inventory_path)]
     blocker = (
-        cluster.cluster.command(["sbatch", "--parsable", "--gres=gpu:4", "--wrap", "sleep 60"])
+        cluster.cluster.command(
+            ["sbatch", "--parsable", "--gres=gpu:4", "--output=/dev/null", "--wrap", "sleep 60"]
+        )
         .stdout.decode()
         .strip()
     )
