@@ -21,6 +21,7 @@ from benchmarks import (
     queue_latency,
     runs,
     scale,
+    slurm,
     sync,
     tui,
 )
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Row]]] = {
     "components": components.run,
     "history": history.run,
     "grid": grid.run,
+    "slurm": slurm.run,
 }
 
 

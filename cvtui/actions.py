@@ -61,7 +61,11 @@ def cancel_runs(
     listed twice is cancelled once.
     """
     unique = {r["id"]: r for r in runs}
-    queued = [run_id for run_id, run in unique.items() if run["state"] == "queued"]
+    # A queued run with a host is held in that host's own queue (a pending Slurm job): the
+    # engine cancels it there. The others leave the queue here, all in one transaction.
+    queued = [
+        run_id for run_id, run in unique.items() if run["state"] == "queued" and not run["host"]
+    ]
     dequeued = set(
         catalog.cancel_queued(queued, detail=f"by {by}", ended=time.time() if now is None else now)
     )

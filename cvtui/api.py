@@ -44,6 +44,8 @@ class Submitted:
     reason: str | None  # why it waits, when it does
 
     def where(self) -> str:
+        if self.host and self.state == "queued":  # held in a cluster's own queue
+            return f"pending on {self.host}: {self.reason or 'in its queue'}"
         if self.host:
             gpus = ",".join(str(g) for g in self.gpus) or "-"
             return f"{self.state} on {self.host} GPU {gpus}"

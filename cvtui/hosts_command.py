@@ -38,9 +38,14 @@ def collect_hosts_report(
                 if host["state"] == "connecting":
                     reason = f"timeout (no answer in {timeout_s:g} s)"
                     catalog.set_host_state(host["name"], "disconnected", reason)
-        return catalog.hosts_report(
+        report = catalog.hosts_report(
             now=time.time(),
             stale_after_s=policy.stale_after_s,
             disconnected_after_s=policy.disconnected_after_s,
             names=inventory.names(),
         )
+        clusters = catalog.clusters(inventory.names())
+        for host in report:
+            if host["name"] in clusters:  # a Slurm host: partitions, nodes, the user's jobs
+                host["cluster"] = clusters[host["name"]]
+        return report

@@ -43,6 +43,28 @@ def gpu_line(gpu: dict[str, Any]) -> str:
     )
 
 
+def cluster_lines(cluster: dict[str, Any]) -> list[str]:
+    """A Slurm cluster's partitions and nodes, GPUs as Slurm allocates them."""
+    lines = []
+    for part in cluster.get("partitions") or []:
+        name = part["name"] + ("*" if part.get("default") else "")
+        lines.append(
+            f"  partition {name:12} {part['available']:6} {part['nodes']} nodes  GPUs "
+            f"{part['gpus_idle']} idle, {part['gpus_alloc']} allocated of {part['gpus']}"
+        )
+    for node in cluster.get("nodes") or []:
+        lines.append(
+            f"  node {node['name']:17} {node['state']:12} GPUs {node['gpus_idle']} idle, "
+            f"{node['gpus_alloc']} allocated of {node['gpus']}  ({','.join(node['partitions'])})"
+        )
+    for job in cluster.get("jobs") or []:
+        ids = ",".join(str(g) for g in job.get("gpu_ids") or [])
+        where = f" on {job['nodes']}" + (f" GPUs {ids}" if ids else "") if job["nodes"] else ""
+        why = f" ({job['reason']})" if job["state"] == "PENDING" and job["reason"] else ""
+        lines.append(f"  job {job['job_id']:17} {job['state']}{why}{where}  run {job['run_id']}")
+    return lines
+
+
 def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) -> str:
     """The `cvtui hosts` table: one line per host, then one per GPU."""
     lines = []
@@ -52,7 +74,16 @@ def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) 
         free = sum(1 for g in gpus if gpu_is_free(g))
         backend = host.get("backend") or "-"
         head = f"{host['name']:14} {state:12}"
-        if state in ("healthy", "stale"):
+        cluster = host.get("cluster")
+        if cluster is not None and state in ("healthy", "stale"):
+            nodes = cluster.get("nodes") or []
+            head += (
+                f" slurm: {sum(n['gpus'] for n in nodes)} GPUs "
+                f"({sum(n['gpus_idle'] for n in nodes)} idle) on {len(nodes)} nodes"
+                f"  you: {cluster.get('running', 0)} running, {cluster.get('pending', 0)} pending"
+                f"  seen {ago(host.get('last_seen'), now)}"
+            )
+        elif state in ("healthy", "stale"):
             cpu = host.get("cpu_percent")
             cpu_text = "-" if cpu is None else f"{cpu:.0f}%"
             head += (
@@ -66,6 +97,8 @@ def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) 
         if host.get("reason"):
             head += f"  {host['reason']}"
         lines.append(head.rstrip())
-        if state in ("healthy", "stale"):
+        if cluster is not None and state in ("healthy", "stale"):
+            lines.extend(cluster_lines(cluster))
+        elif state in ("healthy", "stale"):
             lines.extend(gpu_line(g) for g in gpus)
     return "\n".join(lines)

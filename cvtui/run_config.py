@@ -36,6 +36,7 @@ from cvtui.runspec import (
     param_text,
     placeholders,
 )
+from cvtui.slurm_settings import parse_slurm_settings
 from cvtui.states import PRIORITIES
 from cvtui.yaml_nodes import NodeParser, Pairs, compose_document, compose_yaml
 
@@ -58,7 +59,7 @@ _SETTING_KEYS = (
     "links",
 )
 _TOP_KEYS = (*_SETTING_KEYS[:4], "params", *_SETTING_KEYS[4:])
-_RESOURCE_KEYS = ("gpus", "min_free_mem", "host", "hosts", "tags")
+_RESOURCE_KEYS = ("gpus", "min_free_mem", "host", "hosts", "tags", "slurm")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OVERRIDE_KEY_RE = re.compile(r"[^\s=.]+(?:\.[^\s=.]+)*")
 _TUPLE_TAG = "tag:yaml.org,2002:python/tuple"
@@ -264,6 +265,9 @@ class _ConfigParser(NodeParser[ConfigError]):
             )
         if "tags" in pairs:
             found = replace(found, tags=self.strings(pairs["tags"][1], f"{label}.tags", "[a100]"))
+        if "slurm" in pairs:
+            slurm = parse_slurm_settings(self, pairs["slurm"][1], f"{label}.slurm")
+            found = replace(found, slurm=slurm)
         return found
 
     def env(self, node: yaml.Node, label: str) -> dict[str, str]:

@@ -34,6 +34,8 @@ class Resources:
     min_free_mem: int = 0  # bytes free on each of its GPUs
     hosts: tuple[str, ...] = ()  # allowed hosts; empty: any
     tags: tuple[str, ...] = ()  # a host must carry every one
+    # On a Slurm host: sbatch settings over the host's (partition, account, qos, time, gres_type)
+    slurm: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class RunSpec:
                 "min_free_mem": self.resources.min_free_mem,
                 "hosts": list(self.resources.hosts),
                 "tags": list(self.resources.tags),
+                **({"slurm": dict(self.resources.slurm)} if self.resources.slurm else {}),
             },
             "priority": self.priority,
             "env": dict(self.env),
@@ -141,6 +144,7 @@ class RunSpec:
                 min_free_mem=resources["min_free_mem"],
                 hosts=tuple(resources["hosts"]),
                 tags=tuple(resources["tags"]),
+                slurm=dict(resources.get("slurm") or {}),
             ),
             priority=data["priority"],
             env=dict(data["env"]),

@@ -34,6 +34,7 @@ from remote_agent.protocol import (
     OP_SNAPSHOT,
     PROTOCOL_VERSION,
     Check,
+    ClusterSample,
     Hello,
     ProtocolError,
     RemoteError,
@@ -72,6 +73,7 @@ class Options:
     leases_dir: str  # absolute, ~ expanded
     interval_s: float  # seconds between telemetry pushes
     simulate: dict[str, Any] | None  # the inventory's simulate: mapping, or None for real GPUs
+    slurm: bool = False  # a Slurm login node: runs are sbatch jobs, GPUs are the cluster's
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -87,6 +89,7 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--leases-dir", default=DEFAULT_LEASES_DIR)
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S)
     parser.add_argument("--simulate", default=None)
+    parser.add_argument("--slurm", action="store_true")
     args = parser.parse_args(argv)
     if not MIN_INTERVAL_S <= args.interval <= MAX_INTERVAL_S:
         raise ValueError(f"--interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} seconds")
@@ -99,7 +102,7 @@ def parse_args(argv: list[str]) -> Options:
         if not isinstance(simulate, dict):
             raise ValueError('--simulate must be a JSON object like {"gpus": 4}')
     leases_dir = os.path.abspath(os.path.expanduser(args.leases_dir))
-    return Options(expand_root(args.root), leases_dir, args.interval, simulate)
+    return Options(expand_root(args.root), leases_dir, args.interval, simulate, args.slurm)
 
 
 def user_name() -> str:
@@ -171,9 +174,22 @@ class Agent:
         self.host = HostStats(options.root)
         self.leases = LeaseWatcher(options.leases_dir)
         self._gpu_uuids: dict[int, str] = {}  # of the last sample
-        self.runs = RunOps(
-            options.root, options.leases_dir, user_name(), lambda: dict(self._gpu_uuids)
-        )
+        self.runs: RunOps
+        self.cluster: Callable[[], ClusterSample] | None = None
+        self.slurm_check: Callable[[], Check] | None = None
+        if options.slurm:
+            # Imported here: subprocess and threads cost an agent on a GPU host memory for nothing.
+            from remote_agent.slurm_runs import SlurmRunOps
+
+            slurm_ops = SlurmRunOps(
+                options.root, options.leases_dir, user_name(), options.interval_s, self.send
+            )
+            self.runs, self.cluster = slurm_ops, slurm_ops.cluster_sample
+            self.slurm_check = slurm_ops.check
+        else:
+            self.runs = RunOps(
+                options.root, options.leases_dir, user_name(), lambda: dict(self._gpu_uuids)
+            )
         self._out = out
         self._write_lock = threading.Lock()
         self._sample_lock = threading.Lock()
@@ -233,7 +249,10 @@ class Agent:
                 gpus = self.leases.annotate(gpus)
             except Exception as exc:  # leases are an annotation: never lose the sample for them
                 sys.stderr.write(f"cvtui agent: reading leases failed: {exc}\n")
-            return Telemetry(time.time(), self.backend.name, self.host.sample(), tuple(gpus))
+            cluster = self.cluster() if self.cluster is not None else None
+            return Telemetry(
+                time.time(), self.backend.name, self.host.sample(), tuple(gpus), cluster
+            )
 
     def _telemetry_event(self) -> dict[str, Any] | None:
         try:
@@ -389,13 +408,16 @@ class Agent:
 
     def checks(self) -> list[Check]:
         """What `cvtui doctor` shows for this host."""
-        return run_checks(
+        checks = run_checks(
             self.options.root,
             self.options.leases_dir,
             self.backend.name,
             self.backend_errors,
             self._gpu_count,
         )
+        if self.slurm_check is not None:
+            checks.append(self.slurm_check())
+        return checks
 
 
 def _refuse(message: str) -> int:
@@ -409,7 +431,14 @@ def main(argv: list[str]) -> int:
     """`agent.pyz serve ...`: serve until stdin closes or a shutdown request; the exit status."""
     try:
         options = parse_args(argv)
-        backend, errors = open_backend(options.simulate, options.root, os.uname().nodename)
+        backend: GpuBackend
+        errors: list[str]
+        if options.slurm:
+            from remote_agent.slurm_runs import ClusterBackend
+
+            backend, errors = ClusterBackend(), []
+        else:
+            backend, errors = open_backend(options.simulate, options.root, os.uname().nodename)
     except ValueError as exc:
         return _refuse(str(exc))
     # The protocol owns fd 1; anything else printing (a library, a warning) goes to stderr.

@@ -47,6 +47,7 @@ BACKEND_NVML = "nvml"
 BACKEND_NVIDIA_SMI = "nvidia-smi"
 BACKEND_SIMULATED = "simulated"
 BACKEND_NONE = "none"  # no GPU could be read (a CPU-only host)
+BACKEND_SLURM = "slurm"  # a Slurm login node: its GPUs are the cluster's, in Telemetry.cluster
 
 MAX_LINE_BYTES = 1 << 20  # requests longer than this are answered with E_MALFORMED
 
@@ -108,6 +109,7 @@ class Telemetry:
     backend: str  # BACKEND_*
     host: HostSample
     gpus: tuple[GpuSample, ...] = ()
+    cluster: ClusterSample | None = None  # a Slurm cluster seen from its login node
 
     # What the controller refused of the sample it read (never sent): each GPU or figure named
     # with why. Those GPUs are left out, those figures read as None.
@@ -245,6 +247,7 @@ E_NO_SUCH_RUN = "no_such_run"
 E_NOT_OURS = "not_ours"  # cancel refused: the status was not written by our supervisor
 E_CODE_CHANGED = "code_changed"  # start refused: the unpacked snapshot was edited; upload again
 E_BAD_LINK = "bad_link"  # start refused: a link's target is missing on the host (nothing started)
+E_SUBMIT_REFUSED = "submit_refused"  # sbatch refused the job (its message says why): nothing queued
 
 # A run dir <root>/runs/<run_id>/ holds cvtui's own files (status.json, output.log, config.yaml,
 # ...); the command runs in its WORK_DIR, which is the user's: code copy, links and outputs.
@@ -265,6 +268,10 @@ def host_relpath(path: str, base: str) -> str:
 
 RECORDED_BY_SUPERVISOR = "supervisor"  # the final state is the supervisor's record of the exit
 RECORDED_BY_AGENT = "agent"  # inferred by the agent (lost, or cancelled with no supervisor)
+RECORDED_BY_SLURM = "slurm"  # Slurm's own end state of the job (TIMEOUT, NODE_FAIL, ...)
+RECORDED_BY = (RECORDED_BY_SUPERVISOR, RECORDED_BY_AGENT, RECORDED_BY_SLURM)
+
+RUN_PENDING = "pending"  # held in the host's own queue (a Slurm job waiting), not started
 
 RUN_STARTING = "starting"  # supervisor forked, command not yet started
 RUN_RUNNING = "running"
@@ -273,7 +280,8 @@ RUN_FAILED = "failed"
 RUN_CANCELLED = "cancelled"
 RUN_LOST = "lost"  # supervisor gone without writing an exit status
 RUN_FINAL_STATES = (RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED, RUN_LOST)
-RUN_STATES = (RUN_STARTING, RUN_RUNNING, *RUN_FINAL_STATES)  # a status in another is refused
+# A status in another state is refused.
+RUN_STATES = (RUN_PENDING, RUN_STARTING, RUN_RUNNING, *RUN_FINAL_STATES)
 
 
 def _with_gpus(cls: type[StartRequest], data: dict[str, Any], what: str) -> StartRequest:
@@ -310,6 +318,9 @@ class StartRequest:
     # The run's output globs: code files matching them are recorded at the copy, so a file the
     # run left as the snapshot shipped it is not taken for an output.
     outputs: list[str] = field(default_factory=list)
+    # On a Slurm host: the job's sbatch settings (SLURM_OPTION_KEYS); Slurm picks the GPUs,
+    # so `gpus` stays empty and slurm["gpus"] says how many.
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,6 +353,7 @@ class RunStatus:
     log_size: int = 0  # bytes in output.log
     work_dir: str = ""  # the command's working directory (absolute, on the host)
     recorded_by: str | None = None  # RECORDED_BY_*: who wrote the final state
+    job_id: str | None = None  # the Slurm job running it ("1234"), None on other hosts
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -480,3 +492,59 @@ class WorkspaceListing:
         from remote_agent import wire_decode
 
         return wire_decode.workspace_listing(data)
+
+
+# --- Slurm -----------------------------------------------------------------------------------
+# A `kind: slurm` host: the agent runs on the login node, submits each run with sbatch and
+# follows the user's jobs with one squeue call per interval (remote_agent/slurm*.py).
+SLURM_OPTION_KEYS = ("gpus", "gres_type", "partition", "account", "qos", "time", "nice", "name")
+
+
+@dataclass(frozen=True)
+class SlurmNode:
+    """One node of the cluster as sinfo lists it."""
+
+    name: str
+    state: str  # sinfo's long state: idle, mixed, allocated, down, drained, ...
+    partitions: tuple[str, ...]
+    gpus: int  # GPUs of the node (Gres gpu count)
+    gpus_alloc: int  # allocated to jobs now
+    gpus_idle: int  # free for a new job: 0 on a node that is down, drained or failing
+
+
+@dataclass(frozen=True)
+class SlurmPartition:
+    """One partition: availability and its nodes' GPUs added up."""
+
+    name: str
+    available: str  # up, down, drain, inact
+    default: bool
+    nodes: int
+    gpus: int
+    gpus_alloc: int
+    gpus_idle: int
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One of the user's cvtui jobs as squeue lists it."""
+
+    job_id: str
+    run_id: str
+    state: str  # Slurm's state: PENDING, RUNNING, COMPLETED, TIMEOUT, ...
+    reason: str  # squeue's reason (Resources, Priority, None, ...)
+    gpus: int  # GPUs allocated (or asked for, while pending)
+    nodes: str  # node list, '' while pending
+    gpu_ids: tuple[int, ...] = ()  # the node's GPU indexes it got (SLURM_JOB_GPUS), once known
+
+
+@dataclass(frozen=True)
+class ClusterSample:
+    """A Slurm cluster at one instant, from its login node."""
+
+    partitions: tuple[SlurmPartition, ...] = ()
+    nodes: tuple[SlurmNode, ...] = ()
+    jobs: tuple[SlurmJob, ...] = ()  # the user's cvtui jobs squeue still lists
+    pending: int = 0  # all of the user's jobs (cvtui's or not) pending / running
+    running: int = 0
+    error: str | None = None  # why Slurm could not be read ("slurm: sbatch not found", ...)

@@ -49,20 +49,32 @@ def command_argv(request: StartRequest) -> list[str]:
 
 
 def base_env(
-    inherited: dict[str, str], request: StartRequest, work_dir: str, gpu_uuids: list[str]
+    inherited: dict[str, str],
+    request: StartRequest,
+    work_dir: str,
+    gpu_uuids: list[str],
+    allocated: str | None = None,
 ) -> dict[str, str]:
     """The run's variables before any setup: the agent's, the request's, then cvtui's own.
 
     CUDA_VISIBLE_DEVICES names the leased GPUs by UUID when the backend knows them (exact for
     any device order, and for MIG), else by index with CUDA_DEVICE_ORDER=PCI_BUS_ID, which
     makes CUDA count GPUs in the order NVML and nvidia-smi do. CVTUI_GPUS keeps the indexes.
+    In a Slurm job (`allocated`: the node's GPU indexes Slurm gave it) Slurm's own
+    CUDA_VISIBLE_DEVICES stands: Slurm chose the GPUs and set them up for the job.
     """
+    slurm_devices = inherited.get("CUDA_VISIBLE_DEVICES") if allocated is not None else None
     env = {k: v for k, v in inherited.items() if k not in RUN_ENV_KEYS}
     env.update({str(k): str(v) for k, v in request.env.items()})
     indexes = ",".join(str(g) for g in request.gpus)
     uuids = gpu_uuids if len(gpu_uuids) == len(request.gpus) else []
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else indexes
+    if allocated is not None:
+        indexes = allocated
+        if slurm_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slurm_devices
+    else:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else indexes
     env["CVTUI_GPUS"] = indexes
     env["CVTUI_RUN_ID"] = request.run_id
     env["CVTUI_RUN_DIR"] = work_dir

@@ -260,16 +260,16 @@ class RunOps:
         except BaseException:
             _remove_tree(run_dir)  # nothing ran: the id may be used again
             raise
+        reply = {"run_dir": run_dir, "work_dir": work, "links": made_links}
+        reply.update(self.launch(request, run_dir))
+        self.watch([request.run_id])
+        return reply
+
+    def launch(self, request: StartRequest, run_dir: str) -> dict[str, Any]:
+        """Start the run whose run dir is ready; the reply's fields saying how it started."""
         uuids = self._uuids(request.gpus)
         pid = self._launch(request, run_dir, uuids)
-        self.watch([request.run_id])
-        return {
-            "run_dir": run_dir,
-            "work_dir": work,
-            "supervisor_pid": pid,
-            "links": made_links,
-            "gpu_uuids": uuids,
-        }
+        return {"supervisor_pid": pid, "gpu_uuids": uuids}
 
     def _uuids(self, gpus: tuple[int, ...]) -> list[str]:
         """The GPUs' UUIDs in the order leased, or [] when one of them has none."""

@@ -28,6 +28,7 @@ from remote_agent.protocol import (
 from remote_agent.rundir import (
     CANCEL_FILE,
     LOG_FILE,
+    STATUS_FILE,
     WRITER,
     group_members,
     process_stat,
@@ -204,24 +205,34 @@ class Supervisor:
     """One run: start the command, follow it, record it, cancel it on request."""
 
     def __init__(
-        self, request: StartRequest, run_dir: str, gpu_uuids: list[str] | None = None
+        self,
+        request: StartRequest,
+        run_dir: str,
+        gpu_uuids: list[str] | None = None,
+        job: dict[str, str] | None = None,
     ) -> None:
         self.request = request
         self.run_dir = run_dir
         self.work_dir = work_dir_of(run_dir)
         self.gpu_uuids = gpu_uuids or []
+        # In a Slurm job: its id and the node's GPU indexes Slurm allocated ("0,1").
+        self.job = job
         self.log_path = os.path.join(run_dir, LOG_FILE)
         self.env_reader: EnvReader | None = None  # the environment after the setup lines
         start = process_stat(os.getpid())
+        gpus = request.gpus
+        if job is not None:
+            gpus = tuple(int(g) for g in job["gpus"].split(",") if g.strip().isdigit())
         self.status: dict[str, Any] = RunStatus(
             run_id=request.run_id,
             state=RUN_RUNNING,
             run_dir=run_dir,
-            gpus=request.gpus,
+            gpus=gpus,
             supervisor_pid=os.getpid(),
             supervisor_start=start[2] if start else None,
             uid=os.getuid(),
             work_dir=self.work_dir,
+            job_id=job["id"] if job is not None else None,
         ).to_wire()
         self.status["writer"] = WRITER
         self.proc: subprocess.Popen[bytes] | None = None
@@ -293,7 +304,8 @@ class Supervisor:
     def start_command(self) -> None:
         """Start the command (state running) or record why it could not start (failed)."""
         request = self.request
-        env = base_env(dict(os.environ), request, self.work_dir, self.gpu_uuids)
+        allocated = self.job["gpus"] if self.job is not None else None
+        env = base_env(dict(os.environ), request, self.work_dir, self.gpu_uuids, allocated)
         pass_fds: tuple[int, ...] = ()
         if request.setup:
             env_r, env_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -491,12 +503,39 @@ def _receive(sock: socket.socket) -> dict[str, Any]:
     return data
 
 
+def slurm_main(run_dir: str) -> int:
+    """The supervisor as a Slurm job's batch script runs it: the start message is in the run
+    dir, Slurm gave the GPUs (no leases), and the job's exit status is the command's."""
+    from remote_agent.slurm_runs import START_FILE
+
+    with open(os.path.join(run_dir, START_FILE), encoding="utf-8") as f:
+        message = json.load(f)
+    if os.path.exists(os.path.join(run_dir, STATUS_FILE)):
+        sys.stderr.write(f"cvtui supervisor: {run_dir} already ran; a run never starts twice\n")
+        return 1
+    request = StartRequest.from_wire(message["request"])
+    job = {
+        "id": os.environ.get("SLURM_JOB_ID", ""),
+        "gpus": os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS") or "",
+    }
+    supervisor = Supervisor(request, run_dir, job=job)
+    supervisor.install_signals()
+    supervisor.start_command()
+    supervisor.follow()
+    code = supervisor.status.get("exit_code")
+    if not isinstance(code, int):
+        return 1  # the command never started
+    return code if code >= 0 else 128 - code
+
+
 def main(argv: list[str]) -> int:
-    """argv: SOCKET_FD RUN_ID (the run id only names the process in `ps`).
+    """argv: SOCKET_FD RUN_ID (the run id only names the process in `ps`), or --slurm RUN_DIR.
 
     Reads the start message, forks the supervisor proper and exits, so the agent can reap this
     first child; the supervisor leases the GPUs, answers on the socket, runs and records.
     """
+    if argv[:1] == ["--slurm"]:
+        return slurm_main(argv[1])
     sock = socket.socket(fileno=int(argv[0]))
     message = _receive(sock)
     request = StartRequest.from_wire(message["request"])

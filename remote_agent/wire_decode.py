@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from remote_agent import protocol
 from remote_agent.protocol import (
+    ClusterSample,
     FileEntry,
     FileListing,
     GpuProcess,
@@ -21,6 +22,9 @@ from remote_agent.protocol import (
     ProtocolError,
     RunStatus,
     SkippedFile,
+    SlurmJob,
+    SlurmNode,
+    SlurmPartition,
     Telemetry,
     WorkspaceFile,
     WorkspaceListing,
@@ -323,6 +327,7 @@ def telemetry(data: Any) -> Telemetry:
         raw_host = get(data, "host")
         host = _plain_host(raw_host) or host_sample(raw_host, problems)
         raw_gpus = items(data, "gpus", MAX_GPUS)
+        raw_cluster = get(data, "cluster", None)
     except FieldError as exc:
         raise ProtocolError(f"bad telemetry: {exc}") from None
     gpus: dict[int, GpuSample] = {}
@@ -336,7 +341,79 @@ def telemetry(data: Any) -> Telemetry:
             problems.append(f"GPU {gpu.index} listed twice: the second left out")
             continue
         gpus[gpu.index] = gpu
-    return Telemetry(time, backend, host, tuple(gpus.values()), tuple(problems))
+    cluster = None
+    if raw_cluster is not None:
+        try:
+            cluster = cluster_sample(raw_cluster, problems)
+        except FieldError as exc:
+            raise ProtocolError(f"bad telemetry: cluster: {exc}") from None
+    return Telemetry(time, backend, host, tuple(gpus.values()), cluster, tuple(problems))
+
+
+MAX_SLURM_ENTRIES = 100_000  # nodes, partitions or jobs in one cluster sample
+
+
+def _slurm_entries(
+    data: Any, name: str, read: Callable[[Any], _T], problems: list[str]
+) -> tuple[_T, ...]:
+    """The entries of one list of a cluster sample; a bad one is left out with its reason."""
+    found = []
+    for raw in items(data, name, MAX_SLURM_ENTRIES):
+        try:
+            found.append(read(raw))
+        except FieldError as exc:
+            problems.append(f"cluster {name}: an entry refused: {exc}")
+    return tuple(found)
+
+
+def _count(data: Any, name: str) -> int:
+    return integer(data, name, 0, 1 << 40) or 0
+
+
+def slurm_node(data: Any) -> SlurmNode:
+    return SlurmNode(
+        name=text(data, "name", MAX_NAME) or "",
+        state=text(data, "state", MAX_NAME, cut=True) or "",
+        partitions=_names(data, "partitions", MAX_NAME, 1000),
+        gpus=_count(data, "gpus"),
+        gpus_alloc=_count(data, "gpus_alloc"),
+        gpus_idle=_count(data, "gpus_idle"),
+    )
+
+
+def slurm_partition(data: Any) -> SlurmPartition:
+    return SlurmPartition(
+        name=text(data, "name", MAX_NAME) or "",
+        available=text(data, "available", MAX_NAME, cut=True) or "",
+        default=boolean(data, "default", False),
+        nodes=_count(data, "nodes"),
+        gpus=_count(data, "gpus"),
+        gpus_alloc=_count(data, "gpus_alloc"),
+        gpus_idle=_count(data, "gpus_idle"),
+    )
+
+
+def slurm_job(data: Any) -> SlurmJob:
+    return SlurmJob(
+        job_id=text(data, "job_id", MAX_ID) or "",
+        run_id=text(data, "run_id", MAX_ID) or "",
+        state=text(data, "state", MAX_NAME) or "",
+        reason=text(data, "reason", MAX_TEXT, cut=True) or "",
+        gpus=_count(data, "gpus"),
+        nodes=text(data, "nodes", MAX_TEXT, cut=True) or "",
+        gpu_ids=_gpu_indexes({"gpus": get(data, "gpu_ids", [])}),
+    )
+
+
+def cluster_sample(data: Any, problems: list[str]) -> ClusterSample:
+    return ClusterSample(
+        partitions=_slurm_entries(data, "partitions", slurm_partition, problems),
+        nodes=_slurm_entries(data, "nodes", slurm_node, problems),
+        jobs=_slurm_entries(data, "jobs", slurm_job, problems),
+        pending=_count(data, "pending"),
+        running=_count(data, "running"),
+        error=text(data, "error", MAX_TEXT, optional=True, cut=True),
+    )
 
 
 # -- hello and runs -----------------------------------------------------------------------------
@@ -411,8 +488,9 @@ RUN_STATUS_FIELDS: dict[str, Callable[[Any], Any]] = {
     "recorded_by": lambda d: (
         None
         if get(d, "recorded_by", None) is None
-        else one_of(d, "recorded_by", (protocol.RECORDED_BY_SUPERVISOR, protocol.RECORDED_BY_AGENT))
+        else one_of(d, "recorded_by", protocol.RECORDED_BY)
     ),
+    "job_id": lambda d: text(d, "job_id", MAX_ID, optional=True),
 }
 
 

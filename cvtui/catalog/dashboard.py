@@ -49,6 +49,7 @@ class Features:
     metrics: bool = False
     files: bool = False
     drained: bool = False
+    clusters: bool = False  # hosts.cluster: Slurm hosts' partitions and nodes
 
 
 def table_columns(conn: sqlite3.Connection, table: str) -> frozenset[str]:
@@ -61,6 +62,7 @@ def features(conn: sqlite3.Connection) -> Features:
         metrics="metric_series" in tables,
         files="files" in tables,
         drained="drained" in table_columns(conn, "hosts"),
+        clusters="cluster" in table_columns(conn, "hosts"),
     )
 
 
@@ -153,8 +155,13 @@ def host_extras(conn: sqlite3.Connection, features: Features) -> dict[str, dict[
     """Per host: its tags, whether it is drained, and how many runs it has placed or running."""
     drained = "drained" if features.drained else "0"
     extras: dict[str, dict[str, Any]] = {}
-    for name, tags, is_drained in conn.execute(f"SELECT name, tags, {drained} FROM hosts"):  # noqa: S608
+    cluster = "cluster" if features.clusters else "NULL"
+    for name, tags, is_drained, sample in conn.execute(
+        f"SELECT name, tags, {drained}, {cluster} FROM hosts"  # noqa: S608 (fixed names)
+    ):
         extras[name] = {"tags": json.loads(tags or "[]"), "drained": bool(is_drained), "runs": 0}
+        if sample is not None:  # a Slurm cluster: its partitions, nodes and the user's jobs
+            extras[name]["cluster"] = json.loads(sample)
     for host, count in conn.execute(
         "SELECT host, count(*) FROM runs WHERE state IN ('dispatching', 'running') "
         "AND host IS NOT NULL GROUP BY host"

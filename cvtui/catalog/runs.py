@@ -54,6 +54,7 @@ RUN_COLUMNS = (
     "work_dir",
     "final_by",
     "outputs_unmatched",
+    "slurm_job",  # migration 9 (clusters.py)
 )
 JSON_COLUMNS = frozenset(
     {"gpus", "command", "params", "config", "spec", "resources", "outputs_unmatched"}
@@ -209,14 +210,15 @@ class RunsMixin:
     ) -> list[str]:
         """Cancel the runs of run_ids that are still queued, in one transaction (a 10,000-run
         grid leaves the queue at once); the ids it cancelled. A run the engine placed in the
-        meantime is not queued any more and is left to a cancel command."""
+        meantime, or handed to a cluster's queue, is left to a cancel command."""
         now = time.time() if ended is None else ended
         done = []
         with self._write() as conn:
             for run_id in run_ids:
                 changed = conn.execute(
                     "UPDATE runs SET state = 'cancelled', updated = ?, ended = ?, reason = ? "
-                    "WHERE id = ? AND state = 'queued'",
+                    # a queued run with a host is held by its cluster: cancelled there
+                    "WHERE id = ? AND state = 'queued' AND host IS NULL",
                     (now, now, "cancelled before it started", run_id),
                 ).rowcount
                 if changed == 1:

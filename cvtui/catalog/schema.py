@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from cvtui.catalog.clusters import migration_10_slurm
 from cvtui.catalog.components import migration_5_reproducibility
 from cvtui.catalog.history import migration_7_history
 from cvtui.catalog.metric_store import migration_6_metric_series
@@ -218,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_7_work_dirs,  # cvtui/catalog/runs.py
     migration_8_gpu_leases,
     migration_9_operations,  # history tiers (history.py), idle GPUs and energy (usage.py)
+    migration_10_slurm,  # cvtui/catalog/clusters.py
 )
 
 

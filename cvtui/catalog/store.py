@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import schema
 from cvtui.catalog.blobs import BlobsMixin
+from cvtui.catalog.clusters import ClustersMixin
 from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.history import HistoryMixin
 from cvtui.catalog.history_reads import HistoryReadsMixin
@@ -50,6 +51,7 @@ class Catalog(
     BlobsMixin,
     ProvenanceMixin,
     ModelsMixin,
+    ClustersMixin,
 ):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 

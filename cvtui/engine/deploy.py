@@ -170,6 +170,9 @@ def agent_command(host: Host, path: str, interval_s: float) -> str:
             "--simulate",
             json.dumps({"gpus": spec.gpus, "model": spec.model, "memory": spec.memory}),
         ]
+    from cvtui.engine.host_kinds import kind_of  # it imports this module
+
+    argv += kind_of(host).agent_options(host)
     return killable_command(argv)
 
 

@@ -31,7 +31,7 @@ from cvtui.engine.usage import IdleGpu, UsageTracker
 from cvtui.errors import InventoryError
 from cvtui.inventory import Host, Inventory, Policy, watch_inventory
 from remote_agent import protocol
-from remote_agent.protocol import Hello, ProtocolError, RunStatus, Telemetry
+from remote_agent.protocol import ClusterSample, Hello, ProtocolError, RunStatus, Telemetry
 
 log = logging.getLogger("cvtui.engine")
 
@@ -189,6 +189,8 @@ class Engine:
         self.inventory_error: InventoryError | None = None
         self._pending: list[tuple[str, Telemetry]] = []
         self._pending_times: list[float] = []
+        self._troubles: dict[str, str] = {}  # host -> why it cannot take work, as last said
+        self._clusters: dict[str, ClusterSample] = {}  # host -> the cluster sample last stored
         self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
         self._environment_slots = asyncio.Semaphore(ENVIRONMENT_CAPTURES)
         self.notifier = Notifier(lambda: self.inventory.notify)
@@ -205,6 +207,7 @@ class Engine:
 
     # -- what sessions report -------------------------------------------------------------
     def set_state(self, name: str, state: str, reason: str | None) -> None:
+        self._troubles.pop(name, None)  # a new connection says its troubles anew
         if name in self.sessions:
             self.catalog.set_host_state(name, state, reason)
 
@@ -242,8 +245,18 @@ class Engine:
             self.catalog.record_hello(name, hello, agent_hash)
 
     def telemetry_received(self, name: str, sample: Telemetry) -> None:
-        if name not in self.sessions:
+        session = self.sessions.get(name)
+        if session is None:
             return
+        if sample.cluster is not None:
+            self.cluster_received(name, sample)
+        trouble = self.runs.kinds[session.host.kind].health(sample)
+        if trouble is not None:  # the agent answers but the host cannot take work (slurmctld down)
+            if self._troubles.get(name) != trouble:
+                self._troubles[name] = trouble
+                self.host_failed(name, "error", trouble)
+            return
+        self._troubles.pop(name, None)
         arrived = time.time()
         self._pending.append((name, sample))
         self._pending_times.append(arrived)
@@ -254,6 +267,13 @@ class Engine:
             # The first sample of a host is written at once so `cvtui hosts` can print it.
             self.flush()
             self.answered[name].set()
+
+    def cluster_received(self, name: str, sample: Telemetry) -> None:
+        """Keep a cluster's partitions, nodes and jobs when they changed."""
+        assert sample.cluster is not None
+        if self._clusters.get(name) != sample.cluster:
+            self._clusters[name] = sample.cluster
+            self.catalog.record_cluster(name, sample.cluster)
 
     def flush(self, *, final: bool = False) -> None:
         """Write pending telemetry: current state now, raw history in rows of RAW_GROUP_S."""
@@ -338,6 +358,7 @@ class Engine:
         self.inventory = new
         self.inventory_error = None
         self.catalog.sync_hosts(new.hosts)
+        self.catalog.set_host_kinds({h.name: h.kind for h in new.hosts})
         for name in old_hosts.keys() - new_hosts.keys():
             await self.stop_session(name)
             self.answered.pop(name, None)
@@ -388,6 +409,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until stop is set; then close every session (agents exit on EOF)."""
         self.catalog.sync_hosts(self.inventory.hosts)
+        self.catalog.set_host_kinds({h.name: h.kind for h in self.inventory.hosts})
         self.catalog.close_idle_episodes()  # an earlier engine's: nobody follows them now
         for host in self.inventory.hosts:
             if self.wants(host.name):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -12,30 +11,16 @@ import asyncssh
 
 from cvtui.engine.agent_build import build_agent
 from cvtui.engine.connections import open_connection
-from cvtui.engine.deploy import ensure_agent, remote_path
+from cvtui.engine.deploy import ensure_agent
+from cvtui.engine.host_kinds import kind_of
 from cvtui.inventory import Host, Policy
 
 EXIT_LEASE_BUSY = 75  # what `agent.pyz exec` returns when a GPU it should lease is taken
 
 
 def exec_command(host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int]) -> str:
-    """The remote command line: plain when no GPU is wanted, else through the agent's leases."""
-    if not gpus or agent is None:
-        return shlex.join(argv)
-    wrapper = [
-        host.python,
-        agent,
-        "exec",
-        "--leases-dir",
-        remote_path(host.leases_dir),
-        "--root",
-        remote_path(host.root),
-        "--gpus",
-        ",".join(str(g) for g in gpus),
-        "--",
-        *argv,
-    ]
-    return "exec " + shlex.join(wrapper)
+    """The remote command line, as the host's kind runs it (through GPU leases, or srun)."""
+    return kind_of(host).exec_command(host, agent, argv, gpus)
 
 
 async def _pump(reader: asyncssh.SSHReader[bytes], out: BinaryIO) -> None:
@@ -58,7 +43,7 @@ async def exec_on_host(
     err = stderr or sys.stderr.buffer
     async with await open_connection(host, policy) as conn:
         agent = None
-        if gpus:
+        if gpus and kind_of(host).places_runs:  # cvtui's GPU leases: the agent holds them
             agent, _ = await ensure_agent(conn, host, build_agent())
         process = await conn.create_process(
             exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL
@@ -98,7 +83,7 @@ async def relay_exec(
     argv = [str(a) for a in request.get("argv") or []]
     gpus = [int(g) for g in request.get("gpus") or []]
     agent = None
-    if gpus:
+    if gpus and kind_of(host).places_runs:
         agent, _ = await ensure_agent(conn, host, build_agent())
     process = await conn.create_process(
         exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL

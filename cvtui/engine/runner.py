@@ -16,8 +16,8 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
+from cvtui.engine.host_kinds import HostKind, QueueEntry, engine_kinds
 from cvtui.engine.provenance import capture_run_python, record_dispatch
-from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
 from cvtui.engine.tasks import TaskSet
 from cvtui.paths import snapshot_archive
@@ -65,6 +65,8 @@ class RunController:
         self._priorities: dict[str, str] = {}  # queued run -> priority at the last pass
         self._drained: set[str] | None = None  # drained hosts at the last pass
         self._pass_done = asyncio.Event()  # replaced after each pass, so waiters wake once
+        self.kinds = engine_kinds()  # how runs start on each kind of host (host_kinds.py)
+        self.uploads: dict[tuple[str, str], asyncio.Lock] = {}  # (host, code hash) in upload
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,7 +97,8 @@ class RunController:
 
         A run still queued counts as decided once a dispatch pass has run after this call
         and every host has answered (connected or failed), so the reason is never that a
-        host is still connecting; at most timeout_s.
+        host is still connecting; a run submitted to a cluster once the cluster holds it (a
+        pending job, with Slurm's reason) or refused it; at most timeout_s.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -103,19 +106,33 @@ class RunController:
         def rows() -> list[dict[str, Any]]:
             return [r for r in (self.catalog.get_run(i) for i in run_ids) if r is not None]
 
-        def waiting() -> bool:
-            return any(r["state"] == "queued" for r in rows())
+        def waiting(found: list[dict[str, Any]]) -> bool:  # in our queue: a pass decides
+            return any(r["state"] == "queued" and not r["host"] for r in found)
+
+        def submitting(found: list[dict[str, Any]]) -> bool:  # to a cluster: its answer decides
+            return any(
+                r["state"] == "dispatching" and r["host"] and not self.kind(r["host"]).places_runs
+                for r in found
+            )
 
         self.wake.set()
-        if waiting():
+        if waiting(rows()):
             # A pass that began before every host answered may have said 'connecting':
             # the decision is the first pass begun after they all did.
             await self.engine.wait_answered(max(0.0, deadline - loop.time()))
-            informed_from = self.passes_begun
-            self.wake.set()
-            while waiting() and self.passes <= informed_from and loop.time() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pass_done.wait(), max(0.0, deadline - loop.time()))
+        informed_from = self.passes_begun
+        self.wake.set()
+        while loop.time() < deadline:
+            found = rows()
+            to_cluster = submitting(found)
+            if not to_cluster and not (waiting(found) and self.passes <= informed_from):
+                break
+            # a cluster's answer comes between passes: look again soon
+            wait_s = deadline - loop.time() if not to_cluster else 0.2
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._pass_done.wait(), max(0.0, min(wait_s, deadline - loop.time()))
+                )
         found = rows()
         keys = ("id", "name", "state", "host", "gpus", "reason")
         return [{k: r[k] for k in keys} for r in found]
@@ -164,6 +181,8 @@ class RunController:
         states = []
         for name, session in self.engine.sessions.items():
             host = session.host
+            if not self.kinds[host.kind].places_runs:
+                continue  # a cluster places its own jobs
             sample = session.latest
             fresh = (
                 sample is not None
@@ -273,11 +292,46 @@ class RunController:
                 extra={"event": "cancel", "run": run_id},
             )
 
+    def kind(self, host: str) -> HostKind:
+        """The kind of a host of the inventory (ssh for a name it no longer has)."""
+        for entry in self.engine.inventory.hosts:
+            if entry.name == host:
+                return self.kinds[entry.kind]
+        return self.kinds["ssh"]
+
+    def slurm_host(self, resources: dict[str, Any]) -> str | None:
+        """The first host a run names that places its own runs (a Slurm cluster), if any."""
+        for name in resources.get("hosts", ()):
+            if not self.kind(name).places_runs:
+                return str(name)
+        return None
+
     def dispatch_pass(self) -> None:
+        """Hand each queued run to its kind of host: the scheduler places runs on ssh hosts,
+        runs naming a cluster go to its own queue."""
         entries = self.catalog.queue_entries()
         self.note_changes(entries)
         if not entries:
             return
+        by_kind: dict[str, list[QueueEntry]] = {}
+        for entry in entries:
+            host = self.slurm_host(entry[3])
+            by_kind.setdefault(self.kind(host).name if host else "ssh", []).append(entry)
+        for name, chosen in by_kind.items():
+            self.kinds[name].dispatch(self, chosen)
+
+    def note_waiting(self, reasons: dict[str, str]) -> None:
+        """Why queued runs wait, written when it changed."""
+        changed = {
+            run_id: reason
+            for run_id, reason in reasons.items()
+            if self.waiting_reasons.get(run_id) != reason
+        }
+        self.waiting_reasons.update(changed)
+        self.catalog.set_waiting_reasons(changed)
+
+    def place(self, entries: list[QueueEntry]) -> None:
+        """Place queued runs on ssh hosts' GPUs (the scheduler) and start them."""
         queue = [
             scheduler.QueuedRun(
                 run_id=run_id,
@@ -295,13 +349,7 @@ class RunController:
             self.host_states(),
             foreign_processes=self.engine.inventory.policy.foreign_processes,
         )
-        changed = {
-            run_id: reason
-            for run_id, reason in plan.waiting.items()
-            if self.waiting_reasons.get(run_id) != reason
-        }
-        self.waiting_reasons.update(changed)
-        self.catalog.set_waiting_reasons(changed)
+        self.note_waiting(dict(plan.waiting))
         for placement in plan.placements:
             self.waiting_reasons.pop(placement.run_id, None)
             run = self.catalog.get_run(placement.run_id)
@@ -335,7 +383,8 @@ class RunController:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await self.ensure_code(session, run["code_hash"])
-            request = start_request(run, spec, session.host, session.hello, placement.gpus)
+            kind = self.kinds[session.host.kind]
+            request = kind.start_request(run, spec, session.host, session.hello, placement.gpus)
             command = request.command
             reply = await client.call(
                 protocol.OP_START, timeout_s=START_TIMEOUT_S, **request.to_wire()
@@ -483,7 +532,15 @@ class RunController:
         self.wake.set()
 
     async def ensure_code(self, session: HostSession, code_hash: str) -> None:
-        """Upload and unpack a code snapshot on the host unless it is already there."""
+        """Upload and unpack a code snapshot on the host unless it is already there (once,
+        however many runs of a grid start at the same moment)."""
+        if code_hash in session.known_code:
+            return
+        lock = self.uploads.setdefault((session.host.name, code_hash), asyncio.Lock())
+        async with lock:
+            await self._ensure_code(session, code_hash)
+
+    async def _ensure_code(self, session: HostSession, code_hash: str) -> None:
         if code_hash in session.known_code:
             return
         root = remote_path(session.host.root).rstrip("/")
@@ -511,7 +568,29 @@ class RunController:
             "progress_msg": status.progress_msg,
             "log_size": status.log_size,
         }
+        if status.job_id is not None:
+            fields["slurm_job"] = status.job_id
+        if status.gpus and not run["gpus"]:  # a cluster's job: Slurm said which GPUs
+            fields["gpus"] = list(status.gpus)
+        held = run["state"] == "queued" and run["host"] == host  # in the host's own queue
+        if (
+            run["state"] == "cancelled"
+            and status.job_id is not None
+            and status.state in (protocol.RUN_PENDING, protocol.RUN_RUNNING)
+        ):
+            # Cancelled in the catalog while its submit was under way: cancel it there too.
+            self.spawn(self.cancel_on_host(host, status.run_id))
+            return
+        if status.state == protocol.RUN_PENDING:
+            from cvtui.engine.hosts_slurm import SlurmKind
+
+            kind = self.kinds["slurm"]
+            assert isinstance(kind, SlurmKind)  # only a Slurm login node's agent says pending
+            kind.on_pending(self, host, run, status)
+            return
         if status.state in protocol.RUN_FINAL_STATES:
+            if status.started and not run["started"]:
+                fields["started"] = status.started
             ended = self.catalog.transition_run(
                 status.run_id,
                 status.state,
@@ -533,20 +612,27 @@ class RunController:
             if not ended:
                 self.correct(run, status)
             self.wake.set()  # GPUs are free again
-        elif status.state == protocol.RUN_RUNNING and run["state"] == "dispatching":
-            self.catalog.transition_run(
+        elif status.state == protocol.RUN_RUNNING and (run["state"] == "dispatching" or held):
+            started = self.catalog.transition_run(
                 status.run_id,
                 "running",
-                expect=["dispatching"],
+                expect=[run["state"]],
                 run_dir=status.run_dir,
                 work_dir=status.work_dir or None,
                 supervisor_pid=status.supervisor_pid,
                 pgid=status.pgid,
                 started=status.started,
+                reason=None,
                 **fields,
             )
+            session = self.engine.sessions.get(host)
+            if started and session is not None:
+                self.kinds[session.host.kind].on_running(self, session, status.run_id)
         else:
             self.catalog.update_run(status.run_id, pgid=status.pgid, **fields)
+            session = self.engine.sessions.get(host)
+            if "gpus" in fields and session is not None:
+                self.kinds[session.host.kind].on_running(self, session, status.run_id)
         session = self.engine.sessions.get(host)
         if session is not None:
             self.sync.on_run_status(session, status)
@@ -561,7 +647,8 @@ class RunController:
         if whole_host:
             self.sync.host_ready(session)
         if run_ids is None:
-            active = self.catalog.list_runs(states=["dispatching", "running"], host=name)
+            # Queued runs with a host are held in its own queue (Slurm jobs pending there).
+            active = self.catalog.list_runs(states=["queued", "dispatching", "running"], host=name)
             run_ids = [r["id"] for r in active]
             # Runs taken for lost (their supervisor looked gone, their run dir missing): the
             # host may have the supervisor's own record of how they ended by now.
@@ -597,10 +684,10 @@ class RunController:
                 continue
             if run["state"] == "dispatching":
                 self.requeue(run_id, f"the start never reached {name}")
-            elif run["state"] == "running" and self.catalog.transition_run(
+            elif run["state"] in ("running", "queued") and self.catalog.transition_run(
                 run_id,
                 "lost",
-                expect=["running"],
+                expect=[run["state"]],
                 reason=f"run dir missing on {name}",
                 detail=f"run dir missing on {name}",
                 ended=time.time(),
@@ -687,6 +774,15 @@ class RunController:
                     command["id"], ok=False, result=f"unknown command {command['kind']!r}"
                 )
 
+    async def cancel_on_host(self, host: str, run_id: str) -> None:
+        session = self.engine.sessions.get(host)
+        if session is None or session.client is None:
+            return
+        try:
+            await session.client.call(protocol.OP_CANCEL, run_id=run_id)
+        except (RemoteError, TimeoutError, AgentClosedError) as exc:
+            log.warning("run %s: cancel on %s failed: %s", run_id, host, exc)
+
     async def cancel(self, command: dict[str, Any]) -> None:
         run_id = command["args"].get("run_id", "")
         run = self.catalog.get_run(run_id)
@@ -697,13 +793,17 @@ class RunController:
             self.catalog.finish_command(command["id"], ok=True, result=f"already {run['state']}")
             return
         by = command["args"].get("by")
-        if run["state"] == "queued" and self.catalog.transition_run(
-            run_id,
-            "cancelled",
-            expect=["queued"],
-            reason="cancelled before it started",
-            detail=by,
-            ended=time.time(),
+        if (
+            run["state"] == "queued"
+            and not run["host"]
+            and self.catalog.transition_run(
+                run_id,
+                "cancelled",
+                expect=["queued"],
+                reason="cancelled before it started",
+                detail=by,
+                ended=time.time(),
+            )
         ):
             self.catalog.finish_command(command["id"], ok=True, result="cancelled while queued")
             log.info(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from cvtui.catalog.history import DEFAULT_HISTORY, HistoryTier
 from cvtui.errors import UnknownHostError
 from cvtui.run_env import RunEnv
+from cvtui.slurm_settings import SlurmSettings
 
 HOST_KEY_MODES = ("strict", "accept-new")
 FOREIGN_PROCESS_MODES = ("avoid", "share")
@@ -118,6 +119,8 @@ class Host:
     # What runs before a run's command there (setup lines, PATH, python); see cvtui.run_env.
     run_env: RunEnv | None = None
     links: tuple[tuple[str, str], ...] = ()  # (name in a run's work dir, host path) pairs
+    kind: str = "ssh"  # one of HOST_KINDS: "slurm" is a cluster reached through its login node
+    slurm: SlurmSettings | None = None  # a Slurm host's sbatch defaults
     line: int = field(default=0, compare=False)  # 1-based line of the host's key in the file
 
     def __post_init__(self) -> None:
@@ -137,6 +140,7 @@ class Host:
             self.known_hosts,
             self.jump,
             self.simulate,
+            self.kind,
         )
 
 

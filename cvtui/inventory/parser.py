@@ -21,13 +21,18 @@ from cvtui.inventory.model import (
     parse_jump,
 )
 from cvtui.run_env import parse_links, parse_run_env
-from cvtui.yaml_nodes import AlreadyReported, NodeParser, compose_document
+from cvtui.slurm_settings import HOST_KINDS, SlurmSettings, parse_slurm_settings
+from cvtui.yaml_nodes import AlreadyReported, NodeParser, Pairs, compose_document
 
 _DEFAULT_KEYS = (
     "user", "port", "identity", "python", "root", "leases_dir", "known_hosts", "jump",
     "run_env", "links",
 )  # fmt: skip
-_HOST_KEYS = ("address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate")
+_HOST_KEYS = (
+    "address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate",
+    "kind", "slurm",  # cvtui/slurm_settings.py
+)  # fmt: skip
+_NOT_ON_SLURM = ("simulate", "gpus", "gpu_order", "max_runs")  # Slurm allocates the GPUs
 _POLICY_KEYS = (
     "interval",
     "stale_after",
@@ -45,7 +50,7 @@ _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
 _NULLABLE_KEYS = {
     "user", "port", "identity", "known_hosts", "jump", "gpus", "max_runs", "gpu_order", "simulate",
-    "run_env", "links",
+    "run_env", "links", "slurm",
 }  # fmt: skip
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -101,6 +106,10 @@ class InventoryParser(NodeParser[InventoryError]):
             return self.gpu_indexes(node, key)
         if key == "tags":
             return () if self.is_null(node) else self.tags(node)
+        if key == "kind":
+            return self.choice(node, key, HOST_KINDS)
+        if key == "slurm":
+            return SlurmSettings(**parse_slurm_settings(self, node, key))
         if key == "simulate":
             return self.simulate(node)
         if key == "run_env":
@@ -139,6 +148,7 @@ class InventoryParser(NodeParser[InventoryError]):
                     parsed.add(setting_key)
         if settings.get("links") is None:
             settings.pop("links", None)
+        self.check_kind(name, pairs, settings)
         simulate = settings.get("simulate")
         for setting_key in ("gpus", "gpu_order"):
             if simulate is None or setting_key not in parsed or settings[setting_key] is None:
@@ -153,6 +163,20 @@ class InventoryParser(NodeParser[InventoryError]):
                         )
                     )
         return Host(name=name, line=key.start_mark.line + 1, **settings)
+
+    def check_kind(self, name: str, pairs: Pairs, settings: dict[str, Any]) -> None:
+        """Keys that make no sense for the host's kind are errors, not silently ignored."""
+        if settings.get("kind", "ssh") != "slurm":
+            if "slurm" in pairs:
+                problem = f"host {name!r}: 'slurm' settings need 'kind: slurm' on the host"
+                self.report(self.error(pairs["slurm"][0], problem))
+            return
+        for key in _NOT_ON_SLURM:
+            if key in pairs and settings.get(key) is not None:
+                problem = (
+                    f"host {name!r}: {key!r} does not apply to kind: slurm (Slurm allocates GPUs)"
+                )
+                self.report(self.error(pairs[key][0], problem))
 
     def policy(self, node: yaml.Node) -> Policy:
         if self.is_null(node):

@@ -95,6 +95,7 @@ def test_insert_then_get_round_trips_json_and_fills_defaults(catalog: Catalog) -
         "work_dir": None,
         "final_by": None,
         "outputs_unmatched": None,
+        "slurm_job": None,
     }
     other = catalog.get_run("r2")
     assert other is not None

@@ -54,7 +54,7 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 9
+        assert cat.schema_version() == LATEST == 10
         assert set(cat.db.table_names()) >= TABLES
         assert "telemetry" not in cat.db.table_names()  # moved into telemetry_raw by 7
         assert {"telemetry_chunks_series", "gpu_processes_host"} <= {
@@ -72,6 +72,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (7, "migration_7_work_dirs"),
         (8, "migration_8_gpu_leases"),
         (9, "migration_9_operations"),
+        (10, "migration_10_slurm"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 

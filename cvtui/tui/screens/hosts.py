@@ -12,6 +12,7 @@ from cvtui.tui import cells
 from cvtui.tui.filtering import parse_filter
 from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
+from cvtui.tui.widgets.cluster_rows import cluster_gpus
 from cvtui.tui.widgets.hosts_table import HostsTable, free_gpus
 from cvtui.tui.widgets.table import LiveTable
 from cvtui.units import ago, size
@@ -45,6 +46,8 @@ def host_fields(host: dict[str, Any]) -> dict[str, Any]:
 
 
 def host_info(host: dict[str, Any], now: float) -> Text:
+    if host.get("cluster") is not None:
+        return cluster_info(host, now)
     gpus = host["gpus"]
     models = sorted({g["name"] for g in gpus})
     text = Text.assemble((host["name"], "bold"), " ", cells.host_state(host["state"]))
@@ -61,6 +64,22 @@ def host_info(host: dict[str, Any], now: float) -> Text:
             f" · ram {size(host.get('mem_used'))}/{size(host.get('mem_total'))}"
             f" · disk {size(host.get('disk_free'))} free"
         )
+    text.append(f" · seen {ago(host.get('last_seen'), now)}", style="dim")
+    return text
+
+
+def cluster_info(host: dict[str, Any], now: float) -> Text:
+    """A Slurm cluster: its GPUs as Slurm allocates them, and the user's jobs there."""
+    cluster = host["cluster"]
+    total, alloc, idle = cluster_gpus(cluster)
+    text = Text.assemble((host["name"], "bold"), " ", cells.host_state(host["state"]))
+    if host.get("reason"):
+        text.append(f" ({host['reason']})", style="red")
+    text.append(" · slurm", style="italic")
+    text.append(f" · {len(cluster.get('partitions') or [])} partitions")
+    text.append(f" · {len(cluster.get('nodes') or [])} nodes")
+    text.append(f" · GPUs {idle} idle, {alloc} allocated of {total}")
+    text.append(f" · you: {cluster.get('running', 0)} running, {cluster.get('pending', 0)} pending")
     text.append(f" · seen {ago(host.get('last_seen'), now)}", style="dim")
     return text
 

@@ -12,6 +12,15 @@ from textual.binding import Binding, BindingType
 from cvtui import units
 from cvtui.catalog.rows import gpu_is_free
 from cvtui.tui import cells
+from cvtui.tui.widgets.cluster_rows import (
+    NODE_PREFIX,
+    PARTITION_PREFIX,
+    cluster_cells,
+    cluster_gpus,
+    cluster_rows,
+    node_cells,
+    partition_cells,
+)
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
 WIDE_FROM = 110  # terminal columns from which RAM and disk get their own columns
@@ -34,7 +43,9 @@ def host_columns(width: int) -> list[Column]:
 
 
 def free_gpus(host: dict[str, Any]) -> int:
-    """GPUs with no process and no lease on them: what a new run could get."""
+    """GPUs with no process and no lease on them: what a new run could get (a cluster's idle)."""
+    if host.get("cluster") is not None:
+        return cluster_gpus(host["cluster"])[2]
     return sum(1 for g in host["gpus"] if gpu_is_free(g))
 
 
@@ -156,6 +167,10 @@ class HostsTable(LiveTable):
             name = host["name"]
             is_open = name in self.expanded
             rows.append((f"host:{name}", (host, is_open)))
+            if host.get("cluster") is not None:
+                if is_open:
+                    rows += cluster_rows(host)
+                continue
             if is_open and host["state"] in ("healthy", "stale"):
                 for gpu in host["gpus"]:
                     runs = {p["run_id"]: self.run_names.get(p["run_id"]) for p in gpu["processes"]}
@@ -165,7 +180,14 @@ class HostsTable(LiveTable):
     def cells(self, key: str, data: Any) -> list[Any]:
         if key.startswith("host:"):
             host, is_open = data
+            if host.get("cluster") is not None:
+                return cluster_cells(host, is_open, self.wide)
             return host_cells(host, is_open, self.wide)
+        if key.startswith(f"{PARTITION_PREFIX}:"):
+            return partition_cells(data, self.wide)
+        if key.startswith(f"{NODE_PREFIX}:"):
+            node, jobs = data
+            return node_cells(node, self.wide, jobs)
         gpu, runs = data
         return gpu_cells(gpu, self.wide, runs)
 
