@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import running, wait_for
+from support import metric_count, running, wait_for
 
 from cvtui.catalog import Catalog
 from cvtui.engine.engine import Engine
@@ -96,7 +96,7 @@ async def test_kill_9_of_cvtui_mid_run_then_reconcile(cluster: SlurmLab, home: P
     for run in runs:
         rows = (mirror_dir(home, run["id"]) / "metrics.csv").read_text().splitlines()
         assert rows == ["step,loss"] + [f"{i},{1.0 / (i + 1)}" for i in range(6)]
-        assert catalog.metric_count(run["id"]) == 6
+        assert metric_count(catalog, run["id"]) == 6
     catalog.close()
 
 

@@ -230,7 +230,7 @@ def test_the_cli_hands_a_run_to_slurm_and_cancels_it_there(cluster: SlurmLab, ho
         listed = subprocess.run([*base, "ps"], capture_output=True, text=True, timeout=60)
         assert "cluster" in listed.stdout and "queued" in listed.stdout
         cancelled = subprocess.run(
-            [*base, "cancel", run["id"]], capture_output=True, text=True, timeout=60
+            [*base, "cancel", run["id"], "--wait"], capture_output=True, text=True, timeout=90
         )
         assert cancelled.returncode == 0, cancelled.stderr
         assert (catalog.get_run(run["id"]) or {})["state"] == "cancelled"

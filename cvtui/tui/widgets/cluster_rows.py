@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.text import Text
 
+from cvtui import units
 from cvtui.tui import cells
 
 # Row keys: part:HOST:PARTITION and node:HOST:NODE, under host:HOST.
@@ -58,7 +59,7 @@ def cluster_cells(host: Mapping[str, Any], expanded: bool, wide: bool) -> list[A
         cells.percent(host.get("cpu_percent")) if up else "",
     ]
     if wide:
-        row += ["", cells.short_bytes(host.get("disk_free")) if up else ""]
+        row += ["", units.short_size(host.get("disk_free")) if up else ""]
     row += [str(host.get("runs") or "") or Text("-", style="dim"), cluster_note(host)]
     return row
 
