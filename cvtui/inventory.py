@@ -38,6 +38,8 @@ _POLICY_KEYS = (
     "host_keys",
     "foreign_processes",
     "max_grid",
+    "preempt",
+    "preempt_grace",
 )
 _SIMULATE_KEYS = ("gpus", "model", "memory")
 _NOTIFY_KEYS = ("command", "webhook")
@@ -162,6 +164,8 @@ class Policy:
     host_keys: str = "strict"  # one of HOST_KEY_MODES
     foreign_processes: str = "avoid"  # one of FOREIGN_PROCESS_MODES: GPUs others use are avoided
     max_grid: int = 10_000  # runs one config may queue unless `cvtui run --max-runs` says more
+    preempt: bool = False  # a starving urgent run may end low runs that declared `resume`
+    preempt_grace_s: float = 60.0  # SIGTERM to SIGKILL for a preempted run (time to save)
 
 
 @dataclass(frozen=True)
@@ -584,6 +588,14 @@ class _Parser:
                     values[key] = self.choice(value, "policy.foreign_processes", modes)
                 elif key == "max_grid":
                     values[key] = self.integer(value, "policy.max_grid", "an integer >= 1", 1)
+                elif key == "preempt":
+                    flag = self.value(value) if isinstance(value, yaml.ScalarNode) else None
+                    if not isinstance(flag, bool):
+                        got = self.describe(value)
+                        raise self.error(
+                            value, f"policy.preempt: expected true or false, got {got}"
+                        )
+                    values[key] = flag
                 else:
                     values[f"{key}_s"] = self.duration(value, f"policy.{key}")
                 read = True

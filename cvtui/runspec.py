@@ -13,6 +13,7 @@ from typing import Any
 
 from cvtui.errors import ConfigError
 from cvtui.run_env import DEFAULT_PYTHON, RunEnv
+from cvtui.run_inputs import INPUT_PLACEHOLDER, Resume, resume_words
 from cvtui.states import PRIORITIES
 
 DEFAULT_OUTPUTS = ("*.csv", "*.jsonl", "*.yaml", "*.log", "*.pt", "*.pth", "*.ckpt")
@@ -60,6 +61,9 @@ class RunSpec:
     run_env: RunEnv = field(default_factory=RunEnv)  # the config's own, added to its host's
     links: Mapping[str, str] = field(default_factory=dict)  # work-dir name -> host path
     axes: tuple[str, ...] = ()  # dotted keys of the grid's axes (what tells its runs apart)
+    # name -> "model:NAME" or "run:RUN:PATH", pinned to bytes at submit (cvtui/repro/inputs.py)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    resume: Resume | None = None  # how a retry starts from the last checkpoint
 
     def render_command(
         self,
@@ -69,11 +73,15 @@ class RunSpec:
         gpus: Sequence[int],
         config_file: str | None = None,
         python: str = DEFAULT_PYTHON,
+        inputs: Mapping[str, str] | None = None,
+        checkpoint: str | None = None,
     ) -> tuple[str, ...] | str:
         """The command with built-ins filled (shell-quoted in a str command) and {{ }} undone.
 
         run_dir is the work dir the command runs in; config_file defaults to config.yaml
-        beside it, as the agent writes it.
+        beside it, as the agent writes it. inputs: each input's path on the host, by name,
+        for {inputs.NAME}; checkpoint: the staged checkpoint a retry resumes from, which
+        appends the resume arg.
         """
         values = {
             "run_id": run_id,
@@ -82,12 +90,20 @@ class RunSpec:
             or posixpath.join(posixpath.dirname(run_dir.rstrip("/")) or "/", CONFIG_FILE_NAME),
             "gpus": ",".join(str(gpu) for gpu in gpus),
             "python": python,
+            **{f"{INPUT_PLACEHOLDER}{name}": path for name, path in (inputs or {}).items()},
         }
+        resume = self.resume if checkpoint is not None else None
         if isinstance(self.command, str):
-            return fill_template(self.command, lookup_values(values, shlex.quote), final=True)
-        return tuple(
+            text = fill_template(self.command, lookup_values(values, shlex.quote), final=True)
+            if resume is not None and checkpoint is not None:
+                text = " ".join([text, *resume_words(resume.arg, checkpoint, quoted=True)])
+            return text
+        argv = tuple(
             fill_template(part, lookup_values(values, str), final=True) for part in self.command
         )
+        if resume is not None and checkpoint is not None:
+            argv += tuple(resume_words(resume.arg, checkpoint, quoted=False))
+        return argv
 
     def config_yaml(self) -> str:
         """config.yaml's text (specs from before config_text: the config as safe YAML)."""
@@ -122,6 +138,8 @@ class RunSpec:
             "run_env": self.run_env.to_json(),
             "links": dict(self.links),
             "axes": list(self.axes),
+            "inputs": dict(self.inputs),
+            "resume": self.resume.to_json() if self.resume else None,
         }
 
     @classmethod
@@ -152,6 +170,8 @@ class RunSpec:
             run_env=RunEnv.from_json(data.get("run_env")),
             links=dict(data.get("links") or {}),
             axes=tuple(data.get("axes") or ()),
+            inputs=dict(data.get("inputs") or {}),
+            resume=Resume.from_json(data.get("resume")),
         )
 
 

@@ -252,9 +252,14 @@ class RunOps:
             else:
                 recorded = {}
             made_links = workdir.make_links(work, links)
-            workdir.write_snapshot_record(
-                run_dir, request.code_hash, recorded, [name for name, _ in links]
-            )
+            linked = [name for name, _ in links]
+            if request.inputs:
+                from remote_agent.inputs import stage_inputs  # see _remove_tree
+
+                copies, input_links = stage_inputs(work, self.root, request.inputs)
+                recorded.update(copies)
+                linked += input_links
+            workdir.write_snapshot_record(run_dir, request.code_hash, recorded, linked)
             with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(request.config_yaml)
         except BaseException:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from cvtui.catalog.components import migration_5_reproducibility
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
+from cvtui.catalog.run_inputs import migration_10_run_inputs
 from cvtui.catalog.runs import migration_7_work_dirs
 from cvtui.errors import CvtuiError
 
@@ -209,6 +210,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_6_metric_series,  # cvtui/catalog/metric_store.py (metrics became a view)
     migration_7_work_dirs,  # cvtui/catalog/runs.py
     migration_8_gpu_leases,
+    # Named 10: the Slurm host kind's migration 9 goes before it when the branches merge.
+    migration_10_run_inputs,  # cvtui/catalog/run_inputs.py
 )
 
 

@@ -20,6 +20,7 @@ from cvtui.catalog.components import ComponentsMixin
 from cvtui.catalog.hosts_admin import HostsAdminMixin
 from cvtui.catalog.metrics import SyncMixin
 from cvtui.catalog.rows import HOST_GPU_IDX, build_hosts_report, telemetry_rows
+from cvtui.catalog.run_inputs import RunInputsMixin
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
 from remote_agent.protocol import Hello, Telemetry
@@ -48,7 +49,7 @@ class HostRow(Protocol):
     def tags(self) -> Iterable[str]: ...
 
 
-class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin):
+class Catalog(RunsMixin, HostsAdminMixin, SyncMixin, ComponentsMixin, RunInputsMixin):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 
     Run and command methods live in RunsMixin (runs.py), drain and GPU model lookups in

@@ -15,12 +15,16 @@ from cvtui.catalog import new_run_id
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
+from cvtui.engine.inputs import InputsRefused, inputs_for_start, stage_inputs
+from cvtui.engine.preempt import Preemption
+from cvtui.engine.resume import SYNC_WAIT_S
 from cvtui.engine.start_request import start_request
 from cvtui.engine.syncer import Syncer
 from cvtui.paths import snapshot_archive
+from cvtui.repro.blobstore import BlobError, BlobStore
 from cvtui.repro.provenance import capture_run_python, record_dispatch
 from cvtui.runspec import RunSpec
-from cvtui.states import ACTIVE_STATES
+from cvtui.states import ACTIVE_STATES, preempted
 from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus
 
@@ -59,6 +63,10 @@ class RunController:
         self._priorities: dict[str, str] = {}  # queued run -> priority at the last pass
         self._drained: set[str] | None = None  # drained hosts at the last pass
         self._pass_done = asyncio.Event()  # replaced after each pass, so waiters wake once
+        # Retries that resume, held in the queue until the attempt before them is synced (its
+        # last checkpoints are in): retry id -> (that attempt's id, monotonic time queued).
+        self.resume_holds: dict[str, tuple[str, float]] = {}
+        self.preemption = Preemption(self)
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -233,9 +241,27 @@ class RunController:
                 )
         self._drained = drained
 
+    def resume_held(self, run_id: str) -> bool:
+        """Whether a resuming retry still waits for the final sync of the attempt before it."""
+        hold = self.resume_holds.get(run_id)
+        if hold is None:
+            return False
+        before, since = hold
+        if self.settled([before]) or time.monotonic() - since > SYNC_WAIT_S:
+            del self.resume_holds[run_id]
+            return False
+        return True
+
     def dispatch_pass(self) -> None:
         entries = self.catalog.queue_entries()
         self.note_changes(entries)
+        held = {e[0] for e in entries if e[0] in self.resume_holds and self.resume_held(e[0])}
+        if held:
+            entries = [e for e in entries if e[0] not in held]
+            reason = "waits for the last checkpoints of the attempt before it to sync"
+            changed = {i: reason for i in held if self.waiting_reasons.get(i) != reason}
+            self.waiting_reasons.update(changed)
+            self.catalog.set_waiting_reasons(changed)
         if not entries:
             return
         queue = [
@@ -250,11 +276,11 @@ class RunController:
             )
             for run_id, priority, submitted, resources in entries
         ]
-        plan = scheduler.plan(
-            queue,
-            self.host_states(),
-            foreign_processes=self.engine.inventory.policy.foreign_processes,
-        )
+        states = self.host_states()
+        policy = self.engine.inventory.policy
+        plan = scheduler.plan(queue, states, foreign_processes=policy.foreign_processes)
+        if policy.preempt:
+            self.preemption.consider(queue, states, plan)
         changed = {
             run_id: reason
             for run_id, reason in plan.waiting.items()
@@ -295,15 +321,22 @@ class RunController:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await self.ensure_code(session, run["code_hash"])
-            request = start_request(run, spec, session.host, session.hello, placement.gpus)
+            inputs = await inputs_for_start(self.catalog, self.home, run, spec)
+            staged = await stage_inputs(session, BlobStore.in_home(self.home), inputs)
+            request = start_request(
+                run, spec, session.host, session.hello, placement.gpus, inputs, staged
+            )
             command = request.command
             reply = await client.call(
                 protocol.OP_START, timeout_s=START_TIMEOUT_S, **request.to_wire()
             )
+        except (InputsRefused, BlobError) as exc:
+            self.refuse(run, f"cannot start: {exc}")
+            return
         except RemoteError as exc:
             if exc.code == protocol.E_RUN_EXISTS:
                 await self.reconcile(session, [run_id])  # an earlier start got there after all
-            elif exc.code == protocol.E_BAD_LINK:
+            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT):
                 self.refuse(run, f"cannot start on {placement.host}: {exc.message}")
             else:
                 if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule
@@ -397,26 +430,43 @@ class RunController:
                         ended=time.time(),
                     )
 
-    def retry(self, run: dict[str, Any], why: str) -> str | None:
-        """Queue the next attempt of a failed or lost run while its `retries` allow one.
+    def retry(self, run: dict[str, Any], why: str, *, preempted: bool = False) -> str | None:
+        """Queue the next attempt of a failed, lost or preempted run while its `retries` allow
+        one (a preemption is not the run's failure: it does not use one up).
 
         An attempt is a new run (new id, new run dir): a host never starts one run id twice.
+        It gets the inputs pinned at submit; one that resumes waits in the queue until the
+        attempt before it is synced, then starts from its newest checkpoint (start_run).
         """
         attempt = int(run.get("attempt") or 1)
-        if attempt > int(run.get("retries") or 0):
+        retries = int(run.get("retries") or 0) + (1 if preempted else 0)
+        if attempt > retries:
             return None
         keep = ("name", "project", "user", "priority", "command", "params", "config", "spec")
         row = {key: run[key] for key in keep}
         row.update(
             id=new_run_id(),
             resources=run["resources"],
-            retries=run["retries"],
+            retries=retries,
             code_hash=run["code_hash"],
             attempt=attempt + 1,
             submitted=run["submitted"],  # keeps its place in the queue
         )
         [new_id] = self.catalog.insert_runs([row])
-        log.info("run %s: %s; attempt %d is run %s", run["id"], why, attempt + 1, new_id)
+        self.catalog.copy_run_inputs(run["id"], new_id, kinds=("model", "run"))
+        self.catalog.note_run_event(
+            new_id, f"attempt {attempt + 1} of at most {retries + 1}: {run['id']} {why}"
+        )
+        if (run.get("spec") or {}).get("resume"):
+            self.resume_holds[new_id] = (run["id"], time.monotonic())
+        log.info(
+            "run %s: %s; attempt %d is run %s",
+            run["id"],
+            why,
+            attempt + 1,
+            new_id,
+            extra={"event": "retry", "run": new_id},
+        )
         return new_id
 
     def run_ended(self, run_id: str) -> None:
@@ -490,6 +540,10 @@ class RunController:
                 self.run_ended(status.run_id)
             if ended and status.state in (protocol.RUN_FAILED, protocol.RUN_LOST):
                 self.retry(run, status.reason or status.state)
+            elif ended and status.state == protocol.RUN_CANCELLED and preempted(status.reason):
+                self.preemption.ended(run["id"])
+                if (run.get("spec") or {}).get("resume"):
+                    self.retry(run, status.reason or "preempted", preempted=True)
             if not ended:
                 self.correct(run, status)
             self.wake.set()  # GPUs are free again

@@ -36,6 +36,7 @@ TABLES = {
     "metric_chunks",
     "runs",
     "run_events",
+    "run_inputs",
 }
 LATEST = len(MIGRATIONS)
 
@@ -50,7 +51,7 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 8
+        assert cat.schema_version() == LATEST == 9
         assert set(cat.db.table_names()) >= TABLES
         assert {"telemetry_host_gpu_time", "gpu_processes_host"} <= {
             i.name for t in ("telemetry", "gpu_processes") for i in cat.db.table(t).indexes
@@ -66,6 +67,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (6, "migration_6_metric_series"),
         (7, "migration_7_work_dirs"),
         (8, "migration_8_gpu_leases"),
+        (9, "migration_10_run_inputs"),  # 10 once the Slurm branch's 9 is merged before it
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 
