@@ -29,6 +29,7 @@ from cvtui.errors import CvtuiError
 from cvtui.inventory import Inventory
 from cvtui.states import ACTIVE_STATES
 from cvtui.tui.commands import DashboardCommands
+from cvtui.tui.forwards import RunForwards
 from cvtui.tui.messages import CatalogNotices, CatalogUpdated, WorkerResult
 from cvtui.tui.model import CatalogReader, CatalogView, Clock, Notice
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
@@ -100,6 +101,7 @@ class DashboardApp(App[int]):
         )
         self.view: CatalogView | None = None
         self.marked: list[str] = []  # run ids marked on the Runs screen for comparison
+        self.forwards = RunForwards(inventory, self.home)  # ports forwarded (run detail)
         self.engine_note = self.describe_engine()
         self.user = getpass.getuser()
         self._stop = asyncio.Event()
@@ -243,6 +245,7 @@ class DashboardApp(App[int]):
         if self._quitting:
             return
         self._quitting = True
+        self.forwards.close_all()
         self.workers.cancel_group(self, "catalog-watch")
         self._wake.set()
         self._stop.set()
@@ -253,6 +256,7 @@ class DashboardApp(App[int]):
 
     def on_unmount(self) -> None:
         self._quitting = True
+        self.forwards.close_all()
         self._wake.set()
         with contextlib.suppress(Exception):
             self.reader.close()
