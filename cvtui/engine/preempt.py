@@ -37,13 +37,14 @@ class Preemptible:
 def freed(
     hosts: Sequence[scheduler.HostState], victims: Sequence[Preemptible]
 ) -> list[scheduler.HostState]:
-    """The hosts as they would be with every victim's GPUs given back (pure)."""
+    """The hosts as they would be with the victims' GPUs given back (pure). A freed GPU keeps
+    its load figure, so the scheduler still prefers GPUs that are idle already."""
     gone = {(v.host, g) for v in victims for g in v.gpus}
     per_host = {h.name: sum(1 for v in victims if v.host == h.name) for h in hosts}
     found = []
     for host in hosts:
         gpus = tuple(
-            replace(gpu, leased_by=None, ours=False, util=0.0, mem_used=0)
+            replace(gpu, leased_by=None, ours=False, mem_used=0)
             if (host.name, gpu.index) in gone and not gpu.foreign
             else gpu
             for gpu in host.gpus
@@ -60,17 +61,23 @@ def choose_victims(
     *,
     foreign_processes: str = "avoid",
 ) -> list[str]:
-    """The fewest runs, on one host, whose end lets run start: where the scheduler would put
-    it if every preemptible run were gone, those holding the GPUs it would take. ahead: the
-    runs placed before it in this pass, which keep their GPUs. Pure."""
-    plan = scheduler.plan(
-        [*ahead, run], freed(hosts, preemptible), foreign_processes=foreign_processes
-    )
-    target = next((p for p in plan.placements if p.run_id == run.run_id), None)
-    if target is None:
-        return []
-    holders = {(v.host, g): v.run_id for v in preemptible for g in v.gpus}
-    return sorted({holders[(target.host, g)] for g in target.gpus if (target.host, g) in holders})
+    """The fewest runs, on one host, whose end lets run start: per host, where the scheduler
+    would put it with that host's preemptible runs gone, those holding the GPUs it would
+    take. ahead: the runs placed before it in this pass, which keep their GPUs. Pure."""
+    best: list[str] | None = None
+    for name in sorted({v.host for v in preemptible}):
+        mine = [v for v in preemptible if v.host == name]
+        plan = scheduler.plan(
+            [*ahead, run], freed(hosts, mine), foreign_processes=foreign_processes
+        )
+        target = next((p for p in plan.placements if p.run_id == run.run_id), None)
+        if target is None or target.host != name:
+            continue
+        holders = {(v.host, g): v.run_id for v in mine for g in v.gpus}
+        victims = sorted({holders[(name, g)] for g in target.gpus if (name, g) in holders})
+        if victims and (best is None or len(victims) < len(best)):
+            best = victims
+    return best or []
 
 
 class Preemption:

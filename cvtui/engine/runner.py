@@ -106,12 +106,16 @@ class RunController:
             rows = [self.catalog.get_run(run_id) for run_id in run_ids]
             waiting = [r for r in rows if r is not None and r["state"] == "queued"]
             answered = all(event.is_set() for event in self.engine.answered.values())
+            if not answered:
+                # A pass under way now may have begun before the last host answered: the
+                # one that decides is the next one after it.
+                asked_at = self.passes + 1
             if not waiting or (self.passes > asked_at and answered) or loop.time() > deadline:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pass_done.wait(), max(0.0, deadline - loop.time()))
-            if not answered and self.passes > asked_at:
-                self.wake.set()  # hosts came up since: one more pass with them
+            if answered:
+                self.wake.set()  # every host answered: the deciding pass, now
         keys = ("id", "name", "state", "host", "gpus", "reason")
         return [{k: r[k] for k in keys} for r in rows if r is not None]
 
@@ -693,6 +697,8 @@ class RunController:
                 extra={"event": "cancel", "run": run_id},
             )
             return
+        if run["state"] == "dispatching":
+            return  # its start is in flight: the host has no run dir yet; asked again next pass
         session = self.engine.sessions.get(run["host"] or "")
         if session is None or session.client is None:
             return  # stays pending until the host is back
