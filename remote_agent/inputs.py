@@ -138,8 +138,8 @@ def stage_inputs(work_dir: str, root: str, inputs: Any) -> tuple[dict[str, list[
         if (rel.split("/")[0] + "/").startswith(OWN_FILES_PREFIX):
             raise RemoteError(E_BAD_REQUEST, f"input path {rel[:200]!r} is reserved")
         source = stored_path(root, item.get("hash"))
-        if _regular_size(source) is None:
-            raise RemoteError(E_BAD_INPUT, f"input {rel}: {source} is not on this host")
+        if _regular_size(source) is None:  # removed since it was staged: staged again
+            raise RemoteError(E_NO_SUCH_FILE, f"input {rel}: {source} is not on this host")
         dest = os.path.join(work_dir, *rel.split("/"))
         if os.path.lexists(dest):
             raise RemoteError(

@@ -348,6 +348,8 @@ class RunController:
                         self.refused[(placement.host, index)] = session.latest_at
                 if exc.code == protocol.E_CODE_CHANGED:  # set aside there: the next try uploads
                     session.known_code.discard(run["code_hash"])
+                if exc.code == protocol.E_NO_SUCH_FILE:  # an input removed there: staged again
+                    session.known_inputs.clear()
                 self.requeue(run_id, f"start on {placement.host} refused: {exc.message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:

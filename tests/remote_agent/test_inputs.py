@@ -16,6 +16,7 @@ from remote_agent.protocol import (
     E_BAD_INPUT,
     E_BAD_REQUEST,
     E_INPUT_CORRUPT,
+    E_NO_SUCH_FILE,
     INPUTS_DIR,
     RemoteError,
 )
@@ -112,7 +113,7 @@ def test_an_input_missing_on_the_host_or_colliding_with_the_code_refuses_the_sta
     work.mkdir()
     with pytest.raises(RemoteError) as missing:
         stage_inputs(str(work), str(root), [{"path": "w.pt", "hash": NAME, "copy": False}])
-    assert missing.value.code == E_BAD_INPUT and "is not on this host" in missing.value.message
+    assert missing.value.code == E_NO_SUCH_FILE and "is not on this host" in missing.value.message
     (root / INPUTS_DIR).mkdir(parents=True)
     (root / INPUTS_DIR / NAME).write_bytes(DATA)
     (work / "w.pt").write_bytes(b"the code's own")

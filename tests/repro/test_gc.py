@@ -12,6 +12,7 @@ import pytest
 
 from cvtui.catalog import Catalog
 from cvtui.catalog.components import VersionEntry
+from cvtui.catalog.run_inputs import RunInput
 from cvtui.repro.blobstore import BlobStore, hash_bytes
 from cvtui.repro.gc import REFERENCES, WRITER_GRACE_S, collect_garbage, plan_gc
 
@@ -77,7 +78,7 @@ def test_an_overwritten_checkpoint_is_collected_only_after_confirmation(
 
     code, out = cvtui(home, "gc", "--unreferenced", input="y\n")
     assert code == 0, out
-    assert "removed 1 blob(s) and 0 temp file(s), 293KiB freed" in out
+    assert "removed 1 blob(s) and 0 temp file(s), 293.0KiB freed" in out
     assert not store.has(old)
     with Catalog.open_home(home) as catalog:
         assert catalog.known_blobs([old]) == set()
@@ -160,6 +161,10 @@ def test_every_reference_kind_protects_its_blob(home: Path) -> None:
                 "INSERT INTO host_environments (host, pip_freeze_hash, taken) VALUES ('g', ?, 0)",
                 (named[("host_environments", "pip_freeze_hash")],),
             )
+        given = named[("run_inputs", "hash")]
+        catalog.record_run_inputs(
+            [RunInput(RUN_A, "w", "model", "model:m", "inputs/w/w.pt", given, 1)]
+        )
         stale_component = store_blob(store, b"an old freeze nobody names", age_s=old)
         record(catalog, stale_component, 26, "pip_freeze", age_s=old)  # 26 bytes
         unindexed = store_blob(store, b"written by a writer that died", age_s=old)
