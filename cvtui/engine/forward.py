@@ -81,11 +81,16 @@ class PortForward:
         """Wait until the forward ended (closed or its connection lost); whether it did."""
         return self._done.wait(timeout_s)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Ask the forward to end, without waiting for it (from an event loop's thread)."""
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not self._done.is_set():
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(stop.set)
+
+    def close(self) -> None:
+        """End the forward and wait until its port is closed."""
+        self.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
 

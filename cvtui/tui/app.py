@@ -224,6 +224,7 @@ class DashboardApp(App[int]):
 
     def on_catalog_updated(self, message: CatalogUpdated) -> None:
         self.view = message.view
+        self.forwards.stop_ended(lambda run_id: (message.view.run(run_id) or {}).get("state"))
         if not self.screen_stack:
             return  # shutting down
         screen = self.screen

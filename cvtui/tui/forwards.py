@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,19 @@ class RunForwards:
         for forward in closing:
             forward.close()
         return sum(1 for _ in closing)
+
+    def stop_ended(self, state_of: Callable[[str], str | None]) -> None:
+        """Stop the forwards of runs that ended (state_of: a run's state, None if unknown);
+        does not wait (called on the UI thread)."""
+        with self._lock:
+            ended = [
+                key
+                for key in self._open
+                if state_of(key[0]) not in (None, "dispatching", "running")
+            ]
+            stopping = [self._open.pop(key) for key in ended]
+        for forward in stopping:
+            forward.stop()
 
     def close_all(self) -> None:
         with self._lock:

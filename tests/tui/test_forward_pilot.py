@@ -1,5 +1,5 @@
 """The dashboard offers port forwarding on a run: in a real run's detail screen (real sshd), p
-asks for the port, the forward opens on 127.0.0.1, and p again closes it."""
+asks for the port, the forward opens on 127.0.0.1; p again closes it, and so does the run's end."""
 
 from __future__ import annotations
 
@@ -73,4 +73,11 @@ async def test_p_on_a_running_run_forwards_a_port(
             await pilot.press("p")  # again: closes it
             await until(lambda: not forward.active)
             assert app.forwards.of_run(run.id) == []
-    api.cancel(run, grace_s=1)
+            # Opened again, it ends with the run.
+            await pilot.press("p")
+            await until(lambda: isinstance(app.screen, ForwardScreen))
+            await pilot.press(*f"{remote}:0", "enter")
+            await until(lambda: bool(app.forwards.of_run(run.id)))
+            [again] = app.forwards.of_run(run.id)
+            api.cancel(run, grace_s=1)
+            await until(lambda: not again.active)
