@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncssh
 import xxhash
 
 from cvtui.catalog.run_inputs import RunInput
@@ -66,9 +67,14 @@ async def ensure_input(session: HostSession, blobs: BlobStore, hash_: str, size:
         digest = await asyncio.to_thread(local_digest, blobs.path(hash_), hash_, algo)
         sftp = await session.sftp()
         directory = f"{hello.root.rstrip('/')}/{protocol.INPUTS_DIR}"
-        await sftp.makedirs(directory, exist_ok=True)
         upload = f"{hash_}.{secrets.token_hex(6)}.part"  # one per uploader
-        await sftp.put(str(blobs.path(hash_)), f"{directory}/{upload}")
+        try:
+            await sftp.makedirs(directory, exist_ok=True)
+            await sftp.put(str(blobs.path(hash_)), f"{directory}/{upload}")
+        except asyncssh.SFTPError as exc:  # a full disk, a quota: the run goes back to the queue
+            raise protocol.RemoteError(
+                protocol.E_INTERNAL, f"cannot upload input {hash_}: {exc.reason}"
+            ) from exc
         reply = await client.call(
             protocol.OP_INPUT_STAGE,
             hash=hash_,
