@@ -57,6 +57,7 @@ __all__ = [
 DECIDE_TIMEOUT_S = 15.0
 SETTLE_ASK_S = 10.0  # one request to the engine waits this long for the final syncs
 POLL_S = 0.1
+MAX_POLL_S = 2.0
 RECENT_S = 3600.0  # ps() without all=True also lists runs that ended this long ago
 # What ps() (and `cvtui ps --json`) gives of each run.
 RUN_KEYS = (
@@ -288,16 +289,17 @@ class Lab:
         from cvtui.following import RunFollower
 
         follower = RunFollower(self.catalog, self.home, self.run_ids(runs))
-        return self._follow(follower, lines=lines, logs=True, timeout=timeout)
+        return self._follow(follower, lines=lines, events=True, timeout=timeout)
 
     def _follow(
-        self, follower: RunFollower, *, lines: bool, logs: bool, timeout: float | None
+        self, follower: RunFollower, *, lines: bool, events: bool, timeout: float | None
     ) -> Iterator[RunEvent]:
+        """follow()'s loop; without events (wait), it only watches for the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
         client: EngineClient | None = None
         while True:
-            yield from follower.state_events()
-            if logs:
+            if events:
+                yield from follower.state_events()
                 yield from follower.log_events(lines=lines)
             if follower.ended():
                 if follower.synced_without_engine():
@@ -323,9 +325,10 @@ class Lab:
                 client = self.engine(start=True)  # active runs need an engine to move on
             if deadline is not None and time.monotonic() > deadline:
                 raise CvtuiError(f"runs still active after {timeout:g} s")
-            time.sleep(POLL_S)
-        yield from follower.state_events()
-        if logs:
+            # A big grid is read less often: each round reads every run's row.
+            time.sleep(min(POLL_S * max(1.0, len(follower.run_ids) / 50), MAX_POLL_S))
+        if events:
+            yield from follower.state_events()
             yield from follower.log_events(lines=lines)
             if lines:
                 yield from follower.unfinished()
@@ -344,7 +347,7 @@ class Lab:
         ids = self.run_ids(runs)
         follower = RunFollower(self.catalog, self.home, ids)
         limit = timeout if timeout is not None else timeout_s
-        for _event in self._follow(follower, lines=True, logs=False, timeout=limit):
+        for _event in self._follow(follower, lines=True, events=False, timeout=limit):
             pass
         rows = [self.catalog.get_run(i) for i in ids]
         return [last_attempt(self.catalog, r) for r in rows if r is not None]
