@@ -27,13 +27,7 @@ DEFAULT_GRACE_S = 10.0  # SIGTERM to SIGKILL
 
 def resolve_run(catalog: Catalog, ref: str) -> dict[str, Any]:
     """The one run a user's reference (id, id prefix or name) names, or a CvtuiError."""
-    found = catalog.find_runs(ref)
-    if not found:
-        raise CvtuiError(f"no run matches {ref!r}")
-    if len(found) > 1 and found[0]["id"] != ref:
-        names = ", ".join(f"{r['id'][:12]} ({r['name']})" for r in found[:5])
-        raise CvtuiError(f"{ref!r} matches {len(found)} runs: {names}; give more of the id")
-    return found[0]
+    return catalog.resolve_run(ref)
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,11 @@ def plan_dry_run(
         placement = placed.get(f"#{i}")
         gpus = placement.gpus if placement else ()
         command = spec.render_command(
-            run_id="<run_id>", run_dir="<run_dir>", config_file="<config_file>", gpus=gpus
+            run_id="<run_id>",
+            run_dir="<run_dir>",
+            config_file="<config_file>",
+            gpus=gpus,
+            inputs={name: f"<inputs.{name}>" for name in spec.inputs},
         )
         runs.append(
             {

@@ -26,18 +26,11 @@ import yaml
 from cvtui import grid
 from cvtui.errors import ConfigError
 from cvtui.run_env import RunEnv, parse_links, parse_run_env
-from cvtui.runspec import (
-    BUILTIN_PLACEHOLDERS,
-    DEFAULT_OUTPUTS,
-    Resources,
-    RunSpec,
-    fill_template,
-    lookup_values,
-    param_text,
-    placeholders,
-)
+from cvtui.run_inputs import INPUT_PLACEHOLDER, parse_inputs, parse_resume
+from cvtui.runspec import BUILTIN_PLACEHOLDERS, DEFAULT_OUTPUTS, Resources, RunSpec
 from cvtui.slurm_settings import parse_slurm_settings
 from cvtui.states import PRIORITIES
+from cvtui.templates import fill_template, lookup_values, param_text, placeholders
 from cvtui.yaml_nodes import NodeParser, Pairs, compose_document, compose_yaml
 
 CVTUI_BLOCK = "cvtui"  # an experiment config's own cvtui settings
@@ -57,6 +50,8 @@ _SETTING_KEYS = (
     "keep_lists",
     "run_env",
     "links",
+    "inputs",
+    "resume",
 )
 _TOP_KEYS = (*_SETTING_KEYS[:4], "params", *_SETTING_KEYS[4:])
 _RESOURCE_KEYS = ("gpus", "min_free_mem", "host", "hosts", "tags", "slurm")
@@ -231,6 +226,11 @@ class _ConfigParser(NodeParser[ConfigError]):
                     continue
                 if name in anywhere:
                     problem = f"placeholder {{{name}}} is not set in every grid point"
+                elif name.startswith(INPUT_PLACEHOLDER):
+                    problem = (
+                        f"placeholder {{{name}}} names no input; declare it under inputs: "
+                        f"({name[len(INPUT_PLACEHOLDER) :]}: model:NAME or run:RUN:PATH)"
+                    )
                 else:
                     close = difflib.get_close_matches(name, sorted(anywhere), n=1)
                     hint = f" (did you mean {{{close[0]}}}?)" if close else ""
@@ -404,9 +404,22 @@ class _ConfigParser(NodeParser[ConfigError]):
                 f"(policy.max_grid); give --max-runs {count} to queue them all",
             )
         everywhere, anywhere = _param_keys(tree, paths)
-        self.check_placeholders(parts, everywhere, anywhere, label)
+        inputs = (
+            parse_inputs(self, settings["inputs"][1], labels["inputs"])
+            if "inputs" in settings
+            else {}
+        )
+        declared = {f"{INPUT_PLACEHOLDER}{name}" for name in inputs}
+        clash = sorted(declared & (everywhere | set(anywhere)))
+        if clash:
+            raise self.error(
+                settings["inputs"][1],
+                f"{labels['inputs']}: {{{clash[0]}}} would name both a param and an input; "
+                "rename one of them",
+            )
+        self.check_placeholders(parts, everywhere | declared, anywhere, label)
         base = self.base_spec(settings, labels)
-        base = replace(base, axes=tuple(".".join(path) for path in paths))
+        base = replace(base, axes=tuple(".".join(path) for path in paths), inputs=inputs)
         document = {} if experiment else {k: self.plain(n, k) for k, (_, n) in settings.items()}
         specs = self._specs(base, command, tree, paths, count, framework, document)
         return RunGrid(count, specs)
@@ -499,6 +512,11 @@ class _ConfigParser(NodeParser[ConfigError]):
                 parse_links(self, settings["links"][1], labels["links"])
                 if "links" in settings
                 else {}
+            ),
+            resume=(
+                parse_resume(self, settings["resume"][1], labels["resume"])
+                if "resume" in settings
+                else None
             ),
         )
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import copy
-import json
 import posixpath
-import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cvtui.errors import ConfigError
 from cvtui.run_env import DEFAULT_PYTHON, RunEnv
+from cvtui.run_inputs import INPUT_PLACEHOLDER, Resume, resume_words
 from cvtui.states import PRIORITIES
+from cvtui.templates import fill_template, lookup_values
 
 DEFAULT_OUTPUTS = ("*.csv", "*.jsonl", "*.yaml", "*.log", "*.pt", "*.pth", "*.ckpt")
 # Filled by render_command at dispatch: the run's id, its work dir (where the command runs and
@@ -21,9 +21,6 @@ DEFAULT_OUTPUTS = ("*.csv", "*.jsonl", "*.yaml", "*.log", "*.pt", "*.pth", "*.ck
 BUILTIN_PLACEHOLDERS = ("run_id", "run_dir", "config_file", "gpus", "python")
 CONFIG_FILE_NAME = "config.yaml"  # the resolved config, written beside the work dir
 DEFAULT_GPUS = 1  # a config that names no GPU count trains on one GPU; gpus: 0 is CPU-only
-
-_TEMPLATE_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_PLACEHOLDER_RE = re.compile(r"\w[\w.-]*")
 
 
 @dataclass(frozen=True)
@@ -62,6 +59,9 @@ class RunSpec:
     run_env: RunEnv = field(default_factory=RunEnv)  # the config's own, added to its host's
     links: Mapping[str, str] = field(default_factory=dict)  # work-dir name -> host path
     axes: tuple[str, ...] = ()  # dotted keys of the grid's axes (what tells its runs apart)
+    # name -> "model:NAME" or "run:RUN:PATH", pinned to bytes at submit (cvtui/repro/inputs.py)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    resume: Resume | None = None  # how a retry starts from the last checkpoint
 
     def render_command(
         self,
@@ -71,11 +71,15 @@ class RunSpec:
         gpus: Sequence[int],
         config_file: str | None = None,
         python: str = DEFAULT_PYTHON,
+        inputs: Mapping[str, str] | None = None,
+        checkpoint: str | None = None,
     ) -> tuple[str, ...] | str:
         """The command with built-ins filled (shell-quoted in a str command) and {{ }} undone.
 
         run_dir is the work dir the command runs in; config_file defaults to config.yaml
-        beside it, as the agent writes it.
+        beside it, as the agent writes it. inputs: each input's path on the host, by name,
+        for {inputs.NAME}; checkpoint: the staged checkpoint a retry resumes from, which
+        appends the resume arg.
         """
         values = {
             "run_id": run_id,
@@ -84,12 +88,20 @@ class RunSpec:
             or posixpath.join(posixpath.dirname(run_dir.rstrip("/")) or "/", CONFIG_FILE_NAME),
             "gpus": ",".join(str(gpu) for gpu in gpus),
             "python": python,
+            **{f"{INPUT_PLACEHOLDER}{name}": path for name, path in (inputs or {}).items()},
         }
+        resume = self.resume if checkpoint is not None else None
         if isinstance(self.command, str):
-            return fill_template(self.command, lookup_values(values, shlex.quote), final=True)
-        return tuple(
+            text = fill_template(self.command, lookup_values(values, shlex.quote), final=True)
+            if resume is not None and checkpoint is not None:
+                text = " ".join([text, *resume_words(resume.arg, checkpoint, quoted=True)])
+            return text
+        argv = tuple(
             fill_template(part, lookup_values(values, str), final=True) for part in self.command
         )
+        if resume is not None and checkpoint is not None:
+            argv += tuple(resume_words(resume.arg, checkpoint, quoted=False))
+        return argv
 
     def config_yaml(self) -> str:
         """config.yaml's text (specs from before config_text: the config as safe YAML)."""
@@ -125,6 +137,8 @@ class RunSpec:
             "run_env": self.run_env.to_json(),
             "links": dict(self.links),
             "axes": list(self.axes),
+            "inputs": dict(self.inputs),
+            "resume": self.resume.to_json() if self.resume else None,
         }
 
     @classmethod
@@ -156,6 +170,8 @@ class RunSpec:
             run_env=RunEnv.from_json(data.get("run_env")),
             links=dict(data.get("links") or {}),
             axes=tuple(data.get("axes") or ()),
+            inputs=dict(data.get("inputs") or {}),
+            resume=Resume.from_json(data.get("resume")),
         )
 
 
@@ -184,65 +200,3 @@ def with_overrides(
         expected = ", ".join(PRIORITIES)
         raise ConfigError("--priority", None, None, f"expected one of {expected}, got {priority!r}")
     return replace(spec, resources=resources, priority=priority or spec.priority)
-
-
-def placeholders(template: str) -> list[str]:
-    """The placeholder names of a command template, in order; ValueError on a stray brace."""
-    names = []
-    for match in _TEMPLATE_RE.finditer(template):
-        token = match[0]
-        if token in ("{{", "}}"):
-            continue
-        if match[1] is None:
-            raise ValueError(
-                f"unmatched {token!r} at character {match.start() + 1}; "
-                "write {{ or }} for a literal brace"
-            )
-        if not _PLACEHOLDER_RE.fullmatch(match[1]):
-            raise ValueError(
-                f"{token!r} is not a placeholder; write {{{{ and }}}} for literal braces"
-            )
-        names.append(match[1])
-    return names
-
-
-def fill_template(template: str, lookup: Callable[[str], str | None], *, final: bool) -> str:
-    """Substitute placeholders that lookup knows; the rest stay for a later, final pass."""
-    pieces = []
-    last = 0
-    for match in _TEMPLATE_RE.finditer(template):
-        pieces.append(template[last : match.start()])
-        last = match.end()
-        token = match[0]
-        if token in ("{{", "}}"):
-            pieces.append(token[0] if final else token)
-            continue
-        text = lookup(match[1]) if match[1] is not None else None
-        if text is None:
-            if final:
-                raise ValueError(f"unresolved {token!r} in {template!r}")
-            pieces.append(token)
-        else:
-            # Braces in a value must survive the final pass as themselves.
-            pieces.append(text if final else text.replace("{", "{{").replace("}", "}}"))
-    pieces.append(template[last:])
-    return "".join(pieces)
-
-
-def lookup_values(
-    values: Mapping[str, object], render: Callable[[str], str]
-) -> Callable[[str], str | None]:
-    return lambda name: render(param_text(values[name])) if name in values else None
-
-
-def param_text(value: object) -> str:
-    """A value as it goes on a command line or in a run name: as YAML would write a scalar."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -15,6 +15,7 @@ from cvtui.inventory import Inventory
 from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore
 from cvtui.repro.components import store_snapshot
+from cvtui.repro.inputs import pin_run_inputs
 from cvtui.repro.provenance import submit_half
 from cvtui.repro.snapshot import Snapshot, take_snapshot
 from cvtui.run_config import load_run_config
@@ -112,11 +113,14 @@ def run_rows(
 
 
 def submit(catalog: Catalog, home: Path, specs: Sequence[RunSpec]) -> list[str]:
-    """Queue specs; each run's provenance (code, git state, command, config, env) is kept."""
+    """Queue specs; each run's provenance (code, git state, command, config, env) is kept, and
+    its inputs are pinned to their bytes (an input that cannot be found queues nothing)."""
     snapshots: dict[tuple[str, tuple[str, ...]], Snapshot] = {}
     rows = run_rows(specs, home, catalog, snapshots)
+    inputs = pin_run_inputs(catalog, home, rows, specs)
     untracked = {code_dir: bool(snap.untracked) for (code_dir, _), snap in snapshots.items()}
     provenance = submit_half(catalog, BlobStore.in_home(home), rows, specs, untracked)
     run_ids = catalog.insert_runs(rows)
+    catalog.record_run_inputs(inputs)
     catalog.write_submit_provenance(provenance)
     return run_ids

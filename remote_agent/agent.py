@@ -17,6 +17,7 @@ from remote_agent.environment import EnvironmentOps, RunPythonOps
 from remote_agent.files import FileOps
 from remote_agent.gpus import GpuBackend, open_backend
 from remote_agent.hoststats import HostStats, expand_root
+from remote_agent.inputs import InputOps
 from remote_agent.leases import LeaseWatcher
 from remote_agent.protocol import (
     E_BAD_ARGUMENTS,
@@ -215,6 +216,7 @@ class Agent:
         self.ops.update(WorkspaceOps().ops)  # `cvtui components sync`
         self.ops.update(EnvironmentOps(self._driver_version).ops)  # run provenance
         self.ops.update(RunPythonOps(options.root).ops)
+        self.ops.update(InputOps(options.root).ops)  # run inputs (models, checkpoints)
 
     # --- output ---
 

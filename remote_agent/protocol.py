@@ -248,6 +248,19 @@ E_NOT_OURS = "not_ours"  # cancel refused: the status was not written by our sup
 E_CODE_CHANGED = "code_changed"  # start refused: the unpacked snapshot was edited; upload again
 E_BAD_LINK = "bad_link"  # start refused: a link's target is missing on the host (nothing started)
 E_SUBMIT_REFUSED = "submit_refused"  # sbatch refused the job (its message says why): nothing queued
+E_BAD_INPUT = "bad_input"  # start refused: an input is not on the host, or the code has its path
+
+# --- Inputs ----------------------------------------------------------------------------------
+# A run's inputs (registered models, files of other runs, a retry's checkpoint) are stored once
+# per host as <root>/INPUTS_DIR/<xxh3_128 of the content>, mode 0400, and staged into a run's
+# work dir at its start (StartRequest.inputs): linked, or copied when the run may rewrite it.
+INPUTS_DIR = "inputs"
+# {hash, size, algo, digest, upload?} -> {path, present}: present when <root>/inputs/<hash> is
+# there with that size. With upload (a file the controller put in the inputs dir, named
+# "<hash>.<hex>.part"), it is hashed with algo (one of the hello's hash_algorithms) first:
+# kept as <hash> when it gives digest, else deleted and refused with E_INPUT_CORRUPT.
+OP_INPUT_STAGE = "input_stage"
+E_INPUT_CORRUPT = "input_corrupt"
 
 # A run dir <root>/runs/<run_id>/ holds cvtui's own files (status.json, output.log, config.yaml,
 # ...); the command runs in its WORK_DIR, which is the user's: code copy, links and outputs.
@@ -321,6 +334,10 @@ class StartRequest:
     # On a Slurm host: the job's sbatch settings (SLURM_OPTION_KEYS); Slurm picks the GPUs,
     # so `gpus` stays empty and slurm["gpus"] says how many.
     slurm: dict[str, Any] = field(default_factory=dict)
+    # Inputs staged into the work dir from <root>/inputs/: [{"path": work-dir relative path,
+    # "hash": stored name, "copy": false (a symlink to the read-only copy) or true (a private
+    # copy the run may rewrite, such as a checkpoint it resumes from)}].
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -68,7 +68,7 @@ WATCH_LINGER_TICKS = 3  # ticks a final run stays watched, for its last log byte
 LOST_REASON = "supervisor gone without an exit status"
 # The supervisor is a fresh interpreter (never a fork of this threaded agent), importing
 # remote_agent from where this agent runs: a source tree or agent.pyz.
-_BOOT = (
+SUPERVISOR_BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from remote_agent.supervisor import main; sys.exit(main(sys.argv[2:]))"
 )
@@ -114,14 +114,14 @@ def bad_request(message: str) -> RemoteError:
     return RemoteError(E_BAD_REQUEST, message)
 
 
-def _run_id(value: Any) -> str:
+def checked_run_id(value: Any) -> str:
     if not isinstance(value, str) or not RUN_ID.match(value):
         raise bad_request(f"run id {str(value)[:80]!r} is not 10 to 64 of [0-9a-z]")
     return value
 
 
 def _validate_start(request: StartRequest) -> None:
-    _run_id(request.run_id)
+    checked_run_id(request.run_id)
     command = request.command
     if isinstance(command, str):
         if not command.strip():
@@ -203,7 +203,7 @@ class RunOps:
         code_hash, archive = message.get("hash"), message.get("archive")
         if not isinstance(code_hash, str) or not isinstance(archive, str):
             raise bad_request('"hash" and "archive" must be strings')
-        from remote_agent.snapshots import unpack_code  # see _remove_tree
+        from remote_agent.snapshots import unpack_code  # see remove_tree
 
         try:
             return {"path": unpack_code(self.root, code_hash, archive)}
@@ -218,7 +218,7 @@ class RunOps:
         except ProtocolError as exc:
             raise bad_request(str(exc)) from exc
         _validate_start(request)
-        from remote_agent import workdir  # see _remove_tree
+        from remote_agent import workdir  # see remove_tree
 
         links = workdir.link_pairs(request.links)  # checked before anything exists
         snapshot = None
@@ -241,7 +241,7 @@ class RunOps:
             os.chmod(run_dir, 0o700)  # mkdir applied the umask
             work = workdir.make_work_dir(run_dir)
             if snapshot is not None:
-                from remote_agent.snapshots import CodeChanged, copy_snapshot  # see _remove_tree
+                from remote_agent.snapshots import CodeChanged, copy_snapshot  # see remove_tree
 
                 try:
                     recorded = copy_snapshot(
@@ -252,13 +252,18 @@ class RunOps:
             else:
                 recorded = {}
             made_links = workdir.make_links(work, links)
-            workdir.write_snapshot_record(
-                run_dir, request.code_hash, recorded, [name for name, _ in links]
-            )
+            linked = [name for name, _ in links]
+            if request.inputs:
+                from remote_agent.inputs import stage_inputs  # see remove_tree
+
+                copies, input_links = stage_inputs(work, self.root, request.inputs)
+                recorded.update(copies)
+                linked += input_links
+            workdir.write_snapshot_record(run_dir, request.code_hash, recorded, linked)
             with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(request.config_yaml)
         except BaseException:
-            _remove_tree(run_dir)  # nothing ran: the id may be used again
+            remove_tree(run_dir)  # nothing ran: the id may be used again
             raise
         reply = {"run_dir": run_dir, "work_dir": work, "links": made_links}
         reply.update(self.launch(request, run_dir))
@@ -279,7 +284,7 @@ class RunOps:
 
     def _launch(self, request: StartRequest, run_dir: str, gpu_uuids: list[str]) -> int:
         """Start the supervisor (double fork, new session) and wait for its first word."""
-        import socket  # see _remove_tree
+        import socket  # see remove_tree
         import subprocess
 
         ours, theirs = socket.socketpair()
@@ -289,7 +294,15 @@ class RunOps:
         python = sys.executable or "python3"
         if self._import_from is None:
             self._import_from = importable_parent()
-        argv = [python, "-I", "-c", _BOOT, self._import_from, str(theirs.fileno()), request.run_id]
+        argv = [
+            python,
+            "-I",
+            "-c",
+            SUPERVISOR_BOOT,
+            self._import_from,
+            str(theirs.fileno()),
+            request.run_id,
+        ]
         try:
             # The first child leads a new session, forks the supervisor and exits at once.
             first = subprocess.Popen(
@@ -303,7 +316,7 @@ class RunOps:
                 pass_fds=(theirs.fileno(),),
             )
         except BaseException:
-            _remove_tree(run_dir)
+            remove_tree(run_dir)
             raise
         finally:
             os.close(log)
@@ -379,13 +392,13 @@ class RunOps:
             run_ids = [name for name in names if RUN_ID.match(name)]
         elif not isinstance(run_ids, list):
             raise bad_request('"run_ids" must be a list of run ids')
-        statuses = [self.status_of(_run_id(run_id)) for run_id in run_ids]
+        statuses = [self.status_of(checked_run_id(run_id)) for run_id in run_ids]
         return {"runs": [s.to_wire() for s in statuses if s is not None]}
 
     # --- cancel ---
 
     def op_cancel(self, message: dict[str, Any]) -> dict[str, Any]:
-        run_id = _run_id(message.get("run_id"))
+        run_id = checked_run_id(message.get("run_id"))
         grace = message.get("grace")
         if grace is not None and (
             isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0
@@ -453,7 +466,7 @@ class RunOps:
         run_ids = message.get("run_ids")
         if not isinstance(run_ids, list):
             raise bad_request('"run_ids" must be a list of run ids')
-        self.watch([_run_id(run_id) for run_id in run_ids])
+        self.watch([checked_run_id(run_id) for run_id in run_ids])
         return {}
 
     def watch_events(self) -> list[dict[str, Any]]:
@@ -494,7 +507,7 @@ class RunOps:
                 del self._watched[run_id]
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
     # shutil, tarfile and subprocess are imported when first needed: together they would cost
     # about 2 MB of the agent's 20 MB resident budget on hosts that never start a run.
     import shutil

@@ -25,7 +25,7 @@ from remote_agent.protocol import (
     StartRequest,
 )
 from remote_agent.rundir import LOG_FILE, SUPERVISOR_LOG
-from remote_agent.runs import _BOOT
+from remote_agent.runs import SUPERVISOR_BOOT
 from remote_agent.slurm import JobRow
 
 SETTLE_S = 10.0  # how long an ended job waits for its supervisor's record to show up
@@ -67,7 +67,7 @@ def batch_script(python: str, import_from: str, run_dir: str) -> str:
         "# Written by cvtui's agent: Slurm runs this, it runs cvtui's supervisor for the run.\n"
         f"PY={shlex.quote(python)}\n"
         '[ -x "$PY" ] || PY=python3  # a node without the login node\'s interpreter path\n'
-        f'exec "$PY" -I -c {shlex.quote(_BOOT)} {shlex.join(supervisor)} '
+        f'exec "$PY" -I -c {shlex.quote(SUPERVISOR_BOOT)} {shlex.join(supervisor)} '
         f"2>>{shlex.quote(os.path.join(run_dir, SUPERVISOR_LOG))}\n"
     )
 

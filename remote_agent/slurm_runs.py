@@ -50,7 +50,7 @@ from remote_agent.rundir import (
     status_from,
     write_json,
 )
-from remote_agent.runs import RUN_ID, RunOps, _remove_tree, _run_id, importable_parent
+from remote_agent.runs import RUN_ID, RunOps, checked_run_id, importable_parent, remove_tree
 from remote_agent.slurm import JobRow, SlurmError
 from remote_agent.slurm_jobs import VERDICT_FIELDS, batch_script, judge, sbatch_options
 
@@ -226,7 +226,7 @@ class SlurmRunOps(RunOps):
         try:
             job_id = slurm.submit(script, options, timeout_s=SUBMIT_TIMEOUT_S)
         except SlurmError as exc:
-            _remove_tree(run_dir)  # nothing was queued: the run id may be used again
+            remove_tree(run_dir)  # nothing was queued: the run id may be used again
             raise RemoteError(E_SUBMIT_REFUSED, str(exc)) from None
         record = {"job_id": job_id, "submitted": submitted, "options": options}
         write_json(os.path.join(run_dir, SLURM_RECORD), record)
@@ -317,7 +317,7 @@ class SlurmRunOps(RunOps):
     # --- cancel ---
 
     def op_cancel(self, message: dict[str, Any]) -> dict[str, Any]:
-        run_id = _run_id(message.get("run_id"))
+        run_id = checked_run_id(message.get("run_id"))
         by = message.get("by")
         by = by if isinstance(by, str) and by else self.user
         run_dir = self.run_dir(run_id)

@@ -3,7 +3,6 @@ raw, except with --raw."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from support import add_finished_run
 
 from cvtui.catalog import Catalog
 from cvtui.cli import main
-from cvtui.cli.follow import follow_logs
+from cvtui.cli.follow import OutputPrinter
 from cvtui.mirror import mirror_dir
 
 RUN = "01hzzlogs0test0run00000000"
@@ -55,14 +54,14 @@ def test_logs_keep_colours_and_drop_title_clipboard_and_cursor_escapes(logged: P
 def test_follow_printers_filter_unless_raw(
     logged: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
-    stop = threading.Event()
-    stop.set()  # one pass over what is there, then stop
     with Catalog.open_home(logged) as catalog:
-        follow_logs(catalog, logged, [RUN], stop, prefix=False)
-        assert capsysbinary.readouterr().out == SAFE
-        follow_logs(catalog, logged, [RUN], stop, prefix=True)
-        assert capsysbinary.readouterr().out == b"".join(
-            b"[hostile] " + line for line in SAFE.splitlines(keepends=True)
-        )
-        follow_logs(catalog, logged, [RUN], stop, prefix=False, raw=True)
-        assert capsysbinary.readouterr().out == HOSTILE
+        for prefix, raw, expected in (
+            (False, False, SAFE),
+            (True, False, b"".join(b"[hostile] " + line for line in SAFE.splitlines(True))),
+            (False, True, HOSTILE),
+        ):
+            printer = OutputPrinter(catalog, prefix=prefix, raw=raw)
+            for at in range(0, len(HOSTILE), 7):  # in pieces, escapes cut between two
+                printer.feed(RUN, HOSTILE[at : at + 7])
+            printer.finish()
+            assert capsysbinary.readouterr().out == expected

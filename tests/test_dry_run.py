@@ -59,3 +59,19 @@ def test_dry_run_json_says_gpus_stale_hosts_and_missing_scripts(tmp_path: Path, 
     assert text.returncode == 0, text.stderr
     assert "resources: 0 GPUs (CPU only)" in text.stdout
     assert "warning: the command runs main.py" in text.stdout
+
+
+def test_dry_run_shows_where_inputs_go(tmp_path: Path, home: Path) -> None:
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tune.py").write_text("print(1)\n")
+    config = project / "tune.yaml"
+    config.write_text(
+        "command: [python, tune.py, --init, '{inputs.init}']\ninputs: {init: model:resnet}\n"
+    )
+    done = cvtui(home, inventory, "run", str(config), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    [run] = json.loads(done.stdout)["runs"]
+    assert run["command"] == ["python", "tune.py", "--init", "<inputs.init>"]

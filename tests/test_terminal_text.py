@@ -8,7 +8,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvtui.cli.terminal_text import SafeTerminalText
+from cvtui.terminal_text import SafeTerminalText
 
 SGR = re.compile(rb"\x1b\[[0-9;:]*m")
 

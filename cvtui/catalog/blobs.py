@@ -18,6 +18,7 @@ BLOB_REFERENCES: tuple[tuple[str, str], ...] = (
     ("snapshot_files", "hash"),
     ("run_manifests", "hash"),
     ("models", "hash"),
+    ("run_inputs", "hash"),
     ("run_provenance", "git_diff_hash"),
     ("run_provenance", "pip_freeze_hash"),
     ("host_environments", "pip_freeze_hash"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
+from cvtui.errors import CvtuiError
 from cvtui.states import ACTIVE_STATES, FINAL_STATES, PRIORITIES, RUN_STATES
 
 __all__ = ["ACTIVE_STATES", "FINAL_STATES", "PRIORITIES", "RUN_STATES"]  # catalog's vocabulary
@@ -75,7 +76,7 @@ REQUIRED_ON_INSERT = (
 # The catalog keeps these consistent itself: state moves only through transition_run,
 # priority only through set_run_priority (which keeps priority_rank in step).
 _NOT_SETTABLE = frozenset({"id", "state", "priority", "priority_rank", "updated"})
-_SELECT_RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"  # noqa: S608 (fixed names)
+SELECT_RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"  # noqa: S608 (fixed names)
 
 CROCKFORD_BASE32 = "0123456789abcdefghjkmnpqrstvwxyz"
 RUN_ID_LENGTH = 26  # 130 bits of base32 hold 48 bits of milliseconds + 80 random bits
@@ -283,8 +284,18 @@ class RunsMixin:
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row with its JSON columns decoded, or None."""
         with self._read() as conn:
-            row = conn.execute(f"{_SELECT_RUNS} WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else _decode_run(row)
+            row = conn.execute(f"{SELECT_RUNS} WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else decode_run(row)
+
+    def resolve_run(self, ref: str) -> dict[str, Any]:
+        """The one run a user's reference (id, id prefix or name) names, or a CvtuiError."""
+        found = self.find_runs(ref)
+        if not found:
+            raise CvtuiError(f"no run matches {ref!r}")
+        if len(found) > 1 and found[0]["id"] != ref:
+            names = ", ".join(f"{r['id'][:12]} ({r['name']})" for r in found[:5])
+            raise CvtuiError(f"{ref!r} matches {len(found)} runs: {names}; give more of the id")
+        return found[0]
 
     def find_runs(self, ref: str) -> list[dict[str, Any]]:
         """Runs a user's reference names, newest first.
@@ -298,18 +309,18 @@ class RunsMixin:
         prefix = ref.lower()
         newest = "ORDER BY submitted DESC, id DESC"
         with self._read() as conn:
-            exact = conn.execute(f"{_SELECT_RUNS} WHERE id = ?", (prefix,)).fetchall()
+            exact = conn.execute(f"{SELECT_RUNS} WHERE id = ?", (prefix,)).fetchall()
             if exact:
-                return [_decode_run(r) for r in exact]
+                return [decode_run(r) for r in exact]
             # A range, not LIKE: ids use no LIKE wildcards but a user's ref may.
             by_prefix = conn.execute(
-                f"{_SELECT_RUNS} WHERE id >= ? AND id < ? {newest}",
+                f"{SELECT_RUNS} WHERE id >= ? AND id < ? {newest}",
                 (prefix, prefix + "\U0010ffff"),
             ).fetchall()
             if len(by_prefix) == 1:
-                return [_decode_run(by_prefix[0])]
-            by_name = conn.execute(f"{_SELECT_RUNS} WHERE name = ? {newest}", (ref,)).fetchall()
-        return [_decode_run(r) for r in by_name or by_prefix]
+                return [decode_run(by_prefix[0])]
+            by_name = conn.execute(f"{SELECT_RUNS} WHERE name = ? {newest}", (ref,)).fetchall()
+        return [decode_run(r) for r in by_name or by_prefix]
 
     def list_runs(
         self,
@@ -327,21 +338,21 @@ class RunsMixin:
         order = "DESC" if newest_first else "ASC"
         with self._read() as conn:
             rows = conn.execute(
-                f"{_SELECT_RUNS} "  # noqa: S608 (order is one of two keywords)
+                f"{SELECT_RUNS} "  # noqa: S608 (order is one of two keywords)
                 "WHERE (?1 IS NULL OR state IN (SELECT value FROM json_each(?1))) "
                 "AND (?2 IS NULL OR host = ?2) AND (?3 IS NULL OR project = ?3) "
                 f"ORDER BY submitted {order}, id {order} LIMIT ?4",
                 (wanted, host, project, -1 if limit is None else limit),
             ).fetchall()
-        return [_decode_run(r) for r in rows]
+        return [decode_run(r) for r in rows]
 
     def queued_runs(self) -> list[dict[str, Any]]:
         """Queued runs in the order the scheduler should try them: priority, then FIFO."""
         with self._read() as conn:
             rows = conn.execute(
-                f"{_SELECT_RUNS} WHERE state = 'queued' ORDER BY priority_rank, submitted, id"
+                f"{SELECT_RUNS} WHERE state = 'queued' ORDER BY priority_rank, submitted, id"
             ).fetchall()
-        return [_decode_run(r) for r in rows]
+        return [decode_run(r) for r in rows]
 
     def queue_entries(self) -> list[tuple[str, str, float, dict[str, Any]]]:
         """(id, priority, submitted, resources) of queued runs, in queue order.
@@ -481,7 +492,7 @@ def _insert_row(run: Mapping[str, Any], now: float) -> dict[str, Any]:
     return row
 
 
-def _decode_run(row: Sequence[Any]) -> dict[str, Any]:
+def decode_run(row: Sequence[Any]) -> dict[str, Any]:
     run = dict(zip(RUN_COLUMNS, row, strict=True))
     for name in JSON_COLUMNS:
         if run[name] is not None:

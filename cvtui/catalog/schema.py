@@ -12,6 +12,7 @@ from cvtui.catalog.components import migration_5_reproducibility
 from cvtui.catalog.history import migration_7_history
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
+from cvtui.catalog.run_inputs import migration_11_run_inputs
 from cvtui.catalog.runs import migration_7_work_dirs
 from cvtui.catalog.usage import create_usage_tables
 from cvtui.errors import CvtuiError
@@ -220,6 +221,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_8_gpu_leases,
     migration_9_operations,  # history tiers (history.py), idle GPUs and energy (usage.py)
     migration_10_slurm,  # cvtui/catalog/clusters.py
+    migration_11_run_inputs,  # cvtui/catalog/run_inputs.py
 )
 
 

@@ -25,6 +25,7 @@ from cvtui.catalog.metrics import SyncMixin
 from cvtui.catalog.models import ModelsMixin
 from cvtui.catalog.provenance import ProvenanceMixin
 from cvtui.catalog.rows import build_hosts_report, telemetry_rows
+from cvtui.catalog.run_inputs import RunInputsMixin
 from cvtui.catalog.runs import RunsMixin
 from cvtui.catalog.schema import CatalogError
 from cvtui.catalog.usage import UsageMixin
@@ -52,6 +53,7 @@ class Catalog(
     ProvenanceMixin,
     ModelsMixin,
     ClustersMixin,
+    RunInputsMixin,
 ):
     """One connection to the catalog; safe to share between threads (calls are serialised).
 

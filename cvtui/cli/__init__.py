@@ -1,7 +1,7 @@
 """The `cvtui` command line: every command, `--json` on every listing.
 
-One module per command group (hosts, runs, queue, sync, components, models, reproduce, demo),
-each a thin shell over cvtui.api; what they share is in cvtui/cli/settings.py. Heavy modules
+One module per command group (hosts, runs, queue, sync, components, models, reproduce, infer,
+demo), each a thin shell over cvtui.api; what they share is in cvtui/cli/settings.py. Heavy modules
 (asyncssh, textual, sqlite-utils) are imported inside the commands so that `cvtui --help`
 and the read-only commands stay fast.
 """
@@ -18,6 +18,7 @@ from cvtui.cli import (
     components_sync,
     demo,
     hosts,
+    infer,
     models,
     queue,
     reproduce,
@@ -70,7 +71,7 @@ def main(
         sys.exit(open_dashboard(settings.inventory(), settings.inventory_path(), settings.home()))
 
 
-for module in (hosts, runs, queue, sync, components, models, reproduce, demo):
+for module in (hosts, runs, queue, sync, components, models, reproduce, infer, demo):
     module.register(main)
 components.components.add_command(components_sync.sync)
 

@@ -1,110 +1,65 @@
-"""Following runs from the CLI: their output as it is mirrored, until they and their retries
-end and their outputs are in. Shared by `run --follow`, `reproduce --follow` and `logs -f`."""
+"""Following runs from the CLI: `Lab.follow`'s output printed as it comes, until the runs and
+their retries ended and their outputs are in. Shared by `run --follow`, `reproduce --follow`
+and `infer`."""
 
 from __future__ import annotations
 
 import sys
-import threading
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, BinaryIO
 
-from cvtui.states import ACTIVE_STATES
+from cvtui.following import last_states
 
 if TYPE_CHECKING:
     from cvtui.api import Lab
     from cvtui.catalog import Catalog
+    from cvtui.terminal_text import SafeTerminalText
 
-ACTIVE = ACTIVE_STATES
-SETTLE_ASK_S = 10.0  # one request to the engine waits this long for the final syncs
+__all__ = ["OutputPrinter", "exit_with_outcome", "follow_runs", "last_states"]
 
 
-def follow_logs(
-    catalog: Catalog,
-    home: Path,
-    run_ids: list[str],
-    stop: Any,
-    *,
-    prefix: bool,
-    raw: bool = False,
-) -> None:
-    """Copy the mirrored output.log of each run to stdout until stop is set (then drain).
+class OutputPrinter:
+    """Writes runs' output to a terminal: escape sequences other than colours dropped unless
+    raw; with prefix (several runs), whole lines only, each led by `[run name] `."""
 
-    run_ids may grow while this runs (retries join the followed runs). Escape sequences other
-    than colours are dropped unless raw.
-    """
-    from cvtui.cli.terminal_text import SafeTerminalText
-    from cvtui.mirror import run_log_path
+    def __init__(
+        self, catalog: Catalog, *, prefix: bool, raw: bool, out: BinaryIO | None = None
+    ) -> None:
+        self.catalog = catalog
+        self.prefix = prefix
+        self.raw = raw
+        self.out = out or sys.stdout.buffer
+        self._names: dict[str, str] = {}
+        self._screens: dict[str, SafeTerminalText] = {}
+        self._partial: dict[str, bytes] = {}
 
-    offsets: dict[str, int] = {}
-    names: dict[str, str] = {}
-    screens: dict[str, SafeTerminalText] = {}
-    out = sys.stdout.buffer
-    while True:
-        final = stop.is_set()
-        for run_id in list(run_ids):
-            if run_id not in names:
-                offsets[run_id] = 0
-                names[run_id] = (catalog.get_run(run_id) or {}).get("name", run_id)
-            path = run_log_path(home, run_id)
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offsets[run_id])
-                    data = fh.read()
-            except FileNotFoundError:
-                continue
-            if prefix:
-                end = data.rfind(b"\n") + 1  # whole lines only, so prefixes stay in place
-                data = data[:end]
-                offsets[run_id] += end
-            else:
-                offsets[run_id] += len(data)
-            if not raw:
-                data = screens.setdefault(run_id, SafeTerminalText()).feed(data)
-            if prefix:
-                lines = data.splitlines(keepends=True)
-                data = b"".join(f"[{names[run_id]}] ".encode() + line for line in lines)
-            if data:
-                out.write(data)
-                out.flush()
-        if final:
+    def feed(self, run_id: str, data: bytes) -> None:
+        if self.prefix:
+            data = self._partial.pop(run_id, b"") + data
+            end = data.rfind(b"\n") + 1  # whole lines only, so prefixes stay in place
+            if end < len(data):
+                self._partial[run_id] = data[end:]
+            data = data[:end]
+        self._write(run_id, data)
+
+    def finish(self) -> None:
+        """Print the unfinished last lines kept back for their prefix."""
+        for run_id in list(self._partial):
+            self._write(run_id, self._partial.pop(run_id) + b"\n")
+
+    def _write(self, run_id: str, data: bytes) -> None:
+        if not data:
             return
-        time.sleep(0.1)
+        if not self.raw:
+            from cvtui.terminal_text import SafeTerminalText
 
-
-def next_attempt(catalog: Catalog, run: dict[str, Any]) -> dict[str, Any] | None:
-    """The retry of a failed or lost run, once the engine has queued it."""
-    for other in catalog.find_runs(run["name"]):
-        if other["submitted"] == run["submitted"] and other["attempt"] == run["attempt"] + 1:
-            return other
-    return None
-
-
-def follow_attempts(catalog: Catalog, home: Path, run_ids: list[str]) -> bool:
-    """Whether every followed run ended, its retries included and its log mirrored.
-
-    Retries found on the way are appended to run_ids.
-    """
-    from cvtui.mirror import run_log_path
-
-    for run_id in list(run_ids):
-        run = catalog.get_run(run_id)
-        if run is None:
-            continue
-        if run["state"] in ACTIVE:
-            return False
-        log = run_log_path(home, run_id)
-        if (log.stat().st_size if log.exists() else 0) < (run["log_size"] or 0):
-            return False
-        retrying = run["state"] in ("failed", "lost") and run["attempt"] <= run["retries"]
-        if retrying:
-            successor = next_attempt(catalog, run)
-            if successor is None:
-                return False
-            if successor["id"] not in run_ids:
-                run_ids.append(successor["id"])
-                return False
-    return True
+            data = self._screens.setdefault(run_id, SafeTerminalText()).feed(data)
+        if self.prefix:
+            if run_id not in self._names:
+                self._names[run_id] = (self.catalog.get_run(run_id) or {}).get("name", run_id)
+            label = f"[{self._names[run_id]}] ".encode()
+            data = b"".join(label + line for line in data.splitlines(keepends=True))
+        self.out.write(data)
+        self.out.flush()
 
 
 def follow_runs(lab: Lab, run_ids: list[str], *, raw: bool = False) -> None:
@@ -114,35 +69,17 @@ def follow_runs(lab: Lab, run_ids: list[str], *, raw: bool = False) -> None:
     The engine (started in the background if none runs) does the work; this reads the
     catalog and the mirror, and asks the engine whether the final syncs are done.
     """
-    catalog, home = lab.catalog, lab.home
+    printer = OutputPrinter(lab.catalog, prefix=len(run_ids) > 1, raw=raw)
     followed = list(run_ids)
-    stop = threading.Event()
-    printer = threading.Thread(
-        target=follow_logs,
-        args=(catalog, home, followed, stop),
-        kwargs={"prefix": len(run_ids) > 1, "raw": raw},
-    )
-    printer.start()
     try:
-        client = lab.engine(start=True)
-        while True:
-            if not follow_attempts(catalog, home, followed):
-                time.sleep(0.1)
-                continue
-            try:
-                assert client is not None
-                reply = client.request(
-                    "settled", run_ids=followed, timeout_s=SETTLE_ASK_S, wait_s=SETTLE_ASK_S + 10
-                )
-            except OSError:
-                client = lab.engine(start=True)  # it went away (stopped by hand): start one
-                continue
-            if reply.get("settled"):
-                break
+        for event in lab.follow(run_ids, lines=False):
+            if event.run_id not in followed:
+                followed.append(event.run_id)  # a retry joined
+            if event.kind == "log":
+                printer.feed(event.run_id, event.data)
     finally:
-        stop.set()
-        printer.join()
-    exit_with_outcome(catalog, followed)
+        printer.finish()
+    exit_with_outcome(lab.catalog, followed)
 
 
 def exit_with_outcome(catalog: Catalog, run_ids: list[str]) -> None:
@@ -156,17 +93,3 @@ def exit_with_outcome(catalog: Catalog, run_ids: list[str]) -> None:
         sys.exit(failed[0] if 0 < failed[0] < 256 else 1)
     if any(r.get("state") != "succeeded" for r in last.values()):
         sys.exit(1)
-
-
-def last_states(data: bytes) -> list[bytes]:
-    """The log's lines as a terminal ends up showing them: a line redrawn with \\r (a tqdm
-    bar) is its last state, not every redraw joined; the unfinished last line is kept."""
-    lines = []
-    for line in data.split(b"\n"):
-        body = line[:-1] if line.endswith(b"\r") else line  # a \r\n line ending
-        lines.append(body.rsplit(b"\r", 1)[-1] + b"\n")
-    if lines and lines[-1] == b"\n":
-        lines.pop()  # the log ended with a newline: no unfinished line after it
-    elif lines:
-        lines[-1] = lines[-1][:-1]
-    return lines

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -18,45 +17,10 @@ from cvtui.units import duration
 if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.cli.settings import Settings
-    from cvtui.cli.terminal_text import SafeTerminalText
+    from cvtui.terminal_text import SafeTerminalText
 
 ACTIVE = ACTIVE_STATES
-RECENT_S = 3600.0  # `cvtui ps` without --all also shows runs that ended this long ago
 RAW_HELP = "Print the output byte for byte, terminal escape sequences included."
-
-
-def settle_runs(settings: Settings, catalog: Catalog, runs: list[dict[str, Any]]) -> None:
-    """Ask the hosts of active runs for their news first: through the running engine when
-    there is one, else over connections of our own."""
-    from cvtui.engine.lock import lock_holder
-
-    home = settings.home()
-    hosts = {r["host"] for r in runs if r["state"] in ("dispatching", "running") and r["host"]}
-    if not hosts:
-        return
-    if lock_holder(home) is not None:
-        from cvtui.engine.client import EngineClient
-        from cvtui.errors import CvtuiError
-
-        engine = EngineClient.find(home)
-        running = [r["id"] for r in runs if r["state"] == "running" and r["host"]]
-        if engine is not None and running:
-            with contextlib.suppress(OSError, CvtuiError):  # the catalog is shown as it is
-                engine.request("refresh", run_ids=running, timeout_s=10, wait_s=15)
-        return
-    import asyncio
-
-    from cvtui.local_engine import drive
-
-    inventory = settings.inventory_if_valid()
-    if inventory is None:
-        return  # the hosts cannot be asked; what the catalog holds is shown as it is
-    hosts &= set(inventory.names())
-
-    def settled(engine: Any) -> bool:
-        return engine is None or bool(engine.hosts_settled(hosts))
-
-    asyncio.run(drive(inventory, catalog, home, settled, timeout_s=15, hosts=sorted(hosts)))
 
 
 def print_runs(runs: list[dict[str, Any]], now: float) -> None:
@@ -154,21 +118,7 @@ def run(
         return
     submitted = lab.submit_specs(specs)
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "id": s.id,
-                        "name": s.name,
-                        "state": s.state,
-                        "host": s.host,
-                        "gpus": list(s.gpus),
-                        "reason": s.reason,
-                    }
-                    for s in submitted
-                ]
-            )
-        )
+        click.echo(json.dumps([s.as_json() for s in submitted]))
     else:
         for item in submitted:
             click.echo(f"{item.id}  {item.name}  {item.where()}")
@@ -184,24 +134,12 @@ def run(
 @click.pass_obj
 def ps(settings: Settings, show_all: bool, as_json: bool) -> None:
     """Runs: id, name, state, host, GPUs, progress, age."""
-    from cvtui.catalog import Catalog
-
     settings.inventory_if_valid()  # only to warn while the inventory is invalid
-    with Catalog.open_home(settings.home()) as catalog:
-        settle_runs(settings, catalog, catalog.list_runs(states=["dispatching", "running"]))
-        now = time.time()
-        runs = catalog.list_runs(newest_first=False)
-        if not show_all:
-            runs = [r for r in runs if r["state"] in ACTIVE or (r["ended"] or now) > now - RECENT_S]
-        if as_json:
-            keys = (
-                "id", "name", "project", "user", "state", "priority", "host", "gpus", "progress",
-                "progress_msg", "exit_code", "reason", "submitted", "started", "ended", "command",
-                "params",
-            )  # fmt: skip
-            click.echo(json.dumps([{k: r[k] for k in keys} for r in runs], indent=2))
-        else:
-            print_runs(runs, now)
+    runs = settings.lab().ps(all=show_all)
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+    else:
+        print_runs(runs, time.time())
 
 
 @click.command()
@@ -218,56 +156,50 @@ def logs(settings: Settings, run_ref: str, follow: bool, tail: int | None, raw: 
     Colours and carriage returns are printed; other terminal escape sequences the run wrote
     (window title, clipboard, cursor movement) are dropped unless --raw.
     """
-    from cvtui.actions import resolve_run
-    from cvtui.catalog import Catalog
-    from cvtui.cli.follow import last_states
-    from cvtui.cli.terminal_text import SafeTerminalText
     from cvtui.mirror import run_log_path
+    from cvtui.terminal_text import SafeTerminalText
 
     home = settings.home()
-    settings.inventory_if_valid()  # only to warn while the inventory is invalid
-    with Catalog.open_home(home) as catalog:
-        run_row = resolve_run(catalog, run_ref)
-        settle_runs(settings, catalog, [run_row])
-        path = run_log_path(home, run_row["id"])
-        data = path.read_bytes() if path.exists() else b""
-        if tail is not None:
-            lines = last_states(data)
-            data = b"".join(lines[-tail:]) if tail else b""
-        screen = None if raw else SafeTerminalText()
-        sys.stdout.buffer.write(data if screen is None else screen.feed(data))
-        sys.stdout.buffer.flush()
-        run_row = catalog.get_run(run_row["id"]) or run_row
-        if follow and run_row["state"] in ACTIVE:
-            import asyncio
-            import threading
+    inventory = settings.inventory_if_valid()  # warns once while the inventory is invalid
+    lab = settings.lab()
+    catalog = lab.catalog
+    run_row = lab.resolve(run_ref)
+    data = lab.log_bytes(run_row, tail=tail)  # asks the run's host first when no engine runs
+    path = run_log_path(home, run_row["id"])
+    screen = None if raw else SafeTerminalText()
+    sys.stdout.buffer.write(data if screen is None else screen.feed(data))
+    sys.stdout.buffer.flush()
+    run_row = catalog.get_run(run_row["id"]) or run_row
+    if not follow or run_row["state"] not in ACTIVE:
+        return
+    import asyncio
+    import threading
 
-            from cvtui.engine.lock import lock_holder
-            from cvtui.local_engine import drive
+    from cvtui.engine.lock import lock_holder
+    from cvtui.local_engine import drive
 
-            size = path.stat().st_size if path.exists() else 0
-            inventory = settings.inventory_if_valid()
-            if inventory is None:
-                # No hosts to reach from here: follow what a running engine brings, if any.
-                def engine_runs() -> bool:
-                    return lock_holder(home) is not None
+    size = path.stat().st_size if path.exists() else 0
+    if inventory is None:
+        # No hosts to reach from here: follow what a running engine brings, if any.
+        def engine_runs() -> bool:
+            return lock_holder(home) is not None
 
-                _follow_from(catalog, home, run_row["id"], size, screen, engine_runs)
-                return
-            printer = threading.Thread(
-                target=_follow_from, args=(catalog, home, run_row["id"], size, screen)
+        _follow_from(catalog, home, run_row["id"], size, screen, engine_runs)
+        return
+    printer = threading.Thread(
+        target=_follow_from, args=(catalog, home, run_row["id"], size, screen)
+    )
+    printer.start()
+    try:
+        asyncio.run(
+            drive(
+                inventory, catalog, home,
+                lambda e: (catalog.get_run(run_row["id"]) or {}).get("state") not in ACTIVE
+                and (e is None or not e.syncing()),
             )
-            printer.start()
-            try:
-                asyncio.run(
-                    drive(
-                        inventory, catalog, home,
-                        lambda e: (catalog.get_run(run_row["id"]) or {}).get("state") not in ACTIVE
-                        and (e is None or not e.syncing()),
-                    )
-                )  # fmt: skip
-            finally:
-                printer.join()
+        )  # fmt: skip
+    finally:
+        printer.join()
 
 
 def _follow_from(
@@ -346,7 +278,7 @@ def exec_command(settings: Settings, host: str, gpus: int, command: tuple[str, .
     picked by the scheduler's rules and leased on the host for the command.
     Example: cvtui exec --host gpu-01 --gpus 1 -- nvidia-smi
     """
-    sys.exit(settings.lab().exec(host, list(command), gpus=gpus))
+    sys.exit(settings.lab().exec_streamed(host, list(command), gpus=gpus))
 
 
 def register(main: click.Group) -> None:

@@ -63,6 +63,7 @@ class HostSession:
     latest: Telemetry | None = None  # the last telemetry sample
     latest_at: float = 0.0  # controller clock when it arrived
     known_code: set[str] = field(default_factory=set)  # code snapshots known to be on the host
+    known_inputs: set[str] = field(default_factory=set)  # input blobs known to be on the host
     told: set[str] = field(default_factory=set)  # telemetry problems logged already
     _sftp: asyncssh.SFTPClient | None = None
     _sftp_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

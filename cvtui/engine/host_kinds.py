@@ -19,6 +19,7 @@ from cvtui.runspec import RunSpec
 from remote_agent.protocol import Hello, StartRequest, Telemetry
 
 if TYPE_CHECKING:
+    from cvtui.catalog.run_inputs import RunInput
     from cvtui.engine.engine import HostSession
     from cvtui.engine.runner import RunController
     from cvtui.inventory import Host
@@ -44,8 +45,11 @@ class HostKind(Protocol):
         host: Host,
         hello: Hello,
         gpus: Sequence[int],
+        inputs: Sequence[RunInput] = (),
+        staged: Sequence[Mapping[str, Any]] = (),
     ) -> StartRequest:
-        """OP_START's request for a run (gpus: the placement's, empty where the host picks)."""
+        """OP_START's request for a run (gpus: the placement's, empty where the host picks;
+        inputs: those staged on the host, as stage_inputs answered)."""
         ...
 
     def dispatch(self, controller: RunController, entries: list[QueueEntry]) -> None:
@@ -83,8 +87,10 @@ class SshKind:
         host: Host,
         hello: Hello,
         gpus: Sequence[int],
+        inputs: Sequence[RunInput] = (),
+        staged: Sequence[Mapping[str, Any]] = (),
     ) -> StartRequest:
-        return start_request(run, spec, host, hello, gpus)
+        return start_request(run, spec, host, hello, gpus, inputs, staged)
 
     def dispatch(self, controller: RunController, entries: list[QueueEntry]) -> None:
         controller.place(entries)

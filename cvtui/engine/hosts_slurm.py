@@ -26,6 +26,7 @@ from remote_agent.protocol import Hello, RemoteError, RunStatus, StartRequest, T
 from remote_agent.slurm import job_options
 
 if TYPE_CHECKING:
+    from cvtui.catalog.run_inputs import RunInput
     from cvtui.engine.engine import HostSession
     from cvtui.engine.host_kinds import QueueEntry
     from cvtui.engine.runner import RunController
@@ -65,11 +66,13 @@ class SlurmKind:
         host: Host,
         hello: Hello,
         gpus: Sequence[int],
+        inputs: Sequence[RunInput] = (),
+        staged: Sequence[Mapping[str, Any]] = (),
     ) -> StartRequest:
         """The run's request with its sbatch settings; `{gpus}` is 0..N-1, the devices the
         job's CUDA sees (Slurm picks the node's GPUs and sets CUDA_VISIBLE_DEVICES)."""
         count = spec.resources.gpus
-        request = start_request(run, spec, host, hello, tuple(range(count)))
+        request = start_request(run, spec, host, hello, tuple(range(count)), inputs, staged)
         settings = job_settings(
             host.slurm,
             spec.resources.slurm,

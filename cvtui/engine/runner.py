@@ -17,12 +17,16 @@ from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
 from cvtui.engine.host_kinds import HostKind, QueueEntry, engine_kinds
+from cvtui.engine.inputs import InputsRefused, inputs_for_start, stage_inputs
+from cvtui.engine.preempt import Preemption
 from cvtui.engine.provenance import capture_run_python, record_dispatch
+from cvtui.engine.resume import SYNC_WAIT_S
 from cvtui.engine.syncer import Syncer
 from cvtui.engine.tasks import TaskSet
 from cvtui.paths import snapshot_archive
+from cvtui.repro.blobstore import BlobError, BlobStore
 from cvtui.runspec import RunSpec
-from cvtui.states import ACTIVE_STATES
+from cvtui.states import ACTIVE_STATES, preempted
 from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus
 
@@ -67,6 +71,10 @@ class RunController:
         self._pass_done = asyncio.Event()  # replaced after each pass, so waiters wake once
         self.kinds = engine_kinds()  # how runs start on each kind of host (host_kinds.py)
         self.uploads: dict[tuple[str, str], asyncio.Lock] = {}  # (host, code hash) in upload
+        # Retries that resume, held in the queue until the attempt before them is synced (its
+        # last checkpoints are in): retry id -> (that attempt's id, monotonic time queued).
+        self.resume_holds: dict[str, tuple[str, float]] = {}
+        self.preemption = Preemption(self)
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -306,11 +314,29 @@ class RunController:
                 return str(name)
         return None
 
+    def resume_held(self, run_id: str) -> bool:
+        """Whether a resuming retry still waits for the final sync of the attempt before it."""
+        hold = self.resume_holds.get(run_id)
+        if hold is None:
+            return False
+        before, since = hold
+        if self.settled([before]) or time.monotonic() - since > SYNC_WAIT_S:
+            del self.resume_holds[run_id]
+            return False
+        return True
+
     def dispatch_pass(self) -> None:
         """Hand each queued run to its kind of host: the scheduler places runs on ssh hosts,
         runs naming a cluster go to its own queue."""
         entries = self.catalog.queue_entries()
         self.note_changes(entries)
+        held = {e[0] for e in entries if e[0] in self.resume_holds and self.resume_held(e[0])}
+        if held:
+            entries = [e for e in entries if e[0] not in held]
+            reason = "waits for the last checkpoints of the attempt before it to sync"
+            changed = {i: reason for i in held if self.waiting_reasons.get(i) != reason}
+            self.waiting_reasons.update(changed)
+            self.catalog.set_waiting_reasons(changed)
         if not entries:
             return
         by_kind: dict[str, list[QueueEntry]] = {}
@@ -344,11 +370,11 @@ class RunController:
             )
             for run_id, priority, submitted, resources in entries
         ]
-        plan = scheduler.plan(
-            queue,
-            self.host_states(),
-            foreign_processes=self.engine.inventory.policy.foreign_processes,
-        )
+        states = self.host_states()
+        policy = self.engine.inventory.policy
+        plan = scheduler.plan(queue, states, foreign_processes=policy.foreign_processes)
+        if policy.preempt:
+            self.preemption.consider(queue, states, plan)
         self.note_waiting(dict(plan.waiting))
         for placement in plan.placements:
             self.waiting_reasons.pop(placement.run_id, None)
@@ -383,16 +409,23 @@ class RunController:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await self.ensure_code(session, run["code_hash"])
+            inputs = await inputs_for_start(self.catalog, self.home, run, spec)
+            staged = await stage_inputs(session, BlobStore.in_home(self.home), inputs)
             kind = self.kinds[session.host.kind]
-            request = kind.start_request(run, spec, session.host, session.hello, placement.gpus)
+            request = kind.start_request(
+                run, spec, session.host, session.hello, placement.gpus, inputs, staged
+            )
             command = request.command
             reply = await client.call(
                 protocol.OP_START, timeout_s=START_TIMEOUT_S, **request.to_wire()
             )
+        except (InputsRefused, BlobError) as exc:
+            self.refuse(run, f"cannot start: {exc}")
+            return
         except RemoteError as exc:
             if exc.code == protocol.E_RUN_EXISTS:
                 await self.reconcile(session, [run_id])  # an earlier start got there after all
-            elif exc.code == protocol.E_BAD_LINK:
+            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT):
                 self.refuse(run, f"cannot start on {placement.host}: {exc.message}")
             else:
                 if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule
@@ -400,6 +433,8 @@ class RunController:
                         self.refused[(placement.host, index)] = session.latest_at
                 if exc.code == protocol.E_CODE_CHANGED:  # set aside there: the next try uploads
                     session.known_code.discard(run["code_hash"])
+                if exc.code == protocol.E_NO_SUCH_FILE:  # an input removed there: staged again
+                    session.known_inputs.clear()
                 self.requeue(run_id, f"start on {placement.host} refused: {exc.message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:
@@ -486,26 +521,43 @@ class RunController:
                         ended=time.time(),
                     )
 
-    def retry(self, run: dict[str, Any], why: str) -> str | None:
-        """Queue the next attempt of a failed or lost run while its `retries` allow one.
+    def retry(self, run: dict[str, Any], why: str, *, preempted: bool = False) -> str | None:
+        """Queue the next attempt of a failed, lost or preempted run while its `retries` allow
+        one (a preemption is not the run's failure: it does not use one up).
 
         An attempt is a new run (new id, new run dir): a host never starts one run id twice.
+        It gets the inputs pinned at submit; one that resumes waits in the queue until the
+        attempt before it is synced, then starts from its newest checkpoint (start_run).
         """
         attempt = int(run.get("attempt") or 1)
-        if attempt > int(run.get("retries") or 0):
+        retries = int(run.get("retries") or 0) + (1 if preempted else 0)
+        if attempt > retries:
             return None
         keep = ("name", "project", "user", "priority", "command", "params", "config", "spec")
         row = {key: run[key] for key in keep}
         row.update(
             id=new_run_id(),
             resources=run["resources"],
-            retries=run["retries"],
+            retries=retries,
             code_hash=run["code_hash"],
             attempt=attempt + 1,
             submitted=run["submitted"],  # keeps its place in the queue
         )
         [new_id] = self.catalog.insert_runs([row])
-        log.info("run %s: %s; attempt %d is run %s", run["id"], why, attempt + 1, new_id)
+        self.catalog.copy_run_inputs(run["id"], new_id, kinds=("model", "run"))
+        self.catalog.note_run_event(
+            new_id, f"attempt {attempt + 1} of at most {retries + 1}: {run['id']} {why}"
+        )
+        if (run.get("spec") or {}).get("resume"):
+            self.resume_holds[new_id] = (run["id"], time.monotonic())
+        log.info(
+            "run %s: %s; attempt %d is run %s",
+            run["id"],
+            why,
+            attempt + 1,
+            new_id,
+            extra={"event": "retry", "run": new_id},
+        )
         return new_id
 
     def run_ended(self, run_id: str) -> None:
@@ -609,6 +661,10 @@ class RunController:
                 self.run_ended(status.run_id)
             if ended and status.state in (protocol.RUN_FAILED, protocol.RUN_LOST):
                 self.retry(run, status.reason or status.state)
+            elif ended and status.state == protocol.RUN_CANCELLED and preempted(status.reason):
+                self.preemption.ended(run["id"])
+                if (run.get("spec") or {}).get("resume"):
+                    self.retry(run, status.reason or "preempted", preempted=True)
             if not ended:
                 self.correct(run, status)
             self.wake.set()  # GPUs are free again
@@ -813,6 +869,8 @@ class RunController:
                 extra={"event": "cancel", "run": run_id},
             )
             return
+        if run["state"] == "dispatching":
+            return  # its start is in flight: the host has no run dir yet; asked again next pass
         session = self.engine.sessions.get(run["host"] or "")
         if session is None or session.client is None:
             return  # stays pending until the host is back

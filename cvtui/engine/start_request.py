@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cvtui.engine.inputs import input_paths
 from cvtui.engine.sync import output_globs
 from cvtui.run_env import DEFAULT_PYTHON, RunEnv, expand_home, merge_links, run_interpreter
+from cvtui.run_inputs import RESUME_INPUT
 from cvtui.runspec import CONFIG_FILE_NAME, RunSpec
 from remote_agent.protocol import WORK_DIR, Hello, StartRequest
 
 if TYPE_CHECKING:
+    from cvtui.catalog.run_inputs import RunInput
     from cvtui.inventory import Host
 
 
@@ -26,16 +29,30 @@ def effective_env(host: Host, spec: RunSpec) -> RunEnv:
 
 
 def start_request(
-    run: Mapping[str, Any], spec: RunSpec, host: Host, hello: Hello, gpus: Sequence[int]
+    run: Mapping[str, Any],
+    spec: RunSpec,
+    host: Host,
+    hello: Hello,
+    gpus: Sequence[int],
+    inputs: Sequence[RunInput] = (),
+    staged: Sequence[Mapping[str, Any]] = (),
 ) -> StartRequest:
     """OP_START's request for a run placed on host's GPUs: the command rendered for the work
-    dir, the run environment and links with `~` made the remote home."""
+    dir (its inputs' paths filled, a retry's resume arg added), the run environment and links
+    with `~` made the remote home. staged: the inputs as the host stores them."""
     home = hello.home
     _, work_dir, config_file = run_paths(hello.root, run["id"])
     env = effective_env(host, spec)
     python = expand_home(env.python or DEFAULT_PYTHON, home)
+    checkpoint = next((f"{work_dir}/{i.path}" for i in inputs if i.kind == RESUME_INPUT), None)
     command = spec.render_command(
-        run_id=run["id"], run_dir=work_dir, config_file=config_file, gpus=gpus, python=python
+        run_id=run["id"],
+        run_dir=work_dir,
+        config_file=config_file,
+        gpus=gpus,
+        python=python,
+        inputs=input_paths(work_dir, inputs),
+        checkpoint=checkpoint,
     )
     argv = command if isinstance(command, str) else list(command)
     return StartRequest(
@@ -55,4 +72,5 @@ def start_request(
             for name, target in merge_links(dict(host.links), spec.links).items()
         },
         outputs=output_globs(run["spec"]),
+        inputs=[dict(item) for item in staged],
     )

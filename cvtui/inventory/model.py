@@ -85,6 +85,8 @@ class Policy:
     history: tuple[HistoryTier, ...] = DEFAULT_HISTORY  # telemetry kept: (step, keep) tiers
     idle_util: float = 5.0  # percent: a held GPU below this ...
     idle_after_s: float = 1800.0  # ... for this long (memory allocated) is idle-held
+    preempt: bool = False  # a starving urgent run may end low runs that declared `resume`
+    preempt_grace_s: float = 60.0  # SIGTERM to SIGKILL for a preempted run (time to save)
 
     def session_key(self) -> tuple[object, ...]:
         """The fields whose change needs host sessions restarted (history and idle do not)."""

@@ -43,6 +43,8 @@ _POLICY_KEYS = (
     "history",
     "idle_util",
     "idle_after",
+    "preempt",
+    "preempt_grace",
 )
 _HISTORY_KEYS = ("every", "keep")
 _SIMULATE_KEYS = ("gpus", "model", "memory")
@@ -201,6 +203,14 @@ class InventoryParser(NodeParser[InventoryError]):
                     values[key] = self.history(value)
                 elif key == "idle_util":
                     values[key] = self.percent(value, "policy.idle_util")
+                elif key == "preempt":
+                    flag = self.value(value) if isinstance(value, yaml.ScalarNode) else None
+                    if not isinstance(flag, bool):
+                        got = self.describe(value)
+                        raise self.error(
+                            value, f"policy.preempt: expected true or false, got {got}"
+                        )
+                    values[key] = flag
                 else:
                     values[f"{key}_s"] = self.duration(value, f"policy.{key}")
                 read = True

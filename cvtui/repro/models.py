@@ -100,8 +100,6 @@ def register_model(
     An existing name is an error unless force, which re-points it. The file must be synced
     and its local copy untouched since, so the registered bytes are the host's.
     """
-    from cvtui.mirror import Mirror, UnsafePathError
-
     rel = model_path(path)
     check_label("model name", name)
     labels = tuple(dict.fromkeys(check_label("tag", t) for t in tags))
@@ -109,34 +107,7 @@ def register_model(
     short = run_id[:12]
     if not force and _find(catalog, name) is not None:
         raise ModelError(f"model {name!r} already exists (--force re-points it)")
-    row = catalog.file_row(run_id, rel)
-    if row is None:
-        raise ModelError(
-            f"run {short} ({run['name']}) has no synced file {rel!r} "
-            f"(see: cvtui files {short}; run: cvtui sync {short})"
-        )
-    if row["sync_status"] != "synced":
-        why = f" ({row['reason']})" if row["reason"] else ""
-        raise ModelError(
-            f"{rel} of run {short} is {row['sync_status']}{why}, not synced; "
-            f"run: cvtui sync {short}"
-        )
-    try:
-        local = Mirror(Path(home), run_id).path(rel)
-        before = local.lstat()
-    except (FileNotFoundError, NotADirectoryError):
-        raise ModelError(
-            f"the local copy of {rel} of run {short} is missing; run: cvtui sync {short}"
-        ) from None
-    except UnsafePathError as exc:
-        raise ModelError(str(exc)) from None
-    if not stat.S_ISREG(before.st_mode):
-        raise ModelError(f"{local} is not a regular file")
-    if not _intact(before, row):
-        raise ModelError(
-            f"the local copy of {rel} of run {short} changed since it was synced; "
-            f"run: cvtui sync {short}"
-        )
+    local, before = synced_copy(catalog, home, run, rel)
     blobs = BlobStore.in_home(home)
     now = time.time() if now is None else now
     size = before.st_size
@@ -170,6 +141,46 @@ def register_model(
         raise ModelError(f"the blob store kept losing {rel} while it was stored; try again")
     model = Model(name, labels, run_id, run.get("name"), rel, hash_, size, now)
     return Registration(model, replaced)
+
+
+def synced_copy(
+    catalog: Catalog, home: str | os.PathLike[str], run: dict[str, Any], rel: str
+) -> tuple[Path, os.stat_result]:
+    """The local mirror copy of a run's file, and its stat, when it is synced and untouched
+    since (so its bytes are the host's); ModelError saying what to do otherwise."""
+    from cvtui.mirror import Mirror, UnsafePathError
+
+    run_id = str(run["id"])
+    short = run_id[:12]
+    row = catalog.file_row(run_id, rel)
+    if row is None:
+        raise ModelError(
+            f"run {short} ({run['name']}) has no synced file {rel!r} "
+            f"(see: cvtui files {short}; run: cvtui sync {short})"
+        )
+    if row["sync_status"] != "synced":
+        why = f" ({row['reason']})" if row["reason"] else ""
+        raise ModelError(
+            f"{rel} of run {short} is {row['sync_status']}{why}, not synced; "
+            f"run: cvtui sync {short}"
+        )
+    try:
+        local = Mirror(Path(home), run_id).path(rel)
+        before = local.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ModelError(
+            f"the local copy of {rel} of run {short} is missing; run: cvtui sync {short}"
+        ) from None
+    except UnsafePathError as exc:
+        raise ModelError(str(exc)) from None
+    if not stat.S_ISREG(before.st_mode):
+        raise ModelError(f"{local} is not a regular file")
+    if not _intact(before, row):
+        raise ModelError(
+            f"the local copy of {rel} of run {short} changed since it was synced; "
+            f"run: cvtui sync {short}"
+        )
+    return local, before
 
 
 def list_models(catalog: Catalog) -> list[Model]:

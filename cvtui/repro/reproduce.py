@@ -15,9 +15,11 @@ from typing import Any
 import xxhash
 
 from cvtui.catalog import Catalog, new_run_id
+from cvtui.catalog.run_inputs import RunInput
 from cvtui.errors import CvtuiError, UnknownHostError
 from cvtui.paths import snapshot_archive
 from cvtui.repro.blobstore import BlobStore, hash_file
+from cvtui.repro.inputs import InputError, verify_inputs
 from cvtui.repro.snapshot import SnapshotFile, snapshot_hash, write_snapshot_tar
 from cvtui.runspec import RunSpec, with_overrides
 
@@ -43,6 +45,7 @@ class Reproduction:
     archive_state: str  # ARCHIVE_*
     provenance: dict[str, Any] | None  # the source's run_provenance row
     row: dict[str, Any]  # the runs row to insert
+    inputs: tuple[RunInput, ...] = ()  # the source's inputs (a retry's checkpoint included)
 
     @property
     def size(self) -> int:
@@ -172,6 +175,11 @@ def plan_reproduction(
     blobs = BlobStore.in_home(home)
     files, manifest_from = exact_files(catalog, run)
     verify_blobs(blobs, run["id"], files)
+    inputs = tuple(catalog.run_inputs(run["id"]))
+    try:
+        verify_inputs(blobs, run["id"], inputs)
+    except InputError as exc:
+        raise ReproduceError(str(exc)) from None
     code_hash = run.get("code_hash") or None
     archive = None
     state = ARCHIVE_NONE
@@ -212,6 +220,7 @@ def plan_reproduction(
         archive_state=state,
         provenance=catalog.run_provenance(run["id"]),
         row=row,
+        inputs=inputs,
     )
 
 
@@ -223,6 +232,9 @@ def queue_reproduction(catalog: Catalog, home: Path, plan: Reproduction) -> str:
     row = {**plan.row, "submitted": now}
     [run_id] = catalog.insert_runs([row])
     catalog.set_run_reproduces(run_id, plan.source["id"])
+    catalog.record_run_inputs(
+        RunInput(run_id, i.name, i.kind, i.source, i.path, i.hash, i.size) for i in plan.inputs
+    )
     earlier = plan.provenance or {}
     spec = plan.source.get("spec") or {}
     catalog.write_submit_provenance(
@@ -273,6 +285,8 @@ def describe(plan: Reproduction, *, dry_run: bool) -> str:
         state = "clean" if prov.get("git_dirty") == 0 else "dirty" if prov.get("git_dirty") else "?"
         diff = f", diff blob {prov['git_diff_hash']}" if prov.get("git_diff_hash") else ""
         lines.append(f"  git       {prov['git_head']} ({state}{diff})")
+    for item in plan.inputs:
+        lines.append(f"  input     {item.name}: {item.source} -> {item.path}  blob {item.hash}")
     command: Any = prov["command"] if prov.get("command") is not None else run["command"]
     shown = command if isinstance(command, str) else shlex.join(str(a) for a in command)
     lines.append(f"  command   {shown}")

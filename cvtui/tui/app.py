@@ -31,6 +31,7 @@ from cvtui.errors import CvtuiError
 from cvtui.inventory import Inventory
 from cvtui.states import ACTIVE_STATES
 from cvtui.tui.commands import DashboardCommands
+from cvtui.tui.forwards import RunForwards
 from cvtui.tui.messages import CatalogNotices, CatalogUpdated, WorkerResult
 from cvtui.tui.model import CatalogReader, CatalogView, Clock, Notice
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
@@ -104,6 +105,7 @@ class DashboardApp(App[int]):
         )
         self.view: CatalogView | None = None
         self.marked: list[str] = []  # run ids marked on the Runs screen for comparison
+        self.forwards = RunForwards(inventory, self.home)  # ports forwarded (run detail)
         self.engine_note = self.describe_engine()
         self.user = getpass.getuser()
         self._stop = asyncio.Event()
@@ -246,6 +248,7 @@ class DashboardApp(App[int]):
 
     def on_catalog_updated(self, message: CatalogUpdated) -> None:
         self.view = message.view
+        self.forwards.stop_ended(lambda run_id: (message.view.run(run_id) or {}).get("state"))
         if not self.screen_stack:
             return  # shutting down
         screen = self.screen
@@ -267,6 +270,7 @@ class DashboardApp(App[int]):
         if self._quitting:
             return
         self._quitting = True
+        self.forwards.close_all()
         self.workers.cancel_group(self, "catalog-watch")
         self._wake.set()
         self._stop.set()
@@ -278,6 +282,7 @@ class DashboardApp(App[int]):
 
     def on_unmount(self) -> None:
         self._quitting = True
+        self.forwards.close_all()
         self._wake.set()
         with contextlib.suppress(Exception):
             self.reader.close()

@@ -14,6 +14,7 @@ from support import catalog_intact
 from cvtui.catalog import Catalog
 from cvtui.catalog.blobs import BLOB_REFERENCES
 from cvtui.catalog.components import VersionEntry
+from cvtui.catalog.run_inputs import RunInput
 from cvtui.repro.blobstore import BlobStore, hash_bytes
 from cvtui.repro.gc import WRITER_GRACE_S, collect_garbage, plan_gc
 
@@ -162,6 +163,10 @@ def test_every_reference_kind_protects_its_blob(home: Path) -> None:
                 "INSERT INTO host_environments (host, pip_freeze_hash, taken) VALUES ('g', ?, 0)",
                 (named[("host_environments", "pip_freeze_hash")],),
             )
+        given = named[("run_inputs", "hash")]
+        catalog.record_run_inputs(
+            [RunInput(RUN_A, "w", "model", "model:m", "inputs/w/w.pt", given, 1)]
+        )
         stale_component = store_blob(store, b"an old freeze nobody names", age_s=old)
         record(catalog, stale_component, 26, "pip_freeze", age_s=old)  # 26 bytes
         unindexed = store_blob(store, b"written by a writer that died", age_s=old)

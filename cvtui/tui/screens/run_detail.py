@@ -16,6 +16,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from cvtui import units
+from cvtui.errors import CvtuiError
 from cvtui.mirror import run_log_path
 from cvtui.outputs_note import outputs_note
 from cvtui.tui import cells
@@ -100,6 +101,7 @@ class RunDetailScreen(DashboardScreen):
         Binding("right_square_bracket", "next_tab", "Next tab"),
         Binding("left_square_bracket", "previous_tab", "Prev tab", show=False),
         Binding("x", "cancel_run", "Cancel"),
+        Binding("p", "forward_port", "Forward port"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -223,7 +225,7 @@ class RunDetailScreen(DashboardScreen):
                 Text(f"output.log · {log.status()} · f follow · [ ] tabs · esc back", style="dim")
             )
         else:
-            self.set_info(Text("[ ] tabs · esc back · x cancel", style="dim"))
+            self.set_info(Text("[ ] tabs · esc back · x cancel · p forward", style="dim"))
 
     def action_next_tab(self) -> None:
         self._move_tab(1)
@@ -255,6 +257,40 @@ class RunDetailScreen(DashboardScreen):
         if run is not None:
             self.dashboard.confirm_cancel([run])
 
+    def action_forward_port(self) -> None:
+        """Ask for a port and forward it here from the run's host; p again closes them."""
+        from cvtui.tui.screens.forward import ForwardScreen
+
+        run = self.run or (self.dashboard.view.run(self.run_id) if self.dashboard.view else None)
+        forwards = self.dashboard.forwards
+        if run is None:
+            return
+        if forwards.of_run(self.run_id):
+            closed = forwards.close_run(self.run_id)
+            self.notify(f"closed {closed} forward{'s' if closed != 1 else ''}", title="Forward")
+            return
+        if run["state"] != "running" or not run.get("host"):
+            self.notify("only a running run's host has ports to forward", severity="warning")
+            return
+
+        def chosen(ports: tuple[int, int | None] | None) -> None:
+            if ports is not None:
+                self.open_forward(run["id"], *ports)
+
+        self.app.push_screen(ForwardScreen(run["name"], run["host"]), chosen)
+
+    @work(thread=True, group="forward")
+    def open_forward(self, run_id: str, remote_port: int, local_port: int | None) -> None:
+        try:
+            forward = self.dashboard.forwards.start(run_id, remote_port, local_port)
+        except CvtuiError as exc:
+            self.app.call_from_thread(
+                self.notify, str(exc), title="Forward failed", severity="error"
+            )
+            return
+        said = f"{forward.url} -> {forward.host.name}:{remote_port} (p closes it)"
+        self.app.call_from_thread(self.notify, said, title="Forwarding", timeout=10)
+
     def commands(self) -> list[PaletteCommand]:
         entries = [
             PaletteCommand(f"Run: show {tab}", f"the {tab} tab", partial(self.show_tab, tab))
@@ -264,6 +300,9 @@ class RunDetailScreen(DashboardScreen):
             *entries,
             PaletteCommand("Run: follow log", "keep the log at its end", self.follow_log),
             PaletteCommand("Run: cancel", "SIGTERM, then SIGKILL", self.action_cancel_run),
+            PaletteCommand(
+                "Run: forward a port", "a port of its host, here", self.action_forward_port
+            ),
             PaletteCommand("Run: back", "close this run", self.app.pop_screen),
         ]
 

@@ -1,0 +1,112 @@
+"""Port forwarding to a run over real sshd: a tiny HTTP server started by a run is fetched
+through a port on 127.0.0.1 here, with `cvtui forward` (which stops when the run ends) and with
+`Lab.forward`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cvtui
+from cvtui.errors import CvtuiError
+from cvtui.lab import LabHostSpec, free_port
+
+pytestmark = pytest.mark.sshd
+
+SERVE = """\
+import http.server, os, sys
+os.makedirs("site", exist_ok=True)
+with open("site/hello.txt", "w") as f:
+    f.write("hello from " + os.environ["CVTUI_RUN_ID"])
+os.chdir("site")
+handler = http.server.SimpleHTTPRequestHandler
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
+print("serving", flush=True)
+server.serve_forever()
+"""
+
+
+def fetch(url: str, timeout_s: float = 20.0) -> str:
+    """The body at url, retried while the run's server is still starting."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return reply.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_forward_reaches_a_server_the_run_started(
+    lab_factory: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
+    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "serve.py").write_text(SERVE)
+    remote = free_port()
+    (code / "serve.yaml").write_text(
+        f"name: board\ncommand: [python3, serve.py, '{remote}']\nresources: {{gpus: 0}}\n"
+    )
+    api = cvtui.Lab(lab.inventory_path, home)
+    [ended] = api.submit(code / "serve.yaml")
+    api.cancel(ended)
+    api.wait([ended], timeout=60)
+    with pytest.raises(CvtuiError, match=r"\(board\) is cancelled, not running"):
+        api.forward(ended, remote)
+    [run] = api.submit(code / "serve.yaml")
+    deadline = time.monotonic() + 30
+    while api.get(run)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    # The library: any free local port, in a with-block.
+    with api.forward(run, remote, 0) as forward:
+        assert forward.local_port not in (0, remote)
+        assert forward.url.startswith("http://127.0.0.1:")
+        assert fetch(forward.url + "hello.txt") == f"hello from {run.id}"
+    assert not forward.active
+
+    # The command: until Ctrl-C.
+    local = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
+    argv += ["--inventory", str(lab.inventory_path), "forward", run.id, str(remote)]
+    command = subprocess.Popen(
+        [*argv, "--local-port", str(local)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert command.stdout is not None
+        said = command.stdout.readline()
+        assert said.startswith(f"forwarding http://127.0.0.1:{local}/ -> gpu-01:{remote} ")
+        assert fetch(f"http://127.0.0.1:{local}/hello.txt") == f"hello from {run.id}"
+        command.send_signal(signal.SIGINT)
+        assert command.wait(20) == 0
+    finally:
+        command.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{local}/hello.txt", timeout=2)
+
+    # ... or until the run ends.
+    command = subprocess.Popen(
+        [*argv, "--local-port", str(local)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert command.stdout is not None
+        assert command.stdout.readline().startswith("forwarding ")
+        assert fetch(f"http://127.0.0.1:{local}/hello.txt") == f"hello from {run.id}"
+        api.cancel(run, grace_s=1)
+        assert command.wait(30) == 0
+        assert command.stdout.read() == f"run {run.id[:12]} cancelled: forward closed\n"
+    finally:
+        command.kill()
