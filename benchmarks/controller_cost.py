@@ -27,7 +27,6 @@ from cvtui.engine.agent_build import build_agent
 from cvtui.engine.engine import Engine
 from cvtui.inventory import load_inventory
 from cvtui.lab import Lab, LabHostSpec
-from cvtui.repro.provenance import host_environment
 from remote_agent.protocol import Telemetry
 
 HOSTS = 50
@@ -176,7 +175,7 @@ async def wait_environments(catalog: Catalog) -> None:
     """Until every host's environment is in the catalog (at most ENVIRONMENTS_TIMEOUT_S)."""
     deadline = time.monotonic() + ENVIRONMENTS_TIMEOUT_S
     while time.monotonic() < deadline:
-        if all(host_environment(catalog, f"host-{n:02d}") for n in range(HOSTS)):
+        if all(catalog.host_environment(f"host-{n:02d}") for n in range(HOSTS)):
             return
         await asyncio.sleep(0.2)
 

@@ -35,7 +35,6 @@ from cvtui.engine.engine import Engine
 from cvtui.engine.lock import EngineLock
 from cvtui.inventory import load_inventory
 from cvtui.lab import generate_key, known_hosts_line
-from cvtui.repro.provenance import host_environment
 
 SIZES = ((200, 15.0), (1000, 50.0))  # hosts, target % of one core
 HOSTS_PER_PORT = 50  # one fleet SSH server per 50 hosts, as hosts behind a few addresses
@@ -106,7 +105,7 @@ async def wait_steady(engine: Engine, catalog: Catalog, hosts: int) -> tuple[flo
         await asyncio.sleep(0.5)
     healthy_s = time.monotonic() - started
     while time.monotonic() < deadline:
-        if all(host_environment(catalog, name_of(i)) for i in range(hosts)):
+        if all(catalog.host_environment(name_of(i)) for i in range(hosts)):
             break
         await asyncio.sleep(0.5)
     return healthy_s, hosts - len(unhealthy(catalog))

@@ -19,13 +19,14 @@ from cvtui.engine.lock import EngineLock
 from cvtui.inventory import Inventory, load_inventory
 from cvtui.lab import DEMO_HOSTS, LabHostSpec, start_lab
 from cvtui.report import format_hosts
+from cvtui.states import FINAL_STATES
 
 EXTRA_MODELS = ("A100-SXM4-40GB", "RTX-A6000-48GB", "L40S-48GB", "V100-SXM2-32GB")
 DEMO_PROJECT = Path(__file__).parent / "demo_project"
 # Queued in this order: GPU-filling runs first, then a low-priority backlog, then one that
 # never fits (the Queue screen's "why it waits").
 DEMO_CONFIGS = ("sweep.yaml", "wide.yaml", "quick.yaml", "flaky.yaml", "later.yaml", "huge.yaml")
-STARTED_STATES = ("running", "succeeded", "failed")
+STARTED_STATES = ("running", *FINAL_STATES[:2])  # running, succeeded, failed
 
 
 def demo_specs(count: int) -> tuple[LabHostSpec, ...]:

@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+from cvtui.units import size
+
 CSV = "csv"
 JSONL = "jsonl"
 STEP_KEY = "step"
@@ -72,7 +74,7 @@ def parse_warnings(state: ParseState, replaced: int = 0) -> list[str]:
         count = _times(state.header_changes, "time")
         found.append(f"the CSV header changed {count} (now: {','.join(state.columns)})")
     if state.long_lines:
-        found.append(f"{_times(state.long_lines, 'line')} over {MAX_LINE_BYTES >> 20} MiB skipped")
+        found.append(f"{_times(state.long_lines, 'line')} over {size(MAX_LINE_BYTES)} skipped")
     if state.bad_lines:
         what = "CSV row" if state.kind == CSV else "JSON object"
         found.append(f"{_times(state.bad_lines, 'line')} not a {what} skipped")

@@ -252,3 +252,60 @@ def test_only_the_engine_imports_asyncssh() -> None:
         if imported.split(".")[0] == "asyncssh"
     ]
     assert offences == []
+
+
+def spelled_out(tree: ast.AST, words: set[str]) -> list[int]:
+    """Lines where a tuple, list or set literal spells out three or more of words."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Tuple | ast.List | ast.Set)
+        and len(words & {e.value for e in node.elts if isinstance(e, ast.Constant)}) >= 3
+    ]
+
+
+def test_the_vocabulary_check_sees_a_list() -> None:
+    words = {"queued", "running", "failed", "lost"}
+    assert spelled_out(ast.parse('x = ("queued", "running", "failed")'), words) == [1]
+    assert spelled_out(ast.parse('x = ["queued", "running"]'), words) == []
+
+
+def test_states_and_priorities_are_spelled_out_once() -> None:
+    """Run states and priorities are listed in cvtui/states.py; everyone else imports them
+    (a mapping from each state to its colour or icon is that module's own business)."""
+    from cvtui.states import PRIORITIES, RUN_STATES
+
+    words = set(RUN_STATES) | set(PRIORITIES)
+    offences = [
+        f"{path.relative_to(REPO)}:{line}"
+        for module, path in MODULES.items()
+        if module != "cvtui.states"
+        for line in spelled_out(ast.parse(path.read_text()), words)
+    ]
+    assert offences == []
+
+
+def test_sizes_and_durations_are_formatted_in_one_place() -> None:
+    """Sizes print in binary units (KiB, MiB, ...) through cvtui/units.py; no other module
+    spells a unit suffix into its output (cvtui/quantities.py reads them from YAML)."""
+    unit = re.compile(r"\b(?:[KMGT]i?B|kB)\b")
+    offences = []
+    for module, path in MODULES.items():
+        if module in ("cvtui.units", "cvtui.quantities") or not module.startswith("cvtui."):
+            continue
+        tree = ast.parse(path.read_text())
+        skip = docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                skip |= {id(v) for v in node.values}
+                text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+                if unit.search(text):
+                    offences.append(f"{path.relative_to(REPO)}:{node.lineno}: {text[:40]!r}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in skip
+                and unit.fullmatch(node.value.strip())
+            ):
+                offences.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert offences == []

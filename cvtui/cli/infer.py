@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cvtui.states import PRIORITIES
+
 if TYPE_CHECKING:
     from cvtui.cli.settings import Settings
 
@@ -27,7 +29,7 @@ INTERRUPTED_EXIT = 130  # as a shell reports a command ended by Ctrl-C
 )
 @click.option(
     "--priority",
-    type=click.Choice(["urgent", "high", "normal", "low"]),
+    type=click.Choice(PRIORITIES),
     default="normal",
     show_default=True,
     help="Queue priority while the host is busy.",

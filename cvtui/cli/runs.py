@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cvtui.states import ACTIVE_STATES
+from cvtui.states import ACTIVE_STATES, PRIORITIES
 from cvtui.units import duration
 
 if TYPE_CHECKING:
@@ -53,9 +53,7 @@ def print_runs(runs: list[dict[str, Any]], now: float) -> None:
     type=click.IntRange(min=0),
     help="GPUs per run (overrides resources.gpus; default 1, 0: CPU only).",
 )
-@click.option(
-    "--priority", type=click.Choice(["urgent", "high", "normal", "low"]), help="Queue priority."
-)
+@click.option("--priority", type=click.Choice(PRIORITIES), help="Queue priority.")
 @click.option(
     "--set",
     "overrides",

@@ -704,7 +704,7 @@ class RunController:
             self.sync.host_ready(session)
         if run_ids is None:
             # Queued runs with a host are held in its own queue (Slurm jobs pending there).
-            active = self.catalog.list_runs(states=["queued", "dispatching", "running"], host=name)
+            active = self.catalog.list_runs(states=list(ACTIVE_STATES), host=name)
             run_ids = [r["id"] for r in active]
             # Runs taken for lost (their supervisor looked gone, their run dir missing): the
             # host may have the supervisor's own record of how they ended by now.

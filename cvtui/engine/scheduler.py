@@ -8,7 +8,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
-PRIORITY_RANK: dict[str, int] = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+from cvtui.states import PRIORITIES
+from cvtui.units import size
+
+PRIORITY_RANK: dict[str, int] = {name: rank for rank, name in enumerate(PRIORITIES)}
 FOREIGN_PROCESS_MODES = ("avoid", "share")
 GIB = 1 << 30
 MIB = 1 << 20
@@ -179,16 +182,10 @@ def _top(free: list[_Entry], n: int, min_free: int) -> list[_Entry] | None:
     return free[:n] if len(free) >= n else None
 
 
-def _gib(size: int) -> str:
-    if size >= GIB:
-        return f"{size // GIB} GiB" if size % GIB == 0 else f"{size / GIB:.1f} GiB"
-    return f"{size // MIB} MiB" if size >= MIB else f"{size} bytes"
-
-
 def _need(run: QueuedRun) -> str:
     plural = "" if run.gpus == 1 else "s"
     if run.min_free_mem > 0:
-        return f"needs {run.gpus} GPU{plural} with {_gib(run.min_free_mem)} free"
+        return f"needs {run.gpus} GPU{plural} with {size(run.min_free_mem)} free"
     return f"needs {run.gpus} free GPU{plural}"
 
 

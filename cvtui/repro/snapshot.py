@@ -18,6 +18,7 @@ from typing import BinaryIO
 import xxhash
 
 from cvtui.errors import CvtuiError
+from cvtui.units import size
 
 log = logging.getLogger("cvtui.snapshot")
 
@@ -224,7 +225,7 @@ def take_snapshot(code_dir: str | Path, exclude: Sequence[str] = ()) -> Snapshot
         total += st.st_size
         if total > MAX_SNAPSHOT_BYTES:
             raise CvtuiError(
-                f"code dir {root} holds over {MAX_SNAPSHOT_BYTES >> 30} GiB; "
+                f"code dir {root} holds over {size(MAX_SNAPSHOT_BYTES)}; "
                 "list data and outputs under `exclude:` in the run config"
             )
         executable = bool(st.st_mode & stat.S_IXUSR)

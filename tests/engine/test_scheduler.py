@@ -293,7 +293,7 @@ def test_all_gpus_of_a_run_are_on_one_host() -> None:
 def test_min_free_mem_applies_to_each_gpu() -> None:
     hosts = [host("g1", gpus=[gpu(0, used=50), gpu(1)]), host("g2", gpus=[gpu(0, used=50)])]
     result = plan([run("r", gpus=2, min_free_mem=40 * GIB)], hosts)
-    assert result.waiting == {"r": "needs 2 GPUs with 40 GiB free; best host g1 has 1"}
+    assert result.waiting == {"r": "needs 2 GPUs with 40.0GiB free; best host g1 has 1"}
 
 
 def test_unknown_memory_only_serves_runs_without_a_memory_need() -> None:

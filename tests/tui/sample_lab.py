@@ -281,7 +281,7 @@ def add_runs(catalog: Catalog) -> None:
         RUN_IDS["ablation-low"], reason="behind 2 runs of higher priority", now=NOW - 10
     )
     catalog.update_run(
-        RUN_IDS["ablation-urgent"], reason="needs 1 GPU with 40 GiB free; none has", now=NOW - 10
+        RUN_IDS["ablation-urgent"], reason="needs 1 GPU with 40.0GiB free; none has", now=NOW - 10
     )
 
 

@@ -16,6 +16,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.worker import get_current_worker
 
+from cvtui import units
 from cvtui.tui.logindex import MAX_SHOWN_CHARS, LogIndex
 from cvtui.tui.messages import LogIndexed
 
@@ -157,8 +158,8 @@ class LogView(ScrollView, can_focus=True):
     def status(self) -> str:
         """One line for the tab's caption: size, lines, follow state, indexing progress."""
         size = self.index.size
-        parts = [f"{self.lines:,} lines", f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size:,} B"]
+        parts = [f"{self.lines:,} lines", units.size(size)]
         if self.pending_bytes:
-            parts.append(f"indexing, {self.pending_bytes / 1e6:.0f} MB to go")
+            parts.append(f"indexing, {units.size(self.pending_bytes)} to go")
         parts.append("following" if self.follow else "paused (G follows)")
         return " · ".join(parts)

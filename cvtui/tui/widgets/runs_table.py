@@ -9,7 +9,7 @@ from rich.text import Text
 
 from cvtui import units
 from cvtui.run_names import display_names
-from cvtui.states import ACTIVE_STATES
+from cvtui.states import ACTIVE_STATES, FINAL_STATES
 from cvtui.tui import cells
 from cvtui.tui.widgets.table import Column, LiveTable, Row
 
@@ -38,7 +38,7 @@ def run_note(run: dict[str, Any]) -> Text:
     if state == "failed" and run.get("exit_code") is not None:
         extra = "" if not reason or reason.startswith("exit code") else f": {reason}"
         return Text(f"exit {run['exit_code']}{extra}", style="red")
-    if state in ("failed", "lost", "cancelled", "queued") and run.get("reason"):
+    if state in (*FINAL_STATES[1:], "queued") and run.get("reason"):
         return Text(run["reason"], style="red" if state != "queued" else "dim")
     return Text(run.get("progress_msg") or "", style="dim")
 
