@@ -113,7 +113,9 @@ def test_a_run_gets_its_environment_params_config_and_own_session(
         "    try: fds.append(os.readlink('/proc/self/fd/' + fd))\n"
         "    except OSError: pass  # listdir's own fd\n"
         "print(json.dumps({'env': {k: v for k, v in os.environ.items()\n"
-        "                          if k.startswith(('CVTUI_', 'CUDA_', 'EXTRA'))},\n"
+        "                          if k.startswith(('CVTUI_', 'CUDA_', 'EXTRA'))\n"
+        # the test runner's own settings (CI exports CVTUI_TEST_PYTHON38) pass through
+        "                          and not k.startswith('CVTUI_TEST_')},\n"
         "  'cwd': os.getcwd(), 'stdin': os.readlink('/proc/self/fd/0'), 'fds': fds,\n"
         "  'pgid': os.getpgid(0), 'sid': os.getsid(0), 'pid': os.getpid()}))\n"
     )
