@@ -181,6 +181,10 @@ def _swap(fresh: Path, target: Path, now: float) -> Path | None:
     must never meet the new file) kept as catalog.db.bak-<time>. The backup's path."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     backup = target.with_name(f"{target.name}.bak-{stamp}")
+    taken = 1
+    while any(Path(f"{backup}{s}").exists() for s in ("", *SIDECARS)):
+        taken += 1  # two reindexes within one second
+        backup = target.with_name(f"{target.name}.bak-{stamp}-{taken}")
     moved = None
     if target.exists():
         os.link(target, backup)  # the old file stays whole at target until the rename

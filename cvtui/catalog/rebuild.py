@@ -131,11 +131,17 @@ class RebuildMixin:
             except sqlite3.Error as exc:
                 return copied, [f"cannot open {old}: {exc}"]
             try:
+                try:  # a file that is no database at all fails here, said once
+                    self._conn.execute("SELECT count(*) FROM old.sqlite_master").fetchone()
+                except sqlite3.DatabaseError as exc:
+                    return copied, [f"{old}: {exc}"]
                 for table in (*KEPT_TABLES, "runs", "run_events"):
                     try:
                         copied[table] = self._copy_table(table, json.dumps(list(skip_runs)))
                     except sqlite3.Error as exc:
                         problems.append(f"{table}: {exc}")
+                        if self._conn.in_transaction:
+                            self._conn.execute("ROLLBACK")
             finally:
                 self._conn.execute("DETACH DATABASE old")
         return copied, problems

@@ -17,7 +17,7 @@ from support import running, wait_for
 from cvtui.catalog import Catalog
 from cvtui.cli import main
 from cvtui.engine.lock import EngineLock
-from cvtui.lab import Lab, LabHostSpec
+from cvtui.lab import Lab
 
 pytestmark = pytest.mark.sshd
 
