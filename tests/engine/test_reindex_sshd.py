@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,30 @@ def test_reindex_refuses_while_an_engine_holds_the_home(lab: Lab, home: Path) ->
     assert done.exit_code != 0
     assert f"pid {os.getpid()}" in done.output and "before `cvtui reindex`" in done.output
     assert not (home / "catalog.db.reindex").exists()
+
+
+def test_a_damaged_page_met_after_open_points_at_reindex(
+    lab: Lab, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_lab(lab, home, tmp_path)
+    path = home / "catalog.db"
+    with Catalog.open_home(home) as catalog:
+        catalog.checkpoint_and_close()  # the whole catalog in the file, no WAL beside it
+    # The runs table's root page overwritten: met by the first read of the runs, not at open.
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'runs'").fetchone()
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size : root * page_size] = b"\x55" * page_size
+    path.write_bytes(bytes(data))
+    # As for a catalog too large to check at open: the damage is met on reading.
+    monkeypatch.setattr("cvtui.catalog.store.QUICK_CHECK_MAX_BYTES", 0)
+    done = cvtui(lab, home, "ps", "--all")
+    assert done.exit_code != 0
+    assert "the catalog is damaged" in done.output and "cvtui reindex" in done.output
+    monkeypatch.undo()
+    done = cvtui(lab, home, "reindex", "--yes", "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["runs"] == 4
+    assert cvtui(lab, home, "ps", "--all").exit_code == 0
