@@ -267,14 +267,49 @@ def _run_row(
                 "engine reaches it"
             )
     if record is None and not isinstance(mirrored.get("run"), dict):
-        report.problems.append(
-            f"{found.run_id}: no record of its name, params or command (restored as "
-            f"{row['state']}, named by its id)"
-        )
+        if _from_config(row, entry.get("config_yaml")):
+            report.problems.append(
+                f"{found.run_id}: no record of it (a run started before run.json): name, "
+                "params and command read from its config.yaml"
+            )
+        else:
+            report.problems.append(
+                f"{found.run_id}: no record of its name, params or command (restored as "
+                f"{row['state']}, named by its id)"
+            )
     _fill_required(row, found, now)
     if row["state"] not in RUN_STATES:
         row["state"] = "lost"
     return row, _events(row, events), files
+
+
+def _from_config(row: dict[str, Any], text: Any) -> bool:
+    """Name, project, params, command and config from a run's config.yaml (the resolved config
+    of a plain run config): for a run dir from before run.json. Whether it could be read."""
+    if not isinstance(text, str) or not text:
+        return False
+    import yaml
+
+    from cvtui.grid import flatten
+
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    if not isinstance(config, dict):
+        return False
+    row["config"] = config
+    if isinstance(config.get("name"), str):
+        row["name"] = config["name"]
+        row["project"] = config.get("project") or config["name"]
+    if isinstance(config.get("params"), dict):
+        row["params"] = flatten(config["params"])
+    command = config.get("command")
+    if isinstance(command, str) or (
+        isinstance(command, list) and all(isinstance(a, str) for a in command)
+    ):
+        row["command"] = command
+    return True
 
 
 def _apply_status(row: dict[str, Any], status: Mapping[str, Any], host: str) -> None:

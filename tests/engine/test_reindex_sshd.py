@@ -183,6 +183,14 @@ def test_a_host_down_is_named_and_its_mirrored_runs_come_back(
     # The mirror's records carry the runs of the host that is down, as they ended.
     assert snapshot(home) == before
 
+    # --from-mirror-only reads no host at all and gives the same catalog.
+    delete_catalog(home)
+    done = cvtui(lab, home, "reindex", "--yes", "--json", "--from-mirror-only")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["unreachable"] == {} and report["runs_by_host"] == {"gpu-01": 1, "gpu-02": 3}
+    assert snapshot(home) == before
+
     # Without the mirror's record, a run that only the mirror knows is lost, and says why.
     for run_id, run in before.items():
         if run["run"]["name"] == "broken":
@@ -258,3 +266,29 @@ def test_a_damaged_page_met_after_open_points_at_reindex(
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["runs"] == 4
     assert cvtui(lab, home, "ps", "--all").exit_code == 0
+
+
+def test_a_run_dir_from_before_run_json_is_read_from_its_config(
+    lab: Lab, home: Path, tmp_path: Path
+) -> None:
+    ids = run_lab(lab, home, tmp_path)
+    before = snapshot(home)
+    for run_id in ids:
+        (home / "runs" / run_id / ".cvtui" / "record.json").unlink()
+        host = before[run_id]["run"]["host"]
+        (lab.host_dir(host) / "root" / "runs" / run_id / "run.json").unlink()
+    delete_catalog(home)
+    done = cvtui(lab, home, "reindex", "--yes")
+    assert done.exit_code == 0, done.output
+    assert "read from its config.yaml" in done.output
+    after = snapshot(home)
+    for run_id, run in before.items():
+        again = after[run_id]["run"]
+        assert again["params"] == run["run"]["params"]
+        assert again["config"] == run["run"]["config"]
+        assert (again["state"], again["exit_code"]) == (
+            run["run"]["state"],
+            run["run"]["exit_code"],
+        )
+        assert run["run"]["name"].startswith(again["name"])  # a grid point's name is its config's
+        assert after[run_id]["metrics"] == run["metrics"]
