@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import Catalog
-from cvtui.catalog.rebuild import RECORD_COLUMNS
+from cvtui.catalog.rebuild import RECORD_COLUMNS, spec_from_record
 from cvtui.catalog.runs import RUN_ID_LENGTH
 from cvtui.catalog.store import CATALOG_FILE
 from cvtui.engine.ingest import ingest_file
@@ -242,8 +242,9 @@ def _run_row(
     record = entry.get("record") if isinstance(entry.get("record"), dict) else None
     if record is not None:
         row.update({k: record[k] for k in RECORD_COLUMNS if record.get(k) is not None})
-        spec = record.get("spec") if isinstance(record.get("spec"), dict) else {}
-        row["config"] = spec.get("config") or {}
+        if isinstance(record.get("spec"), dict):
+            row["spec"] = spec_from_record(record, entry.get("config_yaml"))
+            row["config"] = row["spec"].get("config") or {}
     mirrored = found.mirrored or {}
     if isinstance(mirrored.get("run"), dict):
         row.update({k: v for k, v in mirrored["run"].items() if v is not None})

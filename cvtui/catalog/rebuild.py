@@ -65,9 +65,30 @@ KEPT_TABLES = (
 _RESTORED_FILE_COLUMNS = tuple(c for c in FILE_COLUMNS if c not in ("parse_offset", "parse_state"))
 
 
+# A record whose spec's config_text was left out: it is the run's config.yaml, beside it.
+CONFIG_TEXT_IN_FILE = "config_text_in_config_yaml"
+
+
 def run_record(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a catalog run row its host keeps for a reindex (decoded JSON columns)."""
-    return {name: run.get(name) for name in RECORD_COLUMNS}
+    """The part of a catalog run row its host keeps for a reindex (decoded JSON columns).
+
+    The spec's config_text is what the host writes as config.yaml: it is not sent twice, so
+    the start request grows by the spec's data alone.
+    """
+    record = {name: run.get(name) for name in RECORD_COLUMNS}
+    spec = record.get("spec")
+    if isinstance(spec, dict) and spec.get("config_text"):
+        record["spec"] = {k: v for k, v in spec.items() if k != "config_text"}
+        record[CONFIG_TEXT_IN_FILE] = True
+    return record
+
+
+def spec_from_record(record: Mapping[str, Any], config_yaml: str | None) -> dict[str, Any]:
+    """The run's spec as the catalog held it, from its record and its config.yaml."""
+    spec = dict(record.get("spec") or {})
+    if record.get(CONFIG_TEXT_IN_FILE) and config_yaml is not None:
+        spec["config_text"] = config_yaml
+    return spec
 
 
 class RebuildMixin:
