@@ -11,17 +11,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 from cvtui.errors import CvtuiError
 from remote_agent.blocktree import leaf_digests, new_hasher
-from remote_agent.protocol import RUN_LOG
+from remote_agent.protocol import OWN_FILES_PREFIX, RUN_LOG
 
+# The engine's copy of a run's catalog row, events and file rows, beside its mirrored files:
+# what `cvtui reindex` restores a run from when its host is gone. Never a host's file (the agent
+# syncs no such name), so a sync never overwrites it.
+RUN_RECORD = OWN_FILES_PREFIX + "record.json"
 FICLONE = 0x40049409  # linux/fs.h: share the blocks of a file (btrfs, xfs) instead of copying
 COPY_CHUNK_BYTES = 64 << 20
 
@@ -44,6 +51,26 @@ def path_parts(rel: str) -> list[str]:
 
 def mirror_dir(home: Path, run_id: str) -> Path:
     return home / "runs" / run_id
+
+
+def write_run_record(home: Path, run_id: str, record: Mapping[str, Any]) -> None:
+    """Replace a run's mirrored record atomically (0600), its directories made as the mirror's."""
+    target = Mirror(home, run_id).prepare(RUN_RECORD)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(record, out)
+    tmp.replace(target)
+
+
+def read_run_record(home: Path, run_id: str) -> dict[str, Any] | None:
+    """A run's mirrored record; None when there is none or it is not a JSON object."""
+    try:
+        with open(Mirror(home, run_id).path(RUN_RECORD), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def run_log_path(home: Path, run_id: str) -> Path:

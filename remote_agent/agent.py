@@ -46,6 +46,7 @@ from remote_agent.protocol import (
     reply_error,
     reply_ok,
 )
+from remote_agent.records import RecordOps
 from remote_agent.runs import RunOps
 from remote_agent.sendfile import SendOps
 from remote_agent.workspace import WorkspaceOps
@@ -217,6 +218,7 @@ class Agent:
         self.ops.update(EnvironmentOps(self._driver_version).ops)  # run provenance
         self.ops.update(RunPythonOps(options.root).ops)
         self.ops.update(InputOps(options.root).ops)  # run inputs (models, checkpoints)
+        self.ops.update(RecordOps(self.runs).ops)  # `cvtui reindex`
 
     # --- output ---
 

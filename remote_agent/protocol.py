@@ -238,6 +238,10 @@ OP_WATCH = "watch"  # {run_ids: [..]} -> {}: push EVENT_RUN for these runs when 
 # environment resolves (after its setup), listed once per environment; {pending: true} while
 # the agent is still reading it, {python: null, reason} when it cannot be known.
 OP_RUN_PYTHON = "run_python"
+# {after?: run_id, max_bytes?} -> {runs: [RunRecord fields], next: run_id | null}: the run dirs
+# under the root in id order, one page of at most max_bytes of JSON (at least one run): what
+# `cvtui reindex` rebuilds a lost catalog from. Ask again with after=next while next is set.
+OP_RUN_RECORDS = "run_records"
 
 EVENT_RUN = "run"  # fields of RunStatus, pushed when a watched run's status changes
 
@@ -338,6 +342,9 @@ class StartRequest:
     # "hash": stored name, "copy": false (a symlink to the read-only copy) or true (a private
     # copy the run may rewrite, such as a checkpoint it resumes from)}].
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    # The controller's record of the run (name, params, spec ...), kept as <run_dir>/run.json so
+    # that `cvtui reindex` can rebuild a lost catalog from the hosts; the agent never reads it.
+    record: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,6 +29,7 @@ SUPERVISOR_LOG = "supervisor.log"  # the supervisor's own stderr
 CONFIG_FILE = "config.yaml"
 SNAPSHOT_RECORD = "snapshot.json"  # the code files copied into the work dir that are outputs
 PYTHON_RECORD = "python.json"  # the interpreter the run environment resolves, for provenance
+RUN_RECORD = "run.json"  # the controller's record of the run (StartRequest.record), for reindex
 # cvtui's files in a run dir; in a run dir from before work dirs they are not outputs either.
 OWN_FILES = frozenset(
     {
@@ -39,6 +40,7 @@ OWN_FILES = frozenset(
         CONFIG_FILE,
         SNAPSHOT_RECORD,
         PYTHON_RECORD,
+        RUN_RECORD,
     }
 )
 # Run variables the agent's own environment must not pass to a supervisor or a run: the

@@ -43,6 +43,7 @@ from remote_agent.rundir import (
     CONFIG_FILE,
     LOG_FILE,
     RUN_ENV_KEYS,
+    RUN_RECORD,
     STATUS_FILE,
     SUPERVISOR_LOG,
     WRITER,
@@ -156,6 +157,8 @@ def _validate_start(request: StartRequest) -> None:
         raise bad_request("python must be a non-empty string")
     if not isinstance(request.env_key, str):
         raise bad_request("env_key must be a string")
+    if not isinstance(request.record, dict):
+        raise bad_request("record must be an object")
 
 
 @dataclass
@@ -262,6 +265,8 @@ class RunOps:
             workdir.write_snapshot_record(run_dir, request.code_hash, recorded, linked)
             with open(os.path.join(run_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
                 f.write(request.config_yaml)
+            if request.record:
+                write_json(os.path.join(run_dir, RUN_RECORD), request.record)
         except BaseException:
             remove_tree(run_dir)  # nothing ran: the id may be used again
             raise

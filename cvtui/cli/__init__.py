@@ -21,6 +21,7 @@ from cvtui.cli import (
     infer,
     models,
     queue,
+    reindex,
     reproduce,
     runs,
     sync,
@@ -71,7 +72,7 @@ def main(
         sys.exit(open_dashboard(settings.inventory(), settings.inventory_path(), settings.home()))
 
 
-for module in (hosts, runs, queue, sync, components, models, reproduce, infer, demo):
+for module in (hosts, runs, queue, sync, components, models, reproduce, infer, demo, reindex):
     module.register(main)
 components.components.add_command(components_sync.sync)
 

@@ -99,6 +99,13 @@ class CvtuiGroup(click.Group):
             return super().invoke(ctx)
         except CvtuiError as error:
             fail(error)
+        except Exception as error:
+            from cvtui.catalog.store import damaged_catalog
+
+            damaged = damaged_catalog(error)  # met past the check at open (a large catalog)
+            if damaged is None:
+                raise
+            fail(damaged)
         finally:
             settings = ctx.obj
             if isinstance(settings, Settings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cvtui.catalog.rebuild import run_record
 from cvtui.engine.inputs import input_paths
 from cvtui.engine.sync import output_globs
 from cvtui.run_env import DEFAULT_PYTHON, RunEnv, expand_home, merge_links, run_interpreter
@@ -73,4 +74,5 @@ def start_request(
         },
         outputs=output_globs(run["spec"]),
         inputs=[dict(item) for item in staged],
+        record=run_record(run),
     )

@@ -21,6 +21,7 @@ from cvtui.engine.ssh_files import SshSource
 from cvtui.engine.sync import RunSync, output_globs
 from cvtui.engine.tasks import log_failure
 from cvtui.engine.transfer import FileResult, Progress
+from cvtui.mirror import UnsafePathError, write_run_record
 from remote_agent import protocol
 from remote_agent.protocol import FileEntry, FileListing, ProtocolError, RunStatus
 
@@ -93,6 +94,7 @@ class Syncer:
         # reports what came for its runs while it waited, whichever pass fetched it.
         self.fetched_done: dict[str, dict[str, int]] = {}
         self.running_syncs: dict[str, RunSync] = {}
+        self.recorded: dict[str, str] = {}  # run id -> its state in the mirrored record
         self._pass_ended = asyncio.Event()  # set (and replaced) whenever a pass or task ends
 
     # -- what the engine hears -------------------------------------------------------------
@@ -245,6 +247,7 @@ class Syncer:
         states = self.catalog.file_states(run_id)
         settled = all(count == 0 for state, count in states.items() if state not in SETTLED_STATES)
         self._set_run_status(run_id, "synced" if settled else "outdated")
+        self._mirror_record(run_id, final=request.final)
         if request.final and self.watching.pop(run_id, None) is not None:
             with contextlib.suppress(HostGone, protocol.RemoteError):
                 await source.call(protocol.OP_FILES_WATCH, run_id=run_id, watch=False)
@@ -254,6 +257,24 @@ class Syncer:
             fetched_by_file={r.path: r.fetched for r in results if r.fetched},
             states=states,
         )
+
+    def _mirror_record(self, run_id: str, *, final: bool) -> None:
+        """Keep the run's record in the mirror (for `cvtui reindex`) when its state changed
+        since the last one written, and after a final pass (its files are all there)."""
+        run = self.catalog.get_run(run_id)
+        if run is None or (not final and self.recorded.get(run_id) == run["state"]):
+            return
+        record = {
+            "run": run,
+            "events": self.catalog.run_events(run_id),
+            "files": self.catalog.files_of(run_id),
+        }
+        try:
+            write_run_record(self.home, run_id, record)
+        except (OSError, UnsafePathError) as exc:  # a full disk must not stop the sync
+            log.warning("run %s: cannot write its mirrored record: %s", run_id, exc)
+            return
+        self.recorded[run_id] = run["state"]
 
     def _set_run_status(self, run_id: str, status: str) -> None:
         with contextlib.suppress(Exception):  # a busy catalog must not stop a sync
