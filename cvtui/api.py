@@ -645,14 +645,20 @@ class Lab:
     def forward(self, run: RunRef, remote_port: int, local_port: int | None = None) -> PortForward:
         """Forward 127.0.0.1:local_port (default: the same number; 0: any free one) to
         remote_port on the host of a running run, started and ready; close() it (or use it
-        in a with-block). An SSH connection of its own (see cvtui/engine/forward.py)."""
+        in a with-block). Carried over the running engine's SSH connection when there is an
+        engine, else over one of its own (see cvtui/engine/forward.py)."""
+        from cvtui.engine.client import SOCKET_NAME
         from cvtui.engine.forward import PortForward
 
         row = self.resolve(run)
         if row["state"] not in ("dispatching", "running") or not row["host"]:
             raise CvtuiError(f"run {row['id'][:12]} ({row['name']}) is {row['state']}, not running")
         host = self.inventory.host(row["host"])
-        return PortForward(host, self.inventory.policy, remote_port, local_port).start()
+        socket = self.home / SOCKET_NAME if self.engine() is not None else None
+        forward = PortForward(
+            host, self.inventory.policy, remote_port, local_port, engine_socket=socket
+        )
+        return forward.start()
 
     # -- hosts ----------------------------------------------------------------------------
     def hosts(self, *, timeout_s: float = 10.0) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ log = logging.getLogger("cvtui.engine.control")
 MAX_REQUEST_BYTES = 1 << 20
 DECIDE_TIMEOUT_S = 15.0  # a submit waits at most this long for the engine's decision
 COMMANDS_TIMEOUT_S = 60.0
+STREAM_OPS = ("forward",)  # ops whose handler gets the client's reader too
 
 
 def socket_path(home: Path) -> Path:
@@ -88,7 +89,10 @@ class ControlServer:
                 await _reply(writer, {"ok": False, "error": f"unknown op {op!r}"})
                 return
             try:
-                await handler(request, writer)
+                if op in STREAM_OPS:  # these read the client's bytes after the request line
+                    await handler(request, reader, writer)
+                else:
+                    await handler(request, writer)
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away: nothing to tell it
             except Exception as exc:  # one bad request must not stop the engine
@@ -156,6 +160,27 @@ class ControlServer:
             request,
             writer,
         )
+
+    async def op_forward(
+        self,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """One TCP connection of a port forward, carried over the engine's open connection
+        to the host: after the reply line, bytes go both ways until either side closes."""
+        from cvtui.engine.forward import relay_tcp
+
+        host = str(request.get("host"))
+        port = int(request.get("port") or 0)
+        session = self.engine.sessions.get(host)
+        if session is None or session.conn is None or session.client is None:
+            await _reply(writer, {"ok": False, "error": f"{host} is not connected"})
+            return
+        if not 0 < port <= 65535:
+            await _reply(writer, {"ok": False, "error": f"port {port} is not a TCP port"})
+            return
+        await relay_tcp(session.conn, port, reader, writer, _reply)
 
 
 async def _reply(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

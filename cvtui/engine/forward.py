@@ -1,20 +1,27 @@
 """`cvtui forward`: a local port, bound to 127.0.0.1 only, forwarded to a port on a run's host.
 
-The forward uses an SSH connection of its own, opened with the same settings as the engine's
-(ssh config, keys, strict known_hosts, jump hosts), rather than the engine's connection over
-the control socket: a forward is a long-lived byte stream tied to the user's terminal or
-notebook, and relaying it through the engine would tie it to the engine's lifetime (a detached
-engine leaves when idle and reconnects hosts on inventory edits) and send every byte through
-one more process. The cost is one SSH login, a fraction of a second.
+With an engine running, each TCP connection to the local port is carried over the engine's
+open SSH connection to the host: the forward asks for it on the engine's control socket
+(`forward` op), which opens a direct-tcpip channel to the host's localhost:port and relays
+bytes both ways (relay_tcp). No login of its own, and the port stays usable while the engine
+reconnects (a connection made meanwhile is refused, the next one goes through). With no
+engine, the forward opens an SSH connection of its own with the engine's settings (ssh config,
+keys, strict known_hosts, jump hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import asyncssh
 
 from cvtui.engine.connections import classify_error, open_connection
 from cvtui.errors import CvtuiError, HostError
@@ -25,6 +32,7 @@ log = logging.getLogger("cvtui.engine.forward")
 LOCAL_ADDRESS = "127.0.0.1"  # never another interface: the port is the user's alone
 REMOTE_ADDRESS = "localhost"  # as the host resolves it: a server bound to 127.0.0.1 or ::1
 START_TIMEOUT_S = 30.0
+CHUNK = 1 << 16
 
 
 class PortForward:
@@ -41,6 +49,7 @@ class PortForward:
         local_port: int | None = None,
         *,
         connect_timeout_s: float = 10.0,
+        engine_socket: Path | None = None,
     ) -> None:
         for port in (remote_port, local_port):
             if port is not None and not 0 <= port <= 65535:
@@ -50,6 +59,8 @@ class PortForward:
         self.remote_port = remote_port
         self.local_port = remote_port if local_port is None else local_port  # 0: any free one
         self.connect_timeout_s = connect_timeout_s
+        # The running engine's control socket: connections ride its SSH connection.
+        self.engine_socket = engine_socket
         self.error: str | None = None  # why it stopped, when it was not closed
         self._ready = threading.Event()
         self._done = threading.Event()
@@ -117,6 +128,9 @@ class PortForward:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self.engine_socket is not None:
+            await self._serve_through_engine(self.engine_socket)
+            return
         try:
             conn = await open_connection(self.host, self.policy, self.connect_timeout_s)
         except Exception as exc:
@@ -145,3 +159,109 @@ class PortForward:
             listener.close()
             with contextlib.suppress(Exception):
                 await listener.wait_closed()
+
+    async def _serve_through_engine(self, socket_path: Path) -> None:
+        """Listen here; carry each connection through the engine's control socket."""
+        assert self._stop is not None
+        clients: set[asyncio.Task[None]] = set()
+
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                clients.add(task)
+            try:
+                await self._through_engine(socket_path, reader, writer)
+            finally:
+                writer.close()
+                if task is not None:
+                    clients.discard(task)
+
+        try:
+            server = await asyncio.start_server(accepted, LOCAL_ADDRESS, self.local_port)
+        except OSError as exc:
+            self.error = (
+                f"cannot listen on {LOCAL_ADDRESS}:{self.local_port}: "
+                f"{exc.strerror or exc} (give another --local-port)"
+            )
+            return
+        self.local_port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for task in list(clients):
+                task.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+
+    async def _through_engine(
+        self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            engine_reader, engine_writer = await asyncio.open_unix_connection(str(socket_path))
+        except OSError as exc:
+            log.warning("forward to %s: the engine is not there (%s)", self.host.name, exc)
+            return
+        try:
+            request = {"op": "forward", "host": self.host.name, "port": self.remote_port}
+            engine_writer.write(json.dumps(request).encode() + b"\n")
+            await engine_writer.drain()
+            reply = json.loads(await engine_reader.readline() or b"{}")
+            if not reply.get("ok"):
+                log.warning("forward to %s: %s", self.host.name, reply.get("error", "refused"))
+                return
+            await asyncio.gather(pipe(reader, engine_writer), pipe(engine_reader, writer))
+        except (OSError, ValueError) as exc:
+            log.warning("forward to %s: %s", self.host.name, exc)
+        finally:
+            engine_writer.close()
+
+
+async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+    """Copy source to target until EOF, then half-close target (a lost peer ends it too)."""
+    with contextlib.suppress(OSError, ConnectionError):
+        while chunk := await source.read(CHUNK):
+            target.write(chunk)
+            await target.drain()
+        if target.can_write_eof():
+            target.write_eof()
+
+
+async def relay_tcp(
+    conn: asyncssh.SSHClientConnection,
+    port: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reply: Callable[[asyncio.StreamWriter, dict[str, Any]], Awaitable[None]],
+) -> None:
+    """The engine's half of a forwarded connection: a direct-tcpip channel to the host's
+    localhost:port, told to the client in one reply line, then bytes both ways."""
+    try:
+        remote_reader, remote_writer = await conn.open_connection(REMOTE_ADDRESS, port)
+    except (OSError, asyncssh.Error) as exc:
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        await reply(writer, {"ok": False, "error": f"cannot reach port {port}: {reason}"})
+        return
+    await reply(writer, {"ok": True})
+
+    async def to_host() -> None:
+        with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
+            while chunk := await reader.read(CHUNK):
+                remote_writer.write(chunk)
+                await remote_writer.drain()
+            remote_writer.write_eof()
+
+    async def from_host() -> None:
+        with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
+            while chunk := await remote_reader.read(CHUNK):
+                writer.write(chunk)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+
+    try:
+        await asyncio.gather(to_host(), from_host())
+    finally:
+        remote_writer.close()

@@ -110,3 +110,61 @@ def test_forward_reaches_a_server_the_run_started(
         assert command.stdout.read() == f"run {run.id[:12]} cancelled: forward closed\n"
     finally:
         command.kill()
+
+
+def test_a_forward_rides_the_engines_connection_and_has_its_own_without_one(
+    lab_factory: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an engine running, the forward opens no SSH connection of its own (each TCP
+    connection goes through the engine's control socket); with none, it logs in itself."""
+    import cvtui.engine.forward as forward_module
+    from cvtui.engine.lock import lock_holder
+
+    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
+    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "serve.py").write_text(SERVE)
+    remote = free_port()
+    (code / "serve.yaml").write_text(
+        f"name: board\ncommand: [python3, serve.py, '{remote}']\nresources: {{gpus: 0}}\n"
+    )
+    api = cvtui.Lab(lab.inventory_path, home)
+    [run] = api.submit(code / "serve.yaml")
+    deadline = time.monotonic() + 30
+    while api.get(run)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert api.engine() is not None
+
+    logins: list[str] = []
+    real_open = forward_module.open_connection
+
+    async def counted(host: Any, *args: Any, **kwargs: Any) -> Any:
+        logins.append(host.name)
+        return await real_open(host, *args, **kwargs)
+
+    monkeypatch.setattr(forward_module, "open_connection", counted)
+    with api.forward(run, remote, 0) as through_engine:
+        for _ in range(3):  # three TCP connections, each its own channel
+            assert fetch(through_engine.url + "hello.txt") == f"hello from {run.id}"
+    assert logins == []
+
+    # A port nothing listens on: the connection is closed, the forward stays up.
+    with api.forward(run, free_port(), 0) as nowhere:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(nowhere.url, timeout=5)
+        assert nowhere.active
+
+    # No engine: the run goes on on its host, and the forward logs in by itself.
+    holder = lock_holder(home)
+    assert holder is not None
+    os.kill(holder, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while lock_holder(home) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alone = cvtui.Lab(lab.inventory_path, home)
+    assert alone.engine() is None
+    with alone.forward(run, remote, 0) as own:
+        assert fetch(own.url + "hello.txt") == f"hello from {run.id}"
+    assert logins == ["gpu-01"]
+    api.cancel(run, grace_s=1)
