@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from cvtui.engine.agent_client import AgentClosedError
+from cvtui.engine.inputs import InputsRefused, inputs_for_start, stage_inputs
 from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.scheduler import Placement
 from cvtui.engine.start_request import start_request
+from cvtui.repro.blobstore import BlobError, BlobStore
 from cvtui.runspec import RunSpec
 from cvtui.slurm_settings import job_settings
 from remote_agent import protocol
@@ -152,21 +154,30 @@ class SlurmKind:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await controller.ensure_code(session, run["code_hash"])
-            request = self.start_request(run, spec, session.host, session.hello, ())
+            # Inputs are staged on the login node's root, which the compute nodes share.
+            inputs = await inputs_for_start(controller.catalog, controller.home, run, spec)
+            blobs = BlobStore.in_home(controller.home)
+            staged = await stage_inputs(session, blobs, inputs)
+            request = self.start_request(run, spec, session.host, session.hello, (), inputs, staged)
             reply = await client.call(
                 protocol.OP_START, timeout_s=SUBMIT_TIMEOUT_S, **request.to_wire()
             )
+        except (InputsRefused, BlobError) as exc:
+            controller.refuse(run, f"cannot submit to {host}: {exc}")
+            return
         except RemoteError as exc:
             message = exc.message.removeprefix(f"{protocol.OP_START}: ")
             if exc.code == protocol.E_RUN_EXISTS:
                 await controller.reconcile(session, [run_id])
             elif exc.code == protocol.E_SUBMIT_REFUSED:
                 controller.refuse(run, f"sbatch refused it on {host}: {message}")
-            elif exc.code == protocol.E_BAD_LINK:
+            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT):
                 controller.refuse(run, f"cannot submit to {host}: {message}")
             else:
                 if exc.code == protocol.E_CODE_CHANGED:
                     session.known_code.discard(run["code_hash"])
+                if exc.code == protocol.E_NO_SUCH_FILE:  # an input removed there: staged again
+                    session.known_inputs.clear()
                 controller.requeue(run_id, f"submit to {host} refused: {message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:

@@ -241,3 +241,35 @@ def test_the_cli_hands_a_run_to_slurm_and_cancels_it_there(cluster: SlurmLab, ho
         catalog.close()
     finally:
         cluster.cluster.command(["scancel", blocker])
+
+
+def test_a_run_on_the_cluster_gets_its_inputs(
+    cluster: SlurmLab, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of an earlier run, pinned at submit, is staged on the login node's root (which
+    the compute node shares) and linked into the job's work dir, its bytes intact."""
+    import hashlib
+
+    import cvtui
+
+    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
+    api = cvtui.Lab(cluster.inventory_path, home)
+    [first] = api.submit(write_config(home.parent, params={"steps": 1}))
+    [ended] = api.wait([first], timeout=120)
+    assert ended["state"] == "succeeded", api.logs(first)
+    produced = (mirror_dir(home, first.id) / "ran.json").read_bytes()
+
+    config = write_config(
+        home.parent,
+        name="use",
+        command="python3 -c \"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb')"
+        '.read()).hexdigest())" {inputs.prev}',
+        params={},
+        inputs={"prev": f"run:{first.id}:ran.json"},
+    )
+    [use] = api.submit(config)
+    [done] = api.wait([use], timeout=120)
+    assert done["state"] == "succeeded", api.logs(use)
+    assert api.logs(use).strip() == hashlib.sha256(produced).hexdigest()
+    [pinned] = api.catalog.run_inputs(use.id)
+    assert pinned.source == f"run:{first.id}:ran.json"
