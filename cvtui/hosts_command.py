@@ -45,7 +45,10 @@ def collect_hosts_report(
             names=inventory.names(),
         )
         clusters = catalog.clusters(inventory.names())
+        disk = catalog.disk_usage_by_host(inventory.names())
         for host in report:
+            # Latest scans of its `disk_usage:` paths: per top-level dir, owner, bytes, files.
+            host["disk_usage"] = disk.get(host["name"], [])
             if host["name"] in clusters:  # a Slurm host: partitions, nodes, the user's jobs
                 host["cluster"] = clusters[host["name"]]
         return report
