@@ -116,7 +116,7 @@ def owner_name(uid: int) -> str:
 # --- the scan (runs in the child) ---
 
 
-class _Walk:
+class TreeWalk:
     """Sizes trees under one device until a deadline; hard links are counted once per scan."""
 
     def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -175,7 +175,7 @@ class _Walk:
 
 
 def scan_path(
-    path: str, previous: PathUsage | None, walk: _Walk, now: Callable[[], float] = time.time
+    path: str, previous: PathUsage | None, walk: TreeWalk, now: Callable[[], float] = time.time
 ) -> PathUsage:
     """One path's usage: entries oldest result first until the walk's deadline, the rest kept."""
     try:
@@ -267,7 +267,7 @@ def scan_main(argv: list[str]) -> int:
         except OSError:
             return 0
         cache = read_cache(args.root)
-        walk = _Walk(deadline)
+        walk = TreeWalk(deadline)
         for path in due_paths(args.paths, cache, args.rescan_after, time.time()):
             cache[path] = scan_path(path, cache.get(path), walk)
             write_cache(args.root, cache)  # each path as it ends: a kill loses one path at most

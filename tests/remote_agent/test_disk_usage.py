@@ -18,7 +18,7 @@ from remote_agent.disk_usage import (
     NOT_REACHED,
     DirUsage,
     PathUsage,
-    _Walk,
+    TreeWalk,
     owner_name,
     path_usage_from_wire,
     read_cache,
@@ -195,7 +195,7 @@ def test_scan_visits_entries_oldest_first_and_keeps_the_rest(tmp_path: Path) -> 
         ),
     )
     # A clock read twice per entry that runs out after 4: `c` (never scanned), `a` (oldest) fit.
-    walk = _Walk(deadline=4, clock=lambda: next(ticks))
+    walk = TreeWalk(deadline=4, clock=lambda: next(ticks))
     usage = scan_path(str(tmp_path), before, walk)
     a, b, c = usage.entries
     assert not c.partial and c.bytes > 0
