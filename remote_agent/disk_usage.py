@@ -106,6 +106,12 @@ def path_usage_from_wire(data: Any) -> PathUsage:
     )
 
 
+def shown(name: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not (a name from another locale) become
+    U+FFFD, so the JSON line and the controller's SQLite always take it."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def owner_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -153,7 +159,7 @@ class TreeWalk:
                         except FileNotFoundError:  # removed while we looked
                             continue
                         except OSError as exc:
-                            problems.append(f"{entry.path}: {exc.strerror or exc}")
+                            problems.append(f"{shown(entry.path)}: {exc.strerror or exc}")
                             continue
                         if stat.S_ISDIR(st.st_mode):
                             if st.st_dev != top_stat.st_dev:  # a mount point: not crossed
@@ -167,7 +173,7 @@ class TreeWalk:
                 continue
             except OSError as exc:
                 reason = "permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else None
-                problems.append(f"{reason or exc.strerror or exc}: {current}")
+                problems.append(f"{reason or exc.strerror or exc}: {shown(current)}")
         why = ""
         if problems:
             why = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
@@ -185,12 +191,15 @@ def scan_path(
         return PathUsage(path, now(), (), True, f"cannot read {path}: {exc.strerror or exc}")
     if not stat.S_ISDIR(path_stat.st_mode):
         return PathUsage(path, now(), (), True, f"{path} is not a directory")
+    # Keyed by the shown name, as stored: a name that is not UTF-8 finds its earlier figure.
     before = {e.name: e for e in previous.entries} if previous is not None else {}
+
     # Never scanned first, then the oldest figures: round robin when one budget is not enough.
-    order = sorted(
-        names,
-        key=lambda name: (name in before, before[name].scanned_at if name in before else 0.0, name),
-    )
+    def age_order(name: str) -> tuple[bool, float, str]:
+        old = before.get(shown(name))
+        return (old is not None, old.scanned_at if old is not None else 0.0, name)
+
+    order = sorted(names, key=age_order)
     results: dict[str, DirUsage] = {}
     for name in order:
         full = os.path.join(path, name)
@@ -198,27 +207,27 @@ def scan_path(
             st = os.lstat(full)
         except OSError:  # gone since the listing
             continue
-        uid, owner = st.st_uid, owner_name(st.st_uid)
+        uid, owner, label = st.st_uid, owner_name(st.st_uid), shown(name)
         if walk.out_of_time():
-            old = before.get(name)
+            old = before.get(label)
             if old is not None:  # kept, with its own age; the path says it is partial
                 results[name] = DirUsage(
-                    name, uid, owner, old.bytes, old.files, old.scanned_at, True,
+                    label, uid, owner, old.bytes, old.files, old.scanned_at, True,
                     f"{NOT_REACHED}; figure from an earlier scan",
                 )  # fmt: skip
             else:
-                results[name] = DirUsage(name, uid, owner, 0, 0, now(), True, NOT_REACHED)
+                results[name] = DirUsage(label, uid, owner, 0, 0, now(), True, NOT_REACHED)
             continue
         if stat.S_ISDIR(st.st_mode):
             if st.st_dev != path_stat.st_dev:
                 results[name] = DirUsage(
-                    name, uid, owner, 0, 0, now(), True, "another filesystem (not crossed)"
+                    label, uid, owner, 0, 0, now(), True, "another filesystem (not crossed)"
                 )
                 continue
             size, files, why = walk.size_tree(full, st)
-            results[name] = DirUsage(name, uid, owner, size, files, now(), bool(why), why)
+            results[name] = DirUsage(label, uid, owner, size, files, now(), bool(why), why)
         else:
-            results[name] = DirUsage(name, uid, owner, walk.blocks(st), 1, now())
+            results[name] = DirUsage(label, uid, owner, walk.blocks(st), 1, now())
     entries = tuple(results[name] for name in sorted(results))
     return PathUsage(path, now(), entries, any(e.partial for e in entries))
 

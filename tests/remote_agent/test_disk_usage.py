@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import sys
@@ -212,3 +213,20 @@ def test_wire_form_is_checked() -> None:
         path_usage_from_wire(bad)
     with pytest.raises(ValueError, match="not an object"):
         path_usage_from_wire([])
+
+
+def test_a_name_that_is_not_utf8_is_shown_with_a_replacement(tmp_path: Path) -> None:
+    (tmp_path / os.fsdecode(b"caf\xe9")).mkdir()  # Latin-1, from another locale
+    usage = scan_path(str(tmp_path), None, TreeWalk(time.monotonic() + 30))
+    assert [e.name for e in usage.entries] == ["caf\ufffd"]
+    assert path_usage_from_wire(json.loads(json.dumps(usage.to_wire()))) == usage
+
+
+def test_bad_arguments_are_refused_and_the_agent_serves_on(tmp_path: Path) -> None:
+    with AgentProcess(tmp_path / "root") as agent:
+        agent.hello()
+        for args in ({"paths": "/home"}, {"paths": ["home"]}, {"paths": ["/h"], "budget_s": -1}):
+            reply = agent.request("disk_usage", **args)
+            assert reply["error"]["code"] == "bad_request", reply
+        assert agent.request("ping").get("ok") is True
+        assert not (tmp_path / "root" / "disk_usage.json").exists()  # nothing was scanned
