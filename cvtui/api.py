@@ -664,17 +664,18 @@ class Lab:
     def hosts(self, *, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Every host of the inventory with its state and GPUs: the running engine's view
         from the catalog, else one round of connections from here (at most timeout_s)."""
-        if self.engine() is None:
-            from cvtui.hosts_command import collect_hosts_report
+        from cvtui.hosts_command import add_host_details, collect_hosts_report
 
+        if self.engine() is None:
             return collect_hosts_report(self.inventory, self.home, timeout_s)
         policy = self.inventory.policy
-        return self.catalog.hosts_report(
+        report = self.catalog.hosts_report(
             now=time.time(),
             stale_after_s=policy.stale_after_s,
             disconnected_after_s=policy.disconnected_after_s,
             names=self.inventory.names(),
         )
+        return add_host_details(self.catalog, report, self.inventory.names())
 
 
 def set_overrides(values: Mapping[str, Any]) -> list[str]:

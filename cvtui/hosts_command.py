@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,20 @@ def collect_hosts_report(
             disconnected_after_s=policy.disconnected_after_s,
             names=inventory.names(),
         )
-        clusters = catalog.clusters(inventory.names())
-        for host in report:
-            if host["name"] in clusters:  # a Slurm host: partitions, nodes, the user's jobs
-                host["cluster"] = clusters[host["name"]]
+        add_host_details(catalog, report, inventory.names())
         return report
+
+
+def add_host_details(
+    catalog: Catalog, report: list[dict[str, Any]], names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """What the hosts report shows beyond telemetry, whoever ran the engine: a Slurm host's
+    cluster, and the latest scans of every host's `disk_usage:` paths."""
+    clusters = catalog.clusters(names)
+    disk = catalog.disk_usage_by_host(names)
+    for host in report:
+        # Per path: its top-level dirs with owner, bytes and files, and how old each figure is.
+        host["disk_usage"] = disk.get(host["name"], [])
+        if host["name"] in clusters:  # a Slurm host: partitions, nodes, the user's jobs
+            host["cluster"] = clusters[host["name"]]
+    return report

@@ -65,6 +65,25 @@ def cluster_lines(cluster: dict[str, Any]) -> list[str]:
     return lines
 
 
+def disk_lines(scans: Sequence[dict[str, Any]], now: float | None = None) -> list[str]:
+    """Per scanned path: bytes per owner (summed over its top-level dirs), biggest first."""
+    lines = []
+    for scan in scans:
+        if scan["error"]:
+            lines.append(f"  disk {scan['path']}: {scan['error']}")
+            continue
+        owners: dict[str, int] = {}
+        for entry in scan["entries"]:
+            owners[entry["owner"]] = owners.get(entry["owner"], 0) + entry["bytes"]
+        shown = sorted(owners.items(), key=lambda item: -item[1])
+        text = ", ".join(f"{owner} {size(total)}" for owner, total in shown) or "empty"
+        partial = " (partial)" if scan["partial"] else ""
+        lines.append(
+            f"  disk {scan['path']}: {text}{partial}  scanned {ago(scan['scanned_at'], now)}"
+        )
+    return lines
+
+
 def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) -> str:
     """The `cvtui hosts` table: one line per host, then one per GPU."""
     lines = []
@@ -101,4 +120,5 @@ def format_hosts(report: Sequence[dict[str, Any]], *, now: float | None = None) 
             lines.extend(cluster_lines(cluster))
         elif state in ("healthy", "stale"):
             lines.extend(gpu_line(g) for g in gpus)
+        lines.extend(disk_lines(host.get("disk_usage") or [], now))
     return "\n".join(lines)

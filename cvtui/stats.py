@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvtui.catalog.runs import RUN_STATES
-from cvtui.units import duration
+from cvtui.units import duration, size
 
 _SINCE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.IGNORECASE)
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -274,4 +274,25 @@ def format_usage(usage: UsageStats) -> str:
                 f"  {host:{width}}  {util_text}  {figures['energy_kwh']:9.2f}  "
                 f"{figures['gpu_hours']:9.2f}{mark}"
             )
+    return "\n".join(lines)
+
+
+def disk_json(by_user: list[dict[str, Any]]) -> dict[str, Any]:
+    """The disk usage part of `cvtui stats --json`: the latest scans, whatever --since says."""
+    return {"disk_usage": {"bytes": sum(u["bytes"] for u in by_user), "by_user": by_user}}
+
+
+def format_disk(by_user: list[dict[str, Any]]) -> str:
+    """Bytes per user of the hosts' `disk_usage:` paths (top-level dirs by owner)."""
+    if not by_user:
+        return "Disk usage: none scanned (set disk_usage: in the inventory)"
+    total = sum(u["bytes"] for u in by_user)
+    lines = [f"Disk usage (latest scans of disk_usage: paths): {size(total)}"]
+    width = max(len(u["user"]) for u in by_user)
+    for user in by_user:
+        mark = "  (partial)" if user["partial"] else ""
+        lines.append(
+            f"  {user['user']:{width}}  {size(user['bytes']):>9}  {user['files']:9} files  "
+            f"on {user['hosts']} host{'s' if user['hosts'] != 1 else ''}{mark}"
+        )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import IO, Any, Callable, Dict, NoReturn
 
+from remote_agent.disk_usage import DiskUsageOps
 from remote_agent.doctor import hash_algorithms, python_version, run_checks
 from remote_agent.environment import EnvironmentOps, RunPythonOps
 from remote_agent.files import FileOps
@@ -219,6 +220,7 @@ class Agent:
         self.ops.update(RunPythonOps(options.root).ops)
         self.ops.update(InputOps(options.root).ops)  # run inputs (models, checkpoints)
         self.ops.update(RecordOps(self.runs).ops)  # `cvtui reindex`
+        self.ops.update(DiskUsageOps(options.root).ops)  # per-owner sizes, scanned by a child
 
     # --- output ---
 

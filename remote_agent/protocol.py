@@ -467,6 +467,13 @@ class FileListing:
         return wire_decode.file_listing(data)
 
 
+# --- Disk usage ------------------------------------------------------------------------------
+# Sizes of the top-level dirs of a host's `disk_usage:` paths by owner (remote_agent/disk_usage.py,
+# whose PathUsage is the reply's item). Answered from a cache at once; a due scan runs in a
+# niced child with a time budget.
+OP_DISK_USAGE = "disk_usage"  # {paths, budget_s?, rescan_after_s?} -> {paths: [PathUsage],
+#   scanning: bool}
+
 # --- Workspaces ------------------------------------------------------------------------------
 # A host's working copy of a code dir, reconciled with the controller's content store by
 # `cvtui components sync` (remote_agent/workspace.py). `dir` is absolute, `~/...`, or relative

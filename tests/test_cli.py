@@ -16,7 +16,7 @@ from cvtui.lab import Lab, LabHostSpec
 
 HOST_KEYS = {
     "name", "state", "reason", "drained", "backend", "last_seen", "cpu_percent", "mem_used",
-    "mem_total", "disk_free", "gpus",
+    "mem_total", "disk_free", "gpus", "disk_usage",
 }  # fmt: skip
 GPU_KEYS = {
     "index", "uuid", "pci_bus_id", "name", "util", "mem_used", "mem_total", "temperature", "power",

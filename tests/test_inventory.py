@@ -468,6 +468,30 @@ MALFORMED = [  # (id, text, line:column, phrase of the message)
         "links.data: 'datasets' is not an absolute host path",
     ),
     (
+        "disk-usage-relative",
+        L("hosts:", "  a: {disk_usage: [/home, data]}"),
+        "2:27",
+        "disk_usage: 'data' is not an absolute path (/home)",
+    ),
+    (
+        "disk-usage-twice",
+        L("defaults: {disk_usage: [/home, /home/]}", "hosts: {a: }"),
+        "1:32",
+        "disk_usage: '/home' is listed twice",
+    ),
+    (
+        "disk-usage-root",
+        L("hosts:", "  a: {disk_usage: [/]}"),
+        "2:20",
+        "disk_usage: '/' would size the whole machine",
+    ),
+    (
+        "disk-usage-not-a-list",
+        L("hosts:", "  a: {disk_usage: /home}"),
+        "2:19",
+        "disk_usage",
+    ),
+    (
         "max-grid",
         L("policy: {max_grid: 0}", "hosts: {a: }"),
         "1:20",
@@ -788,6 +812,25 @@ async def test_watch_needs_an_existing_directory(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match="cannot watch: no such directory"):
         await watch_inventory(missing, recorder.on_change, recorder.on_error)
     assert not missing.parent.exists()
+
+
+def test_disk_usage_paths_from_the_defaults_or_the_host() -> None:
+    inventory = parse_inventory(
+        L(
+            "defaults: {disk_usage: [/home, /data/]}",
+            "hosts:",
+            "  a: {disk_usage: [/scratch]}",
+            "  b:",
+            "  c: {disk_usage: []}",
+            "  d: {disk_usage: null}",
+        )
+    )
+    a, b, c, d = inventory.hosts
+    assert a.disk_usage == ("/scratch",)  # a host's list replaces the defaults'
+    assert b.disk_usage == ("/home", "/data")  # normalised
+    assert c.disk_usage == ()
+    assert d.disk_usage == ()  # null: none, as if not set
+    assert parse_inventory(L("hosts: {a: }")).hosts[0].disk_usage == ()
 
 
 def test_run_env_and_links_per_host_over_the_defaults() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cvtui.catalog.disk_usage import read_disk_usage
 from cvtui.catalog.metric_store import by_step, series_points
 from cvtui.catalog.provenance import provenance_summary
 
@@ -292,6 +293,10 @@ class DashboardQueries:
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         return get_run(self._conn, run_id)
+
+    def disk_usage(self, host: str) -> list[dict[str, Any]]:
+        """The host's latest `disk_usage:` scans (Catalog.disk_usage_by_host's shape)."""
+        return read_disk_usage(self._conn, [host]).get(host, [])
 
     def run_events(self, run_id: str) -> list[tuple[float, str, str | None]]:
         return run_events(self._conn, run_id)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from cvtui.catalog.clusters import migration_10_slurm
 from cvtui.catalog.components import migration_5_reproducibility
+from cvtui.catalog.disk_usage import migration_12_disk_usage
 from cvtui.catalog.history import migration_7_history
 from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
@@ -222,6 +223,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_9_operations,  # history tiers (history.py), idle GPUs and energy (usage.py)
     migration_10_slurm,  # cvtui/catalog/clusters.py
     migration_11_run_inputs,  # cvtui/catalog/run_inputs.py
+    migration_12_disk_usage,  # cvtui/catalog/disk_usage.py
 )
 
 

@@ -18,6 +18,7 @@ from cvtui.catalog import schema
 from cvtui.catalog.blobs import BlobsMixin
 from cvtui.catalog.clusters import ClustersMixin
 from cvtui.catalog.components import ComponentsMixin
+from cvtui.catalog.disk_usage import DiskUsageMixin
 from cvtui.catalog.history import HistoryMixin
 from cvtui.catalog.history_reads import HistoryReadsMixin
 from cvtui.catalog.hosts_admin import HostRow, HostsAdminMixin
@@ -55,6 +56,7 @@ class Catalog(
     HistoryMixin,
     HistoryReadsMixin,
     UsageMixin,
+    DiskUsageMixin,
     BlobsMixin,
     ProvenanceMixin,
     ModelsMixin,
@@ -222,6 +224,8 @@ class Catalog(
             conn.executemany("DELETE FROM gpu_processes WHERE host = ?", removed)
             conn.executemany("DELETE FROM telemetry_raw WHERE host = ?", removed)
             conn.executemany("DELETE FROM telemetry_chunks WHERE host = ?", removed)
+            conn.executemany("DELETE FROM disk_scans WHERE host = ?", removed)
+            conn.executemany("DELETE FROM disk_usage WHERE host = ?", removed)
             conn.executemany(
                 "INSERT INTO hosts (name, address, port, user, tags, state, updated) "
                 "VALUES (?, ?, ?, ?, ?, 'connecting', ?) "

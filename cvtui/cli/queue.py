@@ -197,10 +197,13 @@ def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> f
 def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
     """Runs by state, average and median duration, GPU-hours by user, host and GPU model,
     how many runs each GPU (host:index) ran, energy (kWh) and idle-held GPU-hours by user,
-    and each host's mean GPU utilisation and energy from the telemetry history."""
+    and each host's mean GPU utilisation and energy from the telemetry history, and disk
+    usage per user from the hosts' latest `disk_usage:` scans."""
     from cvtui.catalog import Catalog
     from cvtui.stats import (
         compute_stats,
+        disk_json,
+        format_disk,
         format_stats,
         format_usage,
         read_usage_stats,
@@ -214,10 +217,12 @@ def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
     with Catalog.open_home(settings.home()) as catalog:
         report = compute_stats(catalog.run_usage(since), catalog.gpu_models(), since=since, now=now)
         usage = read_usage_stats(catalog, since, now)
+        disk = catalog.disk_usage_by_user()
     if as_json:
-        click.echo(json.dumps({**stats_json(report), **usage_json(usage)}, indent=2))
+        figures = {**stats_json(report), **usage_json(usage), **disk_json(disk)}
+        click.echo(json.dumps(figures, indent=2))
     else:
-        click.echo(f"{format_stats(report)}\n{format_usage(usage)}")
+        click.echo(f"{format_stats(report)}\n{format_usage(usage)}\n{format_disk(disk)}")
 
 
 def register(main: click.Group) -> None:

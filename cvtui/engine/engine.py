@@ -21,6 +21,7 @@ from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
 from cvtui.engine.control import ControlServer
 from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_root
+from cvtui.engine.disk_usage import poll_disk_usage
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
 from cvtui.engine.provenance import capture_host_environment
@@ -106,6 +107,8 @@ class HostSession:
             self.client = client
             self.backoff.reset()
             self.engine.runs.spawn(self.engine.runs.reconcile(self))
+            # Per-owner disk usage of the host's `disk_usage:` paths, polled rarely.
+            self.engine.runs.spawn(poll_disk_usage(self.engine.catalog, lambda: self.host, client))
             await client.closed.wait()
         finally:
             self.conn = None

@@ -121,6 +121,8 @@ class Host:
     # What runs before a run's command there (setup lines, PATH, python); see cvtui.run_env.
     run_env: RunEnv | None = None
     links: tuple[tuple[str, str], ...] = ()  # (name in a run's work dir, host path) pairs
+    # Absolute host paths whose top-level dirs the agent sizes per owner, hourly at most.
+    disk_usage: tuple[str, ...] = ()
     kind: str = "ssh"  # one of HOST_KINDS: "slurm" is a cluster reached through its login node
     slurm: SlurmSettings | None = None  # a Slurm host's sbatch defaults
     line: int = field(default=0, compare=False)  # 1-based line of the host's key in the file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Any
 
@@ -26,7 +27,7 @@ from cvtui.yaml_nodes import AlreadyReported, NodeParser, Pairs, compose_documen
 
 _DEFAULT_KEYS = (
     "user", "port", "identity", "python", "root", "leases_dir", "known_hosts", "jump",
-    "run_env", "links",
+    "run_env", "links", "disk_usage",
 )  # fmt: skip
 _HOST_KEYS = (
     "address", *_DEFAULT_KEYS, "tags", "gpus", "max_runs", "gpu_order", "simulate",
@@ -52,7 +53,7 @@ _NOTIFY_KEYS = ("command", "webhook")
 _TOP_KEYS = ("defaults", "policy", "hosts", "notify", "command_template")
 _NULLABLE_KEYS = {
     "user", "port", "identity", "known_hosts", "jump", "gpus", "max_runs", "gpu_order", "simulate",
-    "run_env", "links", "slurm",
+    "run_env", "links", "slurm", "disk_usage",
 }  # fmt: skip
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -74,6 +75,21 @@ class InventoryParser(NodeParser[InventoryError]):
 
     def tags(self, node: yaml.Node) -> tuple[str, ...]:
         return tuple(self.string(item, "tags") for item in self.sequence(node, "tags", "[a100]"))
+
+    def disk_usage(self, node: yaml.Node) -> tuple[str, ...]:
+        """Absolute remote paths whose top-level dirs the agent sizes per owner."""
+        paths: list[str] = []
+        for item in self.sequence(node, "disk_usage", "[/home, /data]"):
+            text = self.string(item, "disk_usage")
+            if not text.startswith("/"):
+                raise self.error(item, f"disk_usage: {text!r} is not an absolute path (/home)")
+            path = posixpath.normpath(text)
+            if path == "/":
+                raise self.error(item, "disk_usage: '/' would size the whole machine; name dirs")
+            if path in paths:
+                raise self.error(item, f"disk_usage: {path!r} is listed twice")
+            paths.append(path)
+        return tuple(paths)
 
     def simulate(self, node: yaml.Node) -> SimulateSpec:
         pairs = self.mapping(node, "simulate")
@@ -118,6 +134,8 @@ class InventoryParser(NodeParser[InventoryError]):
             return parse_run_env(self, node, "run_env")
         if key == "links":
             return tuple(parse_links(self, node, "links").items())
+        if key == "disk_usage":
+            return self.disk_usage(node)
         if key == "jump":
             text = self.string(node, key)
             try:
@@ -148,8 +166,9 @@ class InventoryParser(NodeParser[InventoryError]):
                         value = tuple({**dict(settings.get("links") or ()), **dict(value)}.items())
                     settings[setting_key] = value
                     parsed.add(setting_key)
-        if settings.get("links") is None:
-            settings.pop("links", None)
+        for key_with_default in ("links", "disk_usage"):
+            if settings.get(key_with_default) is None:
+                settings.pop(key_with_default, None)
         self.check_kind(name, pairs, settings)
         simulate = settings.get("simulate")
         for setting_key in ("gpus", "gpu_order"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from cvtui.catalog import Catalog
 from cvtui.inventory import Inventory, parse_inventory
 from cvtui.metrics_parse import MetricRow
+from remote_agent.disk_usage import DirUsage, PathUsage
 from remote_agent.protocol import GpuProcess, GpuSample, HostSample, Telemetry
 
 NOW = 1_750_000_000.0  # a fixed "now" for the clock, 2025-06-15 15:06:40 UTC
@@ -173,7 +174,32 @@ def build_catalog(home: Path) -> Catalog:
     write_log(home, RUN_IDS["resnet"], lines=200)
     add_metrics(catalog)
     add_files(catalog)
+    add_disk_usage(catalog)
     return catalog
+
+
+def add_disk_usage(catalog: Catalog) -> None:
+    """gpu-02's /home as its agent scanned it: one dir unreadable, one uid without a name."""
+    home = PathUsage(
+        "/home",
+        NOW - 600,
+        (
+            DirUsage("alice", 1000, "alice", 412 * 2**30, 183_204, NOW - 600),
+            DirUsage("bob", 1001, "bob", 37 * 2**30, 9_812, NOW - 600),
+            DirUsage(
+                "old",
+                1042,
+                "1042",
+                5 * 2**30,
+                120,
+                NOW - 600,
+                True,
+                "permission denied: /home/old/.cache",
+            ),
+        ),
+        True,
+    )
+    catalog.record_disk_usage("gpu-02", [home], ["/home"])
 
 
 def add_files(catalog: Catalog) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from sample_lab import NOW, RUN_IDS
 from support import wait_for
 from textual.pilot import Pilot
+from textual.widgets import Static
 
 from cvtui.catalog import Catalog
 from cvtui.tui.app import DashboardApp
@@ -98,6 +99,13 @@ async def test_hosts_expand_filter_sort_and_open(make_app: MakeApp) -> None:
         assert processes.row_count == 3
         assert str(processes.get_cell("5:7777", "container")) == "c0ffee12"
         assert str(processes.get_cell("5:7777", "run")) == "foreign"
+        disk = app.screen.query_one("#disk-usage", Static)
+        await wait_for(lambda: "alice" in str(disk.render()))
+        lines = str(disk.render()).splitlines()
+        assert lines[0].split() == ["/home", "scanned", "10m00s", "ago", "partial"]
+        assert lines[1].split()[:4] == ["alice", "alice", "412.0GiB", "183204"]
+        assert lines[3].split()[:3] == ["old", "1042", "5.0GiB"]  # a uid without a passwd entry
+        assert lines[3].endswith("partial: permission denied: /home/old/.cache")
         assert str(processes.get_cell("0:5150", "run")).startswith("vit-sweep")
         await pilot.press("escape")
         assert isinstance(app.screen, HostsScreen)

@@ -1,4 +1,5 @@
-"""A host opened from the Hosts screen: each GPU's recent history, and every process on them."""
+"""A host opened from the Hosts screen: each GPU's recent history, every process on them, and
+disk usage per top-level dir owner of its `disk_usage:` paths."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cvtui.tui.model import CatalogView
 from cvtui.tui.screens.base import DashboardScreen, PaletteCommand
 from cvtui.tui.screens.hosts import host_info
 from cvtui.tui.widgets.gpu_tables import GpuTable, History, ProcessTable
+from cvtui.units import ago, size
 
 # History shown: 5 min, 30 min, 2 h, a day, 30 days, a year; each read from the history
 # tier that gives the sparkline its cells (raw samples first, hour buckets last).
@@ -26,6 +28,33 @@ def window_label(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.0f} h" if seconds < 86400 else f"{seconds / 86400:.0f} d"
+
+
+def disk_usage_text(scans: list[dict[str, Any]], now: float) -> Text:
+    """Each scanned path, then its top-level dirs biggest first: owner, size, files, age."""
+    text = Text()
+    if not scans:
+        text.append("  none scanned (set disk_usage: for this host in the inventory)", "dim")
+        return text
+    for scan in scans:
+        text.append(f"  {scan['path']}", "bold")
+        text.append(f"  scanned {ago(scan['scanned_at'], now)}", "dim")
+        if scan["partial"]:
+            text.append("  partial", "yellow")
+        if scan["error"]:
+            text.append(f"  {scan['error']}", "red")
+        text.append("\n")
+        width = max((len(e["entry"]) for e in scan["entries"]), default=0)
+        for entry in scan["entries"]:
+            text.append(
+                f"    {entry['entry']:{width}}  {entry['owner']:10} {size(entry['bytes']):>9}"
+                f" {entry['files']:9} files  {ago(entry['scanned_at'], now)}"
+            )
+            if entry["partial"]:
+                text.append(f"  partial: {entry['reason']}", "yellow")
+            text.append("\n")
+    text.rstrip()
+    return text
 
 
 class HostDetailScreen(DashboardScreen):
@@ -50,6 +79,8 @@ class HostDetailScreen(DashboardScreen):
         yield GpuTable(id="gpu-table")
         yield Static(" Processes", classes="section")
         yield ProcessTable(id="process-table")
+        yield Static(" Disk usage", classes="section")
+        yield Static("", id="disk-usage")
 
     def on_mount(self) -> None:
         self.query_one(GpuTable).focus()
@@ -74,21 +105,31 @@ class HostDetailScreen(DashboardScreen):
     @work(thread=True, exclusive=True, group="host-history")
     def read_history(self, host: dict[str, Any], now: float) -> None:
         history: dict[int, History] = {}
+        disk: list[dict[str, Any]] = []
         try:
             with self.dashboard.reader.use() as catalog:
                 found = catalog.host_telemetry_history(
                     self.host, now - self.window_s, now, points=POINTS
                 )
+            with self.dashboard.reader.query() as queries:
+                disk = queries.disk_usage(self.host)
             for gpu in host["gpus"]:
                 history[gpu["index"]] = found.get(gpu["index"], [])
                 # Raw history is written a few seconds at a time: end on the live value.
                 history[gpu["index"]].append((now, gpu["util"], gpu["mem_used"]))
         finally:
-            deliver(self, self._history_read, host["gpus"], history)
+            deliver(self, self._history_read, host["gpus"], history, disk, now)
 
-    def _history_read(self, gpus: list[dict[str, Any]], history: dict[int, History]) -> None:
+    def _history_read(
+        self,
+        gpus: list[dict[str, Any]],
+        history: dict[int, History],
+        disk: list[dict[str, Any]],
+        now: float,
+    ) -> None:
         self._reading = False
         self.query_one(GpuTable).show(gpus, history)
+        self.query_one("#disk-usage", Static).update(disk_usage_text(disk, now))
 
     def action_cycle_window(self) -> None:
         self.window_s = WINDOWS_S[(WINDOWS_S.index(self.window_s) + 1) % len(WINDOWS_S)]
