@@ -165,6 +165,12 @@ def test_kill_9_of_cvtui_sync(lab_factory: Callable[..., Lab], tmp_path: Path, r
     assert killed >= max(1, rounds // 2)  # most rounds did kill a sync in flight
 
 
+def one_agent(lab: Lab, host: str, sessions: frozenset[int]) -> set[int] | None:
+    """The host's agent pids when there is exactly one, else None (wait for it)."""
+    found = agent_pids(lab, host, sessions)
+    return found if len(found) == 1 else None
+
+
 def last_seen(home: Path) -> float:
     return float(read_catalog(home, "SELECT max(last_seen) FROM hosts")[0][0] or 0)
 
@@ -187,7 +193,8 @@ def test_sshd_stopped_and_restarted_while_runs_write(
     sessions: set[int] = set()
     try:
         for number in range(rounds):
-            [agent] = until(lambda s=frozenset(sessions): agent_pids(lab, "gpu-01", s), 60)
+            # One agent: while a reconnect replaces it, the old one may still be on its way out.
+            [agent] = until(lambda s=frozenset(sessions): one_agent(lab, "gpu-01", s), 60)
             time.sleep(rng.uniform(0.1, 0.8))  # mid-sync: the runs write a line every 20 ms
             if number % 2:
                 assert server.process is not None
