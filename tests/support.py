@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,3 +177,38 @@ def stop_engine_once_running(home: Path, run_ids: list[str], timeout_s: float = 
                 raise AssertionError(f"runs {run_ids} not started within {timeout_s} s")
             time.sleep(0.05)
     stop_engine(home)
+
+
+# A run that serves its work dir over HTTP on 127.0.0.1:PORT (the port forwarding tests).
+SERVE = """\
+import http.server, os, sys
+os.makedirs("site", exist_ok=True)
+with open("site/hello.txt", "w") as f:
+    f.write("hello from " + os.environ["CVTUI_RUN_ID"])
+os.chdir("site")
+handler = http.server.SimpleHTTPRequestHandler
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
+print("serving", flush=True)
+server.serve_forever()
+"""
+
+
+def serving_project(tmp_path: Path) -> tuple[Path, int]:
+    """A project whose config `serve.yaml` runs SERVE on a free port: (config, that port)."""
+    from cvtui.lab import free_port
+
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "serve.py").write_text(SERVE)
+    remote = free_port()
+    (code / "serve.yaml").write_text(
+        f"name: board\ncommand: [python3, serve.py, '{remote}']\nresources: {{gpus: 0}}\n"
+    )
+    return code / "serve.yaml", remote
+
+
+def wait_running(api: Any, run: Any, timeout_s: float = 30.0) -> None:
+    """Until the library says run is running (or timeout_s passed)."""
+    deadline = time.monotonic() + timeout_s
+    while api.get(run)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)

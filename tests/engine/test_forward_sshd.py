@@ -14,24 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import serving_project, wait_running
 
 import cvtui
 from cvtui.errors import CvtuiError
 from cvtui.lab import LabHostSpec, free_port
 
 pytestmark = pytest.mark.sshd
-
-SERVE = """\
-import http.server, os, sys
-os.makedirs("site", exist_ok=True)
-with open("site/hello.txt", "w") as f:
-    f.write("hello from " + os.environ["CVTUI_RUN_ID"])
-os.chdir("site")
-handler = http.server.SimpleHTTPRequestHandler
-server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
-print("serving", flush=True)
-server.serve_forever()
-"""
 
 
 def fetch(url: str, timeout_s: float = 20.0) -> str:
@@ -52,23 +41,15 @@ def test_forward_reaches_a_server_the_run_started(
 ) -> None:
     monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
     lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
-    code = tmp_path / "project"
-    code.mkdir()
-    (code / "serve.py").write_text(SERVE)
-    remote = free_port()
-    (code / "serve.yaml").write_text(
-        f"name: board\ncommand: [python3, serve.py, '{remote}']\nresources: {{gpus: 0}}\n"
-    )
+    config, remote = serving_project(tmp_path)
     api = cvtui.Lab(lab.inventory_path, home)
-    [ended] = api.submit(code / "serve.yaml")
+    [ended] = api.submit(config)
     api.cancel(ended)
     api.wait([ended], timeout=60)
     with pytest.raises(CvtuiError, match=r"\(board\) is cancelled, not running"):
         api.forward(ended, remote)
-    [run] = api.submit(code / "serve.yaml")
-    deadline = time.monotonic() + 30
-    while api.get(run)["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    [run] = api.submit(config)
+    wait_running(api, run)
 
     # The library: any free local port, in a with-block.
     with api.forward(run, remote, 0) as forward:
@@ -122,18 +103,10 @@ def test_a_forward_rides_the_engines_connection_and_has_its_own_without_one(
 
     monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
     lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
-    code = tmp_path / "project"
-    code.mkdir()
-    (code / "serve.py").write_text(SERVE)
-    remote = free_port()
-    (code / "serve.yaml").write_text(
-        f"name: board\ncommand: [python3, serve.py, '{remote}']\nresources: {{gpus: 0}}\n"
-    )
+    config, remote = serving_project(tmp_path)
     api = cvtui.Lab(lab.inventory_path, home)
-    [run] = api.submit(code / "serve.yaml")
-    deadline = time.monotonic() + 30
-    while api.get(run)["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    [run] = api.submit(config)
+    wait_running(api, run)
     assert api.engine() is not None
 
     logins: list[str] = []
