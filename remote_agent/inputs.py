@@ -9,7 +9,6 @@ import re
 import stat
 from typing import Any, Callable, Dict
 
-from remote_agent.blocktree import READ_BYTES, new_hasher
 from remote_agent.doctor import hash_algorithms
 from remote_agent.outputs import check_relpath
 from remote_agent.protocol import (
@@ -22,6 +21,7 @@ from remote_agent.protocol import (
     OWN_FILES_PREFIX,
     RemoteError,
 )
+from remote_agent.workspace import hash_path
 
 STORED_NAME = re.compile(r"[0-9a-f]{32}\Z")  # xxh3_128 hex, the controller's content store name
 DIGEST = re.compile(r"[0-9a-f]{16,128}\Z")
@@ -36,18 +36,6 @@ def stored_path(root: str, name: Any) -> str:
     if not isinstance(name, str) or not STORED_NAME.match(name):
         raise RemoteError(E_BAD_REQUEST, '"hash" must be an xxh3_128 hex digest (32 characters)')
     return os.path.join(root, INPUTS_DIR, name)
-
-
-def digest_of(path: str, algo: str) -> str:
-    hasher = new_hasher(algo)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        while True:
-            chunk = fh.read(READ_BYTES)
-            if not chunk:
-                break
-            hasher.update(chunk)
-    return str(hasher.hexdigest())
 
 
 def _regular_size(path: str) -> int | None:
@@ -110,7 +98,7 @@ class InputOps:
             raise RemoteError(
                 E_INPUT_CORRUPT, f"upload of {os.path.basename(path)} has {found} bytes, not {size}"
             )
-        got = digest_of(upload, str(algo))
+        got = hash_path(upload, str(algo))
         if got != digest:
             raise RemoteError(
                 E_INPUT_CORRUPT,
