@@ -28,14 +28,22 @@ def temporary_lab(*specs: LabHostSpec) -> Iterator[Lab]:
 
 def ssh_command(lab: Lab, server: str, remote_command: str = "true") -> list[str]:
     """Plain OpenSSH to one of the lab's servers, trusting only the lab's known_hosts."""
+    return ssh_to_port(lab.servers[server].port, lab.client_key, lab.known_hosts, remote_command)
+
+
+def ssh_to_port(
+    port: int, client_key: Path, known_hosts: Path, remote_command: str = "true"
+) -> list[str]:
+    """Plain OpenSSH, as a user would type it, to 127.0.0.1:port with this key, trusting only
+    this known_hosts file."""
     return [
         "ssh",
         "-p",
-        str(lab.servers[server].port),
+        str(port),
         "-i",
-        str(lab.client_key),
+        str(client_key),
         "-o",
-        f"UserKnownHostsFile={lab.known_hosts}",
+        f"UserKnownHostsFile={known_hosts}",
         "-o",
         "StrictHostKeyChecking=yes",
         "-o",

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import Options
+from benchmarks.sandbox import ssh_to_port
 from benchmarks.table import Row, Target
 from cvtui.catalog import Catalog, new_run_id
 from cvtui.engine.engine import Engine
@@ -45,23 +46,7 @@ SBATCH_AND_WAIT = (
 
 def ssh_argv(lab: SlurmLab, command: str) -> list[str]:
     """Plain OpenSSH to the login node, as a user would type it."""
-    return [
-        "ssh",
-        "-p",
-        str(lab.login.port),
-        "-i",
-        str(lab.client_key),
-        "-o",
-        f"UserKnownHostsFile={lab.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        f"{getpass.getuser()}@127.0.0.1",
-        command,
-    ]
+    return ssh_to_port(lab.login.port, lab.client_key, lab.known_hosts, command)
 
 
 def wait_idle(lab: SlurmLab, timeout_s: float = 30.0) -> None:
