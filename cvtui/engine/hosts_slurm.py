@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from cvtui.engine.agent_client import AgentClosedError
-from cvtui.engine.inputs import InputsRefused, inputs_for_start, stage_inputs
+from cvtui.engine.inputs import InputsRefused
 from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.scheduler import Placement
 from cvtui.engine.start_request import start_request
-from cvtui.repro.blobstore import BlobError, BlobStore
+from cvtui.repro.blobstore import BlobError
 from cvtui.runspec import RunSpec
 from cvtui.slurm_settings import job_settings
 from remote_agent import protocol
@@ -155,9 +155,7 @@ class SlurmKind:
             if run["code_hash"]:
                 await controller.ensure_code(session, run["code_hash"])
             # Inputs are staged on the login node's root, which the compute nodes share.
-            inputs = await inputs_for_start(controller.catalog, controller.home, run, spec)
-            blobs = BlobStore.in_home(controller.home)
-            staged = await stage_inputs(session, blobs, inputs)
+            inputs, staged = await controller.stage_run_inputs(session, run, spec)
             request = self.start_request(run, spec, session.host, session.hello, (), inputs, staged)
             reply = await client.call(
                 protocol.OP_START, timeout_s=SUBMIT_TIMEOUT_S, **request.to_wire()

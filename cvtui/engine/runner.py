@@ -31,6 +31,7 @@ from remote_agent import protocol
 from remote_agent.protocol import GpuSample, RemoteError, RunStatus
 
 if TYPE_CHECKING:
+    from cvtui.catalog.run_inputs import RunInput
     from cvtui.engine.engine import Engine, HostSession
 
 log = logging.getLogger("cvtui.engine.runs")
@@ -398,6 +399,15 @@ class RunController:
                 )
                 self.spawn(self.start_run(run, placement))
 
+    async def stage_run_inputs(
+        self, session: HostSession, run: dict[str, Any], spec: RunSpec
+    ) -> tuple[list[RunInput], list[dict[str, Any]]]:
+        """A run's inputs and where the host staged them (InputsRefused, BlobError when
+        they cannot be)."""
+        inputs = await inputs_for_start(self.catalog, self.home, run, spec)
+        staged = await stage_inputs(session, BlobStore.in_home(self.home), inputs)
+        return inputs, staged
+
     async def start_run(self, run: dict[str, Any], placement: scheduler.Placement) -> None:
         run_id = run["id"]
         session = self.engine.sessions.get(placement.host)
@@ -409,8 +419,7 @@ class RunController:
             spec = RunSpec.from_json(run["spec"])
             if run["code_hash"]:
                 await self.ensure_code(session, run["code_hash"])
-            inputs = await inputs_for_start(self.catalog, self.home, run, spec)
-            staged = await stage_inputs(session, BlobStore.in_home(self.home), inputs)
+            inputs, staged = await self.stage_run_inputs(session, run, spec)
             kind = self.kinds[session.host.kind]
             request = kind.start_request(
                 run, spec, session.host, session.hello, placement.gpus, inputs, staged
