@@ -1,7 +1,7 @@
 """`cvtui stats`: runs by state, durations, GPU-hours by user, host and GPU model, use per GPU.
 
-compute_stats is a pure function over catalog rows (Catalog.run_usage, Catalog.gpu_models), so
-the figures are tested on hand-built data; the CLI only fetches and prints.
+compute_stats is a pure function over what the catalog sums (Catalog.run_usage, Catalog.gpu_models);
+the CLI and the TUI only fetch and print.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cvtui.catalog.runs import RUN_STATES
+from cvtui.catalog.runs import RUN_STATES, RunUsage
 from cvtui.units import duration, size
 
 _SINCE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", re.IGNORECASE)
@@ -68,54 +68,44 @@ def _largest_first(totals: Mapping[str, float]) -> dict[str, float]:
 
 
 def compute_stats(
-    runs: Iterable[Mapping[str, Any]],
+    usage: RunUsage,
     gpu_models: Mapping[tuple[str, int], str],
     *,
     since: float | None,
     now: float | None = None,
 ) -> RunStats:
-    """Figures over runs (rows with user, state, host, gpus, started, ended).
+    """Figures over Catalog.run_usage (runs counted by state, their spans, GPU time summed).
 
     GPU-hours count each GPU of a run for the part of its run time inside the window, and a
     run still running up to now. A GPU's model is its name in the catalog's gpus table.
     """
     now = time.time() if now is None else now
     by_state = dict.fromkeys(RUN_STATES, 0)
-    spans: dict[str, list[float]] = {}
+    for state, count in usage.counts.items():
+        by_state[state] = by_state.get(state, 0) + count
     by_user: dict[str, float] = {}
     by_host: dict[str, float] = {}
     by_model: dict[str, float] = {}
     uses: dict[tuple[str, int], int] = {}
-    total = 0
-    for run in runs:
-        total += 1
-        state = run["state"]
-        by_state[state] = by_state.get(state, 0) + 1
-        started, ended = run.get("started"), run.get("ended")
-        if started is None:
-            continue
-        if ended is not None:
-            spans.setdefault(state, []).append(max(0.0, ended - started))
-        host, gpus = run.get("host"), run.get("gpus") or []
-        if not host or not gpus:
-            continue
+    for group in usage.gpus:
+        host, gpus = group.host, group.gpus
         for index in gpus:
-            uses[(host, index)] = uses.get((host, index), 0) + 1
-        begin = started if since is None else max(started, since)
-        hours = max(0.0, min(now if ended is None else ended, now) - begin) / 3600.0
+            uses[(host, index)] = uses.get((host, index), 0) + group.runs
+        hours = group.seconds / 3600.0
         if hours <= 0:
             continue
-        user = run.get("user") or UNKNOWN
+        user = group.user or UNKNOWN
         by_user[user] = by_user.get(user, 0.0) + hours * len(gpus)
         by_host[host] = by_host.get(host, 0.0) + hours * len(gpus)
         for index in gpus:
             model = gpu_models.get((host, index), UNKNOWN)
             by_model[model] = by_model.get(model, 0.0) + hours
+    spans = usage.spans
     all_spans = [span for state_spans in spans.values() for span in state_spans]
     return RunStats(
         since=since,
         until=now,
-        runs=total,
+        runs=sum(usage.counts.values()),
         by_state=by_state,
         durations=Durations.of(all_spans),
         durations_by_state={s: Durations.of(spans[s]) for s in RUN_STATES if s in spans},

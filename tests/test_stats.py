@@ -78,7 +78,9 @@ def lab_catalog(tmp_path: Path) -> Catalog:
 
 
 def test_every_run_counts_without_a_window(lab_catalog: Catalog) -> None:
-    stats = compute_stats(lab_catalog.run_usage(), lab_catalog.gpu_models(), since=None, now=NOW)
+    stats = compute_stats(
+        lab_catalog.run_usage(None, NOW), lab_catalog.gpu_models(), since=None, now=NOW
+    )
     assert stats.runs == 7
     assert stats.by_state == {
         "queued": 1, "dispatching": 0, "running": 1, "succeeded": 3, "failed": 1,
@@ -107,7 +109,7 @@ def test_every_run_counts_without_a_window(lab_catalog: Catalog) -> None:
 def test_since_keeps_runs_active_in_the_window_and_clips_their_hours(lab_catalog: Catalog) -> None:
     since = 3_000.0
     stats = compute_stats(
-        lab_catalog.run_usage(since), lab_catalog.gpu_models(), since=since, now=NOW
+        lab_catalog.run_usage(since, NOW), lab_catalog.gpu_models(), since=since, now=NOW
     )
     assert stats.runs == 5  # e and g ended before the window
     assert stats.by_state["cancelled"] == 0 and stats.by_state["succeeded"] == 2
@@ -120,7 +122,9 @@ def test_since_keeps_runs_active_in_the_window_and_clips_their_hours(lab_catalog
 
 
 def test_report_and_json(lab_catalog: Catalog) -> None:
-    stats = compute_stats(lab_catalog.run_usage(), lab_catalog.gpu_models(), since=None, now=NOW)
+    stats = compute_stats(
+        lab_catalog.run_usage(None, NOW), lab_catalog.gpu_models(), since=None, now=NOW
+    )
     text = format_stats(stats)
     assert text.splitlines()[0] == "7 runs in the catalog"
     assert "  succeeded       3    25m03s    15m00s" in text

@@ -30,7 +30,7 @@ import sys
 import zlib
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -277,7 +277,16 @@ def rebucket(block: Block, step: float) -> Block:
         order = np.argsort(buckets, kind="stable")
         block = _take(block, order)
         buckets = buckets[order]
-    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+    alone = buckets[1:] != buckets[:-1]
+    if alone.all():  # one point per bucket (a tier read at its own step): nothing to merge
+        return replace(block, step=step, times=buckets.astype(np.float64) * step)
+    first = int(np.argmin(alone))  # buckets before the first shared one pass through as they are
+    if first > 0:
+        head = replace(
+            _slice(block, 0, first), step=step, times=buckets[:first].astype(np.float64) * step
+        )
+        return concat_blocks([head, rebucket(_slice(block, first, len(buckets)), step)], step)
+    starts = np.flatnonzero(np.r_[True, alone])
     n = block.n
     if block.step == 0:  # samples: n is 1 exactly where the value is known
         total = np.add.reduceat(np.nan_to_num(block.mean, nan=0.0), starts, axis=2)
@@ -298,6 +307,40 @@ def rebucket(block: Block, step: float) -> Block:
         np.fmin.reduceat(block.lo, starts, axis=2),
         means,
         np.fmax.reduceat(block.hi, starts, axis=2),
+    )
+
+
+def only_series(block: Block, index: int | None) -> Block:
+    """The block with series ``index`` alone (empty when it lacks it); None: as it is."""
+    if index is None:
+        return block
+    row = block.row(index)
+    if row is None:
+        return empty_block(block.step)
+    rows = slice(row, row + 1)
+    return Block(
+        block.step,
+        block.series[rows],
+        block.times,
+        block.n[:, rows],
+        block.secs[rows],
+        block.lo[:, rows],
+        block.mean[:, rows],
+        block.hi[:, rows],
+    )
+
+
+def _slice(block: Block, begin: int, end: int) -> Block:
+    span = slice(begin, end)
+    return Block(
+        block.step,
+        block.series,
+        block.times[span],
+        block.n[:, :, span],
+        block.secs[:, span],
+        block.lo[:, :, span],
+        block.mean[:, :, span],
+        block.hi[:, :, span],
     )
 
 

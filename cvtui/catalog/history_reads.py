@@ -21,6 +21,7 @@ from cvtui.catalog.history_codec import (
     decode_raw,
     decode_tier,
     empty_block,
+    only_series,
     rebucket,
     sort_block,
 )
@@ -91,11 +92,12 @@ class HistoryReadsMixin:
         points: int | None = None,
         raw: bool = True,
         bucketed: bool = True,
+        series: int | None = None,
     ) -> Block:
         """A host's history over [since, until) at one tier's step (0: samples), stitched:
         the tier's chunks, then finer tiers (and raw samples unless ``raw`` is False) after
         its last bucket, rebucketed to its step (``bucketed`` False leaves every tier's points
-        as stored, for sums). Series are the host's GPUs and -1."""
+        as stored, for sums). Series are the host's GPUs and -1, or only ``series``."""
         until = time.time() if until is None else until
         if step is None:
             step = self.choose_step(host, since, until, points)
@@ -106,7 +108,7 @@ class HistoryReadsMixin:
         blocks: list[Block] = []
         covered = since
         for source in order:
-            block = self._read_step(host, source, covered, until)
+            block = self._read_step(host, source, covered, until, series)
             if len(block.times):
                 blocks.append(block)
                 covered = max(covered, block.end if source else float(block.times[-1]) + 1e-6)
@@ -115,7 +117,9 @@ class HistoryReadsMixin:
             return rebucket(combined, step)
         return combined
 
-    def _read_step(self, host: str, step: float, since: float, until: float) -> Block:
+    def _read_step(
+        self, host: str, step: float, since: float, until: float, series: int | None = None
+    ) -> Block:
         with self._read() as conn:
             if step == 0:
                 blobs = [
@@ -138,9 +142,10 @@ class HistoryReadsMixin:
         if not blobs:
             return empty_block(step)
         if step == 0:
-            block = decode_raw(blobs)
+            block = only_series(decode_raw(blobs), series)
         else:
-            block = sort_block(concat_blocks([decode_tier(b) for b in blobs], step))
+            decoded = [only_series(decode_tier(b), series) for b in blobs]
+            block = sort_block(concat_blocks(decoded, step))
         return _clip(block, since, until)
 
     def telemetry_history(
@@ -157,26 +162,16 @@ class HistoryReadsMixin:
         tier that does (with ``points``: the coarsest tier giving at least that many). For
         ``gpu_idx`` -1 (the host itself) util is the host's CPU percent.
         """
-        by_series = self.host_telemetry_history(host, since, until, points=points)
-        return by_series.get(gpu_idx, [])
+        block = self.history(host, since, until, points=points, series=gpu_idx)
+        row = block.row(gpu_idx)
+        return [] if row is None else _points(block, row)
 
     def host_telemetry_history(
         self, host: str, since: float, until: float | None = None, *, points: int | None = None
     ) -> dict[int, list[tuple[float, float | None, int | None]]]:
         """telemetry_history for every series of a host (its GPUs and -1), read once."""
         block = self.history(host, since, until, points=points)
-        seen = block.n.max(axis=0).tolist()
-        times = block.times.tolist()
-        out: dict[int, list[tuple[float, float | None, int | None]]] = {}
-        for row, index in enumerate(block.series.tolist()):
-            series = out[index] = []
-            utils, mems = block.mean[0, row].tolist(), block.mean[1, row].tolist()
-            for t, n, util, mem in zip(times, seen[row], utils, mems, strict=True):
-                if n:
-                    series.append(
-                        (t, None if util != util else util, None if mem != mem else int(mem))
-                    )
-        return out
+        return {index: _points(block, row) for row, index in enumerate(block.series.tolist())}
 
     def telemetry_usage(self, since: float | None, until: float | None = None) -> list[HostUsage]:
         """Per host, its GPUs' sampled hours, mean utilisation and energy over the window,
@@ -230,6 +225,17 @@ class HistoryReadsMixin:
             ):
                 rows.append((f"{step:g}s", count, size))
         return rows
+
+
+def _points(block: Block, row: int) -> list[tuple[float, float | None, int | None]]:
+    """(time, util, mem) of one series' points that have samples; None where not reported."""
+    seen = block.n[:, row].max(axis=0).tolist()
+    utils, mems = block.mean[0, row].tolist(), block.mean[1, row].tolist()
+    return [
+        (t, None if util != util else util, None if mem != mem else int(mem))
+        for t, n, util, mem in zip(block.times.tolist(), seen, utils, mems, strict=True)
+        if n
+    ]
 
 
 def _clip(block: Block, since: float, until: float) -> Block:

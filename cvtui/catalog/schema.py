@@ -15,7 +15,7 @@ from cvtui.catalog.metric_store import migration_6_metric_series
 from cvtui.catalog.metrics import migration_4_sync
 from cvtui.catalog.run_inputs import migration_11_run_inputs
 from cvtui.catalog.runs import migration_7_work_dirs
-from cvtui.catalog.usage import create_usage_tables
+from cvtui.catalog.usage import create_usage_tables, migration_13_energy_by_user
 from cvtui.errors import CvtuiError
 
 if TYPE_CHECKING:
@@ -224,6 +224,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     migration_10_slurm,  # cvtui/catalog/clusters.py
     migration_11_run_inputs,  # cvtui/catalog/run_inputs.py
     migration_12_disk_usage,  # cvtui/catalog/disk_usage.py
+    migration_13_energy_by_user,  # cvtui/catalog/usage.py
 )
 
 

@@ -52,6 +52,12 @@ def create_usage_tables(db: Database) -> None:
     )
 
 
+def migration_13_energy_by_user(db: Database) -> None:
+    """`cvtui stats` sums a year of energy per user (~210,000 hourly rows for 24 users) from
+    this index alone, in user order: 80 ms from the table, about 20 ms from the index."""
+    db.execute("CREATE INDEX energy_usage_by_user ON energy_usage (user, simulated, hour, joules)")
+
+
 class UsageMixin:
     """Catalog methods for idle-held GPU episodes and energy; mixed into Catalog."""
 
@@ -150,6 +156,7 @@ class UsageMixin:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT user, simulated, sum(joules) FROM energy_usage "
+                "INDEXED BY energy_usage_by_user "  # a scan in user order, no table reads
                 "WHERE hour > ? AND hour <= ? GROUP BY user, simulated",
                 (lower, until),
             ).fetchall()

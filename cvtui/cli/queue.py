@@ -215,7 +215,9 @@ def stats(settings: Settings, since_s: float | None, as_json: bool) -> None:
     since = None if since_s is None else now - since_s
     settings.inventory_if_valid()  # only to warn while the inventory is invalid
     with Catalog.open_home(settings.home()) as catalog:
-        report = compute_stats(catalog.run_usage(since), catalog.gpu_models(), since=since, now=now)
+        report = compute_stats(
+            catalog.run_usage(since, now), catalog.gpu_models(), since=since, now=now
+        )
         usage = read_usage_stats(catalog, since, now)
         disk = catalog.disk_usage_by_user()
     if as_json:

@@ -233,6 +233,51 @@ def test_buckets_are_the_same_from_samples_or_from_finer_pieces(
     assert np.allclose(merged.mean, direct.mean, equal_nan=True, atol=0.1)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(samples=sample_st)
+def test_buckets_hold_the_count_min_mean_and_max_of_their_samples(
+    samples: list[tuple[float, float | None]],
+) -> None:
+    """rebucket against plain arithmetic per bucket, whether a bucket has one sample (passed
+    through as it is) or several (merged), and wherever the first shared bucket falls."""
+    samples = sorted(samples, key=lambda sample: sample[0])
+    utils = [[u for _, u in samples]]
+    count = len(samples)
+    times = [T0 + t for t, _ in samples]
+    blob = encode_raw([0], times, [utils, [[2**20] * count], [[None] * count], [[None] * count]])
+    block = rebucket(decode_raw([blob]), 60)
+    buckets: dict[float, list[float]] = {}
+    for t, util in samples:
+        known = buckets.setdefault(math.floor((T0 + t) / 60) * 60.0, [])
+        if util is not None:
+            known.append(round(util, 1))  # raw blocks keep a tenth of a percent
+    assert block.times.tolist() == sorted(buckets)
+    for column, start in enumerate(sorted(buckets)):
+        values = buckets[start]
+        assert block.n[0, 0, column] == len(values)
+        if values:
+            assert block.lo[0, 0, column] == pytest.approx(min(values), abs=0.051)
+            assert block.hi[0, 0, column] == pytest.approx(max(values), abs=0.051)
+            assert block.mean[0, 0, column] == pytest.approx(np.mean(values), abs=0.051)
+        else:
+            assert math.isnan(block.mean[0, 0, column])
+
+
+def test_one_gpu_read_alone_is_the_same_as_read_with_its_host(catalog: Catalog) -> None:
+    """telemetry_history decodes one series; the host read (the host screen's) decodes all."""
+    catalog.sync_hosts([InventoryHost("a")])
+    one_hz(catalog, "a", T0, 3 * 3600)
+    catalog.compact_history(T0 + 3 * HOUR_S, DEFAULT_HISTORY)
+    now = T0 + 3 * HOUR_S
+    for since, points in ((T0, None), (T0, 100), (now - 600, None), (T0 - 86400, None)):
+        every = catalog.host_telemetry_history("a", since, now, points=points)
+        assert set(every) == {-1, 0, 1}
+        for index in (-1, 0, 1):
+            alone = catalog.telemetry_history("a", index, since, now, points=points)
+            assert alone == every[index] and alone
+    assert catalog.telemetry_history("a", 7, T0, now) == []  # no such GPU
+
+
 def slice_block(block, part):  # type: ignore[no-untyped-def]
     from cvtui.catalog.history_codec import Block
 

@@ -55,7 +55,7 @@ def migration_rows(path: Path) -> list[tuple[int, str, float]]:
 
 def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -> None:
     with Catalog(catalog_path) as cat:
-        assert cat.schema_version() == LATEST == 12
+        assert cat.schema_version() == LATEST == 13
         assert set(cat.db.table_names()) >= TABLES
         assert "telemetry" not in cat.db.table_names()  # moved into telemetry_raw by 7
         assert {"telemetry_chunks_series", "gpu_processes_host"} <= {
@@ -76,6 +76,7 @@ def test_fresh_catalog_has_every_table_and_records_version(catalog_path: Path) -
         (10, "migration_10_slurm"),
         (11, "migration_11_run_inputs"),
         (12, "migration_12_disk_usage"),
+        (13, "migration_13_energy_by_user"),
     ]
     assert all(applied > 1.6e9 for _, _, applied in rows)  # unix seconds, not a counter
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,8 @@ async def test_grid_two_run_two_pend_and_all_succeed(cluster: SlurmLab, home: Pa
     assert cluster_row["nodes"][0]["gpus"] == 4
     assert catalog.hosts_report()[0]["state"] == "healthy"
     # GPU-hours from Slurm's allocation: 2 GPUs x each run's time.
-    stats = compute_stats(catalog.run_usage(), catalog.gpu_models(), since=None)
+    now = time.time()
+    stats = compute_stats(catalog.run_usage(None, now), catalog.gpu_models(), since=None, now=now)
     expected = sum(2 * (r["ended"] - r["started"]) for r in runs) / 3600
     assert stats.gpu_hours_by_host["cluster"] == pytest.approx(expected)
     assert expected > 4 * 2 * 2.5 / 3600  # each ran its ~3 s

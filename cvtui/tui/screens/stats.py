@@ -123,7 +123,7 @@ class StatsScreen(DashboardScreen):
 
             since = None if self.period[1] is None else now - self.period[1]
             with self.dashboard.reader.use() as catalog:
-                runs, models = catalog.run_usage(since), catalog.gpu_models()
+                runs, models = catalog.run_usage(since, now), catalog.gpu_models()
                 usage = read_usage_stats(catalog, since, now)
             stats = compute_stats(runs, models, since=since, now=now)
         except (ImportError, AttributeError) as exc:  # an older cvtui without `cvtui stats`
