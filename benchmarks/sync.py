@@ -14,6 +14,7 @@ import getpass
 import os
 import random
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncssh
 import yaml
 
 from benchmarks import Options
@@ -67,6 +69,26 @@ def scatter_changes(path: Path, count: int, seed: int) -> None:
             fh.write(rng.randbytes(CHANGE_BLOCK))
 
 
+def settle(work_dir: Path, size: int) -> None:
+    """The same start for every contender: no dirty pages, and `size` bytes of page cache
+    freed just now.
+
+    On a VM whose balloon reports free pages to the hypervisor (this machine's does), the
+    first write to a page that was free for a few seconds faults on the host: writing a new
+    1 GiB file then costs ~2 s of CPU instead of ~0.2 s, unless pages were freed moments
+    before. Which contender got such pages decided the ratios more than their own code did
+    (the same rsync delta took 0.3 s or 2.0 s). So each one writes into pages freed at once
+    before its clock starts.
+    """
+    scratch = work_dir / "settle.tmp"
+    zeros = bytes(64 * MIB)
+    with open(scratch, "wb") as fh:
+        for _ in range(size // len(zeros) + 4):
+            fh.write(zeros)
+    scratch.unlink()
+    os.sync()
+
+
 def tcp_received(local_port: int) -> int:
     """bytes_received of the TCP connection whose local port this is (from `ss -ti`)."""
     out = subprocess.run(
@@ -85,7 +107,7 @@ def ssh_options(lab: Lab) -> list[str]:
 
 def ssh_cat(lab: Lab, remote: Path, local: Path) -> float:
     """Seconds of `ssh host cat f > local`."""
-    os.sync()
+    settle(local.parent, remote.stat().st_size)
     start = time.perf_counter()
     with open(local, "wb") as out:
         subprocess.run(ssh_command(lab, HOST, f"cat {remote}"), stdout=out, check=True)
@@ -97,7 +119,7 @@ def ssh_cat(lab: Lab, remote: Path, local: Path) -> float:
 def scp_pull(lab: Lab, remote: Path, local: Path) -> float:
     scp = ["scp", "-q", *ssh_options(lab)]
     scp[scp.index("-p")] = "-P"
-    os.sync()
+    settle(local.parent, remote.stat().st_size)
     start = time.perf_counter()
     subprocess.run([*scp, f"{getpass.getuser()}@127.0.0.1:{remote}", str(local)], check=True)
     elapsed = time.perf_counter() - start
@@ -114,7 +136,7 @@ def rsync_pull(lab: Lab, remote: Path, local: Path) -> tuple[float, int, int]:
     """(seconds, wire bytes received by ssh, rsync's own bytes received) of one rsync pull."""
     shell = " ".join(["ssh", "-v", *ssh_options(lab)])
     argv = ["rsync", "--stats", "-e", shell, f"{getpass.getuser()}@127.0.0.1:{remote}", str(local)]
-    os.sync()
+    settle(local.parent, remote.stat().st_size)
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     elapsed = time.perf_counter() - start
@@ -164,11 +186,12 @@ async def connected(inventory_path: Path, home: Path) -> AsyncIterator[tuple[Hos
 
 
 async def timed_sync(
-    session: HostSession, catalog: Catalog, home: Path, globs: list[str]
+    session: HostSession, catalog: Catalog, home: Path, globs: list[str], size: int = 0
 ) -> tuple[float, int, int]:
-    """(seconds, file bytes fetched, wire bytes received) of one sync pass over the run dir."""
+    """(seconds, file bytes fetched, wire bytes received) of one sync pass over the run dir
+    (size: the bytes it may write, for settle)."""
     assert session.conn is not None
-    await asyncio.to_thread(os.sync)  # every contender starts with no dirty pages to flush
+    await asyncio.to_thread(settle, home, size)  # the start every contender gets
     port = session.conn.get_extra_info("sockname")[1]
     before = tcp_received(port)
     start = time.perf_counter()
@@ -177,6 +200,29 @@ async def timed_sync(
     if any(r.status != "synced" for r in results):
         raise RuntimeError(f"sync failed: {results}")
     return elapsed, sum(r.fetched for r in results), tcp_received(port) - before
+
+
+async def channel_floor(session: HostSession, remote: Path, home: Path, size: int) -> float:
+    """Seconds to read the file through `cat` on one asyncssh channel of the engine's
+    connection, the bytes counted and dropped: what asyncssh's receive path costs alone."""
+    assert session.conn is not None
+    await asyncio.to_thread(settle, home, 0)
+    got = 0
+
+    class Drop(asyncssh.SSHClientSession[bytes]):
+        def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+            nonlocal got
+            got += len(data)
+
+    start = time.perf_counter()
+    chan, _ = await session.conn.create_session(
+        Drop, f"cat {shlex.quote(str(remote))}", encoding=None, window=8 << 20
+    )
+    await chan.wait_closed()
+    elapsed = time.perf_counter() - start
+    if got != size:
+        raise RuntimeError(f"cat on a channel gave {got} of {size} bytes")
+    return elapsed
 
 
 HOST_PYTHONS = (
@@ -209,7 +255,21 @@ async def copies(lab: Lab, work: Path, size: int, options: Options) -> list[Row]
             algo = await SshSource(session).hash_algorithm()
             assert session.conn is not None
             cipher = session.conn.get_extra_info("recv_cipher")
-            fresh_s, _, _ = await timed_sync(session, catalog, home, ["*.pt"])
+            if seed == 1:
+                floor_s = await channel_floor(session, remote, home, size)
+                rows.append(
+                    Row(
+                        f"asyncssh alone: cat {size // MIB} MiB, bytes dropped",
+                        floor_s,
+                        "s",
+                        cat_s,
+                        "ssh cat",
+                        None,
+                        "the floor of any copy over asyncssh here: one channel, no hashing, "
+                        "no writing, while ssh cat also writes the file",
+                    )
+                )
+            fresh_s, _, _ = await timed_sync(session, catalog, home, ["*.pt"], size)
             mirror = home / "runs" / RUN_ID / "model.pt"
             if not filecmp.cmp(mirror, remote, shallow=False):
                 raise RuntimeError("the synced copy differs")
@@ -227,7 +287,7 @@ async def copies(lab: Lab, work: Path, size: int, options: Options) -> list[Row]
             )
             await asyncio.sleep(1.1)  # past the racy window of the fresh copy
             scatter_changes(remote, count, seed=seed)
-            delta_s, fetched, wire = await timed_sync(session, catalog, home, ["*.pt"])
+            delta_s, fetched, wire = await timed_sync(session, catalog, home, ["*.pt"], size)
             if not filecmp.cmp(mirror, remote, shallow=False):
                 raise RuntimeError("the delta-synced copy differs")
         rsync_s, rsync_wire, rsync_payload = await asyncio.to_thread(
