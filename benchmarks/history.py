@@ -34,8 +34,9 @@ from benchmarks import Options
 from benchmarks.cli_startup import bytecode_env
 from benchmarks.table import Row, Target
 from cvtui.catalog import Catalog
-from cvtui.catalog.history import DEFAULT_HISTORY, RAW_GROUP_S
+from cvtui.catalog.history import RAW_GROUP_S
 from cvtui.catalog.history_codec import encode_raw_many
+from cvtui.history_policy import DEFAULT_HISTORY
 from remote_agent.protocol import GpuSample, HostSample, Telemetry
 
 HOSTS, GPUS, SLOT_GPUS = 100, 8, 4

@@ -167,7 +167,7 @@ def test_parse_since() -> None:
 def test_energy_idle_and_host_usage_from_the_catalog(tmp_path: Path) -> None:
     from catalog.samples import InventoryHost, telemetry
 
-    from cvtui.catalog.history import DEFAULT_HISTORY
+    from cvtui.history_policy import DEFAULT_HISTORY
     from cvtui.stats import format_usage, read_usage_stats, usage_json
 
     hour = 1_700_002_800.0  # a whole hour, in unix seconds

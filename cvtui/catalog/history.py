@@ -14,7 +14,6 @@ every sample. Chunks carry their step, so a policy edit never misreads older dat
 
 from __future__ import annotations
 
-import itertools
 import math
 import sqlite3
 import threading
@@ -22,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog.history_codec import (
     ZLIB_LEVEL_KEPT,
@@ -35,11 +34,11 @@ from cvtui.catalog.history_codec import (
     encode_tier,
     rebucket,
 )
+from cvtui.history_policy import DAY_S, DEFAULT_HISTORY, check_tiers
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-DAY_S = 86400.0
 BATCH_S = 3600.0  # raw history is compacted one aligned hour at a time
 CHUNK_WINDOWS_S = (3600.0, DAY_S, 30 * DAY_S)  # a tier's chunk: the largest that fits
 MAX_CHUNK_POINTS = 1440
@@ -51,49 +50,10 @@ RAW_SPAN_S = BATCH_S  # no raw row spans more than this: reads look back this fa
 RAW_GROUP_S = 5.0
 
 
-class HistoryTier(NamedTuple):
-    """Keep history at one resolution for a while; step 0 keeps every sample."""
-
-    step_s: float
-    keep_s: float
-
-
-DEFAULT_HISTORY = (
-    HistoryTier(0.0, 3600.0),  # every sample for an hour
-    HistoryTier(10.0, DAY_S),  # 10 s buckets for a day
-    HistoryTier(60.0, 30 * DAY_S),  # 1 min for 30 days
-    HistoryTier(3600.0, 730 * DAY_S),  # 1 h for 2 years
-)
-
-
 def chunk_window(step_s: float) -> float:
     """Seconds of history one stored chunk of a tier covers (at most 1440 points)."""
     fitting = [w for w in CHUNK_WINDOWS_S if w / step_s <= MAX_CHUNK_POINTS]
     return max(fitting) if fitting else CHUNK_WINDOWS_S[0]
-
-
-def check_tiers(tiers: Sequence[tuple[float, float]]) -> str | None:
-    """What is wrong with a tier list, or None: raw first, steps and retentions growing."""
-    if not tiers:
-        return "needs at least one tier"
-    if tiers[0][0] != 0:
-        return "the first tier must keep every sample (every: sample)"
-    for (step, keep), (next_step, next_keep) in itertools.pairwise(tiers):
-        if next_step <= step:
-            return f"tier steps must grow: {next_step:g}s after {step:g}s"
-        if next_keep <= keep:
-            return f"a coarser tier must keep longer: {next_keep:g}s after {keep:g}s"
-    for step, _ in tiers[1:]:
-        if step < 1:
-            return f"a tier step must be at least 1s, got {step:g}s"
-    # Each tier is computed from the one before it, which is exact when buckets nest.
-    for (step, _), (next_step, _) in itertools.pairwise(tiers[1:]):
-        if next_step % step:
-            return (
-                f"each tier step must be a multiple of the one before: "
-                f"{next_step:g}s after {step:g}s"
-            )
-    return None
 
 
 def migration_7_history(db: Database) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cvtui.catalog.history import DEFAULT_HISTORY, HistoryTier
 from cvtui.errors import UnknownHostError
+from cvtui.history_policy import DEFAULT_HISTORY, HistoryTier
 from cvtui.run_env import RunEnv
 from cvtui.slurm_settings import SlurmSettings
 

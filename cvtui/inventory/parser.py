@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from cvtui.catalog.history import HistoryTier, check_tiers
 from cvtui.errors import InventoryError, InventoryErrors
+from cvtui.history_policy import HistoryTier, check_tiers
 from cvtui.inventory.model import (
     FOREIGN_PROCESS_MODES,
     HOST_KEY_MODES,

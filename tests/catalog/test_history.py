@@ -13,12 +13,7 @@ from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from cvtui.catalog import Catalog
-from cvtui.catalog.history import (
-    DEFAULT_HISTORY,
-    HistoryTier,
-    check_tiers,
-    chunk_window,
-)
+from cvtui.catalog.history import chunk_window
 from cvtui.catalog.history_codec import (
     concat_blocks,
     decode_raw,
@@ -29,6 +24,7 @@ from cvtui.catalog.history_codec import (
     rebucket,
 )
 from cvtui.catalog.schema import MIGRATIONS, migrate
+from cvtui.history_policy import DEFAULT_HISTORY, HistoryTier, check_tiers
 
 from .samples import GIB, InventoryHost, gpu, telemetry
 
