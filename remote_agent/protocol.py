@@ -35,6 +35,7 @@ E_MALFORMED = "malformed"  # the line is not a JSON object
 E_BAD_REQUEST = "bad_request"  # no id/op, or arguments of the wrong type
 E_UNKNOWN_OP = "unknown_op"
 E_INTERNAL = "internal"  # the op raised; the agent keeps serving
+E_TOO_LONG = "too_long"  # the controller did not send it: the request is over MAX_LINE_BYTES
 
 # Codes of a hello line that carries {"error": {"code", "message"}} instead of Hello fields; the
 # agent then exits without serving. (remote_agent/__main__.py spells the first one out itself,

@@ -30,6 +30,10 @@ CONFIG_FILE = "config.yaml"
 SNAPSHOT_RECORD = "snapshot.json"  # the code files copied into the work dir that are outputs
 PYTHON_RECORD = "python.json"  # the interpreter the run environment resolves, for provenance
 RUN_RECORD = "run.json"  # the controller's record of the run (StartRequest.record), for reindex
+# A run's params as JSON when they are too long for the CVTUI_PARAMS variable (one environment
+# string may hold 128 KiB on Linux: exec fails on a longer one); CVTUI_PARAMS_FILE names it.
+PARAMS_FILE = "params.json"
+PARAMS_ENV_MAX = 64 << 10
 # cvtui's files in a run dir; in a run dir from before work dirs they are not outputs either.
 OWN_FILES = frozenset(
     {
@@ -41,6 +45,7 @@ OWN_FILES = frozenset(
         SNAPSHOT_RECORD,
         PYTHON_RECORD,
         RUN_RECORD,
+        PARAMS_FILE,
     }
 )
 # Run variables the agent's own environment must not pass to a supervisor or a run: the
@@ -53,9 +58,15 @@ RUN_ENV_KEYS = frozenset(
         "CVTUI_RUN_ID",
         "CVTUI_RUN_DIR",
         "CVTUI_PARAMS",
+        "CVTUI_PARAMS_FILE",
         "CVTUI_GPUS",
     }
 )
+
+
+def params_json(params: dict[str, Any]) -> str:
+    """CVTUI_PARAMS's value (and params.json's text when that is too long)."""
+    return json.dumps(params, sort_keys=True)
 
 
 def work_dir_of(run_dir: str) -> str:

@@ -17,8 +17,14 @@ import shutil
 import sys
 from typing import Any
 
-from remote_agent.protocol import StartRequest
-from remote_agent.rundir import PYTHON_RECORD, RUN_ENV_KEYS
+from remote_agent.protocol import WORK_DIR, StartRequest
+from remote_agent.rundir import (
+    PARAMS_ENV_MAX,
+    PARAMS_FILE,
+    PYTHON_RECORD,
+    RUN_ENV_KEYS,
+    params_json,
+)
 
 SETUP_FAILED = "run environment setup failed"
 BASH = "/bin/bash"
@@ -78,7 +84,12 @@ def base_env(
     env["CVTUI_GPUS"] = indexes
     env["CVTUI_RUN_ID"] = request.run_id
     env["CVTUI_RUN_DIR"] = work_dir
-    env["CVTUI_PARAMS"] = json.dumps(request.params, sort_keys=True)
+    params = params_json(request.params)
+    if len(params) <= PARAMS_ENV_MAX:
+        env["CVTUI_PARAMS"] = params
+    else:  # written at the start (runs.py): too long for one environment string
+        run_dir = os.path.dirname(work_dir) if os.path.basename(work_dir) == WORK_DIR else work_dir
+        env["CVTUI_PARAMS_FILE"] = os.path.join(run_dir, PARAMS_FILE)
     return env
 
 

@@ -42,6 +42,8 @@ from remote_agent.rundir import (
     CODE_HASH,
     CONFIG_FILE,
     LOG_FILE,
+    PARAMS_ENV_MAX,
+    PARAMS_FILE,
     RUN_ENV_KEYS,
     RUN_RECORD,
     STATUS_FILE,
@@ -50,6 +52,7 @@ from remote_agent.rundir import (
     file_size,
     group_runs,
     kill_group_later,
+    params_json,
     process_alive,
     read_status,
     signal_group,
@@ -267,6 +270,8 @@ class RunOps:
                 f.write(request.config_yaml)
             if request.record:
                 write_json(os.path.join(run_dir, RUN_RECORD), request.record)
+            if len(params_json(request.params)) > PARAMS_ENV_MAX:
+                write_json(os.path.join(run_dir, PARAMS_FILE), request.params)
         except BaseException:
             remove_tree(run_dir)  # nothing ran: the id may be used again
             raise

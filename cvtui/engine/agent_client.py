@@ -97,7 +97,14 @@ class AgentClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            self.process.stdin.write(protocol.encode(protocol.request(request_id, op, **args)))
+            line = protocol.encode(protocol.request(request_id, op, **args))
+            if len(line) > protocol.MAX_LINE_BYTES:  # the agent would refuse it unread
+                raise RemoteError(
+                    protocol.E_TOO_LONG,
+                    f"{op}: a request of {len(line)} bytes is over the agent's line limit "
+                    f"of {protocol.MAX_LINE_BYTES} bytes",
+                )
+            self.process.stdin.write(line)
             reply = await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(request_id, None)

@@ -169,7 +169,7 @@ class SlurmKind:
                 await controller.reconcile(session, [run_id])
             elif exc.code == protocol.E_SUBMIT_REFUSED:
                 controller.refuse(run, f"sbatch refused it on {host}: {message}")
-            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT):
+            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT, protocol.E_TOO_LONG):
                 controller.refuse(run, f"cannot submit to {host}: {message}")
             else:
                 if exc.code == protocol.E_CODE_CHANGED:

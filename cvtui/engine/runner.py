@@ -434,7 +434,7 @@ class RunController:
         except RemoteError as exc:
             if exc.code == protocol.E_RUN_EXISTS:
                 await self.reconcile(session, [run_id])  # an earlier start got there after all
-            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT):
+            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT, protocol.E_TOO_LONG):
                 self.refuse(run, f"cannot start on {placement.host}: {exc.message}")
             else:
                 if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule

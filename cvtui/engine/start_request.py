@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +13,14 @@ from cvtui.engine.sync import output_globs
 from cvtui.run_env import DEFAULT_PYTHON, RunEnv, expand_home, merge_links, run_interpreter
 from cvtui.run_inputs import RESUME_INPUT
 from cvtui.runspec import CONFIG_FILE_NAME, RunSpec
+from remote_agent import protocol
 from remote_agent.protocol import WORK_DIR, Hello, StartRequest
 
 if TYPE_CHECKING:
     from cvtui.catalog.run_inputs import RunInput
     from cvtui.inventory import Host
+
+log = logging.getLogger("cvtui.engine")
 
 
 def run_paths(root: str, run_id: str) -> tuple[str, str, str]:
@@ -56,7 +61,7 @@ def start_request(
         checkpoint=checkpoint,
     )
     argv = command if isinstance(command, str) else list(command)
-    return StartRequest(
+    request = StartRequest(
         run_id=run["id"],
         command=argv,
         gpus=tuple(gpus),
@@ -76,3 +81,16 @@ def start_request(
         inputs=[dict(item) for item in staged],
         record=run_record(run),
     )
+    if request_bytes(request) > protocol.MAX_LINE_BYTES:
+        # run.json serves `cvtui reindex` alone: a run with a huge config starts without it
+        # (reindex then reads its status.json and config.yaml). Still too long: the agent
+        # client refuses it by name (E_TOO_LONG) and the run fails saying so.
+        log.warning("run %s: start request too long: run.json left out", run["id"])
+        request = dataclasses.replace(request, record={})
+    return request
+
+
+def request_bytes(request: StartRequest) -> int:
+    """The length of the OP_START line this request makes (the agent reads at most
+    protocol.MAX_LINE_BYTES per line)."""
+    return len(protocol.encode(protocol.request(0, protocol.OP_START, **request.to_wire())))

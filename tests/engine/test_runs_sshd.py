@@ -355,3 +355,29 @@ def test_code_edited_on_the_host_is_uploaded_again_not_run(
         second_id = second.stdout.split()[0]
         details = [e["detail"] or "" for e in catalog.run_events(second_id)]
     assert any("was changed on the host" in d for d in details), details
+
+
+def test_a_huge_config_starts_without_run_json_and_a_bigger_one_fails_saying_why(
+    lab: Lab, home: Path, tmp_path: Path
+) -> None:
+    """The agent reads lines of at most 1 MiB. run.json (for reindex) goes first; a start
+    still over the limit is refused by name, not sent to be dropped unread."""
+    big = write_config(tmp_path, name="big", params={"lr": [0.1], "notes": ["x" * (400 << 10)]})
+    done = cvtui(lab, home, "run", str(big), "--host", "gpu-01", "--follow")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = runs_json(lab, home)
+    run_dir = lab.host_dir("gpu-01") / "root" / "runs" / run["id"]
+    assert run["state"] == "succeeded" and (run_dir / "status.json").is_file()
+    assert not (run_dir / "run.json").exists()
+    assert ("x" * (400 << 10)) in (run_dir / "config.yaml").read_text()
+    # Too long for one environment string (exec refused it): CVTUI_PARAMS_FILE names them.
+    assert len(json.loads((run_dir / "params.json").read_text())["notes"]) == 400 << 10
+
+    huge = write_config(tmp_path, name="huge", params={"lr": [0.1], "notes": ["x" * (1100 << 10)]})
+    done = cvtui(lab, home, "run", str(huge), "--host", "gpu-01", "--follow")
+    assert done.returncode != 0
+    [failed] = [r for r in runs_json(lab, home) if r["name"].startswith("huge")]
+    assert failed["state"] == "failed"
+    with Catalog.open_home(home) as catalog:
+        details = " ".join(e["detail"] or "" for e in catalog.run_events(failed["id"]))
+    assert "over the agent's line limit of 1048576 bytes" in details, details
