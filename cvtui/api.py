@@ -518,14 +518,24 @@ class Lab:
 
     # -- commands now ---------------------------------------------------------------------
     def exec(
-        self, host: str, argv: Sequence[str] | str, *, gpus: int = 0, check: bool = False
+        self,
+        host: str,
+        argv: Sequence[str] | str,
+        *,
+        gpus: int = 0,
+        check: bool = False,
+        input: bytes | str | None = None,
     ) -> ExecResult:
         """Run argv on host now and wait: its exit code, stdout and stderr (a string is a
         shell command line). GPUs (gpus=N) are picked by the scheduler's rules and leased on
-        the host for the command. check: ExecFailed unless it exits 0."""
+        the host for the command. check: ExecFailed unless it exits 0. input: the command's
+        stdin (str as UTF-8), as subprocess.run takes it; None: it reads end of file."""
         words = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
         out, err = io.BytesIO(), io.BytesIO()
-        code = self.exec_streamed(host, words, gpus=gpus, stdout=out, stderr=err)
+        feed = None
+        if input is not None:
+            feed = io.BytesIO(input.encode() if isinstance(input, str) else input)
+        code = self.exec_streamed(host, words, gpus=gpus, stdout=out, stderr=err, stdin=feed)
         result = ExecResult(
             host=host,
             argv=tuple(words),
@@ -545,10 +555,11 @@ class Lab:
         gpus: int = 0,
         stdout: BinaryIO | None = None,
         stderr: BinaryIO | None = None,
+        stdin: BinaryIO | None = None,
     ) -> int:
         """Run argv on host now, output streamed to stdout/stderr as it comes; its exit code.
         Through the engine's open connection when one runs, else over a connection of its
-        own."""
+        own. stdin: what the command reads (None: end of file at once)."""
         import sys
 
         entry = self.inventory.host(host)
@@ -560,7 +571,7 @@ class Lab:
         client = self.engine()
         if client is not None:
             try:
-                code = client.exec(host, list(argv), chosen, out, err)
+                code = client.exec(host, list(argv), chosen, out, err, stdin)
             except ConnectionError as exc:
                 raise CvtuiError(f"exec on {host}: {exc}") from exc
             if code is not None:
@@ -570,7 +581,9 @@ class Lab:
         from cvtui.engine.remote_exec import exec_on_host
 
         return asyncio.run(
-            exec_on_host(entry, self.inventory.policy, argv, chosen, stdout=out, stderr=err)
+            exec_on_host(
+                entry, self.inventory.policy, argv, chosen, stdout=out, stderr=err, stdin=stdin
+            )
         )
 
     def pick_gpus(self, host: str, count: int) -> tuple[int, ...]:

@@ -103,6 +103,9 @@ def test_exec_returns_output_and_exit_code(notebook: Any) -> None:
         done.check()
     leased = lab.exec("gpu-02", 'echo "$CUDA_VISIBLE_DEVICES"', gpus=1, check=True)
     assert leased.ok and leased.stdout.strip().isdigit()
+    # input= as subprocess.run takes it; without it the command reads end of file.
+    assert lab.exec("gpu-01", "tr a-z A-Z", input="lr 0.1\n").stdout == "LR 0.1\n"
+    assert lab.exec("gpu-01", "wc -c").stdout.strip() == "0"
 
 
 def test_cancel_and_errors_say_what_the_cli_says(

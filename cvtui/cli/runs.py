@@ -273,10 +273,12 @@ def exec_command(settings: Settings, host: str, gpus: int, command: tuple[str, .
     """Run COMMAND on HOST now, output streamed; exits with its exit code.
 
     Through the running engine's open connection when there is one. GPUs (--gpus N) are
-    picked by the scheduler's rules and leased on the host for the command.
+    picked by the scheduler's rules and leased on the host for the command. Piped or
+    redirected stdin is the command's stdin; a terminal is not read (it gets end of file).
     Example: cvtui exec --host gpu-01 --gpus 1 -- nvidia-smi
     """
-    sys.exit(settings.lab().exec_streamed(host, list(command), gpus=gpus))
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+    sys.exit(settings.lab().exec_streamed(host, list(command), gpus=gpus, stdin=stdin))
 
 
 def register(main: click.Group) -> None:

@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +23,7 @@ from cvtui.errors import CvtuiError
 SOCKET_NAME = "engine.sock"  # cvtui/engine/control.py serves it, 0600, in the home
 LOG_NAME = "engine.log"  # a detached engine's log, in the home
 STDOUT, STDERR, EXIT, REFUSED = 1, 2, 3, 4  # exec frames: a type byte, a 4-byte length, data
+STDIN = 5  # from the client, after the request: bytes for the command; empty: end of file
 HEADER = struct.Struct("!BI")
 CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 20.0  # a detached engine starts and opens its socket within this
@@ -74,16 +76,19 @@ class EngineClient:
         gpus: list[int],
         stdout: BinaryIO,
         stderr: BinaryIO,
+        stdin: BinaryIO | None = None,
     ) -> int | None:
         """Run argv on host over the engine's connection; its exit code, None when the engine
-        could not (the host is not connected: nothing ran)."""
+        could not (the host is not connected: nothing ran). stdin: fed to the command."""
+        request = {"op": "exec", "host": host, "argv": argv, "gpus": gpus, "stdin": bool(stdin)}
         with self._connect(CONNECT_TIMEOUT_S) as sock, sock.makefile("rb") as frames:
-            sock.sendall(
-                json.dumps({"op": "exec", "host": host, "argv": argv, "gpus": gpus}).encode()
-                + b"\n"
-            )
+            sock.sendall(json.dumps(request).encode() + b"\n")
             _read_line(frames)
             sock.settimeout(None)
+            if stdin is not None:
+                threading.Thread(
+                    target=_send_stdin, args=(stdin, sock), name="exec-stdin", daemon=True
+                ).start()
             while True:
                 kind, size = HEADER.unpack(_read_exactly(frames, HEADER.size))
                 payload = _read_exactly(frames, size)
@@ -97,6 +102,18 @@ class EngineClient:
                     return int(payload)
                 else:
                     return None
+
+
+def _send_stdin(source: BinaryIO, sock: socket.socket) -> None:
+    """STDIN frames of what source gives, then an empty one (in a daemon thread: a command
+    that ends first leaves this read behind, and the process does not wait for it)."""
+    read = getattr(source, "read1", source.read)
+    try:
+        while chunk := read(1 << 16):
+            sock.sendall(frame(STDIN, chunk))
+        sock.sendall(frame(STDIN, b""))
+    except (OSError, ValueError):
+        pass  # the exec is over (socket closed) or stdin went away
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:

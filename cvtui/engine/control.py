@@ -29,7 +29,7 @@ log = logging.getLogger("cvtui.engine.control")
 MAX_REQUEST_BYTES = 1 << 20
 DECIDE_TIMEOUT_S = 15.0  # a submit waits at most this long for the engine's decision
 COMMANDS_TIMEOUT_S = 60.0
-STREAM_OPS = ("forward",)  # ops whose handler gets the client's reader too
+STREAM_OPS = ("forward", "exec")  # ops whose handler gets the client's reader too
 
 
 def socket_path(home: Path) -> Path:
@@ -146,8 +146,14 @@ class ControlServer:
         fresh = await self.engine.runs.refresh(run_ids, timeout_s)
         await _reply(writer, {"ok": True, "fresh": fresh})
 
-    async def op_exec(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        """Run a command on a host over the engine's open connection, output as frames."""
+    async def op_exec(
+        self,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Run a command on a host over the engine's open connection, output as frames (and
+        its stdin from the client's frames when the request says so)."""
         from cvtui.engine.remote_exec import relay_exec
 
         host = str(request.get("host"))
@@ -158,6 +164,7 @@ class ControlServer:
             session.host if session else None,
             host,
             request,
+            reader,
             writer,
         )
 

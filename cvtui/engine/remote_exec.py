@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -29,6 +32,39 @@ async def _pump(reader: asyncssh.SSHReader[bytes], out: BinaryIO) -> None:
         out.flush()
 
 
+async def _feed(source: BinaryIO, sink: asyncssh.SSHWriter[bytes]) -> None:
+    """Copy a local stream (a pipe, a file) into the remote command's stdin, then close it.
+
+    Read in a daemon thread of its own: a command that exits without reading everything
+    (`head -1`) must not leave the process waiting on a read that may never return.
+    """
+    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    loop = asyncio.get_running_loop()
+    read = getattr(source, "read1", source.read)
+
+    def reader() -> None:
+        while True:
+            try:
+                chunk = read(1 << 16)
+            except (OSError, ValueError):
+                chunk = b""
+            try:
+                asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):
+                return  # the loop is gone: nobody wants the rest
+            if not chunk:
+                return
+
+    threading.Thread(target=reader, name="exec-stdin", daemon=True).start()
+    try:
+        while chunk := await chunks.get():
+            sink.write(chunk)
+            await sink.drain()
+        sink.write_eof()
+    except (BrokenPipeError, ConnectionError, asyncssh.Error):
+        pass  # the command ended without reading it all: not an error
+
+
 async def exec_on_host(
     host: Host,
     policy: Policy,
@@ -37,8 +73,10 @@ async def exec_on_host(
     *,
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
+    stdin: BinaryIO | None = None,
 ) -> int:
-    """Run argv on host; 128+N when it died of signal N."""
+    """Run argv on host; 128+N when it died of signal N. stdin: fed to the command (None:
+    it reads end of file at once)."""
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     async with await open_connection(host, policy) as conn:
@@ -46,10 +84,16 @@ async def exec_on_host(
         if gpus and kind_of(host).places_runs:  # cvtui's GPU leases: the agent holds them
             agent, _ = await ensure_agent(conn, host, build_agent())
         process = await conn.create_process(
-            exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL
+            exec_command(host, agent, argv, gpus),
+            encoding=None,
+            stdin=asyncssh.PIPE if stdin is not None else asyncssh.DEVNULL,
         )
+        feeding = asyncio.create_task(_feed(stdin, process.stdin)) if stdin is not None else None
         await asyncio.gather(_pump(process.stdout, out), _pump(process.stderr, err))
         await process.wait_closed()
+        if feeding is not None:  # the command ended: what it did not read is not sent
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
     if process.exit_status is not None:
         return process.exit_status
     signal = process.exit_signal
@@ -70,11 +114,13 @@ async def relay_exec(
     host: Host | None,
     name: str,
     request: dict[str, Any],
+    reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
     """Run a CLI's exec request on this engine's open connection to the host, writing its
-    output and exit code to writer as frames (see cvtui/engine/client.py)."""
-    from cvtui.engine.client import EXIT, REFUSED, STDERR, STDOUT, frame
+    output and exit code to writer as frames (see cvtui/engine/client.py); with "stdin" in
+    the request, the client's STDIN frames (an empty one: end of file) feed the command."""
+    from cvtui.engine.client import EXIT, HEADER, REFUSED, STDERR, STDIN, STDOUT, frame
 
     if conn is None or host is None:
         writer.write(frame(REFUSED, f"{name} is not connected".encode()))
@@ -85,17 +131,38 @@ async def relay_exec(
     agent = None
     if gpus and kind_of(host).places_runs:
         agent, _ = await ensure_agent(conn, host, build_agent())
+    fed = bool(request.get("stdin"))
     process = await conn.create_process(
-        exec_command(host, agent, argv, gpus), encoding=None, stdin=asyncssh.DEVNULL
+        exec_command(host, agent, argv, gpus),
+        encoding=None,
+        stdin=asyncssh.PIPE if fed else asyncssh.DEVNULL,
     )
 
-    async def relay(reader: asyncssh.SSHReader[bytes], kind: int) -> None:
-        while chunk := await reader.read(1 << 16):
+    async def relay(output: asyncssh.SSHReader[bytes], kind: int) -> None:
+        while chunk := await output.read(1 << 16):
             writer.write(frame(kind, chunk))
             await writer.drain()
 
+    async def feed() -> None:
+        try:
+            while True:
+                kind, size = HEADER.unpack(await reader.readexactly(HEADER.size))
+                payload = await reader.readexactly(size)
+                if kind != STDIN or not payload:
+                    break
+                process.stdin.write(payload)
+                await process.stdin.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client is gone: the command reads end of file
+        with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
+            process.stdin.write_eof()
+
+    feeding = asyncio.create_task(feed()) if fed else None
     await asyncio.gather(relay(process.stdout, STDOUT), relay(process.stderr, STDERR))
     await process.wait_closed()
+    if feeding is not None:
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
     status = process.exit_status
     if status is None:
         signal = process.exit_signal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -253,6 +254,23 @@ def test_exec_streams_output_and_returns_the_exit_code(lab: Lab, home: Path) -> 
     )
     assert gpu.returncode == 0, gpu.stderr
     assert len(gpu.stdout.strip().split(",")) == 2
+    # Piped stdin is the command's (here over a connection of the CLI's own).
+    data = os.urandom(3 << 20)
+    fed = exec_with_input(lab, home, data, "sh", "-c", "sha256sum | cut -c1-64")
+    assert fed.returncode == 0, fed.stderr
+    assert fed.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
+    # A command that stops reading early ends the exec; nothing waits for the rest.
+    early = exec_with_input(lab, home, data, "head", "-c", "5")
+    assert (early.returncode, early.stdout) == (0, data[:5])
+
+
+def exec_with_input(
+    lab: Lab, home: Path, data: bytes, *command: str
+) -> subprocess.CompletedProcess[bytes]:
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory"]
+    argv += [str(lab.inventory_path), "exec", "--host", "gpu-01", "--", *command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    return subprocess.run(argv, input=data, capture_output=True, timeout=60, env=env)
 
 
 async def test_sshd_down_mid_run_then_back_reconciles_without_a_second_start(
@@ -325,6 +343,15 @@ async def test_exec_goes_through_a_warm_engine(lab: Lab, home: Path) -> None:
                 out, err = await asyncio.wait_for(process.communicate(), 60)
                 assert process.returncode == 5
                 assert (out, err) == (b"a\0b", b"err\n")
+                # stdin rides the control socket as frames, then the engine's channel.
+                data = os.urandom(3 << 20)
+                fed = await asyncio.to_thread(
+                    exec_with_input, lab, home, data, "sh", "-c", "sha256sum | cut -c1-64"
+                )
+                assert fed.returncode == 0, fed.stderr
+                assert fed.stdout.decode().strip() == hashlib.sha256(data).hexdigest()
+                early = await asyncio.to_thread(exec_with_input, lab, home, data, "head", "-c", "5")
+                assert (early.returncode, early.stdout) == (0, data[:5])
                 # Through the engine's control socket, which only its user can open.
                 socket_file = home / "engine.sock"
                 assert stat.S_IMODE(socket_file.stat().st_mode) == 0o600
