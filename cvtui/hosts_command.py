@@ -1,17 +1,21 @@
-"""`cvtui hosts`: read a running engine's view, or run a short-lived engine for one round."""
+"""`cvtui hosts`: read a running engine's view, or run a short-lived engine for one round.
+
+With an engine running, `hosts` only reads the catalog: this module imports the engine (and
+asyncssh, ~0.2 s) only for the round it runs itself.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import Catalog
-from cvtui.engine.engine import Engine
-from cvtui.inventory import Inventory
-from cvtui.local_engine import drive
+
+if TYPE_CHECKING:
+    from cvtui.engine.engine import Engine
+    from cvtui.inventory import Inventory
 
 
 def collect_hosts_report(
@@ -22,6 +26,10 @@ def collect_hosts_report(
     Without a running engine, one runs here until every host sent its first telemetry or
     failed (at most timeout_s); hosts still connecting then are reported as timed out.
     """
+    import asyncio
+
+    from cvtui.local_engine import drive
+
     hosted = False
 
     def answered(engine: Engine | None) -> bool:

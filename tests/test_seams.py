@@ -38,6 +38,18 @@ def test_cli_help_imports_no_heavy_modules() -> None:
     assert not heavy & loaded
 
 
+@pytest.mark.parametrize(
+    "module",
+    ["cvtui.api", "cvtui.hosts_command", "cvtui.stats", "cvtui.cli.hosts", "cvtui.cli.queue"],
+)
+def test_daemon_speed_paths_import_no_ssh_and_no_tui(module: str) -> None:
+    """What `hosts`, `ps`, `stats`... import beside a running engine: asyncssh alone costs
+    ~0.2 s of a 0.2 s budget (a top-level import in hosts_command once took `hosts` from
+    111 ms to 292 ms). The engine is imported where a command runs one itself."""
+    loaded = modules_after_import(module)
+    assert not {"asyncssh", "textual", "numpy"} & loaded
+
+
 def test_remote_agent_needs_only_python_3_8() -> None:
     done = subprocess.run(
         [
