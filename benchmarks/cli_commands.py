@@ -23,6 +23,7 @@ from benchmarks import Options
 from benchmarks.cli_startup import bytecode_env
 from benchmarks.sandbox import ssh_command, temporary_lab
 from benchmarks.table import Row, Target
+from cvtui.engine.client import EngineClient
 from cvtui.lab import Lab, LabHostSpec
 
 HOSTS = ("cli-01", "cli-02")
@@ -74,6 +75,13 @@ def run(options: Options) -> list[Row]:
             stderr=open(work / "daemon.log", "w"), env=env,  # noqa: SIM115 (closed with the dir)
         )  # fmt: skip
         try:
+            # Measured only once this daemon answers: a command run before that would start
+            # a detached engine of its own, which outlived the benchmark (and its lab).
+            wait_until(
+                lambda: daemon.poll() is None and EngineClient.find(home) is not None,
+                30,
+                "the daemon answering on its socket",
+            )
             return measure(lab, home, cvtui, config, env, runs)
         finally:
             daemon.terminate()
