@@ -22,7 +22,7 @@ from typing import Any
 import xxhash
 
 from cvtui.errors import CvtuiError
-from remote_agent.blocktree import leaf_digests, new_hasher
+from remote_agent.blocktree import hash_workers, leaf_digests, new_hasher
 from remote_agent.protocol import OWN_FILES_PREFIX, RUN_LOG
 
 # The engine's copy of a run's catalog row, events and file rows, beside its mirrored files:
@@ -193,7 +193,7 @@ def file_leaves(path: Path, size: int, block_size: int, algo: str, first_leaf: i
     start = first_leaf * block_size
     with open(path, "rb", buffering=0) as fh:
         fh.seek(start)
-        return leaf_digests(fh, max(0, size - start), block_size, algo)
+        return leaf_digests(fh, max(0, size - start), block_size, algo, workers=hash_workers())
 
 
 def range_digests(path: Path, ranges: list[tuple[int, int]], algo: str) -> list[str | None]:

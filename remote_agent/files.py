@@ -20,6 +20,7 @@ from remote_agent.blocktree import (
     READ_BYTES,
     block_size_for,
     group_digests,
+    hash_workers,
     leaf_digests,
     measure_speeds,
     new_hasher,
@@ -116,7 +117,9 @@ class _HashJob:
     def _run(self, fd: int) -> None:
         try:
             with os.fdopen(fd, "rb", buffering=0) as fh:
-                leaves = leaf_digests(fh, self.size, self.block_size, self.algo, self._progress)
+                leaves = leaf_digests(
+                    fh, self.size, self.block_size, self.algo, self._progress, hash_workers()
+                )
                 after = os.fstat(fh.fileno())
             try:
                 now = os.stat(self.real)

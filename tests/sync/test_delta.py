@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import random
 
 import pytest
@@ -12,12 +13,15 @@ from hypothesis import strategies as st
 from cvtui.engine import delta
 from remote_agent.blocktree import (
     ALGO_BLAKE2B,
+    ALGO_SHA256,
     ALGO_XXH3,
     DIGEST_BYTES,
     GROUP_BLOCKS,
     MAX_BLOCK_BYTES,
     MIN_BLOCK_BYTES,
+    READ_BYTES,
     block_size_for,
+    hash_function,
     leaf_count,
     leaf_digests,
 )
@@ -167,3 +171,22 @@ def test_merge_leaves_pads_unknown_and_cuts_extra() -> None:
     one, two = b"a" * DIGEST_BYTES, b"b" * DIGEST_BYTES
     assert delta.merge_leaves(one + one + one, {1: two}, 2) == one + two
     assert delta.merge_leaves(b"", {2: two}, 3) == bytes(2 * DIGEST_BYTES) + two
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 4])
+def test_leaves_hashed_in_threads_are_each_blocks_digest_in_order(workers: int) -> None:
+    chunk = READ_BYTES
+    data = os.urandom(3 * chunk + 5 * BLOCK + 123)
+    digest = hash_function(ALGO_SHA256)
+    for size in (0, 1, BLOCK - 1, chunk, chunk + 1, 2 * chunk + BLOCK, len(data)):
+        expected = b"".join(digest(data[i : min(i + BLOCK, size)]) for i in range(0, size, BLOCK))
+        seen: list[int] = []
+        got = leaf_digests(
+            io.BytesIO(data), size, BLOCK, ALGO_SHA256, progress=seen.append, workers=workers
+        )
+        assert got == expected, (size, workers)
+        assert seen == sorted(seen) and (seen[-1] if seen else 0) == size
+    # The file shrank after its stat (reads end at `stop`): the leaves of what was there.
+    stop = chunk + 3 * BLOCK + 7
+    short = leaf_digests(io.BytesIO(data[:stop]), len(data), BLOCK, ALGO_SHA256, workers=workers)
+    assert short == b"".join(digest(data[i : min(i + BLOCK, stop)]) for i in range(0, stop, BLOCK))
