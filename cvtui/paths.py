@@ -38,3 +38,42 @@ def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 def snapshot_archive(home: Path, code_hash: str) -> Path:
     """Where `cvtui run` leaves a code snapshot's tar for whichever engine dispatches it."""
     return home / "code" / f"{code_hash}.tar"
+
+
+CONTROLLER_ID_FILE = "controller.id"
+
+
+def controller_id(home: Path) -> str:
+    """This home's own id (16 hex digits, made once, 0600), written into each run's record on
+    its host: `cvtui reindex` restores only its own runs from a host root that another
+    controller shares (a lab's common account). A file beside the catalog, so it outlives a
+    lost catalog.db."""
+    import secrets
+
+    path = home / CONTROLLER_ID_FILE
+    found = _read_id(path)
+    if found:
+        return found
+    made = secrets.token_hex(8)
+    part = home / f".{CONTROLLER_ID_FILE}.{os.getpid()}"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(made + "\n")
+    try:
+        os.link(part, path)  # the first maker wins ...
+    except FileExistsError:
+        found = _read_id(path)
+        if found:
+            return found  # ... and a second one reads its id back
+        part.replace(path)  # a damaged file: replaced
+    finally:
+        part.unlink(missing_ok=True)
+    return made
+
+
+def _read_id(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 16 and all(c in "0123456789abcdef" for c in text) else None

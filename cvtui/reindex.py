@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtui.catalog import Catalog
+from cvtui.catalog.rebuild import CONTROLLER_KEY
 from cvtui.catalog.runs import RUN_ID_LENGTH
 from cvtui.catalog.store import CATALOG_FILE
 from cvtui.engine.ingest import ingest_file
@@ -26,6 +27,7 @@ from cvtui.engine.lock import EngineLock, lock_holder
 from cvtui.errors import CvtuiError, EngineLockedError
 from cvtui.metrics_parse import metrics_kind
 from cvtui.mirror import Mirror, UnsafePathError, read_run_record
+from cvtui.paths import controller_id
 from cvtui.run_restore import RunSources, file_rows, restored_run
 from cvtui.states import FINAL_STATES
 
@@ -43,6 +45,8 @@ class ReindexReport:
 
     runs_by_host: dict[str, int] = field(default_factory=dict)  # "(mirror)" for mirror alone
     unreachable: dict[str, str] = field(default_factory=dict)  # host -> why
+    # host -> run dirs left alone there: recorded by another controller sharing its root
+    others: dict[str, int] = field(default_factory=dict)
     files: int = 0
     metric_values: int = 0
     problems: list[str] = field(default_factory=list)  # a run restored in part, and why
@@ -62,6 +66,7 @@ class ReindexReport:
             "runs": self.runs,
             "runs_by_host": self.runs_by_host,
             "unreachable": self.unreachable,
+            "other_controllers_runs": self.others,
             "files": self.files,
             "metric_values": self.metric_values,
             "problems": self.problems,
@@ -102,10 +107,16 @@ def _reindex(home: Path, inventory: Inventory | None, now: float) -> ReindexRepo
     if inventory is not None and inventory.hosts:
         records = asyncio.run(read_host_records(inventory.hosts, inventory.policy))
     found: dict[str, RunSources] = {}
+    ours = controller_id(home)
     for host_records in records:
         if host_records.error is not None:
             report.unreachable[host_records.host] = host_records.error
         for entry in host_records.runs:
+            record = entry.get("record")
+            owner = record.get(CONTROLLER_KEY) if isinstance(record, dict) else None
+            if owner and owner != ours:  # unstamped (older) run dirs are taken as ours
+                report.others[host_records.host] = report.others.get(host_records.host, 0) + 1
+                continue
             run_id = str(entry.get("run_id"))
             found.setdefault(run_id, RunSources(run_id))
             if found[run_id].host is not None:

@@ -69,6 +69,11 @@ _RESTORED_FILE_COLUMNS = tuple(c for c in FILE_COLUMNS if c not in ("parse_offse
 CONFIG_TEXT_IN_FILE = "config_text_in_config_yaml"
 
 
+# The starting engine's home id (cvtui/paths.controller_id), set on the run it starts: which
+# controller a run dir on a shared host root belongs to.
+CONTROLLER_KEY = "controller"
+
+
 def run_record(run: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a catalog run row its host keeps for a reindex (decoded JSON columns).
 
@@ -76,6 +81,8 @@ def run_record(run: Mapping[str, Any]) -> dict[str, Any]:
     the start request grows by the spec's data alone.
     """
     record = {name: run.get(name) for name in RECORD_COLUMNS}
+    if run.get(CONTROLLER_KEY):
+        record[CONTROLLER_KEY] = run[CONTROLLER_KEY]
     spec = record.get("spec")
     if isinstance(spec, dict) and spec.get("config_text"):
         record["spec"] = {k: v for k, v in spec.items() if k != "config_text"}

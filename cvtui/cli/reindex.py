@@ -67,6 +67,8 @@ def summary(report: ReindexReport) -> str:
         lines.append(f"  {host}: {count} runs")
     for host, why in sorted(report.unreachable.items()):
         lines.append(f"  {host}: not reached ({why}); its mirrored runs restored from the mirror")
+    for host, count in sorted(report.others.items()):
+        lines.append(f"  {host}: {count} run dirs of another controller sharing its root, left out")
     if report.kept:
         kept = ", ".join(f"{table} {count}" for table, count in sorted(report.kept.items()))
         lines.append(f"kept from the old catalog: {kept}")

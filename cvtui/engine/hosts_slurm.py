@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
+from cvtui.catalog.rebuild import CONTROLLER_KEY
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.inputs import InputsRefused
 from cvtui.engine.provenance import capture_run_python, record_dispatch
@@ -156,7 +157,10 @@ class SlurmKind:
                 await controller.ensure_code(session, run["code_hash"])
             # Inputs are staged on the login node's root, which the compute nodes share.
             inputs, staged = await controller.stage_run_inputs(session, run, spec)
-            request = self.start_request(run, spec, session.host, session.hello, (), inputs, staged)
+            stamped = {**run, CONTROLLER_KEY: controller.controller_id}
+            request = self.start_request(
+                stamped, spec, session.host, session.hello, (), inputs, staged
+            )
             reply = await client.call(
                 protocol.OP_START, timeout_s=SUBMIT_TIMEOUT_S, **request.to_wire()
             )

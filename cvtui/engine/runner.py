@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from cvtui.catalog import new_run_id
+from cvtui.catalog.rebuild import CONTROLLER_KEY
 from cvtui.engine import scheduler
 from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.deploy import remote_path
@@ -23,7 +24,7 @@ from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.resume import SYNC_WAIT_S
 from cvtui.engine.syncer import Syncer
 from cvtui.engine.tasks import TaskSet
-from cvtui.paths import snapshot_archive
+from cvtui.paths import controller_id, snapshot_archive
 from cvtui.repro.blobstore import BlobError, BlobStore
 from cvtui.runspec import RunSpec
 from cvtui.states import ACTIVE_STATES, preempted
@@ -55,6 +56,7 @@ class RunController:
         self.engine = engine
         self.catalog = engine.catalog
         self.home = engine.catalog.path.parent
+        self.controller_id = controller_id(self.home)  # stamped on each run's record
         self.wake = asyncio.Event()
         self.waiting_reasons: dict[str, str] = {}
         self.sync = Syncer(engine)
@@ -422,7 +424,13 @@ class RunController:
             inputs, staged = await self.stage_run_inputs(session, run, spec)
             kind = self.kinds[session.host.kind]
             request = kind.start_request(
-                run, spec, session.host, session.hello, placement.gpus, inputs, staged
+                {**run, CONTROLLER_KEY: self.controller_id},
+                spec,
+                session.host,
+                session.hello,
+                placement.gpus,
+                inputs,
+                staged,
             )
             command = request.command
             reply = await client.call(

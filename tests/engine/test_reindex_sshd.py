@@ -292,3 +292,28 @@ def test_a_run_dir_from_before_run_json_is_read_from_its_config(
         )
         assert run["run"]["name"].startswith(again["name"])  # a grid point's name is its config's
         assert after[run_id]["metrics"] == run["metrics"]
+
+
+def test_runs_of_another_controller_sharing_the_host_roots_are_left_out(
+    lab: Lab, home: Path, tmp_path: Path
+) -> None:
+    """Two homes run on the same host accounts (a lab's common login); each reindex restores
+    its own runs only, by the controller id its engine stamped on each run's record."""
+    other = tmp_path / "other-home"
+    for project in ("theirs", "ours"):
+        (tmp_path / project).mkdir()
+    theirs = run_lab(lab, other, tmp_path / "theirs")
+    ours = run_lab(lab, home, tmp_path / "ours")
+    before = snapshot(home)
+    assert (home / "controller.id").read_text() != (other / "controller.id").read_text()
+    assert stat.S_IMODE((home / "controller.id").stat().st_mode) == 0o600
+    delete_catalog(home)
+    done = cvtui(lab, home, "reindex", "--yes", "--json")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["other_controllers_runs"] == {"gpu-01": 1, "gpu-02": 3}
+    assert sorted(snapshot(home)) == sorted(ours) and snapshot(home) == before
+    with Catalog.open_home(other) as catalog:  # the other home is untouched
+        assert sorted(r["id"] for r in catalog.list_runs()) == sorted(theirs)
+    text = cvtui(lab, home, "reindex", "--yes")
+    assert "gpu-02: 3 run dirs of another controller sharing its root, left out" in text.output
