@@ -205,7 +205,7 @@ def sort_block(block: Block) -> Block:
 
     if not (block.times[1:] < block.times[:-1]).any():
         return block
-    return _take(block, np.argsort(block.times, kind="stable"))
+    return take_points(block, np.argsort(block.times, kind="stable"))
 
 
 def empty_block(step: float) -> Block:
@@ -275,7 +275,7 @@ def rebucket(block: Block, step: float) -> Block:
     buckets = np.floor(block.times / step).astype(np.int64)
     if (buckets[1:] < buckets[:-1]).any():  # pieces side by side: put buckets in order
         order = np.argsort(buckets, kind="stable")
-        block = _take(block, order)
+        block = take_points(block, order)
         buckets = buckets[order]
     alone = buckets[1:] != buckets[:-1]
     if alone.all():  # one point per bucket (a tier read at its own step): nothing to merge
@@ -283,9 +283,11 @@ def rebucket(block: Block, step: float) -> Block:
     first = int(np.argmin(alone))  # buckets before the first shared one pass through as they are
     if first > 0:
         head = replace(
-            _slice(block, 0, first), step=step, times=buckets[:first].astype(np.float64) * step
+            take_points(block, slice(0, first)),
+            step=step,
+            times=buckets[:first].astype(np.float64) * step,
         )
-        return concat_blocks([head, rebucket(_slice(block, first, len(buckets)), step)], step)
+        return concat_blocks([head, rebucket(take_points(block, slice(first, None)), step)], step)
     starts = np.flatnonzero(np.r_[True, alone])
     n = block.n
     if block.step == 0:  # samples: n is 1 exactly where the value is known
@@ -330,30 +332,17 @@ def only_series(block: Block, index: int | None) -> Block:
     )
 
 
-def _slice(block: Block, begin: int, end: int) -> Block:
-    span = slice(begin, end)
+def take_points(block: Block, index: Any) -> Block:
+    """The block's points picked by index (an index array or a slice), every series kept."""
     return Block(
         block.step,
         block.series,
-        block.times[span],
-        block.n[:, :, span],
-        block.secs[:, span],
-        block.lo[:, :, span],
-        block.mean[:, :, span],
-        block.hi[:, :, span],
-    )
-
-
-def _take(block: Block, order: Ints) -> Block:
-    return Block(
-        block.step,
-        block.series,
-        block.times[order],
-        block.n[:, :, order],
-        block.secs[:, order],
-        block.lo[:, :, order],
-        block.mean[:, :, order],
-        block.hi[:, :, order],
+        block.times[index],
+        block.n[:, :, index],
+        block.secs[:, index],
+        block.lo[:, :, index],
+        block.mean[:, :, index],
+        block.hi[:, :, index],
     )
 
 

@@ -22,6 +22,7 @@ from cvtui.catalog.history_codec import (
     encode_raw_many,
     encode_tier,
     rebucket,
+    take_points,
 )
 from cvtui.catalog.schema import MIGRATIONS, migrate
 from cvtui.history_policy import DEFAULT_HISTORY, HistoryTier, check_tiers
@@ -218,7 +219,7 @@ def test_buckets_are_the_same_from_samples_or_from_finer_pieces(
     cut = min(split, len(samples))
     parts = []
     for chunk in (slice(0, cut), slice(cut, None)):
-        part = slice_block(raw, chunk)
+        part = take_points(raw, chunk)
         if len(part.times):
             parts.append(decode_tier(encode_tier(rebucket(part, 10))))
     merged = rebucket(concat_blocks(parts, 10), 60)
@@ -272,21 +273,6 @@ def test_one_gpu_read_alone_is_the_same_as_read_with_its_host(catalog: Catalog) 
             alone = catalog.telemetry_history("a", index, since, now, points=points)
             assert alone == every[index] and alone
     assert catalog.telemetry_history("a", 7, T0, now) == []  # no such GPU
-
-
-def slice_block(block, part):  # type: ignore[no-untyped-def]
-    from cvtui.catalog.history_codec import Block
-
-    return Block(
-        block.step,
-        block.series,
-        block.times[part],
-        block.n[:, :, part],
-        block.secs[:, part],
-        block.lo[:, :, part],
-        block.mean[:, :, part],
-        block.hi[:, :, part],
-    )
 
 
 def test_version_1_tier_blocks_are_still_read() -> None:
