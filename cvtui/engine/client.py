@@ -80,7 +80,13 @@ class EngineClient:
     ) -> int | None:
         """Run argv on host over the engine's connection; its exit code, None when the engine
         could not (the host is not connected: nothing ran). stdin: fed to the command."""
-        request = {"op": "exec", "host": host, "argv": argv, "gpus": gpus, "stdin": bool(stdin)}
+        request = {
+            "op": "exec",
+            "host": host,
+            "argv": argv,
+            "gpus": gpus,
+            "stdin": stdin is not None,
+        }
         with self._connect(CONNECT_TIMEOUT_S) as sock, sock.makefile("rb") as frames:
             sock.sendall(json.dumps(request).encode() + b"\n")
             _read_line(frames)

@@ -26,6 +26,9 @@ def exec_command(host: Host, agent: str | None, argv: Sequence[str], gpus: Seque
     return kind_of(host).exec_command(host, agent, argv, gpus)
 
 
+MAX_STDIN_FRAME = 1 << 20  # clients send 64 KiB pieces
+
+
 async def _pump(reader: asyncssh.SSHReader[bytes], out: BinaryIO) -> None:
     while chunk := await reader.read(1 << 16):
         out.write(chunk)
@@ -147,13 +150,15 @@ async def relay_exec(
         try:
             while True:
                 kind, size = HEADER.unpack(await reader.readexactly(HEADER.size))
+                if kind != STDIN or size > MAX_STDIN_FRAME:  # not what a client sends
+                    break
                 payload = await reader.readexactly(size)
-                if kind != STDIN or not payload:
+                if not payload:
                     break
                 process.stdin.write(payload)
                 await process.stdin.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client is gone: the command reads end of file
+        except (asyncio.IncompleteReadError, ConnectionError, asyncssh.Error):
+            pass  # the client or the command is gone: the command reads end of file
         with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
             process.stdin.write_eof()
 
