@@ -224,7 +224,7 @@ def leaf_digests(
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leaves")
     # Each chunk's buffer is reused once its digests are in: at most workers + 1 exist.
     buffers = [bytearray(chunk) for _ in range(workers + 1)]
-    pending: Any = deque()  # (future or digests, bytes hashed by then)
+    pending: Any = deque()  # (future of a chunk's digests, bytes read up to its end)
     out = bytearray()
     done = 0
     try:
