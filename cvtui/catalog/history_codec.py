@@ -391,7 +391,9 @@ def _quantize_array(values: Floats, field: int) -> Any:
     return scaled.astype(_DTYPES[field])
 
 
-def decode_tier(blob: bytes) -> Block:
+def decode_tier(blob: bytes, only: int | None = None) -> Block:
+    """A tier block; with ``only``, that series alone (empty when the block lacks it), so a
+    one-GPU read does not dequantize the host's other series."""
     import numpy as np
 
     try:
@@ -414,21 +416,27 @@ def decode_tier(blob: bytes) -> Block:
         return out
 
     series = take("<i2", count).astype(np.int64)
+    rows = slice(None)  # every series
+    if only is not None:
+        found = np.flatnonzero(series == only)
+        if not len(found):
+            return empty_block(step)
+        rows = slice(int(found[0]), int(found[0]) + 1)
     times = (take("<u4", width).astype(np.int64) + first).astype(np.float64) * step
     if version == 1:  # one count for every field
-        per_series = take("<u4", count * width).astype(np.int64).reshape(count, width)
+        per_series = take("<u4", count * width).reshape(count, width)[rows].astype(np.int64)
         n = np.repeat(per_series[None], len(FIELDS), axis=0)
     else:
-        n = take(count_type, len(FIELDS) * count * width).astype(np.int64)
-        n = n.reshape(len(FIELDS), count, width)
-    secs = take(count_type, count * width).astype(np.float64).reshape(count, width) / 10
+        n = take(count_type, len(FIELDS) * count * width).reshape(len(FIELDS), count, width)
+        n = n[:, rows].astype(np.int64)
+    secs = take(count_type, count * width).reshape(count, width)[rows].astype(np.float64) / 10
     stats: list[list[Floats]] = [[], [], []]
     for field in range(len(FIELDS)):
         for which in range(3):
-            raw = take(_DTYPES[field], count * width).reshape(count, width)
+            raw = take(_DTYPES[field], count * width).reshape(count, width)[rows]
             stats[which].append(_dequantize(raw, field))
     lo, mean, hi = (np.stack(s) if s else np.zeros((len(FIELDS), 0, 0)) for s in stats)
-    return Block(step, series, times, n, secs, lo, mean, hi)
+    return Block(step, series[rows], times, n, secs, lo, mean, hi)
 
 
 def encode_raw_many(series: Sequence[int], times: Floats, values: Floats) -> list[bytes]:

@@ -144,7 +144,7 @@ class HistoryReadsMixin:
         if step == 0:
             block = only_series(decode_raw(blobs), series)
         else:
-            decoded = [only_series(decode_tier(b), series) for b in blobs]
+            decoded = [decode_tier(b, series) for b in blobs]
             block = sort_block(concat_blocks(decoded, step))
         return _clip(block, since, until)
 
