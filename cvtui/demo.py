@@ -128,8 +128,15 @@ def _inside(pid: int, base: Path) -> bool:
     return cwd.is_relative_to(base.resolve())
 
 
+_SIGNALLED: list[int] = []  # the signal that ended the demo, if one did
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     # SIGHUP (terminal closed) and SIGTERM must still run the cleanup in run_demo's finally.
+    if _SIGNALLED:
+        return  # the cleanup is under way: a second signal (uv forwards the hangup the child
+        # also got from the kernel) must not cut it short
+    _SIGNALLED.append(signum)
     raise SystemExit(128 + signum)
 
 
@@ -176,3 +183,10 @@ def run_demo(
         with contextlib.suppress(OSError):
             shutil.rmtree(base)
         sys.stdout.flush()
+        if _SIGNALLED:
+            # Cleaned up; now leave at once. The signal cut the app short, so threads it would
+            # have stopped (the inventory watcher's) can hold an ordinary exit forever: a
+            # closed terminal left demo processes behind, waiting on such a thread.
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(128 + _SIGNALLED[0])

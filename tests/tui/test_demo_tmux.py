@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +77,42 @@ def test_demo_shows_live_hosts_and_ctrl_c_leaves_nothing(tmp_path) -> None:
             time.sleep(0.2)
         assert demo_processes(str(tmp)) == []
         assert list(tmp.iterdir()) == []  # the demo's temp dir is gone
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def test_closing_the_terminal_ends_the_demo_and_leaves_nothing(tmp_path) -> None:
+    """The hangup of a closed terminal, twice, as under `uv run cvtui demo` (the kernel signals
+    the child, and uv forwards its own): the second one used to cut the cleanup short and
+    leave the process waiting on a thread of the app, forever."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    screen = tmp_path / "stderr"  # Textual draws on stderr: the screen, as bytes
+    session = f"cvtui-test-{uuid.uuid4().hex[:8]}"
+    command = f"TMPDIR={tmp} exec {sys.executable} -m cvtui.cli demo 2>{screen}"
+    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
+    try:
+        pid = int(tmux("list-panes", "-t", session, "-F", "#{pane_pid}").strip())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b"healthy" not in read_bytes(screen):
+            time.sleep(0.2)
+        time.sleep(2)  # runs starting, the inventory watched: the app in full swing
+        assert demo_processes(str(tmp)), "the demo should be running"
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(0.3)  # the second one lands while the first one's cleanup runs
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and demo_processes(str(tmp)):
+            time.sleep(0.2)
+        assert demo_processes(str(tmp)) == []
+        assert list(tmp.iterdir()) == []
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
