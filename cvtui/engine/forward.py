@@ -219,9 +219,10 @@ class PortForward:
             engine_writer.close()
 
 
-async def pipe(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
-    """Copy source to target until EOF, then half-close target (a lost peer ends it too)."""
-    with contextlib.suppress(OSError, ConnectionError):
+async def pipe(source: Any, target: Any) -> None:
+    """Copy source to target until EOF, then half-close target (a lost peer ends it too).
+    Streams of asyncio or of an asyncssh channel alike."""
+    with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
         while chunk := await source.read(CHUNK):
             target.write(chunk)
             await target.drain()
@@ -245,23 +246,7 @@ async def relay_tcp(
         await reply(writer, {"ok": False, "error": f"cannot reach port {port}: {reason}"})
         return
     await reply(writer, {"ok": True})
-
-    async def to_host() -> None:
-        with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
-            while chunk := await reader.read(CHUNK):
-                remote_writer.write(chunk)
-                await remote_writer.drain()
-            remote_writer.write_eof()
-
-    async def from_host() -> None:
-        with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
-            while chunk := await remote_reader.read(CHUNK):
-                writer.write(chunk)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
-
     try:
-        await asyncio.gather(to_host(), from_host())
+        await asyncio.gather(pipe(reader, remote_writer), pipe(remote_reader, writer))
     finally:
         remote_writer.close()
