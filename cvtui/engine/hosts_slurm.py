@@ -20,7 +20,7 @@ from cvtui.engine.agent_client import AgentClosedError
 from cvtui.engine.inputs import InputsRefused
 from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.scheduler import Placement
-from cvtui.engine.start_request import start_request
+from cvtui.engine.start_request import REFUSALS, start_request
 from cvtui.repro.blobstore import BlobError
 from cvtui.runspec import RunSpec
 from cvtui.slurm_settings import job_settings
@@ -173,13 +173,10 @@ class SlurmKind:
                 await controller.reconcile(session, [run_id])
             elif exc.code == protocol.E_SUBMIT_REFUSED:
                 controller.refuse(run, f"sbatch refused it on {host}: {message}")
-            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT, protocol.E_TOO_LONG):
+            elif exc.code in REFUSALS:
                 controller.refuse(run, f"cannot submit to {host}: {message}")
             else:
-                if exc.code == protocol.E_CODE_CHANGED:
-                    session.known_code.discard(run["code_hash"])
-                if exc.code == protocol.E_NO_SUCH_FILE:  # an input removed there: staged again
-                    session.known_inputs.clear()
+                controller.forget_stale(session, run, exc.code)
                 controller.requeue(run_id, f"submit to {host} refused: {message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -22,6 +22,7 @@ from cvtui.engine.inputs import InputsRefused, inputs_for_start, stage_inputs
 from cvtui.engine.preempt import Preemption
 from cvtui.engine.provenance import capture_run_python, record_dispatch
 from cvtui.engine.resume import SYNC_WAIT_S
+from cvtui.engine.start_request import REFUSALS
 from cvtui.engine.syncer import Syncer
 from cvtui.engine.tasks import TaskSet
 from cvtui.paths import controller_id, snapshot_archive
@@ -410,6 +411,14 @@ class RunController:
         staged = await stage_inputs(session, BlobStore.in_home(self.home), inputs)
         return inputs, staged
 
+    def forget_stale(self, session: HostSession, run: Mapping[str, Any], code: str) -> None:
+        """What a refused start says of what the engine thought the host holds: an edited
+        code snapshot is uploaded again, a removed input staged again, on the next try."""
+        if code == protocol.E_CODE_CHANGED:
+            session.known_code.discard(run["code_hash"])
+        if code == protocol.E_NO_SUCH_FILE:
+            session.known_inputs.clear()
+
     async def start_run(self, run: dict[str, Any], placement: scheduler.Placement) -> None:
         run_id = run["id"]
         session = self.engine.sessions.get(placement.host)
@@ -442,16 +451,13 @@ class RunController:
         except RemoteError as exc:
             if exc.code == protocol.E_RUN_EXISTS:
                 await self.reconcile(session, [run_id])  # an earlier start got there after all
-            elif exc.code in (protocol.E_BAD_LINK, protocol.E_BAD_INPUT, protocol.E_TOO_LONG):
+            elif exc.code in REFUSALS:
                 self.refuse(run, f"cannot start on {placement.host}: {exc.message}")
             else:
                 if exc.code == protocol.E_GPU_BUSY:  # another engine's run holds it: leases rule
                     for index in placement.gpus:
                         self.refused[(placement.host, index)] = session.latest_at
-                if exc.code == protocol.E_CODE_CHANGED:  # set aside there: the next try uploads
-                    session.known_code.discard(run["code_hash"])
-                if exc.code == protocol.E_NO_SUCH_FILE:  # an input removed there: staged again
-                    session.known_inputs.clear()
+                self.forget_stale(session, run, exc.code)
                 self.requeue(run_id, f"start on {placement.host} refused: {exc.message}")
             return
         except (TimeoutError, AgentClosedError, asyncssh.Error, OSError) as exc:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cvtui.engine")
 
+# Start refusals that no retry mends (a link target or an input missing there, a request over
+# the agent's line): the run fails with the host's reason. Any other refusal requeues it.
+REFUSALS = (protocol.E_BAD_LINK, protocol.E_BAD_INPUT, protocol.E_TOO_LONG)
+
 
 def run_paths(root: str, run_id: str) -> tuple[str, str, str]:
     """(run dir, work dir, config file) of a run under a host's root."""
