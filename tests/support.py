@@ -207,6 +207,20 @@ def serving_project(tmp_path: Path) -> tuple[Path, int]:
     return code / "serve.yaml", remote
 
 
+def serving_lab(
+    lab_factory: Any, home: Path, tmp_path: Path, monkeypatch: Any
+) -> tuple[Any, Any, Path, int]:
+    """A one-GPU lab, the serving project and the library over them, for the forwarding
+    tests (a detached engine leaves a minute after it idles): (lab, cvtui.Lab, config, port)."""
+    import cvtui
+    from cvtui.lab import LabHostSpec
+
+    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
+    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
+    config, remote = serving_project(tmp_path)
+    return lab, cvtui.Lab(lab.inventory_path, home), config, remote
+
+
 def wait_running(api: Any, run: Any, timeout_s: float = 30.0) -> None:
     """Until the library says run is running (or timeout_s passed)."""
     deadline = time.monotonic() + timeout_s

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import serving_project, wait_running
+from support import serving_lab, wait_running
 
 import cvtui
 from cvtui.errors import CvtuiError
-from cvtui.lab import LabHostSpec, free_port
+from cvtui.lab import free_port
 
 pytestmark = pytest.mark.sshd
 
@@ -39,10 +39,7 @@ def fetch(url: str, timeout_s: float = 20.0) -> str:
 def test_forward_reaches_a_server_the_run_started(
     lab_factory: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
-    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
-    config, remote = serving_project(tmp_path)
-    api = cvtui.Lab(lab.inventory_path, home)
+    lab, api, config, remote = serving_lab(lab_factory, home, tmp_path, monkeypatch)
     [ended] = api.submit(config)
     api.cancel(ended)
     api.wait([ended], timeout=60)
@@ -101,10 +98,7 @@ def test_a_forward_rides_the_engines_connection_and_has_its_own_without_one(
     import cvtui.engine.forward as forward_module
     from cvtui.engine.lock import lock_holder
 
-    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
-    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
-    config, remote = serving_project(tmp_path)
-    api = cvtui.Lab(lab.inventory_path, home)
+    lab, api, config, remote = serving_lab(lab_factory, home, tmp_path, monkeypatch)
     [run] = api.submit(config)
     wait_running(api, run)
     assert api.engine() is not None

@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import serving_project, wait_for, wait_running
+from support import serving_lab, wait_for, wait_running
 
-import cvtui
 from cvtui.catalog import Catalog
 from cvtui.inventory import load_inventory
-from cvtui.lab import LabHostSpec
 from cvtui.tui.app import DashboardApp
 from cvtui.tui.screens.forward import ForwardScreen
 from cvtui.tui.screens.run_detail import RunDetailScreen
@@ -24,10 +22,7 @@ pytestmark = pytest.mark.sshd
 async def test_p_on_a_running_run_forwards_a_port(
     lab_factory: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CVTUI_ENGINE_IDLE_EXIT", "60")
-    lab = lab_factory(LabHostSpec("gpu-01", gpus=1))
-    config, remote = serving_project(tmp_path)
-    api = cvtui.Lab(lab.inventory_path, home)
+    lab, api, config, remote = serving_lab(lab_factory, home, tmp_path, monkeypatch)
     [run] = api.submit(config)
     wait_running(api, run)
 
