@@ -52,11 +52,25 @@ class WorkerResult(Message):
     apply: Callable[[], object]
 
 
+def _alive(node: MessagePump) -> bool:
+    """Whether ``node`` can still take a result: attached, the app not shutting down, and
+    neither it nor a parent being removed (a screen being pruned loses its children first,
+    while still attached, so a query on it would find nothing)."""
+    if not node.is_attached or not node.app.is_running:
+        return False
+    current: MessagePump | None = node
+    while current is not None:
+        if getattr(current, "_pruning", False) or current._closing or current._closed:
+            return False
+        current = current._parent
+    return True
+
+
 def deliver(node: MessagePump, apply: Callable[..., object], *args: object) -> None:
     """From a worker thread: call ``apply(*args)`` on the UI thread, unless ``node`` is gone."""
 
     def guarded() -> None:
-        if node.is_attached:
+        if _alive(node):
             apply(*args)
 
     node.app.post_message(WorkerResult(guarded))

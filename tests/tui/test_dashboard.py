@@ -384,3 +384,29 @@ def test_submit_path_completion(tmp_path) -> None:
     assert complete_path(f"{tmp_path}/") == f"{tmp_path}/scripts/"  # hidden entries skipped
     assert complete_path(f"{tmp_path}/.s") == f"{tmp_path}/.secret.yaml"
     assert complete_path(f"{tmp_path}/nothing/x") is None
+
+
+async def test_a_result_arriving_while_the_app_shuts_down_is_dropped(make_app: MakeApp) -> None:
+    """A worker that finishes while the dashboard closes: its result reaches the app while the
+    run screen is being pruned (children gone, screen still attached) and must be dropped, not
+    applied to a screen with no header left (it crashed the app on exit once, in CI)."""
+    from cvtui.tui.messages import deliver
+    from cvtui.tui.screens.run_detail import RunDetailScreen
+
+    applied: list[str] = []
+
+    class LateWorker(Static):
+        def on_unmount(self) -> None:  # runs inside the screen's prune
+            screen = self.screen
+            assert isinstance(screen, RunDetailScreen)
+            deliver(screen, lambda: applied.append(str(screen.query_one("#run-header"))))
+            deliver(screen, screen._run_read, screen.run, [], None)
+
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        app.open_run(RUN_IDS["resnet"])
+        await wait_for(lambda: isinstance(app.screen, RunDetailScreen) and app.screen.run)
+        await app.screen.mount(LateWorker("late"))
+        await pilot.pause()
+    assert applied == []
