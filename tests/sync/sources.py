@@ -120,7 +120,9 @@ class InProcessSource:
         finally:
             if cat.returncode is None:
                 cat.kill()
-            await cat.wait()
+            # communicate, not wait: wait returns only once the pipe is closed, and a reader
+            # paused on a full buffer (the writer held back, a hook raising) never sees it.
+            await cat.communicate()
         return parser.finish()
 
     async def open(self, run_id: str, path: str) -> LocalFile:
