@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from cvtui.catalog import Catalog
     from cvtui.engine.client import EngineClient
     from cvtui.engine.forward import PortForward
+    from cvtui.exec_terminal import Term
     from cvtui.following import RunFollower
     from cvtui.inventory import Inventory
     from cvtui.runspec import RunSpec
@@ -556,10 +557,13 @@ class Lab:
         stdout: BinaryIO | None = None,
         stderr: BinaryIO | None = None,
         stdin: BinaryIO | None = None,
+        term: Term | None = None,
     ) -> int:
         """Run argv on host now, output streamed to stdout/stderr as it comes; its exit code.
         Through the engine's open connection when one runs, else over a connection of its
-        own. stdin: what the command reads (None: end of file at once)."""
+        own. stdin: what the command reads (None: end of file at once). term: in a pty of
+        that type and size (Term.local(): this terminal's, following its resizes); its
+        output is then one stream, on stdout."""
         import sys
 
         entry = self.inventory.host(host)
@@ -571,7 +575,7 @@ class Lab:
         client = self.engine()
         if client is not None:
             try:
-                code = client.exec(host, list(argv), chosen, out, err, stdin)
+                code = client.exec(host, list(argv), chosen, out, err, stdin, term)
             except ConnectionError as exc:
                 raise CvtuiError(f"exec on {host}: {exc}") from exc
             if code is not None:
@@ -582,7 +586,14 @@ class Lab:
 
         return asyncio.run(
             exec_on_host(
-                entry, self.inventory.policy, argv, chosen, stdout=out, stderr=err, stdin=stdin
+                entry,
+                self.inventory.policy,
+                argv,
+                chosen,
+                stdout=out,
+                stderr=err,
+                stdin=stdin,
+                term=term,
             )
         )
 

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -267,18 +267,49 @@ def cancel(
 @click.option(
     "--gpus", type=click.IntRange(min=0), default=0, help="GPUs to lease for the command."
 )
+@click.option(
+    "-t",
+    "--tty",
+    is_flag=True,
+    help="Run it in a terminal on the host (htop, a shell, a debugger): keys go to it as typed.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def exec_command(settings: Settings, host: str, gpus: int, command: tuple[str, ...]) -> None:
+def exec_command(
+    settings: Settings, host: str, gpus: int, tty: bool, command: tuple[str, ...]
+) -> None:
     """Run COMMAND on HOST now, output streamed; exits with its exit code.
 
     Through the running engine's open connection when there is one. GPUs (--gpus N) are
     picked by the scheduler's rules and leased on the host for the command. Piped or
-    redirected stdin is the command's stdin; a terminal is not read (it gets end of file).
-    Example: cvtui exec --host gpu-01 --gpus 1 -- nvidia-smi
+    redirected stdin is the command's stdin; a terminal is not read (it gets end of file)
+    unless -t gives the command a terminal of its own on the host, sized as this one and
+    following its resizes (stdout and stderr are then one stream).
+    Examples: cvtui exec --host gpu-01 --gpus 1 -- nvidia-smi;
+    cvtui exec -t --host gpu-01 -- htop
     """
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
-    sys.exit(settings.lab().exec_streamed(host, list(command), gpus=gpus, stdin=stdin))
+    lab = settings.lab()
+    if tty:
+        from cvtui.exec_terminal import Term, raw_mode
+
+        feed = _unbuffered_stdin()
+        with raw_mode(feed.fileno() if feed is not None else -1):
+            code = lab.exec_streamed(host, list(command), gpus=gpus, stdin=feed, term=Term.local())
+        sys.exit(code)
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else _unbuffered_stdin()
+    sys.exit(lab.exec_streamed(host, list(command), gpus=gpus, stdin=stdin))
+
+
+def _unbuffered_stdin() -> BinaryIO | None:
+    """stdin without sys.stdin's buffer: the thread feeding the command may still be blocked
+    reading it when the command has ended, and a buffered reader's lock held at exit aborts
+    the interpreter ("could not acquire lock ... at interpreter shutdown")."""
+    if sys.stdin is None:
+        return None
+    try:
+        return open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    except (OSError, ValueError):
+        return None
 
 
 def register(main: click.Group) -> None:

@@ -7,6 +7,7 @@ the engine's side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,14 +17,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cvtui.errors import CvtuiError
+
+if TYPE_CHECKING:
+    from cvtui.exec_terminal import Term
 
 SOCKET_NAME = "engine.sock"  # cvtui/engine/control.py serves it, 0600, in the home
 LOG_NAME = "engine.log"  # a detached engine's log, in the home
 STDOUT, STDERR, EXIT, REFUSED = 1, 2, 3, 4  # exec frames: a type byte, a 4-byte length, data
 STDIN = 5  # from the client, after the request: bytes for the command; empty: end of file
+RESIZE = 6  # from the client of an exec with a pty: b"COLS ROWS", the terminal's new size
 HEADER = struct.Struct("!BI")
 CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 20.0  # a detached engine starts and opens its socket within this
@@ -77,47 +82,77 @@ class EngineClient:
         stdout: BinaryIO,
         stderr: BinaryIO,
         stdin: BinaryIO | None = None,
+        term: Term | None = None,
     ) -> int | None:
         """Run argv on host over the engine's connection; its exit code, None when the engine
-        could not (the host is not connected: nothing ran). stdin: fed to the command."""
+        could not (the host is not connected: nothing ran). stdin: fed to the command. term:
+        run it in a pty of that type and size, following the local terminal's resizes."""
         request = {
             "op": "exec",
             "host": host,
             "argv": argv,
             "gpus": gpus,
             "stdin": stdin is not None,
+            "term": term.to_wire() if term is not None else None,
         }
         with self._connect(CONNECT_TIMEOUT_S) as sock, sock.makefile("rb") as frames:
             sock.sendall(json.dumps(request).encode() + b"\n")
             _read_line(frames)
             sock.settimeout(None)
+            sending = threading.Lock()  # frames from the stdin thread and the resize handler
             if stdin is not None:
                 threading.Thread(
-                    target=_send_stdin, args=(stdin, sock), name="exec-stdin", daemon=True
+                    target=_send_stdin,
+                    args=(stdin, sock, sending),
+                    name="exec-stdin",
+                    daemon=True,
                 ).start()
-            while True:
-                kind, size = HEADER.unpack(_read_exactly(frames, HEADER.size))
-                payload = _read_exactly(frames, size)
-                if kind == STDOUT:
-                    stdout.write(payload)
-                    stdout.flush()
-                elif kind == STDERR:
-                    stderr.write(payload)
-                    stderr.flush()
-                elif kind == EXIT:
-                    return int(payload)
-                else:
-                    return None
+            with _following_resizes(term, sock, sending):
+                return _relay_frames(frames, stdout, stderr)
 
 
-def _send_stdin(source: BinaryIO, sock: socket.socket) -> None:
+def _relay_frames(frames: BinaryIO, stdout: BinaryIO, stderr: BinaryIO) -> int | None:
+    """The exec's output frames to stdout and stderr until its EXIT frame (its code)."""
+    while True:
+        kind, size = HEADER.unpack(_read_exactly(frames, HEADER.size))
+        payload = _read_exactly(frames, size)
+        if kind == STDOUT:
+            stdout.write(payload)
+            stdout.flush()
+        elif kind == STDERR:
+            stderr.write(payload)
+            stderr.flush()
+        elif kind == EXIT:
+            return int(payload)
+        else:
+            return None
+
+
+def _following_resizes(
+    term: Term | None, sock: socket.socket, sending: threading.Lock
+) -> contextlib.AbstractContextManager[None]:
+    """While the exec runs: a RESIZE frame each time the local terminal changes size."""
+    if term is None or term.fd is None:
+        return contextlib.nullcontext()
+    from cvtui.exec_terminal import on_resize, resize_payload
+
+    def resized() -> None:
+        with sending, contextlib.suppress(OSError):
+            sock.sendall(frame(RESIZE, resize_payload(*term.size())))
+
+    return on_resize(resized)
+
+
+def _send_stdin(source: BinaryIO, sock: socket.socket, sending: threading.Lock) -> None:
     """STDIN frames of what source gives, then an empty one (in a daemon thread: a command
     that ends first leaves this read behind, and the process does not wait for it)."""
     read = getattr(source, "read1", source.read)
     try:
         while chunk := read(1 << 16):
-            sock.sendall(frame(STDIN, chunk))
-        sock.sendall(frame(STDIN, b""))
+            with sending:
+                sock.sendall(frame(STDIN, chunk))
+        with sending:
+            sock.sendall(frame(STDIN, b""))
     except (OSError, ValueError):
         pass  # the exec is over (socket closed) or stdin went away
 

@@ -65,9 +65,15 @@ class HostKind(Protocol):
         ...
 
     def exec_command(
-        self, host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int]
+        self,
+        host: Host,
+        agent: str | None,
+        argv: Sequence[str],
+        gpus: Sequence[int],
+        tty: bool = False,
     ) -> str:
-        """The remote command line of `cvtui exec` (gpus: how many and which, if the host says)."""
+        """The remote command line of `cvtui exec` (gpus: how many and which, if the host says;
+        tty: it runs in the pty asked for with it)."""
         ...
 
 
@@ -102,9 +108,15 @@ class SshKind:
         pass  # start_run recorded its provenance when the agent answered the start
 
     def exec_command(
-        self, host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int]
+        self,
+        host: Host,
+        agent: str | None,
+        argv: Sequence[str],
+        gpus: Sequence[int],
+        tty: bool = False,
     ) -> str:
-        """Plain when no GPU is wanted, else through the agent's leases."""
+        """Plain when no GPU is wanted, else through the agent's leases (in the session's pty
+        either way: the agent's exec hands the command its own stdin and stdout)."""
         if not gpus or agent is None:
             return shlex.join(argv)
         wrapper = [

@@ -91,11 +91,19 @@ class SlurmKind:
         return sample.cluster.error
 
     def exec_command(
-        self, host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int]
+        self,
+        host: Host,
+        agent: str | None,
+        argv: Sequence[str],
+        gpus: Sequence[int],
+        tty: bool = False,
     ) -> str:
-        """srun on the cluster, with as many GPUs as asked for (Slurm picks which)."""
+        """srun on the cluster, with as many GPUs as asked for (Slurm picks which); tty: the
+        job's task gets a pty of its own (srun --pty), for an interactive command."""
         settings = job_settings(host.slurm, {}, gpus=len(gpus), priority="urgent", name="exec")
         srun = ["srun", "--job-name=cvtui-exec", "--quiet", *job_options(settings)]
+        if tty:
+            srun.append("--pty")
         return "exec " + shlex.join([*srun, *argv])
 
     # -- dispatch -------------------------------------------------------------------------

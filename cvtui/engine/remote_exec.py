@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import asyncssh
@@ -16,14 +17,25 @@ from cvtui.engine.agent_build import build_agent
 from cvtui.engine.connections import open_connection
 from cvtui.engine.deploy import ensure_agent
 from cvtui.engine.host_kinds import kind_of
+from cvtui.exec_terminal import Term, parse_resize
 from cvtui.inventory import Host, Policy
 
 EXIT_LEASE_BUSY = 75  # what `agent.pyz exec` returns when a GPU it should lease is taken
 
 
-def exec_command(host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int]) -> str:
+def exec_command(
+    host: Host, agent: str | None, argv: Sequence[str], gpus: Sequence[int], tty: bool = False
+) -> str:
     """The remote command line, as the host's kind runs it (through GPU leases, or srun)."""
-    return kind_of(host).exec_command(host, agent, argv, gpus)
+    return kind_of(host).exec_command(host, agent, argv, gpus, tty=tty)
+
+
+def _pty_options(term: Term | None) -> dict[str, Any]:
+    """create_process's options for a pty of the local terminal's type and size (none: no pty)."""
+    if term is None:
+        return {}
+    # The connection refuses ptys (its sessions carry programs): this one asks for it.
+    return {"request_pty": "force", "term_type": term.type, "term_size": term.size()}
 
 
 MAX_STDIN_FRAME = 1 << 20  # clients send 64 KiB pieces
@@ -77,9 +89,11 @@ async def exec_on_host(
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
     stdin: BinaryIO | None = None,
+    term: Term | None = None,
 ) -> int:
     """Run argv on host; 128+N when it died of signal N. stdin: fed to the command (None:
-    it reads end of file at once)."""
+    it reads end of file at once). term: in a pty of that type and size, resized with the
+    local terminal (its output then comes as one stream, on stdout)."""
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     async with await open_connection(host, policy) as conn:
@@ -87,25 +101,54 @@ async def exec_on_host(
         if gpus and kind_of(host).places_runs:  # cvtui's GPU leases: the agent holds them
             agent, _ = await ensure_agent(conn, host, build_agent())
         process = await conn.create_process(
-            exec_command(host, agent, argv, gpus),
+            exec_command(host, agent, argv, gpus, tty=term is not None),
             encoding=None,
             stdin=asyncssh.PIPE if stdin is not None else asyncssh.DEVNULL,
+            **_pty_options(term),
         )
         feeding = asyncio.create_task(_feed(stdin, process.stdin)) if stdin is not None else None
-        await asyncio.gather(_pump(process.stdout, out), _pump(process.stderr, err))
-        await process.wait_closed()
+        with _following_resizes(term, process):
+            await asyncio.gather(_pump(process.stdout, out), _pump(process.stderr, err))
+            await process.wait_closed()
         if feeding is not None:  # the command ended: what it did not read is not sent
             feeding.cancel()
             await asyncio.gather(feeding, return_exceptions=True)
+    return _exit_code(process)
+
+
+@contextlib.contextmanager
+def _following_resizes(
+    term: Term | None, process: asyncssh.SSHClientProcess[bytes]
+) -> Iterator[None]:
+    """The pty follows the local terminal's size while the command runs (SIGWINCH)."""
+    if term is None or term.fd is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def resized() -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            process.change_terminal_size(*term.size())
+
+    try:
+        loop.add_signal_handler(signal.SIGWINCH, resized)
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread's loop
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGWINCH)
+
+
+def _exit_code(process: asyncssh.SSHClientProcess[bytes]) -> int:
     if process.exit_status is not None:
         return process.exit_status
-    signal = process.exit_signal
-    return 128 + (_signal_number(signal[0]) if signal else 1)
+    died_of = process.exit_signal
+    return 128 + (_signal_number(died_of[0]) if died_of else 1)
 
 
 def _signal_number(name: str) -> int:
-    import signal
-
     try:
         return int(signal.Signals[f"SIG{name}"])
     except KeyError:
@@ -122,8 +165,9 @@ async def relay_exec(
 ) -> None:
     """Run a CLI's exec request on this engine's open connection to the host, writing its
     output and exit code to writer as frames (see cvtui/engine/client.py); with "stdin" in
-    the request, the client's STDIN frames (an empty one: end of file) feed the command."""
-    from cvtui.engine.client import EXIT, HEADER, REFUSED, STDERR, STDIN, STDOUT, frame
+    the request, the client's STDIN frames (an empty one: end of file) feed the command;
+    with "term", it runs in a pty that the client's RESIZE frames resize."""
+    from cvtui.engine.client import EXIT, HEADER, REFUSED, RESIZE, STDERR, STDIN, STDOUT, frame
 
     if conn is None or host is None:
         writer.write(frame(REFUSED, f"{name} is not connected".encode()))
@@ -135,10 +179,12 @@ async def relay_exec(
     if gpus and kind_of(host).places_runs:
         agent, _ = await ensure_agent(conn, host, build_agent())
     fed = bool(request.get("stdin"))
+    term = Term.from_wire(request.get("term"))
     process = await conn.create_process(
-        exec_command(host, agent, argv, gpus),
+        exec_command(host, agent, argv, gpus, tty=term is not None),
         encoding=None,
         stdin=asyncssh.PIPE if fed else asyncssh.DEVNULL,
+        **_pty_options(term),
     )
 
     async def relay(output: asyncssh.SSHReader[bytes], kind: int) -> None:
@@ -147,30 +193,38 @@ async def relay_exec(
             await writer.drain()
 
     async def feed() -> None:
+        fed_all = not fed
         try:
             while True:
                 kind, size = HEADER.unpack(await reader.readexactly(HEADER.size))
-                if kind != STDIN or size > MAX_STDIN_FRAME:  # not what a client sends
+                if kind not in (STDIN, RESIZE) or size > MAX_STDIN_FRAME:  # not a client's
                     break
                 payload = await reader.readexactly(size)
-                if not payload:
-                    break
-                process.stdin.write(payload)
-                await process.stdin.drain()
+                if kind == RESIZE:
+                    size_now = parse_resize(payload)
+                    if term is not None and size_now is not None:
+                        process.change_terminal_size(*size_now)
+                elif fed_all:
+                    break  # stdin after its end, or not asked for: not a client's
+                elif payload:
+                    process.stdin.write(payload)
+                    await process.stdin.drain()
+                else:
+                    fed_all = True
+                    process.stdin.write_eof()
+                    if term is None:
+                        return  # nothing more can come
         except (asyncio.IncompleteReadError, ConnectionError, asyncssh.Error):
             pass  # the client or the command is gone: the command reads end of file
-        with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
-            process.stdin.write_eof()
+        if fed and not fed_all:
+            with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
+                process.stdin.write_eof()
 
-    feeding = asyncio.create_task(feed()) if fed else None
+    feeding = asyncio.create_task(feed()) if fed or term is not None else None
     await asyncio.gather(relay(process.stdout, STDOUT), relay(process.stderr, STDERR))
     await process.wait_closed()
     if feeding is not None:
         feeding.cancel()
         await asyncio.gather(feeding, return_exceptions=True)
-    status = process.exit_status
-    if status is None:
-        signal = process.exit_signal
-        status = 128 + (_signal_number(signal[0]) if signal else 1)
-    writer.write(frame(EXIT, str(status).encode()))
+    writer.write(frame(EXIT, str(_exit_code(process)).encode()))
     await writer.drain()

@@ -262,6 +262,18 @@ def test_exec_streams_output_and_returns_the_exit_code(lab: Lab, home: Path) -> 
     # A command that stops reading early ends the exec; nothing waits for the rest.
     early = exec_with_input(lab, home, data, "head", "-c", "5")
     assert (early.returncode, early.stdout) == (0, data[:5])
+    # stdin still open and silent (`tail -f log | cvtui exec ... -- echo hi`): the command's
+    # end ends the exec with its code; the reader blocked on stdin does not abort the exit.
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory"]
+    argv += [str(lab.inventory_path), "exec", "--host", "gpu-01", "--", "echo", "hi"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as quiet:
+        assert quiet.wait(60) == 0, quiet.stderr.read() if quiet.stderr else ""
+        assert quiet.stdout is not None and quiet.stdout.read() == b"hi\n"
+        assert quiet.stdin is not None
+        quiet.stdin.close()
 
 
 def exec_with_input(

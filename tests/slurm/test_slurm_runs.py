@@ -182,6 +182,31 @@ async def test_exec_runs_through_srun_with_the_gpus_asked(
     await asyncio.sleep(0)
 
 
+async def test_exec_with_a_terminal_gets_a_pty_of_its_own_under_srun(
+    cluster: SlurmLab, tmp_path: Path
+) -> None:
+    import io
+
+    from cvtui.engine.remote_exec import exec_on_host
+    from cvtui.exec_terminal import Term
+
+    inventory = load_inventory(cluster.inventory_path)
+    out = io.BytesIO()
+    code = await exec_on_host(
+        inventory.host("cluster"),
+        inventory.policy,
+        ["sh", "-c", "tty; stty size; echo job=$SLURM_JOB_ID; read x; echo got:$x"],
+        [0],
+        stdout=out,
+        stdin=io.BytesIO(b"typed\n"),
+        term=Term("xterm", 90, 30),
+    )
+    shown = out.getvalue().decode()
+    assert code == 0, shown
+    assert "/dev/pts/" in shown and "30 90" in shown and "got:typed" in shown
+    assert "job=\r" not in shown  # inside a Slurm job step
+
+
 def test_hosts_lists_the_clusters_partitions_and_nodes(cluster: SlurmLab, home: Path) -> None:
     import subprocess
     import sys

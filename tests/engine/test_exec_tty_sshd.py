@@ -1,0 +1,149 @@
+"""`cvtui exec -t`: an interactive command in a pty on the host, driven from a real local
+terminal (a pty of this test's), over real sshd: keys typed go to it, the window size is the
+terminal's and follows its resizes, and the terminal is as it was afterwards. Both paths: a
+connection of the CLI's own, and a running engine's."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cvtui.lab import Lab
+
+pytestmark = pytest.mark.sshd
+
+# Prints its terminal, its size and $TERM, echoes one line typed, then reports the new size
+# after a resize (read from the pty itself: stty reads the tty's winsize).
+SCRIPT = "tty; stty size; echo term=$TERM; read line; echo got:$line; read again; stty size; exit 7"
+
+
+class Terminal:
+    """The CLI under a pty of our own, as a person's terminal runs it."""
+
+    def __init__(self, argv: list[str], cols: int = 97, rows: int = 31) -> None:
+        self.master, slave = os.openpty()
+        self.resize(cols, rows, signal_it=False)
+        self.raw_before = termios.tcgetattr(slave)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+        env["TERM"] = "screen-256color"
+        self.process = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        self.slave = slave
+        self.output = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.master], [], [], 0.2)
+            if not ready:
+                if self.process.poll() is not None:
+                    return
+                continue
+            try:
+                data = os.read(self.master, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.output += data
+
+    def text(self) -> str:
+        with self._lock:
+            return self.output.decode(errors="replace")
+
+    def expect(self, needle: str, timeout_s: float = 30) -> str:
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.text():
+            assert time.monotonic() < deadline, f"{needle!r} never came: {self.text()!r}"
+            time.sleep(0.02)
+        return self.text()
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def resize(self, cols: int, rows: int, signal_it: bool = True) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        if signal_it:  # the kernel signals a terminal's foreground group; ours has none
+            os.kill(self.process.pid, signal.SIGWINCH)
+
+    def wait(self, timeout_s: float = 30) -> int:
+        code = self.process.wait(timeout_s)
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def exec_argv(lab: Lab, home: Path, *command: str) -> list[str]:
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory"]
+    return [*argv, str(lab.inventory_path), "exec", "-t", "--host", "gpu-01", "--", *command]
+
+
+def drive(terminal: Terminal) -> None:
+    """The session a person has: see the pty, type a line, resize the window, type again."""
+    try:
+        shown = terminal.expect("term=")
+        assert "/dev/pts/" in shown  # a terminal on the host, not a pipe
+        assert "31 97" in shown  # rows and columns of the local terminal
+        terminal.expect("term=screen-256color")
+        # Raw mode: the line goes as typed (Enter is a carriage return), echoed by the host's pty.
+        terminal.type(b"hello there\r")
+        terminal.expect("got:hello there")
+        terminal.resize(120, 40)
+        time.sleep(0.5)  # the resize frame, then the change on the host's pty
+        terminal.type(b"\r")
+        terminal.expect("40 120")
+        assert terminal.wait() == 7
+        # The terminal is as it was before: cooked again, echo on.
+        assert termios.tcgetattr(terminal.slave) == terminal.raw_before
+    finally:
+        terminal.close()
+
+
+def test_exec_t_runs_an_interactive_command_in_a_pty(lab_factory: object, home: Path) -> None:
+    lab = lab_factory()  # type: ignore[operator]
+    drive(Terminal(exec_argv(lab, home, "sh", "-c", SCRIPT)))
+
+
+async def test_exec_t_through_a_running_engine(lab_factory: object, home: Path) -> None:
+    from support import running
+
+    from cvtui.catalog import Catalog
+    from cvtui.engine.engine import Engine
+    from cvtui.engine.lock import EngineLock
+    from cvtui.inventory import load_inventory
+
+    lab = lab_factory()  # type: ignore[operator]
+    lock = EngineLock(home)
+    lock.acquire()
+    try:
+        with Catalog.open_home(home) as catalog:
+            engine = Engine(load_inventory(lab.inventory_path), catalog)
+            async with running(engine.run):
+                await engine.wait_answered(15)
+                # A connection of the CLI's own would now fail (host key unknown): only the
+                # engine's open one can run it.
+                lab.known_hosts.write_text("")
+                terminal = Terminal(exec_argv(lab, home, "sh", "-c", SCRIPT))
+                await asyncio.to_thread(drive, terminal)
+    finally:
+        lock.release()
