@@ -13,6 +13,7 @@ from cvtui.engine import scheduler
 from cvtui.inventory import Inventory
 from cvtui.repro.snapshot import take_snapshot
 from cvtui.runspec import RunSpec
+from cvtui.submit import repeated_runs
 from cvtui.units import size
 
 SCRIPT_SUFFIXES = (".py", ".sh", ".bash")
@@ -145,7 +146,7 @@ def plan_dry_run(
             }
         )
     code = []
-    warnings = []
+    warnings = repeated_runs(specs)
     for code_dir, exclude in dict.fromkeys((s.code_dir, s.exclude) for s in specs):
         snap = take_snapshot(code_dir, exclude)
         shipped = {f.path for f in snap.files}
@@ -163,6 +164,7 @@ def plan_dry_run(
                 )
     return {
         "runs": runs,
+        "axes": list(specs[0].axes) if specs else [],
         "code": code,
         "warnings": warnings,
         "telemetry_age_s": round(now - max(seen), 1) if seen else None,
@@ -179,6 +181,8 @@ def describe_dry_run(plan: dict[str, Any]) -> str:
         else "placement unknown: no telemetry yet (run `cvtui hosts` or start the daemon)"
     )
     lines = [f"{len(runs)} run{'s' if len(runs) != 1 else ''} (dry run: nothing started; {basis})"]
+    if plan["axes"]:
+        lines.append(f"  axes: {', '.join(plan['axes'])}")
     for run in runs:
         placement = run["placement"]
         where = (

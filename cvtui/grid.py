@@ -50,6 +50,17 @@ def is_axis(path: Path, value: object, keep: Collection[str], *, framework: bool
     return not (value and all(isinstance(item, list) for item in value))
 
 
+def repeating_axes(tree: Mapping[str, Any], paths: list[Path]) -> tuple[str, ...]:
+    """The axes that list one value twice, as "key: [values]" (each makes copies of runs)."""
+    found = []
+    for path in paths:
+        values = get_path(tree, path)
+        seen = {repr(_untupled(value)) for value in values}
+        if len(seen) < len(values):
+            found.append(f"{'.'.join(path)}: {_untupled(values)!r:.60}")
+    return tuple(found)
+
+
 def get_path(tree: Mapping[str, Any], path: Path) -> Any:
     for key in path:
         tree = tree[key]

@@ -48,6 +48,7 @@ _SETTING_KEYS = (
     "outputs",
     "retries",
     "keep_lists",
+    "axes",
     "run_env",
     "links",
     "inputs",
@@ -389,8 +390,21 @@ class _ConfigParser(NodeParser[ConfigError]):
         keep: tuple[str, ...] = ()
         if "keep_lists" in settings:
             keep = self.strings(settings["keep_lists"][1], labels["keep_lists"], "[milestones]")
-        tree = self.grid_tree(settings, experiment, overrides, keep, framework, prefix)
-        paths = grid.axis_paths(tree, keep, framework=framework)
+        named = "axes" in settings
+        if named and "keep_lists" in settings:
+            raise self.error(
+                settings["axes"][0],
+                f"{labels['axes']}: give the lists that are axes (axes) or the lists that are "
+                "not (keep_lists), not both",
+            )
+        # Named axes: every other list is data, and each run's config is written as plain YAML
+        # (for a framework other than CVLab-Kit, such as LightningCLI or Hydra).
+        tree = self.grid_tree(settings, experiment, overrides, keep, framework or named, prefix)
+        if named:
+            paths = self.named_axes(settings["axes"][1], labels["axes"], tree)
+            framework = False
+        else:
+            paths = grid.axis_paths(tree, keep, framework=framework)
         count = grid.grid_size(tree, paths)
         if max_runs is not None and count > max_runs:
             axes = " x ".join(
@@ -419,10 +433,36 @@ class _ConfigParser(NodeParser[ConfigError]):
             )
         self.check_placeholders(parts, everywhere | declared, anywhere, label)
         base = self.base_spec(settings, labels)
-        base = replace(base, axes=tuple(".".join(path) for path in paths), inputs=inputs)
+        base = replace(
+            base,
+            axes=tuple(".".join(path) for path in paths),
+            inputs=inputs,
+            repeats=grid.repeating_axes(tree, paths),
+        )
         document = {} if experiment else {k: self.plain(n, k) for k, (_, n) in settings.items()}
-        specs = self._specs(base, command, tree, paths, count, framework, document)
+        specs = self._specs(base, command, tree, paths, count, framework, document, experiment)
         return RunGrid(count, specs)
+
+    def named_axes(self, node: yaml.Node, label: str, tree: Mapping[str, Any]) -> list[_Path]:
+        """The axes a config names (`axes: [optimizer.lr, seed]`), in document order: each a
+        key of the config holding a non-empty list; [] makes one run of the file as it is."""
+        names = self.strings(node, label, "[optimizer.lr, seed]")
+        lists = grid.axis_paths(tree, (), framework=True)  # every list reached through keys
+        wanted: list[_Path] = []
+        for name in names:
+            path = tuple(name.split("."))
+            try:
+                value = grid.get_path(tree, path)
+            except (KeyError, TypeError):
+                raise self.error(node, f"{label}: {name!r} is not a key of the config") from None
+            if path not in lists:
+                got = "an empty list" if value == [] else f"{type(value).__name__} {value!r:.40}"
+                raise self.error(
+                    node, f"{label}: {name!r} is {got}, not a list of values to make runs of"
+                )
+            if path not in wanted:
+                wanted.append(path)
+        return [path for path in lists if path in wanted]
 
     def _specs(
         self,
@@ -433,6 +473,7 @@ class _ConfigParser(NodeParser[ConfigError]):
         count: int,
         framework: bool,
         document: dict[str, Any],
+        experiment: Pairs,
     ) -> Iterator[RunSpec]:
         for index, (nested, chosen) in enumerate(grid.points(tree, paths)):
             flat = grid.flatten(nested)
@@ -445,11 +486,12 @@ class _ConfigParser(NodeParser[ConfigError]):
                     fill_template(part, lookup_values(values, str), final=False) for part in command
                 )
             suffix = ",".join(f"{key}={param_text(value)}" for key, value in chosen.items())
+            config: dict[str, Any]
             if framework:
-                config: dict[str, Any] = nested
+                config = nested
                 text = grid.framework_yaml(nested)
             else:
-                config = self.resolved(document, nested)
+                config = nested if experiment else self.resolved(document, nested)
                 text = grid.plain_yaml(config)
             yield replace(
                 base,

@@ -62,6 +62,9 @@ class RunSpec:
     # name -> "model:NAME" or "run:RUN:PATH", pinned to bytes at submit (cvtui/repro/inputs.py)
     inputs: Mapping[str, str] = field(default_factory=dict)
     resume: Resume | None = None  # how a retry starts from the last checkpoint
+    # Axes of the grid that list a value twice (so some runs are copies), "key: [values]";
+    # known while the config is expanded, for the submit's warning (not stored).
+    repeats: tuple[str, ...] = field(default=(), compare=False)
 
     def render_command(
         self,

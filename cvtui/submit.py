@@ -58,6 +58,22 @@ def prepare_runs(
     return specs
 
 
+def repeated_runs(specs: Sequence[RunSpec]) -> list[str]:
+    """Warnings for runs that are copies of another (same command, config and resources): an
+    axis that lists a value twice ([96, 96, 96] read as three values of one axis) makes them,
+    which is almost never what was meant."""
+    distinct = {(spec.command, spec.config_yaml(), repr(spec.resources)) for spec in specs}
+    copies = len(specs) - len(distinct)
+    if not copies:
+        return []
+    axes = "; ".join(specs[0].repeats) or "an axis lists a value twice"
+    return [
+        f"{copies} of the {len(specs)} runs are copies of another ({axes}). A list that is "
+        "one value (a shape, a list of callbacks) goes in keep_lists, or name the real axes "
+        "with axes: [...]"
+    ]
+
+
 def save_snapshot(home: Path, snapshot: Snapshot) -> Path:
     """Keep the snapshot's tar under the home so any engine can ship it later."""
     path = snapshot_archive(home, snapshot.hash)

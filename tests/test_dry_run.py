@@ -75,3 +75,32 @@ def test_dry_run_shows_where_inputs_go(tmp_path: Path, home: Path) -> None:
     assert done.returncode == 0, done.stderr
     [run] = json.loads(done.stdout)["runs"]
     assert run["command"] == ["python", "tune.py", "--init", "<inputs.init>"]
+
+
+def test_a_grid_that_repeats_a_value_is_flagged_and_named_axes_are_shown(
+    tmp_path: Path, home: Path
+) -> None:
+    """A LightningCLI-shaped config run under CVLab-Kit's rules: the patch size [96, 96, 96]
+    becomes an axis of three equal values, so two thirds of the runs are copies."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    (tmp_path / "main.py").write_text("print(1)\n")
+    config = tmp_path / "btcv.yaml"
+    text = (
+        "model:\n  roi_size: [96, 96, 96]\n  learning_rate: [1.0e-3, 3.0e-4]\n"
+        "cvtui:\n  command: python main.py fit --config {config_file}\n"
+    )
+    config.write_text(text)
+    shown = cvtui(home, inventory, "run", str(config), "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("6 runs (dry run")
+    assert "  axes: model.roi_size, model.learning_rate\n" in shown.stdout
+    assert (
+        "warning: 4 of the 6 runs are copies of another (model.roi_size: [96, 96, 96])"
+        in shown.stdout
+    )
+    # Naming the axes: the patch size is data, two runs, no warning.
+    config.write_text(text + "  axes: [model.learning_rate]\n")
+    plan = json.loads(cvtui(home, inventory, "run", str(config), "--dry-run", "--json").stdout)
+    assert len(plan["runs"]) == 2 and plan["axes"] == ["model.learning_rate"]
+    assert plan["warnings"] == []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -713,3 +714,73 @@ links: {data: /mnt/datasets, weights/imagenet: ~/weights}
         run_id="r", run_dir="/h/runs/r/work", gpus=[0], python="/home/u/envs/cv/bin/python"
     )
     assert rendered == "/home/u/envs/cv/bin/python train.py"
+
+
+# A LightningCLI config (the shape of the public configs it reads: callbacks and loggers are
+# lists of class_path mappings, a patch size is a list): only the lists it names are axes.
+LIGHTNING = """\
+seed_everything: 42
+trainer:
+  max_epochs: 800
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {monitor: val/dice, mode: max, save_top_k: 3}
+    - class_path: lightning.pytorch.callbacks.LearningRateMonitor
+  logger:
+    - class_path: lightning.pytorch.loggers.TensorBoardLogger
+      init_args: {save_dir: ./runs, name: tb}
+model:
+  roi_size: [96, 96, 96]
+  learning_rate: [1.0e-3, 3.0e-4]
+  mean: !!python/tuple [0.5, 0.5]
+cvtui:
+  command: python main.py fit --config {config_file}
+  axes: [model.learning_rate]
+"""
+
+
+def test_named_axes_make_every_other_list_data_written_as_yaml_lists(tmp_path: Path) -> None:
+    specs = parse(LIGHTNING, tmp_path)
+    assert [s.name for s in specs] == [
+        "sweep[model.learning_rate=0.001]",
+        "sweep[model.learning_rate=0.0003]",
+    ]
+    written = yaml.safe_load(specs[1].config_yaml())
+    assert written["model"] == {
+        "roi_size": [96, 96, 96],
+        "learning_rate": 3.0e-4,
+        "mean": [0.5, 0.5],
+    }
+    assert [c["class_path"].rsplit(".", 1)[1] for c in written["trainer"]["callbacks"]] == [
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+    ]
+    assert written["trainer"]["logger"][0]["init_args"] == {"save_dir": "./runs", "name": "tb"}
+    assert specs[0].axes == ("model.learning_rate",)
+    # axes: [] runs the file once, as it is; --set still reaches its keys.
+    once = parse(
+        LIGHTNING.replace("[model.learning_rate]", "[]"),
+        tmp_path,
+        overrides=["model.roi_size=[64,64,64]"],
+    )
+    assert len(once) == 1 and once[0].name == "sweep"
+    assert yaml.safe_load(once[0].config_yaml())["model"]["roi_size"] == [64, 64, 64]
+    assert yaml.safe_load(once[0].config_yaml())["model"]["learning_rate"] == [1.0e-3, 3.0e-4]
+
+
+@pytest.mark.parametrize(
+    ("axes", "problem"),
+    [
+        ("[model.lr]", r"cvtui.axes: 'model.lr' is not a key of the config"),
+        ("[seed_everything]", r"cvtui.axes: 'seed_everything' is int 42, not a list of values"),
+        ("[model]", r"cvtui.axes: 'model' is dict .*, not a list of values"),
+        ("[model.learning_rate]\n  keep_lists: [roi_size]", r"give the lists that are axes"),
+    ],
+)
+def test_named_axes_that_are_not_lists_are_refused_with_their_line(
+    tmp_path: Path, axes: str, problem: str
+) -> None:
+    text = LIGHTNING.replace("[model.learning_rate]", axes)
+    with pytest.raises(ConfigError, match=problem) as caught:
+        parse(text, tmp_path)
+    assert str(caught.value).startswith("sweep.yaml:17:")

@@ -114,6 +114,10 @@ def run(
         plan = plan_dry_run(specs, lab.inventory, lab.catalog)
         click.echo(json.dumps(plan, indent=2) if as_json else describe_dry_run(plan))
         return
+    from cvtui.submit import repeated_runs
+
+    for warning in repeated_runs(specs):
+        click.echo(f"warning: {warning}", err=True)
     submitted = lab.submit_specs(specs)
     if as_json:
         click.echo(json.dumps([s.as_json() for s in submitted]))
