@@ -236,7 +236,12 @@ class Lab:
         decide_timeout_s: float = DECIDE_TIMEOUT_S,
     ) -> list[Submitted]:
         """Queue the runs of config and hand them to the engine (started in the background
-        when none runs); returns once it placed each run or said why it waits."""
+        when none runs); returns once it placed each run or said why it waits. A grid whose
+        axis lists a value twice (copies of runs) is queued with a UserWarning."""
+        import warnings
+
+        from cvtui.submit import repeated_runs
+
         specs = self.prepare(
             config,
             set=set,
@@ -247,6 +252,8 @@ class Lab:
             priority=priority,
             max_runs=max_runs,
         )
+        for warning in repeated_runs(specs):
+            warnings.warn(warning, UserWarning, stacklevel=2)
         return self.submit_specs(specs, decide_timeout_s=decide_timeout_s)
 
     def submit_specs(

@@ -226,3 +226,19 @@ def wait_running(api: Any, run: Any, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while api.get(run)["state"] != "running" and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def wait_or_dump(process: subprocess.Popen[Any], timeout_s: float, stderr: Path) -> int:
+    """process's exit code; when it is still running after timeout_s, it is made to dump
+    every thread's stack (SIGABRT; the process needs PYTHONFAULTHANDLER=1 and its stderr
+    in the file `stderr`) and the test fails with that dump, so a rare hang can be read."""
+    import signal
+
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+        dump = stderr.read_text(errors="replace") if stderr.exists() else ""
+        raise AssertionError(f"still running after {timeout_s} s; its threads:\n{dump}") from None

@@ -171,6 +171,8 @@ class PortForward:
                 clients.add(task)
             try:
                 await self._through_engine(socket_path, reader, writer)
+            except asyncio.CancelledError:
+                pass  # the forward closed: asyncio would log a cancelled connection as an error
             finally:
                 writer.close()
                 if task is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import serving_lab, wait_running
+from support import serving_lab, wait_or_dump, wait_running
 
 import cvtui
 from cvtui.errors import CvtuiError
@@ -58,18 +58,25 @@ def test_forward_reaches_a_server_the_run_started(
     # The command: until Ctrl-C.
     local = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang at Ctrl-C (seen once in CI) dumps its threads
     argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
     argv += ["--inventory", str(lab.inventory_path), "forward", run.id, str(remote)]
-    command = subprocess.Popen(
-        [*argv, "--local-port", str(local)], stdout=subprocess.PIPE, text=True, env=env
-    )
+    errors = tmp_path / "forward.stderr"
+    with errors.open("w") as stderr:
+        command = subprocess.Popen(
+            [*argv, "--local-port", str(local)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
     try:
         assert command.stdout is not None
         said = command.stdout.readline()
         assert said.startswith(f"forwarding http://127.0.0.1:{local}/ -> gpu-01:{remote} ")
         assert fetch(f"http://127.0.0.1:{local}/hello.txt") == f"hello from {run.id}"
         command.send_signal(signal.SIGINT)
-        assert command.wait(20) == 0
+        assert wait_or_dump(command, 20, errors) == 0
     finally:
         command.kill()
     with pytest.raises(OSError):

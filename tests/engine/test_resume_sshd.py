@@ -99,6 +99,18 @@ def synced_checkpoints(api: Any, run_id: str) -> list[str]:
     )
 
 
+def stopped_past_a_checkpoint(pid: int, work: Path) -> bool:
+    """Stop the training process; True (left stopped) when its last logged step is past its
+    newest checkpoint, else it goes on."""
+    os.kill(pid, signal.SIGSTOP)
+    lines = (work / "metrics.csv").read_text().split("\n")[1:-1]  # whole lines only
+    saved = [int(p.name[len("step_") : -len(".pt")]) for p in (work / "checkpoints").glob("*.pt")]
+    if lines and saved and int(lines[-1].split(",")[0]) > max(saved):
+        return True
+    os.kill(pid, signal.SIGCONT)
+    return False
+
+
 def attempts_of(api: Any, run_id: str) -> list[dict[str, Any]]:
     return api.catalog.run_attempts(api.get(run_id))
 
@@ -124,8 +136,12 @@ def test_a_run_killed_with_sigkill_resumes_on_another_host_from_its_last_checkpo
     drain = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
     drain += ["--inventory", str(lab.inventory_path), "hosts", "drain", first]
     assert subprocess.run(drain, capture_output=True, env=env).returncode == 0
-    status = lab.host_dir(first) / "root" / "runs" / run.id / "status.json"
-    os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+    run_dir = lab.host_dir(first) / "root" / "runs" / run.id
+    pid = json.loads((run_dir / "status.json").read_text())["pid"]
+    # Killed once it has gone past its newest checkpoint (stopped while that is checked), so
+    # that attempt 2 has steps of attempt 1 to replace whatever the machine's load.
+    wait_until(lambda: stopped_past_a_checkpoint(pid, run_dir / "work"), 30, "a step past")
+    os.kill(pid, signal.SIGKILL)
 
     [last] = api.wait([run], timeout=180)
     one, two = attempts_of(api, run.id)
