@@ -51,6 +51,9 @@ BACKEND_NONE = "none"  # no GPU could be read (a CPU-only host)
 BACKEND_SLURM = "slurm"  # a Slurm login node: its GPUs are the cluster's, in Telemetry.cluster
 
 MAX_LINE_BYTES = 1 << 20  # requests longer than this are answered with E_MALFORMED
+# Lines a host's login shell may print on stdout before a channel's first line (an rc file's
+# banner): the controller skips this many, and shows them in its log, before giving up.
+MAX_PREAMBLE_LINES = 50
 
 
 class ProtocolError(ValueError):

@@ -13,13 +13,11 @@ import asyncssh
 
 from cvtui.engine.tasks import log_failure
 from remote_agent import protocol
-from remote_agent.protocol import Hello, ProtocolError, RemoteError
+from remote_agent.protocol import MAX_PREAMBLE_LINES, Hello, ProtocolError, RemoteError
 
 log = logging.getLogger("cvtui.engine.agent_client")
 
 EventHandler = Callable[[dict[str, Any]], None]
-
-log = logging.getLogger("cvtui.engine.agent_client")
 
 
 class AgentClosedError(ConnectionError):
@@ -35,18 +33,35 @@ class AgentClient:
         self.hello: Hello | None = None
         self.closed = asyncio.Event()
         self.bad_lines = 0  # lines from the agent that were not messages (kept for diagnosis)
+        self.preamble: list[str] = []  # what the login shell printed before the agent's hello
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def handshake(self, timeout_s: float = 15.0) -> Hello:
-        """Read the agent's hello line, then start routing what follows."""
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout_s)
-        if not line:
-            raise AgentClosedError("agent exited before saying hello")
-        message = protocol.decode(line)
-        if message.get("event") != protocol.EVENT_HELLO:
-            raise ProtocolError(f"expected hello, got {line[:200]!r}")
+        """Read the agent's hello line, then start routing what follows.
+
+        Lines before it are what the host's login shell printed on its way to the agent (an
+        rc file's banner): kept in ``preamble``, a few, and then the hello is expected.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            line = await asyncio.wait_for(self.process.stdout.readline(), max(left, 0.001))
+            if not line:
+                raise AgentClosedError("agent exited before saying hello")
+            try:
+                message = protocol.decode(line)
+            except ProtocolError:
+                message = {}
+            if message.get("event") == protocol.EVENT_HELLO:
+                break
+            self.preamble.append(line.decode("utf-8", "replace").rstrip()[:200])
+            if len(self.preamble) > MAX_PREAMBLE_LINES:
+                shown = self.preamble[0]
+                raise ProtocolError(
+                    f"expected hello, got {shown!r} and {len(self.preamble) - 1} more lines"
+                )
         if "error" in message:
             protocol.parse_reply(message)
         self.hello = Hello.from_wire(message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import posixpath
 import secrets
 import shlex
@@ -17,7 +18,9 @@ from cvtui.engine.agent_build import AgentBundle, remote_agent_path
 from cvtui.engine.agent_client import AgentClient, AgentClosedError, EventHandler
 from cvtui.engine.connections import HostConnectError
 from cvtui.engine.jump_hosts import handshake_slot
-from remote_agent.protocol import ProtocolError, RemoteError
+from remote_agent.protocol import MAX_PREAMBLE_LINES, ProtocolError, RemoteError
+
+log = logging.getLogger("cvtui.engine.deploy")
 
 if TYPE_CHECKING:
     from cvtui.inventory import Host
@@ -131,7 +134,7 @@ async def ensure_agent(
     """
     async with contextlib.AsyncExitStack() as stack:
         if sftp is None:
-            sftp = await stack.enter_async_context(conn.start_sftp_client())
+            sftp = await stack.enter_async_context(await open_sftp(conn, host))
         path = agent_file(host, bundle)
         if not force and await sftp.exists(path):
             return path, False
@@ -148,6 +151,35 @@ async def ensure_agent(
         # sees half an agent.
         await sftp.posix_rename(tmp, path)
     return path, True
+
+
+async def open_sftp(conn: asyncssh.SSHClientConnection, host: Host) -> asyncssh.SFTPClient:
+    """An SFTP session on conn. When it fails because the host's login shell prints on stdout
+    before every command (an rc file's banner, which breaks a server's sftp-server: the
+    banner is read as a packet), HostConnectError says that, quoting what it printed."""
+    try:
+        return await conn.start_sftp_client()
+    except asyncssh.Error as exc:
+        noise = await shell_output(conn)
+        if not noise:
+            raise
+        raise HostConnectError(
+            host.name,
+            f"its login shell prints {noise!r} before every command (an rc file such as "
+            "~/.bashrc or /etc/bash.bashrc): SFTP cannot start through that; print only in "
+            "interactive shells (`case $- in *i*) ;; *) return;; esac` above it)",
+        ) from exc
+
+
+async def shell_output(conn: asyncssh.SSHClientConnection) -> str:
+    """What the login shell prints on stdout for a command that prints nothing (its first
+    line); "" when quiet, or when that cannot be told."""
+    with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+        done = await asyncio.wait_for(conn.run("true", encoding=None), 5.0)
+        out = bytes(done.stdout or b"")
+        lines = [line for line in out.decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[0].strip()[:120] if lines else ""
+    return ""
 
 
 def agent_command(host: Host, path: str, interval_s: float) -> str:
@@ -191,15 +223,20 @@ class KillableProcess:
     _pid_read: bool = False
 
     async def read_pid(self, timeout_s: float = 1.0) -> int | None:
-        """The process's pid from the first stderr line (the start script writes it first)."""
+        """The process's pid from its stderr (the start script writes it first; the login
+        shell's rc files may have written lines before it, such as stty's complaints)."""
         if not self._pid_read:
             self._pid_read = True
             with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
-                line = await asyncio.wait_for(self.process.stderr.readline(), timeout_s)
-                if line.startswith(PID_LINE) and line[len(PID_LINE) :].strip().isdigit():
-                    self.pid = int(line[len(PID_LINE) :])
-                elif line:
-                    self.stderr_lines.append(line.decode(errors="replace").strip())
+                async with asyncio.timeout(timeout_s):
+                    for _ in range(MAX_PREAMBLE_LINES + 1):
+                        line = await self.process.stderr.readline()
+                        if line.startswith(PID_LINE) and line[len(PID_LINE) :].strip().isdigit():
+                            self.pid = int(line[len(PID_LINE) :])
+                            break
+                        if not line:
+                            break
+                        self.stderr_lines.append(line.decode(errors="replace").strip())
         return self.pid
 
     async def stop(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -281,4 +318,13 @@ async def _launch_agent(
             process.send_signal("KILL")  # cancelled: no time to wait for a kill command
         process.close()
         raise
+    if client.preamble:
+        log.warning(
+            "%s: its login shell printed %d line(s) before the agent started, skipped: %r "
+            "(an rc file such as ~/.bashrc; SFTP breaks on such output unless the server's "
+            "sftp is internal-sftp)",
+            host.name,
+            len(client.preamble),
+            client.preamble[0],
+        )
     return client

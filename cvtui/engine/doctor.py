@@ -23,7 +23,9 @@ from cvtui.engine.deploy import (
     ensure_agent,
     killable_command,
     launch_agent,
+    open_sftp,
     secure_root,
+    shell_output,
 )
 from cvtui.engine.known_hosts import describe_entries, fingerprint
 from cvtui.engine.ssh_config import SshTarget
@@ -188,7 +190,8 @@ async def _agent_checks(
         )
         return
     out = result.stdout or b""
-    version = (out.decode(errors="replace") if isinstance(out, bytes) else out).strip()
+    printed = (out.decode(errors="replace") if isinstance(out, bytes) else out).strip()
+    version = printed.splitlines()[-1].strip() if printed else ""  # after an rc file's banner
     parts = tuple(int(p) for p in version.split(".") if p.isdigit())
     if result.exit_status != 0 or len(parts) < 2:
         yield Check("python", False, f"no python3 >= 3.8 ({host.python}: not found)")
@@ -197,8 +200,24 @@ async def _agent_checks(
         yield Check("python", False, f"no python3 >= 3.8 ({host.python} is {version})")
         return
     yield Check("python", True, f"{host.python} is {version}")
-
-    async with conn.start_sftp_client() as sftp:
+    noise = await shell_output(conn)
+    if noise:
+        yield Check(
+            "login shell",
+            True,
+            f"{WARNING_PREFIX}prints {noise!r} before every command (an rc file such as "
+            "~/.bashrc): cvtui skips it, but a server whose sftp is sftp-server (not "
+            "internal-sftp) cannot serve SFTP through it",
+        )
+    try:
+        session = await open_sftp(conn, host)
+    except HostConnectError as exc:
+        yield Check("sftp", False, exc.reason)
+        return
+    except asyncssh.Error as exc:
+        yield Check("sftp", False, f"cannot start SFTP: {exc}")
+        return
+    async with session as sftp:
         try:
             root = await secure_root(sftp, host)
         except (asyncssh.Error, OSError) as exc:

@@ -20,7 +20,7 @@ from cvtui.engine.agent_build import AgentBundle, build_agent
 from cvtui.engine.agent_client import AgentClient, AgentClosedError
 from cvtui.engine.connections import Backoff, HostConnectError, classify_error, open_connection
 from cvtui.engine.control import ControlServer
-from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, secure_root
+from cvtui.engine.deploy import RootCheck, ensure_agent, launch_agent, open_sftp, secure_root
 from cvtui.engine.disk_usage import poll_disk_usage
 from cvtui.engine.lock import EngineLock, lock_holder  # re-exported: callers know them here
 from cvtui.engine.notify import Notifier
@@ -75,7 +75,7 @@ class HostSession:
             if self._sftp is None:
                 if self.conn is None:
                     raise AgentClosedError(f"{self.host.name} is not connected")
-                self._sftp = await self.conn.start_sftp_client()
+                self._sftp = await open_sftp(self.conn, self.host)
             return self._sftp
 
     async def run(self) -> None:

@@ -25,7 +25,7 @@ from remote_agent.blocktree import (
     new_hasher,
     valid_block_size,
 )
-from remote_agent.protocol import ProtocolError, RemoteError
+from remote_agent.protocol import MAX_PREAMBLE_LINES, ProtocolError, RemoteError
 from remote_agent.wire_fields import FieldError, integer, text
 
 SEGMENT_BYTES = 8 << 20  # written and hashed as one piece; a multiple of every block size
@@ -117,6 +117,7 @@ class SendParser:
         self.end: StreamEnd | None = None
         self._line = bytearray()
         self._left = 0  # file bytes still to come after the header
+        self.skipped: list[bytes] = []  # lines before the header (a login shell's banner)
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -139,6 +140,12 @@ class SendParser:
             self._line += view[:newline]
             view = view[newline + 1 :]
             line, self._line = bytes(self._line), bytearray()
+            if self.header is None and not line.startswith(b"{"):
+                # The login shell's rc files printed before `cat` ran (a banner): not ours.
+                self.skipped.append(line[:200])
+                if len(self.skipped) > MAX_PREAMBLE_LINES:
+                    raise ProtocolError(f"expected a send header, got {self.skipped[0]!r}")
+                continue
             if self.header is None:
                 self.header = parse_header(line)
                 self._left = self.header.size

@@ -12,7 +12,7 @@ import asyncssh
 
 from cvtui.engine.agent_build import build_agent
 from cvtui.engine.connections import HostConnectError, open_connection
-from cvtui.engine.deploy import ensure_agent, launch_agent, secure_root
+from cvtui.engine.deploy import ensure_agent, launch_agent, open_sftp, secure_root
 from cvtui.inventory import Host, Policy
 from remote_agent import protocol
 
@@ -59,7 +59,7 @@ def _reason(exc: BaseException) -> str:
 async def _one_host(host: Host, policy: Policy, connect_timeout_s: float) -> HostRecords:
     conn = await open_connection(host, policy, connect_timeout_s)
     try:
-        async with conn.start_sftp_client() as sftp:
+        async with await open_sftp(conn, host) as sftp:
             await secure_root(sftp, host)
             path, _ = await ensure_agent(conn, host, build_agent(), sftp=sftp, root_secured=True)
         client = await launch_agent(conn, host, path, policy.interval_s, lambda message: None)
