@@ -39,11 +39,10 @@ def make_noisy(server: SshServer, *, sftp_too: bool = False) -> None:
     SFTP stays quiet (as internal-sftp, which runs no shell) unless sftp_too: then it is
     sftp-server behind the same noise, as Debian's default config with a noisy ~/.bashrc."""
     assert SFTP_SERVER is not None
-    quiet_sftp = (
-        "" if sftp_too else f'[ "$SSH_ORIGINAL_COMMAND" = internal-sftp ] && exec {SFTP_SERVER}; '
-    )
+    sftp = f'[ "$SSH_ORIGINAL_COMMAND" = internal-sftp ] && exec {SFTP_SERVER}; '
+    quiet_sftp = "" if sftp_too else sftp
     noise = f"echo {BANNER!r}; echo {STTY!r} >&2; "
-    run = f'[ "$SSH_ORIGINAL_COMMAND" = internal-sftp ] && exec {SFTP_SERVER}; eval "$SSH_ORIGINAL_COMMAND"'
+    run = f'{sftp}eval "$SSH_ORIGINAL_COMMAND"'
     server.stop()
     server.extra_config = (f"ForceCommand {quiet_sftp}{noise}{run}",)
     server.start()
