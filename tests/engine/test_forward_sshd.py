@@ -58,7 +58,7 @@ def test_forward_reaches_a_server_the_run_started(
     # The command: until Ctrl-C.
     local = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
-    env["PYTHONFAULTHANDLER"] = "1"  # a hang at Ctrl-C (seen once in CI) dumps its threads
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang at Ctrl-C dumps its threads (see wait_or_dump)
     argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home)]
     argv += ["--inventory", str(lab.inventory_path), "forward", run.id, str(remote)]
     errors = tmp_path / "forward.stderr"
@@ -69,6 +69,9 @@ def test_forward_reaches_a_server_the_run_started(
             stderr=stderr,
             text=True,
             env=env,
+            # Ctrl-C as at a terminal, even when this test runs in a background job: there
+            # the shell ignores SIGINT, children inherit that, and python keeps it ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         assert command.stdout is not None
