@@ -68,6 +68,27 @@ def lab_factory(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     for lab in labs:
         for server in lab.servers.values():
             server.kill()
+        kill_left_behind(lab.directory / "hosts")
+
+
+def kill_left_behind(directory: Path) -> None:
+    """SIGKILL the process groups of what still runs from under directory (a lab's host
+    roots): the detached supervisors of runs a failed test never cancelled, which outlive
+    sshd by design. Engines (which name the lab's inventory) are stopped apart, politely."""
+    me = os.getpgid(0)
+    needle = str(directory).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle not in (entry / "cmdline").read_bytes():
+                continue
+            group = os.getpgid(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if group != me:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture
