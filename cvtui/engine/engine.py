@@ -130,6 +130,12 @@ class HostSession:
             client = await launch_agent(
                 conn, self.host, path, self.policy.interval_s, self.on_event
             )
+            if client.preamble:  # logged by launch_agent; shown in `hosts` too
+                self.engine.host_warning(
+                    self.host.name,
+                    f"its login shell prints {client.preamble[0]!r} before every command "
+                    "(an rc file such as ~/.bashrc), skipped",
+                )
             hello = client.hello
             assert hello is not None  # launch_agent returns after the handshake
             spoken = hello.protocol
@@ -194,6 +200,7 @@ class Engine:
         self._pending: list[tuple[str, Telemetry]] = []
         self._pending_times: list[float] = []
         self._troubles: dict[str, str] = {}  # host -> why it cannot take work, as last said
+        self._warnings: dict[str, list[str]] = {}  # host -> problems of a working host, now
         self._clusters: dict[str, ClusterSample] = {}  # host -> the cluster sample last stored
         self._apply_lock = asyncio.Lock()  # edits in quick succession apply one after another
         self._environment_slots = asyncio.Semaphore(ENVIRONMENT_CAPTURES)
@@ -212,6 +219,7 @@ class Engine:
     # -- what sessions report -------------------------------------------------------------
     def set_state(self, name: str, state: str, reason: str | None) -> None:
         self._troubles.pop(name, None)  # a new connection says its troubles anew
+        self._warnings.pop(name, None)
         if name in self.sessions:
             self.catalog.set_host_state(name, state, reason)
 
@@ -234,8 +242,15 @@ class Engine:
         if note is None:
             return
         log.warning("host %s: %s", name, note, extra={"event": "root_mode", "host": name})
+        self.host_warning(name, note)
+
+    def host_warning(self, name: str, note: str) -> None:
+        """A problem of a host that works, shown as its reason beside any other it has."""
+        notes = self._warnings.setdefault(name, [])
+        if note not in notes:
+            notes.append(note)
         if name in self.sessions:
-            self.catalog.set_host_warning(name, note)
+            self.catalog.set_host_warning(name, "; ".join(notes))
 
     def agent_started(self, name: str, hello: Hello, agent_hash: str) -> None:
         log.info(

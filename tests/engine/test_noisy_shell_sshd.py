@@ -97,6 +97,10 @@ def test_a_banner_and_stty_noise_are_skipped_and_runs_work(
     assert "training" in done.stdout
     [run] = json.loads(cvtui(lab, home, "ps", "--all", "--json").stdout)
     assert run["state"] == "succeeded"
+    # The engine that ran it says what the shell prints, as the host's warning.
+    [host] = json.loads(cvtui(lab, home, "hosts", "--json").stdout)
+    assert host["state"] == "healthy"
+    assert f"its login shell prints {BANNER!r}" in (host["reason"] or ""), host
     remote = lab.host_dir("gpu-01") / "root" / "runs" / run["id"] / "work" / "model.pt"
     local = home / "runs" / run["id"] / "model.pt"
     assert local.read_bytes() == remote.read_bytes()
