@@ -176,8 +176,9 @@ async def shell_output(conn: asyncssh.SSHClientConnection) -> str:
     line); "" when quiet, or when that cannot be told."""
     with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
         done = await asyncio.wait_for(conn.run("true", encoding=None), 5.0)
-        out = bytes(done.stdout or b"")
-        lines = [line for line in out.decode("utf-8", "replace").splitlines() if line.strip()]
+        out = done.stdout or b""
+        text = out if isinstance(out, str) else bytes(out).decode("utf-8", "replace")
+        lines = [line for line in text.splitlines() if line.strip()]
         return lines[0].strip()[:120] if lines else ""
     return ""
 
