@@ -1,4 +1,4 @@
-"""Run commands of the CLI: run, ps, logs, cancel, exec (heavy imports stay inside)."""
+"""Run commands of the CLI: run, ps, logs, cancel, exec, shell (heavy imports stay inside)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
+from cvtui.errors import CvtuiError
 from cvtui.states import ACTIVE_STATES, PRIORITIES
 from cvtui.units import duration
 
 if TYPE_CHECKING:
+    from cvtui.api import Lab
     from cvtui.catalog import Catalog
     from cvtui.cli.settings import Settings
     from cvtui.terminal_text import SafeTerminalText
@@ -294,14 +296,46 @@ def exec_command(
     """
     lab = settings.lab()
     if tty:
-        from cvtui.exec_terminal import Term, raw_mode
-
-        feed = _unbuffered_stdin()
-        with raw_mode(feed.fileno() if feed is not None else -1):
-            code = lab.exec_streamed(host, list(command), gpus=gpus, stdin=feed, term=Term.local())
-        sys.exit(code)
+        sys.exit(_interactive(lab, host, list(command), gpus))
     stdin = None if sys.stdin is None or sys.stdin.isatty() else _unbuffered_stdin()
     sys.exit(lab.exec_streamed(host, list(command), gpus=gpus, stdin=stdin))
+
+
+_LOGIN_SHELL = 'exec "${SHELL:-/bin/sh}" -l'  # the user's own shell, as a login would start it
+# `cd` into the dir given (a run's work dir), or say it is gone; then the login shell.
+_SHELL_IN = 'cd -- "$1" 2>/dev/null || echo "cvtui: $1 is not there" >&2; ' + _LOGIN_SHELL
+
+
+@click.command()
+@click.argument("target", metavar="HOST|RUN")
+@click.pass_obj
+def shell(settings: Settings, target: str) -> None:
+    """A login shell on HOST, or on the host of RUN in its work dir, in this terminal.
+
+    A host name wins over a run of the same name. Through the running engine's connection
+    when there is one; on a Slurm cluster it is an interactive job step (srun --pty).
+    Exits with the shell's exit code. Example: cvtui shell sweep[lr=0.1]
+    """
+    lab = settings.lab()
+    if target in lab.inventory.names():
+        host, argv = target, ["sh", "-c", _LOGIN_SHELL]
+    else:
+        run = lab.resolve(target)
+        if not run.get("host"):
+            raise CvtuiError(f"run {run['id'][:12]} ({run['name']}) has no host yet")
+        host = str(run["host"])
+        where = run.get("work_dir") or ""
+        argv = ["sh", "-c", _SHELL_IN, "sh", where] if where else ["sh", "-c", _LOGIN_SHELL]
+    sys.exit(_interactive(lab, host, argv, 0))
+
+
+def _interactive(lab: Lab, host: str, argv: list[str], gpus: int) -> int:
+    """argv on host in a terminal of its own, this one in raw mode meanwhile: its exit code."""
+    from cvtui.exec_terminal import Term, raw_mode
+
+    feed = _unbuffered_stdin()
+    with raw_mode(feed.fileno() if feed is not None else -1):
+        return lab.exec_streamed(host, argv, gpus=gpus, stdin=feed, term=Term.local())
 
 
 def _unbuffered_stdin() -> BinaryIO | None:
@@ -317,5 +351,5 @@ def _unbuffered_stdin() -> BinaryIO | None:
 
 
 def register(main: click.Group) -> None:
-    for command in (run, ps, logs, cancel, exec_command):
+    for command in (run, ps, logs, cancel, exec_command, shell):
         main.add_command(command)

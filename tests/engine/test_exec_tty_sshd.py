@@ -73,6 +73,19 @@ class Terminal:
             time.sleep(0.02)
         return self.text()
 
+    def settle(self, quiet_s: float = 0.5, timeout_s: float = 30) -> str:
+        """Wait for some output and then none for quiet_s (a prompt shown), as a person would."""
+        deadline = time.monotonic() + timeout_s
+        seen, since = "", time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.text()
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif seen and time.monotonic() - since >= quiet_s:
+                return seen
+            time.sleep(0.02)
+        raise AssertionError(f"no prompt within {timeout_s} s: {seen!r}")
+
     def type(self, keys: bytes) -> None:
         os.write(self.master, keys)
 
@@ -147,3 +160,49 @@ async def test_exec_t_through_a_running_engine(lab_factory: object, home: Path) 
                 await asyncio.to_thread(drive, terminal)
     finally:
         lock.release()
+
+
+def test_shell_on_a_run_opens_in_its_work_dir_and_on_a_host_in_home(
+    lab_factory: object, home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import yaml
+
+    lab = lab_factory()  # type: ignore[operator]
+    code = tmp_path / "project"
+    code.mkdir()
+    (code / "train.py").write_text("open('result.txt', 'w').write('42')\n")
+    config = code / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "probe", "command": "python3 train.py"}))
+    argv = [sys.executable, "-m", "cvtui.cli", "--home", str(home), "--inventory"]
+    argv += [str(lab.inventory_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVTUI_")}
+    done = subprocess.run(
+        [*argv, "run", str(config), "--host", "gpu-01", "--follow"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = subprocess.run([*argv, "ps", "--all", "--json"], capture_output=True, text=True)
+    [run] = json.loads(listed.stdout)
+
+    terminal = Terminal([*argv, "shell", "probe"])
+    try:
+        terminal.settle()  # the shell's prompt, before typing
+        terminal.type(b"pwd; cat result.txt; echo; tty; exit 3\r")
+        shown = terminal.expect("/dev/pts/")
+        assert f"{run['id']}/work" in shown and "42" in shown
+        assert terminal.wait() == 3
+    finally:
+        terminal.close()
+    terminal = Terminal([*argv, "shell", "gpu-01"])
+    try:
+        terminal.settle()
+        terminal.type(b"pwd; exit\r")
+        assert terminal.wait() == 0
+        assert str(Path.home()) in terminal.text()
+    finally:
+        terminal.close()
