@@ -63,6 +63,15 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 _DIGITS = re.compile(rb"\d+")
 
 
+def _default_signals() -> None:
+    """In the run's child, before exec: the signals the supervisor ignores back to their
+    defaults. An ignored signal stays ignored across exec, so the command would start with
+    SIGINT and SIGHUP ignored: a shell's `trap ... INT` silently dropped, no KeyboardInterrupt
+    in python, a training script's own Ctrl-C handling never run."""
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class _Bar:
     """One tqdm bar, told apart from others by its description (digits aside) and total."""
 
@@ -333,6 +342,7 @@ class Supervisor:
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=pass_fds,
+                preexec_fn=_default_signals,  # safe: the supervisor runs no threads
             )
         except (OSError, ValueError) as exc:
             os.write(out, f"cvtui: cannot start {argv[0]!r}: {exc}\n".encode())

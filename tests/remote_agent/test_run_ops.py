@@ -99,6 +99,25 @@ def test_a_failing_run_records_its_exit_code_and_exact_output(
     assert (written["writer"], written["uid"]) == ("cvtui-supervisor", os.getuid())
 
 
+def test_a_run_starts_with_default_signal_dispositions(agent: AgentProcess) -> None:
+    """The supervisor ignores SIGINT and SIGHUP; the command must not inherit that (ignored
+    signals survive exec): a shell's `trap ... INT` would be silently dropped, python would
+    never raise KeyboardInterrupt, and a training script's own Ctrl-C handling would not run."""
+    script = (
+        "trap 'echo trapped INT' INT; trap 'echo trapped HUP' HUP; kill -INT $$; kill -HUP $$; "
+        "grep SigIgn /proc/self/status; "
+        "python3 -c 'import signal as s; print(s.getsignal(s.SIGINT) is s.default_int_handler)'"
+    )
+    reply = start(agent, script)
+    status = wait_state(agent, reply["run_id"])
+    assert status["state"] == RUN_SUCCEEDED, _log(reply["run_dir"])
+    lines = _log(reply["run_dir"]).decode().splitlines()
+    assert lines[:2] == ["trapped INT", "trapped HUP"]
+    ignored = int(lines[2].split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGHUP - 1)), lines[2]
+    assert lines[3] == "True"
+
+
 def test_a_run_gets_its_environment_params_config_and_own_session(
     root: Path, python: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
