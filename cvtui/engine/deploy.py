@@ -154,33 +154,42 @@ async def ensure_agent(
 
 
 async def open_sftp(conn: asyncssh.SSHClientConnection, host: Host) -> asyncssh.SFTPClient:
-    """An SFTP session on conn. When it fails because the host's login shell prints on stdout
-    before every command (an rc file's banner, which breaks a server's sftp-server: the
-    banner is read as a packet), HostConnectError says that, quoting what it printed."""
+    """An SFTP session on conn. When it fails, HostConnectError says why where that can be
+    told: the login shell prints on stdout before every command (an rc file's banner, which
+    breaks a server's sftp-server: it is read as a packet), quoting what it prints; or the
+    server runs commands but offers no SFTP at all."""
     try:
         return await conn.start_sftp_client()
     except asyncssh.Error as exc:
-        noise = await shell_output(conn)
-        if not noise:
-            raise
-        raise HostConnectError(
-            host.name,
-            f"its login shell prints {noise!r} before every command (an rc file such as "
-            "~/.bashrc or /etc/bash.bashrc): SFTP cannot start through that; print only in "
-            "interactive shells (`case $- in *i*) ;; *) return;; esac` above it)",
-        ) from exc
+        printed = await shell_output(conn)
+        if printed:
+            raise HostConnectError(
+                host.name,
+                f"its login shell prints {printed!r} before every command (an rc file such "
+                "as ~/.bashrc or /etc/bash.bashrc): SFTP cannot start through that; print "
+                "only in interactive shells (`case $- in *i*) ;; *) return;; esac` above it)",
+            ) from exc
+        if printed == "" and isinstance(exc, asyncssh.ChannelOpenError):
+            raise HostConnectError(
+                host.name,
+                f"its server runs commands but refuses SFTP ({exc.reason}): cvtui copies its "
+                "agent and runs' files over SFTP; enable it in sshd_config "
+                "(`Subsystem sftp internal-sftp`)",
+            ) from exc
+        raise
 
 
-async def shell_output(conn: asyncssh.SSHClientConnection) -> str:
+async def shell_output(conn: asyncssh.SSHClientConnection) -> str | None:
     """What the login shell prints on stdout for a command that prints nothing (its first
-    line); "" when quiet, or when that cannot be told."""
-    with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+    line); "" when quiet; None when the command could not be run."""
+    try:
         done = await asyncio.wait_for(conn.run("true", encoding=None), 5.0)
-        out = done.stdout or b""
-        text = out if isinstance(out, str) else bytes(out).decode("utf-8", "replace")
-        lines = [line for line in text.splitlines() if line.strip()]
-        return lines[0].strip()[:120] if lines else ""
-    return ""
+    except (TimeoutError, asyncssh.Error, OSError):
+        return None
+    out = done.stdout or b""
+    text = out if isinstance(out, str) else bytes(out).decode("utf-8", "replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0].strip()[:120] if lines else ""
 
 
 def agent_command(host: Host, path: str, interval_s: float) -> str:

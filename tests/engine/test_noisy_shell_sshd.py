@@ -3,7 +3,8 @@ from ~/.bashrc on stdout, `stty` complaining on stderr. Real sshd runs each comm
 a ForceCommand that prints first, as the shell would. cvtui skips what comes before its own
 lines (the agent's hello, the pid line, a send stream's header) and works; when SFTP itself
 is broken by the banner (a server whose sftp is sftp-server, run through the shell), the host's
-error says so instead of asyncssh's "Max packet size exceeded"."""
+error says so instead of asyncssh's "Max packet size exceeded". So does a server that offers no
+SFTP at all."""
 
 from __future__ import annotations
 
@@ -159,3 +160,23 @@ def test_sftp_broken_by_the_banner_is_named_with_what_the_shell_prints(
     doctor = cvtui(lab, home, "doctor", "gpu-01")
     last = doctor.stdout.splitlines()[-1]
     assert last.startswith("FAIL") and "sftp" in last and BANNER[:20] in last
+
+
+def test_a_server_without_sftp_is_named_as_such(lab_factory: Any, home: Path) -> None:
+    """An sshd_config with no `Subsystem sftp` line: commands run, SFTP is refused."""
+    lab = lab_factory()
+    server = lab.servers["gpu-01"]
+    server.stop()
+    write = server.write_config
+
+    def without_sftp() -> None:
+        write()
+        text = server.config_path.read_text().replace("Subsystem sftp internal-sftp\n", "")
+        server.config_path.write_text(text)
+
+    server.write_config = without_sftp  # type: ignore[method-assign]
+    server.start()
+    hosts = cvtui(lab, home, "hosts")
+    assert hosts.returncode != 0
+    assert "its server runs commands but refuses SFTP" in hosts.stdout, hosts.stdout
+    assert "Subsystem sftp" in hosts.stdout and "ChannelOpenError" not in hosts.stdout
