@@ -137,6 +137,9 @@ class PortForward:
             self.error = classify_error(self.host, exc).reason
             return
         async with conn:
+            self.error = await forwarding_refused(conn, self.host.name)
+            if self.error is not None:
+                return
             try:
                 listener = await conn.forward_local_port(
                     LOCAL_ADDRESS, self.local_port, REMOTE_ADDRESS, self.remote_port
@@ -163,6 +166,9 @@ class PortForward:
     async def _serve_through_engine(self, socket_path: Path) -> None:
         """Listen here; carry each connection through the engine's control socket."""
         assert self._stop is not None
+        self.error = await self._refused_through_engine(socket_path)
+        if self.error is not None:
+            return
         clients: set[asyncio.Task[None]] = set()
 
         async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -198,6 +204,26 @@ class PortForward:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
+    async def _refused_through_engine(self, socket_path: Path) -> str | None:
+        """Why the engine's connection to the host cannot forward at all (its sshd forbids
+        it), asked once before listening; None when it can, or cannot be told."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        except OSError:
+            return None  # said per connection, as before
+        try:
+            request = {"op": "forward", "host": self.host.name, "port": PROBE_PORT}
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            reply = json.loads(await reader.readline() or b"{}")
+        except (OSError, ValueError):
+            return None
+        finally:
+            writer.close()
+        if reply.get("prohibited"):
+            return forwarding_prohibited(self.host.name)
+        return None
+
     async def _through_engine(
         self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -232,6 +258,32 @@ async def pipe(source: Any, target: Any) -> None:
             target.write_eof()
 
 
+# A port asked for once before a forward listens, to learn whether the host's sshd forwards
+# at all: nothing listens there (tcpmux), so an allowed forward is told "connect failed".
+PROBE_PORT = 1
+
+
+def forwarding_prohibited(host: str) -> str:
+    return (
+        f"{host}'s sshd does not allow TCP forwarding (AllowTcpForwarding no, or a key's "
+        "no-port-forwarding): ssh -L would fail there too; ask its admin to allow it"
+    )
+
+
+async def forwarding_refused(conn: asyncssh.SSHClientConnection, host: str) -> str | None:
+    """forwarding_prohibited(host) when conn's server forbids forwarding, else None."""
+    try:
+        _, writer = await asyncio.wait_for(conn.open_connection(REMOTE_ADDRESS, PROBE_PORT), 10)
+    except asyncssh.ChannelOpenError as exc:
+        if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+            return forwarding_prohibited(host)
+        return None
+    except (TimeoutError, OSError, asyncssh.Error):
+        return None
+    writer.close()  # something listens there after all: forwarding works
+    return None
+
+
 async def relay_tcp(
     conn: asyncssh.SSHClientConnection,
     port: int,
@@ -245,7 +297,10 @@ async def relay_tcp(
         remote_reader, remote_writer = await conn.open_connection(REMOTE_ADDRESS, port)
     except (OSError, asyncssh.Error) as exc:
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-        await reply(writer, {"ok": False, "error": f"cannot reach port {port}: {reason}"})
+        refused = {"ok": False, "error": f"cannot reach port {port}: {reason}"}
+        if getattr(exc, "code", None) == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+            refused["prohibited"] = True  # the host's sshd forwards nothing
+        await reply(writer, refused)
         return
     await reply(writer, {"ok": True})
     try:

@@ -145,3 +145,38 @@ def test_a_forward_rides_the_engines_connection_and_has_its_own_without_one(
         assert fetch(own.url + "hello.txt") == f"hello from {run.id}"
     assert logins == ["gpu-01"]
     api.cancel(run, grace_s=1)
+
+
+def test_a_host_whose_sshd_forbids_forwarding_is_refused_at_once_on_both_paths(
+    lab_factory: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AllowTcpForwarding no: the forward is refused before it listens, naming why, rather
+    than listening and closing every connection made to it."""
+    from cvtui.engine.lock import lock_holder
+    from cvtui.errors import HostError
+
+    lab, api, config, remote = serving_lab(lab_factory, home, tmp_path, monkeypatch)
+    server = lab.servers["gpu-01"]
+    server.stop()
+    server.extra_config = ("AllowTcpForwarding no",)
+    server.start()
+    [run] = api.submit(config)
+    wait_running(api, run)
+    assert api.engine() is not None
+    local = free_port()
+    with pytest.raises(HostError, match="gpu-01's sshd does not allow TCP forwarding"):
+        api.forward(run, remote, local)  # through the engine's connection
+    with pytest.raises(OSError):  # nothing was left listening
+        urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=2)
+
+    holder = lock_holder(home)
+    assert holder is not None
+    os.kill(holder, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while lock_holder(home) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alone = cvtui.Lab(lab.inventory_path, home)
+    assert alone.engine() is None
+    with pytest.raises(HostError, match="AllowTcpForwarding no"):
+        alone.forward(run, remote, 0)  # over a connection of its own
+    api.cancel(run, grace_s=1)
