@@ -278,9 +278,18 @@ def test_the_parser_refuses_what_is_not_a_stream() -> None:
     parser.feed(raw)
     with pytest.raises(ProtocolError, match="past its trailer"):
         parser.feed(b"more")
-    for bad in (b'{"size": -1}\n', b"[1]\n", b"not json\n"):
+    for bad in (b'{"size": -1}\n', b'{"size": 3, "algo": 7}\n', b"{not json\n"):
         with pytest.raises(ProtocolError):
             SendParser(lambda header: None, lambda view: None).feed(bad)
+    # Lines before the header that are no JSON object are a login shell's banner: skipped,
+    # up to MAX_PREAMBLE_LINES of them, and then the stream is refused.
+    got: list[bytes] = []
+    parser = SendParser(lambda header: None, lambda view: got.append(bytes(view)))
+    parser.feed(b"Welcome to gpu-01\n[1]\n" + raw)
+    assert parser.finish()[0].size == 3 and b"".join(got) == b"abc"
+    assert parser.skipped == [b"Welcome to gpu-01", b"[1]"]
+    with pytest.raises(ProtocolError, match="expected a send header, got b'not json'"):
+        SendParser(lambda header: None, lambda view: None).feed(b"not json\n" * 51)
 
 
 @settings(max_examples=40, deadline=None)
