@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import serving_lab, wait_or_dump, wait_running
+from support import serving_lab, stop_engine, wait_or_dump, wait_running
 
 import cvtui
 from cvtui.errors import CvtuiError
@@ -133,12 +133,8 @@ def test_a_forward_rides_the_engines_connection_and_has_its_own_without_one(
         assert nowhere.active
 
     # No engine: the run goes on on its host, and the forward logs in by itself.
-    holder = lock_holder(home)
-    assert holder is not None
-    os.kill(holder, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while lock_holder(home) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert lock_holder(home) is not None
+    stop_engine(home, 30)
     alone = cvtui.Lab(lab.inventory_path, home)
     assert alone.engine() is None
     with alone.forward(run, remote, 0) as own:
@@ -169,12 +165,8 @@ def test_a_host_whose_sshd_forbids_forwarding_is_refused_at_once_on_both_paths(
     with pytest.raises(OSError):  # nothing was left listening
         urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=2)
 
-    holder = lock_holder(home)
-    assert holder is not None
-    os.kill(holder, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while lock_holder(home) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert lock_holder(home) is not None
+    stop_engine(home, 30)
     alone = cvtui.Lab(lab.inventory_path, home)
     assert alone.engine() is None
     with pytest.raises(HostError, match="AllowTcpForwarding no"):
