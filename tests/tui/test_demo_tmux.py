@@ -151,3 +151,37 @@ def test_cvtui_alone_opens_the_dashboard_hosting_or_beside_an_engine(tmp_path) -
         finally:
             lock.release()
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_bang_opens_a_shell_on_the_host_and_the_dashboard_comes_back(
+    lab_factory, home: Path
+) -> None:
+    """`!` on the hosts screen of a dashboard that is the engine: the dashboard hands the
+    terminal to `cvtui shell` (served by its own engine over its connection), and shows
+    itself again when the shell exits, with the exit code."""
+    lab = lab_factory()
+    session = f"cvtui-test-{uuid.uuid4().hex[:8]}"
+    env = "".join(f"unset {k}; " for k in os.environ if k.startswith("CVTUI_"))
+    command = f"{env}{sys.executable} -m cvtui.cli --home {home} --inventory {lab.inventory_path}"
+    tmux("new-session", "-d", "-s", session, "-x", "110", "-y", "30", command)
+    try:
+        wait_screen(session, "healthy")
+        assert "engine here" in tmux("capture-pane", "-p", "-t", session)
+        lab.known_hosts.write_text("")  # a connection of the shell's own would now fail
+        tmux("send-keys", "-t", session, "!")
+        wait_screen(session, "#" if os.geteuid() == 0 else "$")  # the host's shell prompt
+        time.sleep(0.5)
+        tmux("send-keys", "-t", session, "echo IN-SHELL-$((6*7)) $PWD", "Enter")
+        screen = wait_screen(session, "IN-SHELL-42")
+        assert "cvtui" not in screen.splitlines()[0]  # the dashboard is not drawn meanwhile
+        tmux("send-keys", "-t", session, "exit 4", "Enter")
+        screen = wait_screen(session, "exited with 4")
+        assert "healthy" in screen and "Shell on gpu-01" in screen
+        tmux("send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 20
+        while alive(session) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(session)
+    finally:
+        if alive(session):
+            tmux("kill-session", "-t", session)

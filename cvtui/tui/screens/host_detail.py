@@ -64,6 +64,7 @@ class HostDetailScreen(DashboardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
         Binding("w", "cycle_window", "Window"),
+        Binding("exclamation_mark", "shell", "Shell", key_display="!"),
         Binding("tab", "focus_next", "Next table", show=False),
     ]
 
@@ -137,6 +138,12 @@ class HostDetailScreen(DashboardScreen):
         view = self.dashboard.view
         if view is not None:
             self.show(view)
+
+    def action_shell(self) -> None:
+        """A login shell on this host, the dashboard suspended meanwhile."""
+        from cvtui.tui.shell import open_shell
+
+        self.app.run_worker(open_shell(self.dashboard, self.host), group="shell", exclusive=True)
 
     def commands(self) -> list[PaletteCommand]:
         return [

@@ -110,6 +110,7 @@ class HostsScreen(DashboardScreen):
         Binding("space", "toggle_host", "Expand"),
         Binding("e", "expand_all", "Expand all"),
         Binding("s", "cycle_sort", "Sort"),
+        Binding("exclamation_mark", "shell", "Shell", key_display="!"),
     ]
 
     def __init__(self) -> None:
@@ -177,6 +178,14 @@ class HostsScreen(DashboardScreen):
 
     def action_toggle_host(self) -> None:
         self.table.action_toggle_host()
+
+    def action_shell(self) -> None:
+        """A login shell on the host under the cursor, the dashboard suspended meanwhile."""
+        name = self.table.current_host()
+        if name is not None:
+            from cvtui.tui.shell import open_shell
+
+            self.app.run_worker(open_shell(self.dashboard, name), group="shell", exclusive=True)
 
     def action_expand_all(self) -> None:
         table = self.table

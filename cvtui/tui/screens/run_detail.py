@@ -102,6 +102,7 @@ class RunDetailScreen(DashboardScreen):
         Binding("left_square_bracket", "previous_tab", "Prev tab", show=False),
         Binding("x", "cancel_run", "Cancel"),
         Binding("p", "forward_port", "Forward port"),
+        Binding("exclamation_mark", "shell", "Shell", key_display="!"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -256,6 +257,16 @@ class RunDetailScreen(DashboardScreen):
         run = self.run or (self.dashboard.view.run(self.run_id) if self.dashboard.view else None)
         if run is not None:
             self.dashboard.confirm_cancel([run])
+
+    def action_shell(self) -> None:
+        """A login shell in the run's work dir on its host, the dashboard suspended meanwhile."""
+        from cvtui.tui.shell import open_shell
+
+        run = self.run or (self.dashboard.view.run(self.run_id) if self.dashboard.view else None)
+        if run is None or not run.get("host"):
+            self.notify("the run has no host yet", title="Shell", severity="warning")
+            return
+        self.app.run_worker(open_shell(self.dashboard, self.run_id), group="shell", exclusive=True)
 
     def action_forward_port(self) -> None:
         """Ask for a port and forward it here from the run's host; p again closes them."""
