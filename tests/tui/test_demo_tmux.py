@@ -169,7 +169,15 @@ def test_bang_opens_a_shell_on_the_host_and_the_dashboard_comes_back(
         assert "engine here" in tmux("capture-pane", "-p", "-t", session)
         lab.known_hosts.write_text("")  # a connection of the shell's own would now fail
         tmux("send-keys", "-t", session, "!")
-        wait_screen(session, "#" if os.geteuid() == 0 else "$")  # the host's shell prompt
+        prompt = "#" if os.geteuid() == 0 else "$"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the dashboard gone, the host's shell prompting
+            lines = [x.rstrip() for x in tmux("capture-pane", "-p", "-t", session).splitlines()]
+            if lines and "cvtui" not in lines[0] and any(x.endswith(prompt) for x in lines):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no shell prompt: " + "\n".join(lines))
         time.sleep(0.5)
         tmux("send-keys", "-t", session, "echo IN-SHELL-$((6*7)) $PWD", "Enter")
         screen = wait_screen(session, "IN-SHELL-42")
