@@ -390,9 +390,9 @@ def run(options: Options) -> list[Row]:
         merged_mb = path.stat().st_size / 1e6
         wall = time.monotonic() - began
         stats_s = stats_seconds(home)
-        # Read half an hour after the simulated end, as a screen opened at any moment reads:
-        # exactly on the hour the window's edges fall on chunk edges and it reads a third as
-        # much (measured on a kept year: 10 ms there, 31-34 ms at any other minute).
+        # Read half an hour after the simulated end, as a screen opened at any minute reads:
+        # past the hour tier's last bucket the finer tiers are read too, their day-long chunks
+        # decoded whole (on a kept year: 10 ms exactly on the hour, 31-34 ms at other minutes).
         plot, points, full_ms = plot_ms(path, end + HOUR_S / 2)
     # Per hour of the whole lab: the workers' CPU for the same hour, added.
     engine = [sum(x) for x in zip(*(r["engine"] for r in results), strict=False)] or [0.0]
