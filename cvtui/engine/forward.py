@@ -212,10 +212,7 @@ class PortForward:
         except OSError:
             return None  # said per connection, as before
         try:
-            request = {"op": "forward", "host": self.host.name, "port": PROBE_PORT}
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            reply = json.loads(await reader.readline() or b"{}")
+            reply = await self._ask_engine(reader, writer, PROBE_PORT)
         except (OSError, ValueError):
             return None
         finally:
@@ -223,6 +220,17 @@ class PortForward:
         if reply.get("prohibited"):
             return forwarding_prohibited(self.host.name)
         return None
+
+    async def _ask_engine(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> dict[str, Any]:
+        """On a connection to the engine's control socket: ask for a channel to port on the
+        host; the engine's reply (after it, bytes go both ways when it says ok)."""
+        request = {"op": "forward", "host": self.host.name, "port": port}
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        reply: dict[str, Any] = json.loads(await reader.readline() or b"{}")
+        return reply
 
     async def _through_engine(
         self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -233,10 +241,7 @@ class PortForward:
             log.warning("forward to %s: the engine is not there (%s)", self.host.name, exc)
             return
         try:
-            request = {"op": "forward", "host": self.host.name, "port": self.remote_port}
-            engine_writer.write(json.dumps(request).encode() + b"\n")
-            await engine_writer.drain()
-            reply = json.loads(await engine_reader.readline() or b"{}")
+            reply = await self._ask_engine(engine_reader, engine_writer, self.remote_port)
             if not reply.get("ok"):
                 log.warning("forward to %s: %s", self.host.name, reply.get("error", "refused"))
                 return
