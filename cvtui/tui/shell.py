@@ -27,6 +27,12 @@ def shell_argv(app: DashboardApp, target: str) -> list[str] | None:
     return [*argv, "shell", target]
 
 
+def start_shell(app: DashboardApp, target: str) -> None:
+    """Open the shell on target in a worker of the app (one at a time), so the screen that
+    asked goes on taking messages meanwhile."""
+    app.run_worker(open_shell(app, target), group="shell", exclusive=True)
+
+
 async def open_shell(app: DashboardApp, target: str) -> None:
     """Run `cvtui shell target` with the terminal to itself, then show the dashboard again."""
     argv = shell_argv(app, target)

@@ -141,9 +141,9 @@ class HostDetailScreen(DashboardScreen):
 
     def action_shell(self) -> None:
         """A login shell on this host, the dashboard suspended meanwhile."""
-        from cvtui.tui.shell import open_shell
+        from cvtui.tui.shell import start_shell
 
-        self.app.run_worker(open_shell(self.dashboard, self.host), group="shell", exclusive=True)
+        start_shell(self.dashboard, self.host)
 
     def commands(self) -> list[PaletteCommand]:
         return [

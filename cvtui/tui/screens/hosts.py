@@ -183,9 +183,9 @@ class HostsScreen(DashboardScreen):
         """A login shell on the host under the cursor, the dashboard suspended meanwhile."""
         name = self.table.current_host()
         if name is not None:
-            from cvtui.tui.shell import open_shell
+            from cvtui.tui.shell import start_shell
 
-            self.app.run_worker(open_shell(self.dashboard, name), group="shell", exclusive=True)
+            start_shell(self.dashboard, name)
 
     def action_expand_all(self) -> None:
         table = self.table

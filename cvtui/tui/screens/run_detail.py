@@ -260,13 +260,13 @@ class RunDetailScreen(DashboardScreen):
 
     def action_shell(self) -> None:
         """A login shell in the run's work dir on its host, the dashboard suspended meanwhile."""
-        from cvtui.tui.shell import open_shell
+        from cvtui.tui.shell import start_shell
 
         run = self.run or (self.dashboard.view.run(self.run_id) if self.dashboard.view else None)
         if run is None or not run.get("host"):
             self.notify("the run has no host yet", title="Shell", severity="warning")
             return
-        self.app.run_worker(open_shell(self.dashboard, self.run_id), group="shell", exclusive=True)
+        start_shell(self.dashboard, self.run_id)
 
     def action_forward_port(self) -> None:
         """Ask for a port and forward it here from the run's host; p again closes them."""
